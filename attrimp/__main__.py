@@ -1,0 +1,3 @@
+from attrimp.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""Shared fixtures. Tests never download: tiny random-initialised models, generated data, and
+the real annotation files read from ../shared/data (never copied into the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with the real Market-1501 / DukeMTMC-reID attribute files."""
+    if not (SHARED_DATA / "market_attribute.mat").exists():
+        pytest.fail(f"The real annotation files are expected in {SHARED_DATA}.")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach a model hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
