@@ -1,0 +1,316 @@
+"""Study and training configuration: TOML in, validated dataclasses out.
+
+One file describes a whole study (data, model, experts, router, training, ablations, analysis);
+`attrimp train` reads the same file and uses the sections it needs. Every key is checked: a
+typo or a wrong type is one sentence naming the section and key, never a silently ignored
+setting. `StudyConfig.fingerprint()` hashes everything that determines a result, for caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from attrimp.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class SyntheticConfig:
+    identities: int = 48
+    cameras: int = 3
+    images_per_camera: int = 2
+    size: tuple[int, int] = (64, 32)
+    seed: int = 0
+    #: visibility of each attribute group in the pixels, 1 = fully drawn, 0 = invisible
+    visibility: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    #: "synthetic", "market1501", "dukemtmc" or "manifest"
+    dataset: str = "synthetic"
+    #: dataset folder (Market layout) or manifest CSV; for "synthetic", where the world is written
+    root: str | None = None
+    #: identity-level attribute file (.mat or CSV); None = the dataset's default place
+    attributes: str | None = None
+    #: built-in schema name or a TOML schema file; None = the dataset's own
+    schema: str | None = None
+    #: what to do with identities that have images but no attributes: "error" or "skip" (counted)
+    missing_policy: str = "error"
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "clip:ViT-B-16"
+    #: pretrained tag (e.g. "openai") or a local weights file; None = random initialisation
+    pretrained: str | None = "openai"
+    img_size: tuple[int, int] = (256, 128)
+    #: overlapping patch stride (e.g. 12); None = the patch size
+    stride: int | None = None
+    camera_embedding: bool = False
+    #: "full", "frozen" or "lora"
+    adapt: str = "full"
+    #: extra keyword arguments for the backbone builder (tiny test configurations use them)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExpertConfig:
+    blocks: int = 4
+    rank: int = 8
+    alpha: float = 16.0
+    site: str = "mlp"
+    pooling: str = "mean"
+    dropout: float = 0.0
+
+
+@dataclass
+class RouterConfig:
+    #: "oracle" or "learned" for training; ablation routers are built by the study itself
+    name: str = "oracle"
+    #: for "learned": "hard" or "soft" gates
+    gates: str = "hard"
+    attribute_loss_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    #: P identities × K images per batch
+    identities_per_batch: int = 16
+    images_per_identity: int = 4
+    optimizer: str = "adamw"
+    lr: float = 5e-6
+    expert_lr_scale: float = 100.0
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    label_smoothing: float = 0.1
+    triplet_margin: float | None = 0.3
+    center_loss_weight: float = 0.0
+    #: "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
+    amp: str = "auto"
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    eval_every: int = 0
+    #: stop after this many optimiser steps per epoch (0 = a full pass); for smoke runs
+    max_steps_per_epoch: int = 0
+
+
+@dataclass
+class AblationConfig:
+    #: test-time designs run on the trained model, in this order
+    designs: list[str] = field(
+        default_factory=lambda: [
+            "full",
+            "backbone",
+            "leave_one_out",
+            "only_one",
+            "random_subsets",
+            "counterfactual",
+            "noisy",
+            "learned",
+            "attribute_only",
+        ]
+    )
+    random_subsets: int = 16
+    noisy_p: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
+    #: retrain one model per configuration of these designs (train-time ablation; expensive)
+    retrain: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class AnalysisConfig:
+    alpha: float = 0.05
+    seed: int = 0
+    repeats: int = 5
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "euclidean"
+    rerank: bool = False
+    max_rank: int = 50
+    batch_size: int = 64
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    description: str = ""
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none): the cache key of a result."""
+        data = self.to_dict()
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
+    "data.missing_policy": ("error", "skip"),
+    "model.adapt": ("full", "frozen", "lora"),
+    "experts.site": ("mlp", "attn"),
+    "experts.pooling": ("mean", "max", "sum"),
+    "router.name": ("oracle", "learned"),
+    "router.gates": ("hard", "soft"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.amp": ("auto", "bf16", "off"),
+    "eval.metric": ("euclidean", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+}
+DESIGNS = (
+    "full",
+    "backbone",
+    "leave_one_out",
+    "only_one",
+    "random_subsets",
+    "counterfactual",
+    "noisy",
+    "learned",
+    "attribute_only",
+)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (TOML types only), converting lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where} must not be empty.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{where}] must be a table, not {type(value).__name__}.")
+        return _from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, not {value!r}.")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, not {value!r}.")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, not {value!r}.")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, not {value!r}.")
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be a whole number, not {value!r}.")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {tp.__name__}, not {value!r}.")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"Unknown setting {prefix}{unknown[0]}; the known ones are: {', '.join(sorted(names))}."
+        )
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        value = _coerce(value, hints[key], path)
+        if path in CHOICES and value not in CHOICES[path]:
+            raise ConfigError(f"{path} must be one of {list(CHOICES[path])}, not {value!r}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _validate(cfg: StudyConfig) -> None:
+    bad = [d for d in cfg.ablation.designs if d not in DESIGNS]
+    if bad:
+        raise ConfigError(
+            f"ablation.designs has unknown design {bad[0]!r}; known: {list(DESIGNS)}."
+        )
+    for name, value in (
+        ("train.epochs", cfg.train.epochs),
+        ("train.identities_per_batch", cfg.train.identities_per_batch),
+        ("train.images_per_identity", cfg.train.images_per_identity),
+        ("experts.rank", cfg.experts.rank),
+    ):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, not {value}.")
+    if cfg.experts.blocks < 0:
+        raise ConfigError(f"experts.blocks must be 0 or more, not {cfg.experts.blocks}.")
+    if not all(0.0 <= p <= 1.0 for p in cfg.ablation.noisy_p):
+        raise ConfigError(
+            f"ablation.noisy_p values must lie in [0, 1], not {cfg.ablation.noisy_p}."
+        )
+    if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
+        raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
+    if cfg.data.dataset != "synthetic" and cfg.data.root is None:
+        raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> StudyConfig:
+    try:
+        cfg = _from_dict(StudyConfig, data, "")
+        _validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {str(path)!r} does not exist.") from None
+    except OSError as e:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {e.strerror}.") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {e}.") from None
+    return config_from_dict(data, source=f"config file {str(path)!r}")
