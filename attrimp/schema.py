@@ -9,11 +9,12 @@ are the rows of the expert bank:
 - ``multiclass`` (e.g. ``upcolor``, ``age``): one expert per class.
 
 Annotation files code a group either as one integer column (``column`` + ``codes``, e.g. Market's
-``gender`` 1 = male, 2 = female) or as one binary column per value (``columns`` + ``positive``,
-e.g. ``upblack … upgreen`` with 2 = yes). Real files have identities with no value marked,
-codes that mean "not annotated" and identities with several colours marked; the schema's
-``missing`` / ``multiple`` policies and each group's ``missing_codes`` make every such case an
-explicit decision (see docs/schemas.md) rather than an accident of field order.
+``gender`` 1 = male, 2 = female) or as one binary column per value (``columns`` + ``positive`` /
+``negative``, e.g. ``upblack … upgreen`` with 2 = yes, 1 = no). Real files have identities with no
+value marked, codes that mean "not annotated" and identities with several colours marked; the
+schema's ``missing`` / ``multiple`` policies and each group's ``missing_codes`` make every such
+case an explicit decision (see docs/schemas.md) rather than an accident of field order. Any code
+the schema does not declare is an error naming the column and the code, never a silent "no".
 
 This module is numpy-only so that data tooling can use it without torch.
 """
@@ -21,9 +22,10 @@ This module is numpy-only so that data tooling can use it without torch.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -38,6 +40,8 @@ else:  # pragma: no cover
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"
+#: Value names that `decode` uses for "no value" / "several values"; no group may use them.
+RESERVED_VALUES = (UNKNOWN, MULTIPLE)
 
 
 class GroupKind(str, Enum):
@@ -61,6 +65,12 @@ class MultiplePolicy(str, Enum):
     ERROR = "error"  # refuse
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    # The layout arrays are cached on the (frozen) schema and shared by every caller.
+    a.setflags(write=False)
+    return a
+
+
 @dataclass(frozen=True)
 class AttributeGroup:
     name: str
@@ -72,13 +82,23 @@ class AttributeGroup:
     positive: int = 1  # ... marked by this code
     missing_codes: tuple[int, ...] = ()  # codes that explicitly mean "not annotated"
     description: str = ""
+    #: the "not marked" code of binary columns; ``None`` -> 0 when positive is 1, 1 when it is 2
+    negative: int | None = None
 
     def __post_init__(self) -> None:
         where = f"attribute group {self.name!r}"
-        if not self.name.isidentifier():
+        if not isinstance(self.name, str) or not self.name.isidentifier():
             raise SchemaError(f"The {where} needs a name made of letters, digits and underscores.")
+        if not isinstance(self.kind, GroupKind):
+            raise SchemaError(f"The {where} has kind {self.kind!r}; use {_kinds()}.")
         if len(set(self.values)) != len(self.values):
             raise SchemaError(f"The {where} lists a value twice: {list(self.values)}.")
+        reserved = [v for v in self.values if v in RESERVED_VALUES]
+        if reserved:
+            raise SchemaError(
+                f"The {where} uses the reserved value name {reserved[0]!r} "
+                f"({' and '.join(RESERVED_VALUES)} mean no value / several values)."
+            )
         if self.kind in (GroupKind.SINGLE, GroupKind.DUAL) and len(self.values) != 2:
             raise SchemaError(
                 f"The {where} is of kind {self.kind.value!r} and needs exactly 2 values, "
@@ -88,13 +108,54 @@ class AttributeGroup:
             raise SchemaError(f"The {where} is multiclass and needs at least 2 values.")
         if (self.column is None) == (self.columns is None):
             raise SchemaError(f"The {where} needs either `column` (with `codes`) or `columns`.")
+        if len(set(self.missing_codes)) != len(self.missing_codes):
+            raise SchemaError(
+                f"The {where} lists a missing code twice: {list(self.missing_codes)}."
+            )
         if self.column is not None:
             if self.codes is None or len(self.codes) != len(self.values):
-                raise SchemaError(f"The {where} needs one code per value in `codes`.")
-            if set(self.codes) & set(self.missing_codes):
-                raise SchemaError(f"The {where} uses a code both as a value and as missing.")
-        if self.columns is not None and len(self.columns) != len(self.values):
-            raise SchemaError(f"The {where} needs one column per value in `columns`.")
+                raise SchemaError(
+                    f"The {where} needs one code per value in `codes` ({len(self.values)} values, "
+                    f"{0 if self.codes is None else len(self.codes)} codes)."
+                )
+            if len(set(self.codes)) != len(self.codes):
+                raise SchemaError(
+                    f"The {where} gives two values the same code: codes {list(self.codes)}."
+                )
+            clash = sorted(set(self.codes) & set(self.missing_codes))
+            if clash:
+                raise SchemaError(
+                    f"The {where} uses the code {clash[0]} both for a value and as a missing code."
+                )
+        else:
+            assert self.columns is not None
+            if self.codes is not None:
+                raise SchemaError(f"The {where} has one column per value, so `codes` has no use.")
+            if len(self.columns) != len(self.values):
+                raise SchemaError(
+                    f"The {where} needs one column per value in `columns` ({len(self.values)} "
+                    f"values, {len(self.columns)} columns)."
+                )
+            if len(set(self.columns)) != len(self.columns):
+                raise SchemaError(f"The {where} lists a column twice: {list(self.columns)}.")
+            negative = self.negative
+            if negative is None:
+                if self.positive not in (1, 2):
+                    raise SchemaError(
+                        f"The {where} marks values with code {self.positive}; declare its "
+                        '`negative` ("not marked") code too.'
+                    )
+                negative = self.positive - 1
+                object.__setattr__(self, "negative", negative)
+            if negative == self.positive:
+                raise SchemaError(
+                    f"The {where} uses the code {negative} as both positive and negative."
+                )
+            clash = sorted({self.positive, negative} & set(self.missing_codes))
+            if clash:
+                raise SchemaError(
+                    f"The {where} uses the code {clash[0]} both as a mark and as a missing code."
+                )
 
     @property
     def expert_values(self) -> tuple[str, ...]:
@@ -104,6 +165,20 @@ class AttributeGroup:
     @property
     def source_columns(self) -> tuple[str, ...]:
         return (self.column,) if self.column is not None else tuple(self.columns or ())
+
+    @property
+    def can_be_missing(self) -> bool:
+        """Whether the annotation format can leave this group without a value."""
+        return self.columns is not None or bool(self.missing_codes)
+
+    @property
+    def can_be_multiple(self) -> bool:
+        """Whether the annotation format can mark several values (only one-column-per-value)."""
+        return self.columns is not None
+
+
+def _kinds() -> str:
+    return ", ".join(repr(k.value) for k in GroupKind)
 
 
 @dataclass(frozen=True)
@@ -117,10 +192,21 @@ class AttributeSchema:
     _slot_offsets: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.groups:
+            raise SchemaError(f"Schema {self.name!r} defines no attribute group.")
         names = [g.name for g in self.groups]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise SchemaError(f"Schema {self.name!r} defines the group {sorted(dup)[0]!r} twice.")
+        seen: dict[str, str] = {}
+        for g in self.groups:
+            for c in g.source_columns:
+                if c in seen:
+                    raise SchemaError(
+                        f"Schema {self.name!r} reads the column {c!r} for both group "
+                        f"{seen[c]!r} and group {g.name!r}."
+                    )
+                seen[c] = g.name
         offsets, total = [], 0
         for g in self.groups:
             offsets.append(total)
@@ -145,6 +231,11 @@ class AttributeSchema:
         """Annotated attributes as the papers count them (binary columns, or one per group)."""
         return sum(len(g.source_columns) for g in self.groups)
 
+    @property
+    def source_columns(self) -> list[str]:
+        """Every annotation column the schema reads, in group order."""
+        return [c for g in self.groups for c in g.source_columns]
+
     def group(self, name: str) -> AttributeGroup:
         for g in self.groups:
             if g.name == name:
@@ -164,20 +255,37 @@ class AttributeSchema:
 
     def group_slots(self, group: str) -> list[int]:
         i = self.group_index(group)
-        return list(range(self._slot_offsets[i], self._slot_offsets[i] + len(self.groups[i].values)))
-
-    @property
-    def slot_group(self) -> np.ndarray:
-        """Group index of every slot, shape ``[n_slots]``."""
-        return np.concatenate(
-            [np.full(len(g.values), i, dtype=np.int64) for i, g in enumerate(self.groups)]
+        return list(
+            range(self._slot_offsets[i], self._slot_offsets[i] + len(self.groups[i].values))
         )
 
-    @property
+    def group_mask(self, groups_on: Iterable[str]) -> np.ndarray:
+        """``bool [n_groups]``: True for the named groups (an unknown name is an error)."""
+        on = set(groups_on) if not isinstance(groups_on, str) else {groups_on}
+        unknown = sorted(on - set(self.group_names))
+        if unknown:
+            raise SchemaError(
+                f"Schema {self.name!r} has no attribute group {unknown[0]!r}; it has "
+                f"{self.group_names}."
+            )
+        return np.array([g in on for g in self.group_names], dtype=bool)
+
+    @cached_property
+    def slot_group(self) -> np.ndarray:
+        """Group index of every slot, shape ``[n_slots]`` (read-only)."""
+        return _readonly(
+            np.concatenate(
+                [np.full(len(g.values), i, dtype=np.int64) for i, g in enumerate(self.groups)]
+            )
+        )
+
+    @cached_property
     def expert_slots(self) -> np.ndarray:
-        """Slot index of every expert (the bank's row order), shape ``[n_experts]``."""
-        return np.array(
-            [self.slot(g.name, v) for g in self.groups for v in g.expert_values], dtype=np.int64
+        """Slot index of every expert (the bank's row order), shape ``[n_experts]`` (read-only)."""
+        return _readonly(
+            np.array(
+                [self.slot(g.name, v) for g in self.groups for v in g.expert_values], dtype=np.int64
+            )
         )
 
     @property
@@ -188,49 +296,61 @@ class AttributeSchema:
     def n_experts(self) -> int:
         return len(self.expert_slots)
 
-    @property
+    @cached_property
     def expert_group(self) -> np.ndarray:
-        """Group index of every expert, shape ``[n_experts]``."""
-        return self.slot_group[self.expert_slots]
+        """Group index of every expert, shape ``[n_experts]`` (read-only)."""
+        return _readonly(self.slot_group[self.expert_slots])
 
     # ----- encoding -------------------------------------------------------------------------
-    def encode(self, table: Mapping[str, Sequence[int]], *, source: str = "annotations") -> np.ndarray:
-        """Raw annotation columns -> multi-hot ``float32 [n, n_slots]``, policies applied.
+    def marks(
+        self, table: Mapping[str, Sequence[int]], *, source: str = "annotations"
+    ) -> np.ndarray:
+        """Raw annotation columns -> ``bool [n, n_slots]``: which values are marked, *before*
+        the missing / multiple policies (so priors can count "multiple" as its own value).
 
-        ``table`` maps column names to integer codes (a DataFrame works). An unknown code that
-        is not a declared ``missing_code`` is an error naming the column and value: silently
-        treating a typo as "unknown" would lose data.
+        Every code must be declared: a value code, a binary column's positive / negative code,
+        or a ``missing_code``. Anything else is an error naming the column and the code, since
+        silently reading a typo as "no" would alter the data.
         """
         cols = list(table.keys())
-        need = [c for g in self.groups for c in g.source_columns]
+        need = self.source_columns
         absent = [c for c in need if c not in cols]
         if absent:
             raise SchemaError(
                 f"{source} lacks the column {absent[0]!r} that schema {self.name!r} needs "
                 f"({len(absent)} missing in all)."
             )
-        n = len(np.asarray(table[need[0]])) if need else 0
-        out = np.zeros((n, self.n_slots), dtype=np.float32)
+        n = len(np.asarray(table[need[0]]))
+        out = np.zeros((n, self.n_slots), dtype=bool)
+        for gi, g in enumerate(self.groups):
+            off = self._slot_offsets[gi]
+            if g.column is not None:
+                raw = _column(table, g.column, n, source)
+                codes = tuple(g.codes or ())
+                for vi, code in enumerate(codes):
+                    out[:, off + vi] = raw == code
+                _check_codes(raw, codes + g.missing_codes, g.column, g, source)
+            else:
+                assert g.negative is not None
+                for vi, col in enumerate(g.columns or ()):
+                    raw = _column(table, col, n, source)
+                    out[:, off + vi] = raw == g.positive
+                    _check_codes(raw, (g.negative, g.positive, *g.missing_codes), col, g, source)
+        return out
+
+    def encode(
+        self, table: Mapping[str, Sequence[int]], *, source: str = "annotations"
+    ) -> np.ndarray:
+        """Raw annotation columns -> multi-hot ``float32 [n, n_slots]``, policies applied.
+
+        ``table`` maps column names to integer codes (a DataFrame works). See `marks` for the
+        code checks; then ``missing`` / ``multiple`` decide what an empty or multiply-marked
+        group becomes (off = all its slots 0).
+        """
+        out = self.marks(table, source=source).astype(np.float32)
         for gi, g in enumerate(self.groups):
             off = self._slot_offsets[gi]
             block = out[:, off : off + len(g.values)]
-            if g.column is not None:
-                raw = np.asarray(table[g.column])
-                codes = np.asarray(g.codes)
-                for vi, code in enumerate(codes):
-                    block[raw == code, vi] = 1.0
-                known = np.isin(raw, np.concatenate([codes, np.asarray(g.missing_codes, dtype=codes.dtype)]))
-                if not known.all():
-                    bad = raw[~known][0]
-                    raise SchemaError(
-                        f"{source}: column {g.column!r} holds the code {bad!r}, which group "
-                        f"{g.name!r} does not define (codes {list(g.codes)}, missing codes "
-                        f"{list(g.missing_codes)})."
-                    )
-            else:
-                for vi, col in enumerate(g.columns or ()):
-                    raw = np.asarray(table[col])
-                    block[:, vi] = raw == g.positive
             marked = block.sum(axis=1)
             if self.missing is MissingPolicy.ERROR and (marked == 0).any():
                 row = int(np.flatnonzero(marked == 0)[0])
@@ -259,10 +379,11 @@ class AttributeSchema:
             block = multihot[:, off : off + len(g.values)] > 0
             marked = block.sum(axis=1)
             first = block.argmax(axis=1)
-            result[g.name] = [
-                UNKNOWN if m == 0 else (g.values[f] if m == 1 else MULTIPLE)
-                for m, f in zip(marked, first)
-            ]
+            names = np.array(list(g.values) + [UNKNOWN, MULTIPLE], dtype=object)
+            pick = np.where(
+                marked == 0, len(g.values), np.where(marked > 1, len(g.values) + 1, first)
+            )
+            result[g.name] = names[pick].tolist()
         return result
 
     # ----- I/O ------------------------------------------------------------------------------
@@ -276,6 +397,7 @@ class AttributeSchema:
             else:
                 d["columns"] = list(g.columns or ())
                 d["positive"] = g.positive
+                d["negative"] = g.negative
             if g.missing_codes:
                 d["missing_codes"] = list(g.missing_codes)
             if g.description:
@@ -291,51 +413,33 @@ class AttributeSchema:
 
     @classmethod
     def from_dict(cls, data: Mapping, *, source: str = "schema") -> AttributeSchema:
+        if not isinstance(data, Mapping):
+            raise SchemaError(
+                f"{source}: a schema must be a table of keys, not {type(data).__name__}."
+            )
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise SchemaError(
+                f"{source}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})."
+            )
+        if "groups" not in data:
+            raise SchemaError(f"{source}: a required key 'groups' is missing.")
+        raw_groups = data["groups"]
+        if not isinstance(raw_groups, list) or not all(isinstance(g, Mapping) for g in raw_groups):
+            raise SchemaError(f"{source}: `groups` must be a list of tables ([[groups]] in TOML).")
+        groups = [_group_from_dict(g, i, source) for i, g in enumerate(raw_groups)]
+        missing = _policy(MissingPolicy, data.get("missing", "off"), "missing", source)
+        multiple = _policy(MultiplePolicy, data.get("multiple", "all"), "multiple", source)
         try:
-            groups = []
-            for i, g in enumerate(data["groups"]):
-                unknown = set(g) - {
-                    "name", "kind", "values", "column", "codes", "columns", "positive",
-                    "missing_codes", "description",
-                }
-                if unknown:
-                    raise SchemaError(
-                        f"{source}: group {i} ({g.get('name', '?')!r}) has unknown key "
-                        f"{sorted(unknown)[0]!r}."
-                    )
-                try:
-                    kind = GroupKind(g["kind"])
-                except ValueError:
-                    raise SchemaError(
-                        f"{source}: group {g.get('name', i)!r} has kind {g['kind']!r}; "
-                        "use 'single', 'dual' or 'multiclass'."
-                    ) from None
-                groups.append(
-                    AttributeGroup(
-                        name=str(g["name"]),
-                        kind=kind,
-                        values=tuple(str(v) for v in g["values"]),
-                        column=g.get("column"),
-                        codes=tuple(int(c) for c in g["codes"]) if "codes" in g else None,
-                        columns=tuple(g["columns"]) if "columns" in g else None,
-                        positive=int(g.get("positive", 1)),
-                        missing_codes=tuple(int(c) for c in g.get("missing_codes", ())),
-                        description=str(g.get("description", "")),
-                    )
-                )
             return cls(
                 name=str(data.get("name", "custom")),
                 groups=tuple(groups),
-                missing=MissingPolicy(data.get("missing", "off")),
-                multiple=MultiplePolicy(data.get("multiple", "all")),
+                missing=missing,
+                multiple=multiple,
                 description=str(data.get("description", "")),
             )
-        except KeyError as e:
-            raise SchemaError(f"{source}: a required key {e.args[0]!r} is missing.") from None
-        except ValueError as e:
-            if isinstance(e, SchemaError):
-                raise
-            raise SchemaError(f"{source}: {e}.") from None
+        except SchemaError as e:
+            raise SchemaError(f"{source}: {e}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> AttributeSchema:
@@ -344,9 +448,107 @@ class AttributeSchema:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SchemaError(f"Schema file {str(path)!r} does not exist.") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise SchemaError(f"Schema file {str(path)!r} is not a readable text file.") from None
         except tomllib.TOMLDecodeError as e:
             raise SchemaError(f"Schema file {str(path)!r} is not valid TOML: {e}.") from None
         return cls.from_dict(data, source=f"schema file {str(path)!r}")
+
+
+_TOP_KEYS = {"name", "description", "missing", "multiple", "groups"}
+_GROUP_KEYS = {
+    "name", "kind", "values", "column", "codes", "columns", "positive", "negative",
+    "missing_codes", "description",
+}  # fmt: skip
+
+
+def _column(table: Mapping, col: str, n: int, source: str) -> np.ndarray:
+    raw = np.asarray(table[col])
+    if raw.ndim != 1 or len(raw) != n:
+        raise SchemaError(f"{source}: column {col!r} has {raw.shape} entries, expected {n}.")
+    return raw
+
+
+def _check_codes(
+    raw: np.ndarray, allowed: tuple[int, ...], col: str, g: AttributeGroup, source: str
+) -> None:
+    try:
+        known = np.isin(raw, np.asarray(allowed))
+    except TypeError:  # e.g. strings in the column
+        known = np.array([v in allowed for v in raw.tolist()], dtype=bool)
+    if not known.all():
+        row = int(np.flatnonzero(~known)[0])
+        bad = raw[row]
+        bad = bad.item() if hasattr(bad, "item") else bad
+        raise SchemaError(
+            f"{source}: column {col!r} holds the code {bad!r} (row {row}), which group "
+            f"{g.name!r} does not declare (it accepts {sorted(allowed)})."
+        )
+
+
+def _policy(enum: type[Enum], value, key: str, source: str):
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum)
+        raise SchemaError(f"{source}: `{key}` is {value!r}; use one of {allowed}.") from None
+
+
+def _int_list(g: Mapping, key: str, where: str) -> tuple[int, ...]:
+    value = g[key]
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise SchemaError(f"{where}: `{key}` must be a list of integers, not {value!r}.")
+    return tuple(value)
+
+
+def _str_list(g: Mapping, key: str, where: str) -> tuple[str, ...]:
+    value = g[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SchemaError(f"{where}: `{key}` must be a list of strings, not {value!r}.")
+    return tuple(value)
+
+
+def _group_from_dict(g: Mapping, i: int, source: str) -> AttributeGroup:
+    where = f"{source}: group {i} ({g.get('name', '?')!r})"
+    unknown = set(g) - _GROUP_KEYS
+    if unknown:
+        raise SchemaError(f"{where} has unknown key {sorted(unknown)[0]!r}.")
+    for key in ("name", "kind", "values"):
+        if key not in g:
+            raise SchemaError(f"{where} lacks the required key {key!r}.")
+    try:
+        kind = GroupKind(g["kind"])
+    except ValueError:
+        raise SchemaError(f"{where} has kind {g['kind']!r}; use {_kinds()}.") from None
+    if "column" in g and ("columns" in g or "positive" in g or "negative" in g):
+        raise SchemaError(
+            f"{where} mixes `column` (one coded column) with `columns`/`positive`/`negative` "
+            "(one binary column per value); pick one."
+        )
+    for key in ("positive", "negative"):
+        if key in g and (not isinstance(g[key], int) or isinstance(g[key], bool)):
+            raise SchemaError(f"{where}: `{key}` must be an integer, not {g[key]!r}.")
+    if "column" in g and not isinstance(g["column"], str):
+        raise SchemaError(f"{where}: `column` must be a string, not {g['column']!r}.")
+    try:
+        return AttributeGroup(
+            name=str(g["name"]),
+            kind=kind,
+            values=_str_list(g, "values", where),
+            column=g.get("column"),
+            codes=_int_list(g, "codes", where) if "codes" in g else None,
+            columns=_str_list(g, "columns", where) if "columns" in g else None,
+            positive=int(g.get("positive", 1)),
+            negative=int(g["negative"]) if "negative" in g else None,
+            missing_codes=_int_list(g, "missing_codes", where) if "missing_codes" in g else (),
+            description=str(g.get("description", "")),
+        )
+    except SchemaError as e:
+        if str(e).startswith(source):
+            raise
+        raise SchemaError(f"{source}: {e}") from None
 
 
 BUILTIN_SCHEMAS = ("market1501", "dukemtmc")
