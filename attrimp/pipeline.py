@@ -1,0 +1,89 @@
+"""From a `StudyConfig` to data, model and datasets: the glue shared by `attrimp train`,
+`attrimp evaluate` and `attrimp study run`, so each command builds things the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attrimp.config import StudyConfig
+from attrimp.data.records import ReIDData
+from attrimp.errors import ConfigError
+from attrimp.model import MoSAICConfig, MoSAICReID
+
+
+def prepare_data(cfg: StudyConfig, workdir: str | Path, *, progress: bool = False) -> ReIDData:
+    """Load the configured dataset; for ``synthetic``, generate the world first (once)."""
+    from attrimp.data import load_manifest, load_reid_dataset, make_synthetic_world
+    from attrimp.data.synth import ATTRIBUTE_FILE, DESIGN_FILE
+
+    d = cfg.data
+    if d.dataset == "synthetic":
+        s = d.synthetic
+        root = Path(d.root) if d.root else Path(workdir) / "world"
+        if not (root / DESIGN_FILE).exists():
+            make_synthetic_world(
+                root,
+                n_identities=s.identities,
+                n_cameras=s.cameras,
+                images_per_identity_per_camera=s.images_per_camera,
+                size=tuple(s.size),
+                seed=s.seed,
+                visibility=dict(s.visibility) or 1.0,
+                overwrite=True,
+                progress=progress,
+            )
+        return load_reid_dataset(root, "market1501", root / ATTRIBUTE_FILE)
+    if d.dataset == "manifest":
+        if d.schema is None:
+            raise ConfigError("data.schema is required for a manifest dataset.")
+        return load_manifest(d.root, d.schema)
+    return load_reid_dataset(d.root, d.dataset, d.attributes, missing_policy=d.missing_policy)
+
+
+def model_config(cfg: StudyConfig, data: ReIDData) -> MoSAICConfig:
+    m, e, r = cfg.model, cfg.experts, cfg.router
+    router_kwargs = {"gates": r.gates} if r.name == "learned" else {}
+    return MoSAICConfig(
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        img_size=tuple(m.img_size),
+        stride=m.stride,
+        camera_count=data.num_cameras if m.camera_embedding else 0,
+        adapt=m.adapt,
+        backbone_kwargs=dict(m.backbone_kwargs),
+        expert_blocks=e.blocks,
+        rank=e.rank,
+        alpha=e.alpha,
+        site=e.site,
+        pooling=e.pooling,
+        expert_dropout=e.dropout,
+        schema=data.schema.name,
+        num_classes=data.num_train_pids,
+        router=r.name,
+        router_kwargs=router_kwargs,
+    )
+
+
+def build_model(cfg: StudyConfig, data: ReIDData) -> MoSAICReID:
+    """The configured model for ``data`` (its schema object is passed in, not re-read)."""
+    return MoSAICReID(model_config(cfg, data), schema=data.schema)
+
+
+def normalization(model: MoSAICReID) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pc = model.backbone.pretrained_cfg
+    return tuple(pc.mean), tuple(pc.std)
+
+
+def datasets(model: MoSAICReID, data: ReIDData):
+    """``(train, query, gallery)`` torch datasets with the model's input size and normalisation."""
+    from attrimp.data.dataset import ReIDImageDataset, build_transforms
+
+    mean, std = normalization(model)
+    size = tuple(model.config.img_size)
+    train_tf = build_transforms(train=True, size=size, mean=mean, std=std)
+    test_tf = build_transforms(train=False, size=size, mean=mean, std=std)
+    return (
+        ReIDImageDataset(data.train, train_tf, target="label"),
+        ReIDImageDataset(data.query, test_tf, target="pid"),
+        ReIDImageDataset(data.gallery, test_tf, target="pid"),
+    )

@@ -1,0 +1,384 @@
+"""ReID training of a MoSAIC model: PK batches, ID + triplet (+ centre, + attribute) losses.
+
+The loop is deliberately plain: one epoch = one pass of the PK sampler; a checkpoint after every
+epoch holds the model (``attrimp.checkpoint`` format) *and* the trainer state (optimiser moments,
+scheduler position, RNG states, log), all safetensors + JSON, so a run killed at any point
+resumes from the last finished epoch and continues bit for bit as if it had never stopped.
+
+Checkpoints live in ``out/checkpoints/epoch-NNNN/``; ``out/checkpoints/latest`` names the newest
+complete one and is replaced atomically after the folder is fully written, so a kill during a
+save leaves the previous checkpoint in charge. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel, the PK batches are sharded by rank and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from attrimp.checkpoint import load_weights, save_checkpoint
+from attrimp.config import TrainConfig
+from attrimp.data.dataset import ReIDImageDataset
+from attrimp.data.sampler import PKSampler
+from attrimp.errors import CheckpointError, ConfigError
+from attrimp.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
+from attrimp.model import MoSAICReID
+from attrimp.optim import build_optimizer, warmup_cosine
+
+LOG_FIELDS = [
+    "epoch",
+    "steps",
+    "loss",
+    "id_loss",
+    "triplet_loss",
+    "center_loss",
+    "attr_loss",
+    "lr",
+    "seconds",
+]
+STATE_WEIGHTS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but this machine has no CUDA device.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    pointer = Path(out_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    return folder if (folder / STATE_JSON).exists() else None
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "plain": plain}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, extra in meta["plain"].items():
+        state.setdefault(int(idx), {}).update(extra)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _save_training_state(
+    out_dir: Path,
+    epoch: int,
+    model: MoSAICReID,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    center: CenterLoss | None,
+    history: list[dict[str, float]],
+    config: TrainConfig,
+) -> Path:
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp, metadata={"epoch": epoch, "train": config.__dict__})
+    tensors, meta = _flatten_optimizer(opt)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if center is not None:
+        tensors["center.centers"] = center.centers.detach().cpu().contiguous()
+    save_file(tensors, str(tmp / STATE_WEIGHTS))
+    document = {
+        "epoch": epoch,
+        "optimizer": meta,
+        "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
+        "history": history,
+    }
+    (tmp / STATE_JSON).write_text(json.dumps(document, indent=1, default=float), encoding="utf-8")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = root / f".latest.tmp-{os.getpid()}"
+    pointer_tmp.write_text(name, encoding="utf-8")
+    os.replace(pointer_tmp, root / "latest")
+    for old in root.glob("epoch-*"):  # keep only the newest complete checkpoint
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_training_state(
+    folder: Path,
+    model: MoSAICReID,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    center: CenterLoss | None,
+) -> tuple[int, list[dict[str, float]]]:
+    try:
+        document = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / STATE_WEIGHTS))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"Training state in {str(folder)!r} cannot be read: {e}.") from None
+    load_weights(model, folder)
+    _restore_optimizer(opt, tensors, document["optimizer"])
+    sched_state = dict(document["scheduler"])
+    sched_state["lr_lambdas"] = [None] * len(opt.param_groups)
+    sched.load_state_dict(sched_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["rng.cuda"]))
+    if center is not None and "center.centers" in tensors:
+        with torch.no_grad():
+            center.centers.copy_(tensors["center.centers"])
+    return int(document["epoch"]), list(document["history"])
+
+
+# --------------------------------------------------------------------------- the loop
+def _autocast(device: torch.device, amp: str):
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def train(
+    model: MoSAICReID,
+    train_set: ReIDImageDataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_set`` (targets = classifier labels) and checkpoint each epoch.
+
+    With ``resume`` (the default) a run whose ``out_dir`` already holds a checkpoint continues
+    from it; the result is identical to an uninterrupted run. ``on_epoch_end(epoch, stats)`` is
+    called after each epoch's checkpoint is written (the resume test uses it to kill -9 itself).
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device) if isinstance(device, str) else device
+    dist_info = init_distributed(device)
+    if train_set.target != "label":
+        raise ConfigError("The training set must yield classifier labels (target='label').")
+    if model.classifier is None:
+        raise ConfigError("The model has no identity classifier: build it with num_classes > 0.")
+    seed_everything(config.seed)
+    model.to(device)
+    center = (
+        CenterLoss(model.config.num_classes, model.backbone.width).to(device)
+        if config.center_loss_weight > 0
+        else None
+    )
+    sampler = PKSampler(
+        train_set.targets,
+        config.identities_per_batch,
+        config.images_per_identity,
+        seed=config.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    steps_per_epoch = len(sampler)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    opt = build_optimizer(
+        model,
+        name=config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        expert_lr_scale=config.expert_lr_scale,
+        extra_parameters=list(center.parameters()) if center is not None else None,
+    )
+    sched = warmup_cosine(
+        opt,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+    )
+    start_epoch, history = 0, []
+    if resume and (found := latest_checkpoint(out_dir)) is not None:
+        start_epoch, history = _load_training_state(found, model, opt, sched, center)
+    resumed_from = start_epoch
+    ddp_model: nn.Module = model
+    if dist_info.world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # experts switched off for a whole batch get no grad
+        )
+    needs_camids = model.config.camera_count > 0
+    learned = getattr(model.router, "needs_features", False)
+    writer = _tensorboard(out_dir) if dist_info.is_main else None
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        disable=not (progress and dist_info.is_main),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, loss=0.0)
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            sampler.set_epoch(epoch)
+            bar.reset(task, total=steps_per_epoch, epoch=epoch + 1, loss=0.0)
+            sums = dict.fromkeys(
+                ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss"), 0.0
+            )
+            t0, steps = time.perf_counter(), 0
+            for step, (images, labels, camids, attributes, _idx) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                images = images.to(device, non_blocking=True)
+                labels = torch.as_tensor(labels, device=device)
+                attributes = attributes.to(device)
+                cams = torch.as_tensor(camids, device=device) if needs_camids else None
+                with _autocast(device, config.amp):
+                    out = ddp_model(images, attributes, cams)
+                parts = {
+                    "id_loss": identity_loss(out.logits, labels, smoothing=config.label_smoothing),
+                    "triplet_loss": batch_hard_triplet_loss(
+                        out.global_features, labels, margin=config.triplet_margin
+                    ),
+                }
+                if center is not None:
+                    parts["center_loss"] = config.center_loss_weight * center(
+                        out.global_features, labels
+                    )
+                if learned and out.attr_logits is not None:
+                    parts["attr_loss"] = model.router.loss(out.attr_logits, attributes)
+                loss = sum(parts.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                sched.step()
+                steps += 1
+                sums["loss"] += float(loss.detach())
+                for k, v in parts.items():
+                    sums[k] += float(v.detach())
+                bar.update(task, advance=1, loss=sums["loss"] / steps)
+            stats = {k: v / max(1, steps) for k, v in sums.items()}
+            stats.update(
+                epoch=epoch + 1,
+                steps=steps,
+                lr=opt.param_groups[0]["lr"],
+                seconds=time.perf_counter() - t0,
+            )
+            history.append(stats)
+            if dist_info.is_main:
+                _save_training_state(out_dir, epoch + 1, model, opt, sched, center, history, config)
+                _write_log(out_dir, history)
+                if writer is not None:
+                    for k in ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss", "lr"):
+                        writer.add_scalar(f"train/{k}", stats[k], epoch + 1)
+                    writer.flush()
+            if dist_info.world_size > 1:
+                torch.distributed.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, stats)
+    if writer is not None:
+        writer.close()
+    final = latest_checkpoint(out_dir)
+    if final is None:  # zero epochs asked for, nothing written yet
+        final = _save_training_state(out_dir, 0, model, opt, sched, center, history, config)
+    return TrainResult(final, config.epochs, history, resumed_from)
+
+
+def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite the CSV log from the history (so a resumed run never duplicates rows)."""
+    tmp = out_dir / ".train_log.csv.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, 0.0) for k in LOG_FIELDS})
+    os.replace(tmp, out_dir / "train_log.csv")
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency, but stay usable
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
