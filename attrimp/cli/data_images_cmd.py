@@ -1,0 +1,228 @@
+"""`attrimp data synth` and `attrimp data summary`: the synthetic world and what a dataset holds.
+
+Heavy imports happen inside the commands so `attrimp --help` stays instant. User mistakes raise
+`AttrimpError`s, which the CLI prints as one sentence (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attrimp.errors import ConfigError, DataError
+
+console = Console(soft_wrap=True)
+
+SUMMARY_DATASETS = ("market1501", "dukemtmc", "manifest")
+
+
+def _parse_visibility(items: list[str]) -> dict[str, float] | float:
+    """``["hat=0", "upcolor=0.5"]`` -> mapping; a bare number (``["0.5"]``) sets every group."""
+    if len(items) == 1 and "=" not in items[0]:
+        try:
+            return float(items[0])
+        except ValueError:
+            pass
+    out: dict[str, float] = {}
+    for item in items:
+        group, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[group.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--visibility {item!r} is not GROUP=VALUE (e.g. hat=0.0) or one number for all "
+                "groups."
+            ) from None
+    return out
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return int(h), int(w)
+    except ValueError:
+        raise ConfigError(f"--size {text!r} is not HEIGHTxWIDTH (e.g. 128x64).") from None
+
+
+def synth(
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write the world into.", show_default=False
+    ),
+    identities: int = typer.Option(80, "--identities", help="Number of identities (half train)."),
+    cameras: int = typer.Option(4, "--cameras", help="Number of cameras (2-9)."),
+    images_per_camera: int = typer.Option(
+        3, "--images-per-camera", help="Images of each identity in each camera."
+    ),
+    size: str = typer.Option("128x64", "--size", help="Image size HEIGHTxWIDTH."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    visibility: list[str] = typer.Option(
+        [],
+        "--visibility",
+        help="GROUP=VALUE in [0,1], repeatable (0 = invisible in the pixels, still annotated); "
+        "or one number for every group.",
+    ),
+    priors: str = typer.Option("market", "--priors", help="market (Market-1501's) or uniform."),
+    distractors: int = typer.Option(0, "--distractors", help="Unannotated gallery images (0000)."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing world."),
+) -> None:
+    """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file."""
+    from attrimp.data.synth import DESIGN_FILE, make_synthetic_world
+
+    start = time.perf_counter()
+    root = make_synthetic_world(
+        out,
+        n_identities=identities,
+        n_cameras=cameras,
+        images_per_identity_per_camera=images_per_camera,
+        size=_parse_size(size),
+        seed=seed,
+        visibility=_parse_visibility(visibility) if visibility else 1.0,
+        priors=priors,
+        distractors=distractors,
+        image_format=image_format,
+        overwrite=overwrite,
+        progress=True,
+    )
+    design = json.loads((root / DESIGN_FILE).read_text(encoding="utf-8"))
+    c = design["counts"]
+    hidden = {g: v for g, v in design["visibility"].items() if v < 1.0}
+    console.print(
+        f"Wrote {root}: {identities} identities × {cameras} cameras, {c['train']} train / "
+        f"{c['query']} query / {c['gallery']} gallery images in "
+        f"{time.perf_counter() - start:.1f} s.",
+        highlight=False,
+    )
+    if hidden:
+        console.print(
+            "Visibility below 1: " + ", ".join(f"{g}={v:g}" for g, v in hidden.items()),
+            highlight=False,
+        )
+    console.print(f"Attributes: {root / design['attribute_file']}; design: {root / DESIGN_FILE}.")
+
+
+def summary(
+    path: Path = typer.Argument(
+        ..., help="Dataset folder (market1501/dukemtmc) or manifest CSV.", show_default=False
+    ),
+    dataset: str = typer.Option(
+        "market1501", "--dataset", help="market1501, dukemtmc or manifest."
+    ),
+    attributes: Path | None = typer.Option(
+        None,
+        "--attributes",
+        help="Identity-level attribute file (.mat or CSV). Default: the synthetic world's own, "
+        "if PATH is one.",
+    ),
+    schema: Path | None = typer.Option(None, "--schema", help="Schema TOML (manifest)."),
+    missing_policy: str = typer.Option(
+        "error", "--missing-policy", help="error, or skip (counted) identities without attributes."
+    ),
+    bad_names: str = typer.Option(
+        "error", "--bad-names", help="error, or skip (counted) unparseable file names."
+    ),
+    verify: bool = typer.Option(False, "--verify", help="Decode every image to find broken ones."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON."),
+) -> None:
+    """Identities, images, cameras, per-split counts, attribute coverage and warnings."""
+    from attrimp.data.summary import summarize, verify_images
+
+    key = dataset.lower().replace("-", "")
+    if key not in SUMMARY_DATASETS:
+        raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(SUMMARY_DATASETS)}.")
+    if key == "manifest":
+        from attrimp.data.manifest import load_manifest
+
+        if schema is None:
+            raise ConfigError(
+                "--dataset manifest needs --schema, the TOML of its attribute columns."
+            )
+        data = load_manifest(path, schema)
+    else:
+        from attrimp.data.market import load_reid_dataset
+        from attrimp.data.synth import DESIGN_FILE
+
+        if attributes is None and (path / DESIGN_FILE).is_file():
+            design = json.loads((path / DESIGN_FILE).read_text(encoding="utf-8"))
+            attributes = path / design.get("attribute_file", "market_attribute.mat")
+            console.print(
+                f"Synthetic world: using its attribute file {attributes}.", highlight=False
+            )
+        data = load_reid_dataset(
+            path, key, attributes, missing_policy=missing_policy, bad_names=bad_names
+        )
+    result = summarize(data)
+    if verify:
+        paths = [r.path for r in data.all_records()]
+        result.bad_images = verify_images(paths, progress=True)
+        result.verified = True
+    _print(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if result.bad_images:
+        first = result.bad_images[0][0]
+        raise DataError(
+            f"{len(result.bad_images)} images cannot be decoded (the first: {first!r}); replace "
+            "or remove them."
+        )
+
+
+def _print(s) -> None:
+    title = f"{s.name} at {s.root}" + (
+        f" (attributes: {s.attribute_source})" if s.attribute_source else ""
+    )
+    t = Table(title=title, title_justify="left")
+    for col in ("split", "images", "identities", "cameras", "distractor images"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for name, sp in s.splits.items():
+        t.add_row(
+            name, str(sp.images), str(sp.identities), str(sp.cameras), str(sp.distractor_images)
+        )
+    t.add_row(
+        "all",
+        str(sum(sp.images for sp in s.splits.values())),
+        str(s.identities),
+        str(s.cameras),
+        str(sum(sp.distractor_images for sp in s.splits.values())),
+        style="bold",
+    )
+    console.print(t)
+    if s.coverage:
+        c = Table(
+            title=f"Attribute coverage per identity (schema {s.schema})", title_justify="left"
+        )
+        for col in ("group", "annotated", "unknown", "multiple"):
+            c.add_column(col, justify="left" if col == "group" else "right")
+        for g, v in s.coverage.items():
+            c.add_row(g, str(v["annotated"]), str(v["unknown"]), str(v["multiple"]))
+        console.print(c)
+    if s.counts:
+        console.print(
+            "Loader counts: " + ", ".join(f"{k} = {v}" for k, v in sorted(s.counts.items())),
+            highlight=False,
+        )
+    for w in s.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if s.verified:
+        if s.bad_images:
+            console.print(f"[red]{len(s.bad_images)} images cannot be decoded:[/]")
+            for _, reason in s.bad_images[:20]:
+                console.print(f"  {reason}", highlight=False)
+        else:
+            console.print("Every image decodes.")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `synth` and `summary` to the `attrimp data` group."""
+    app.command("synth")(synth)
+    app.command("summary")(summary)

@@ -1,0 +1,178 @@
+"""Any attribute dataset: a manifest CSV plus a schema TOML.
+
+The manifest has one row per image: ``path`` (relative to the CSV's folder unless absolute),
+``pid`` (integer identity; ``-1`` = junk, excluded and counted), ``camid`` (non-negative
+integer, used as given), ``split`` (``train``, ``query`` or ``gallery``) and the attribute
+columns the schema names (its ``column`` / ``columns``), coded as the schema says. An empty cell
+in a group's column(s) means "not annotated": that group is unknown for the image (all its
+slots 0, so the oracle router keeps its experts off). Attributes may differ between images of one
+identity — a manifest is image-level, unlike the Market/Duke files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from attrimp.data.market import _check_query_matches
+from attrimp.data.records import JUNK_PID, SPLITS, DataReport, ImageRecord, ReIDData
+from attrimp.errors import DataError, SchemaError
+from attrimp.schema import AttributeSchema, MissingPolicy, load_schema
+
+REQUIRED = ("path", "pid", "camid", "split")
+
+
+def load_manifest(
+    manifest: str | Path,
+    schema: str | Path | AttributeSchema,
+    *,
+    root: str | Path | None = None,
+    check_files: bool = True,
+) -> ReIDData:
+    """Read a manifest CSV against ``schema`` (a built-in name, a TOML path or a schema).
+
+    ``root`` resolves relative paths (default: the CSV's folder). With ``check_files`` every
+    listed image must exist (one error names the first missing files and their count).
+    """
+    manifest = Path(manifest)
+    if manifest.is_dir():
+        manifest = manifest / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"The manifest {str(manifest)!r} does not exist.")
+    if not isinstance(schema, AttributeSchema):
+        schema = load_schema(schema)
+    base = Path(root) if root is not None else manifest.parent
+    src = f"manifest {str(manifest)!r}"
+    try:
+        frame = pd.read_csv(manifest, dtype={"path": str, "split": str}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"The {src} is not a readable CSV file: {e}.") from None
+    absent = [c for c in REQUIRED if c not in frame.columns]
+    if absent:
+        raise DataError(
+            f"The {src} lacks the column {absent[0]!r}; it needs {', '.join(REQUIRED)} plus the "
+            "schema's attribute columns."
+        )
+    frame = frame.reset_index(drop=True)
+    for col in ("pid", "camid"):
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() | (values != values.round())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"The {src} has {col} {frame[col].iloc[i]!r} on row {i + 2}, not an integer."
+            )
+        frame[col] = values.astype(np.int64)
+    if (frame["camid"] < 0).any():
+        i = int(np.flatnonzero((frame["camid"] < 0).to_numpy())[0])
+        raise DataError(f"The {src} has a negative camid on row {i + 2}.")
+    if (frame["pid"] < JUNK_PID).any():
+        i = int(np.flatnonzero((frame["pid"] < JUNK_PID).to_numpy())[0])
+        raise DataError(
+            f"The {src} has pid {frame['pid'].iloc[i]} on row {i + 2}; use -1 for junk."
+        )
+    splits = frame["split"].fillna("").str.strip().str.lower()
+    bad_split = ~splits.isin(SPLITS)
+    if bad_split.any():
+        i = int(np.flatnonzero(bad_split.to_numpy())[0])
+        raise DataError(
+            f"The {src} has split {frame['split'].iloc[i]!r} on row {i + 2}; use train, query "
+            "or gallery."
+        )
+    frame["split"] = splits
+    if frame["path"].isna().any():
+        i = int(np.flatnonzero(frame["path"].isna().to_numpy())[0])
+        raise DataError(f"The {src} has an empty path on row {i + 2}.")
+
+    report = DataReport()
+    junk = frame["pid"] == JUNK_PID
+    if junk.any():
+        report.add("junk_images", int(junk.sum()))
+    multihot = encode_with_gaps(frame, schema, source=src)
+    paths = [p if p.is_absolute() else base / p for p in map(Path, frame["path"])]
+    if check_files:
+        missing = [str(p) for p, j in zip(paths, junk) if not j and not p.is_file()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(
+                f"The {src} lists {len(missing)} images that do not exist: "
+                f"{', '.join(missing[:3])}{more}."
+            )
+
+    keep = ~junk.to_numpy()
+    train_pids = sorted(set(frame.loc[keep & (frame["split"] == "train").to_numpy(), "pid"]))
+    pid_to_label = {int(p): i for i, p in enumerate(train_pids)}
+    records: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+    for i in np.flatnonzero(keep):
+        pid, split = int(frame["pid"].iat[i]), frame["split"].iat[i]
+        records[split].append(
+            ImageRecord(
+                path=paths[i],
+                pid=pid,
+                camid=int(frame["camid"].iat[i]),
+                split=split,
+                label=pid_to_label[pid] if split == "train" else -1,
+                attributes=multihot[i],
+            )
+        )
+    if not any(records.values()):
+        raise DataError(f"The {src} lists no usable image.")
+    _check_query_matches(records["query"], records["gallery"], report)
+    return ReIDData(
+        name=schema.name,
+        root=base,
+        schema=schema,
+        train=records["train"],
+        query=records["query"],
+        gallery=records["gallery"],
+        pid_to_label=pid_to_label,
+        report=report,
+        attribute_source=manifest,
+    )
+
+
+def encode_with_gaps(frame: pd.DataFrame, schema: AttributeSchema, *, source: str) -> np.ndarray:
+    """``schema.encode`` for a table whose attribute cells may be empty (= not annotated).
+
+    The schema encoder wants integer codes everywhere; empty cells are filled with a valid code
+    for encoding and the group's slots are then cleared for those rows, so an empty cell can
+    never turn into a value.
+    """
+    need = [c for g in schema.groups for c in g.source_columns]
+    absent = [c for c in need if c not in frame.columns]
+    if absent:
+        raise SchemaError(
+            f"The {source} lacks the attribute column {absent[0]!r} that schema "
+            f"{schema.name!r} needs ({len(absent)} missing in all)."
+        )
+    cols: dict[str, np.ndarray] = {}
+    gaps: list[tuple[int, np.ndarray]] = []
+    for gi, g in enumerate(schema.groups):
+        fill = g.codes[0] if g.column is not None else g.negative
+        empty = np.zeros(len(frame), dtype=bool)
+        for c in g.source_columns:
+            values = pd.to_numeric(frame[c], errors="coerce")
+            nonint = values.notna() & (values != values.round())
+            garbage = values.isna() & frame[c].notna()
+            if (nonint | garbage).any():
+                i = int(np.flatnonzero((nonint | garbage).to_numpy())[0])
+                raise SchemaError(
+                    f"The {source} has {frame[c].iloc[i]!r} in attribute column {c!r} on row "
+                    f"{i + 2}, not an integer code."
+                )
+            empty |= values.isna().to_numpy()
+            cols[c] = values.fillna(fill).astype(np.int64).to_numpy()
+        if empty.any() and schema.missing is MissingPolicy.ERROR:
+            i = int(np.flatnonzero(empty)[0])
+            raise SchemaError(
+                f"The {source} has no value for group {g.name!r} on row {i + 2} and schema "
+                f"{schema.name!r} sets missing = 'error'."
+            )
+        gaps.append((gi, empty))
+    out = schema.encode(cols, source=source)
+    for gi, empty in gaps:
+        if empty.any():
+            out[np.ix_(empty, schema.group_slots(schema.groups[gi].name))] = 0.0
+    return out

@@ -1,0 +1,840 @@
+"""The synthetic world: pedestrian-like images with planted, controllable attributes.
+
+Why it exists: tests and the built-in study need a ReID dataset that is small, fast, free to
+redistribute and whose truth is known — in particular, an attribute that is *annotated* but not
+*visible* in the pixels, so a study can check that such an attribute comes out as important (the
+expert carries information the image lacks).
+
+What is drawn (``render_person``), per image of 128×64 by default:
+- a person — head, hair (short / long), optional hat, torso in the upper colour with sleeves
+  (short / long), lower body as pants or a dress, short or long, in the lower colour, shoes,
+  backpack / shoulder bag / handbag shapes; gender shows in body proportions (shoulders vs hips),
+  age in height, head size, grey hair and a stoop;
+- identity-specific detail so identities are not defined by attributes alone: skin tone, hair
+  and shoe colour, a small torso pattern (stripe / logo / dots / none), body width and height,
+  accessory colours and a slight shade shift of the clothing colours;
+- the camera: background colour and floor, light gain and colour cast, noise, optional blur;
+- per image: position and scale jitter, walking phase (legs, arms), front or back view, clutter.
+
+Attributes are drawn per identity, independently across groups, from Market-1501's priors
+(`MARKET_PRIORS`, embedded so the package never needs the real file; a test checks it against
+``../shared/data/market_attribute.mat``) or uniformly (``priors="uniform"``, for balanced designs).
+Independent draws are deliberate: the real file's correlations (e.g. long hair with female) would
+confound a planted-importance design. Annotations are always complete (no "unknown").
+
+Visibility: each attribute group has a visibility ``v`` in [0, 1]. For every image and group a
+uniform number ``u`` is drawn (always, so changing one group's visibility changes no other pixel);
+if ``u < v`` the true value is drawn, otherwise the group's *neutral* rendering (`NEUTRAL`), the
+same for every identity. ``v = 0``: the attribute never shows in the pixels while the annotation
+keeps its true value; ``v = 1``: always shows.
+
+Output, in the Market-1501 layout so the same loaders read it: ``bounding_box_train/``,
+``query/``, ``bounding_box_test/`` with names ``PPPP_cCs1_FFFFFF_00.jpg`` (or ``.png``);
+``market_attribute.mat`` (the released file's struct layout and coding: 1 = no / first value,
+2 = yes / second, age 1..4), ``market_attribute.csv`` (``pid, split`` + the same raw columns) and ``synth.json`` (the planted
+design). Same arguments, same bytes on a given Pillow/scipy build (the .mat header's timestamp
+is fixed).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from attrimp.errors import DataError
+
+# --- Market-1501 priors ---------------------------------------------------------------------
+#: P(code) of every raw column of market_attribute.mat over all 1,501 identities (train + test),
+#: rounded to 4 decimals. Codes: 1 = no / first value, 2 = yes / second value; age 1..4. For the
+#: colour columns, 1 - P(2) includes identities with no colour marked (147 upper, 74 lower).
+MARKET_PRIORS: dict[str, dict[int, float]] = {
+    "gender": {1: 0.5630, 2: 0.4370},
+    "hair": {1: 0.6536, 2: 0.3464},
+    "up": {1: 0.0560, 2: 0.9440},
+    "down": {1: 0.3704, 2: 0.6296},
+    "clothes": {1: 0.1299, 2: 0.8701},
+    "hat": {1: 0.9714, 2: 0.0286},
+    "backpack": {1: 0.7428, 2: 0.2572},
+    "bag": {1: 0.7535, 2: 0.2465},
+    "handbag": {1: 0.8921, 2: 0.1079},
+    "age": {1: 0.0107, 2: 0.8055, 3: 0.1752, 4: 0.0087},
+    "upblack": {1: 0.8521, 2: 0.1479},
+    "upwhite": {1: 0.7095, 2: 0.2905},
+    "upred": {1: 0.8974, 2: 0.1026},
+    "uppurple": {1: 0.9640, 2: 0.0360},
+    "upyellow": {1: 0.9354, 2: 0.0646},
+    "upgray": {1: 0.8721, 2: 0.1279},
+    "upblue": {1: 0.9347, 2: 0.0653},
+    "upgreen": {1: 0.9327, 2: 0.0673},
+    "downblack": {1: 0.6136, 2: 0.3864},
+    "downwhite": {1: 0.9280, 2: 0.0720},
+    "downpink": {1: 0.9674, 2: 0.0326},
+    "downpurple": {1: 0.9987, 2: 0.0013},
+    "downyellow": {1: 0.9927, 2: 0.0073},
+    "downgray": {1: 0.8341, 2: 0.1659},
+    "downblue": {1: 0.8155, 2: 0.1845},
+    "downgreen": {1: 0.9773, 2: 0.0227},
+    "downbrown": {1: 0.9221, 2: 0.0779},
+}
+
+#: Raw columns in the order of the released .mat struct (kept so our file reads like theirs).
+MAT_COLUMNS = [
+    "age",
+    "backpack",
+    "bag",
+    "handbag",
+    "downblack",
+    "downblue",
+    "downbrown",
+    "downgray",
+    "downgreen",
+    "downpink",
+    "downpurple",
+    "downwhite",
+    "downyellow",
+    "upblack",
+    "upblue",
+    "upgreen",
+    "upgray",
+    "uppurple",
+    "upred",
+    "upwhite",
+    "upyellow",
+    "clothes",
+    "down",
+    "up",
+    "hair",
+    "hat",
+    "gender",
+]
+
+# Market-1501 groups, values in schema order (see attrimp/schemas/market1501.toml).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "gender": ("male", "female"),
+    "hair": ("short", "long"),
+    "up": ("long", "short"),
+    "down": ("long", "short"),
+    "clothes": ("dress", "pants"),
+    "hat": ("no", "yes"),
+    "backpack": ("no", "yes"),
+    "bag": ("no", "yes"),
+    "handbag": ("no", "yes"),
+    "age": ("young", "teenager", "adult", "old"),
+    "upcolor": ("black", "white", "red", "purple", "yellow", "gray", "blue", "green"),
+    "downcolor": ("black", "white", "pink", "purple", "yellow", "gray", "blue", "green", "brown"),
+}
+_COLOR_COLUMNS = {
+    g: tuple(("up" if g == "upcolor" else "down") + v for v in GROUPS[g])
+    for g in ("upcolor", "downcolor")
+}
+
+#: What an invisible group looks like: one fixed rendering for every identity.
+NEUTRAL: dict[str, str] = {
+    "gender": "proportions halfway between the male and female body",
+    "hair": "chin-length hair",
+    "up": "sleeves to the elbow",
+    "down": "lower clothing to mid-calf",
+    "clothes": "pants",
+    "hat": "no hat",
+    "backpack": "no backpack",
+    "bag": "no shoulder bag",
+    "handbag": "no handbag",
+    "age": "adult height and head, own hair colour, upright",
+    "upcolor": "khaki (160, 150, 120)",
+    "downcolor": "khaki (160, 150, 120)",
+}
+_NEUTRAL_COLOR = np.array([160, 150, 120])
+
+PALETTE = {
+    "black": (28, 28, 32),
+    "white": (236, 236, 230),
+    "red": (200, 32, 36),
+    "purple": (118, 50, 150),
+    "yellow": (230, 208, 40),
+    "gray": (128, 128, 128),
+    "blue": (40, 72, 190),
+    "green": (40, 150, 62),
+    "pink": (236, 140, 182),
+    "brown": (120, 76, 36),
+}
+
+ATTRIBUTE_FILE = "market_attribute.mat"
+ATTRIBUTE_CSV = "market_attribute.csv"
+DESIGN_FILE = "synth.json"
+PRIORS = ("market", "uniform")
+IMAGE_FORMATS = ("jpg", "png")
+_FORMAT_VERSION = 1
+
+
+# --- the planted quantities ------------------------------------------------------------------
+@dataclass(frozen=True)
+class IdentityDetail:
+    """What makes an identity itself beyond its attributes."""
+
+    skin: tuple[int, int, int]
+    hair_color: tuple[int, int, int]
+    shoe_color: tuple[int, int, int]
+    accessory_color: tuple[int, int, int]
+    hat_color: tuple[int, int, int]
+    shade: tuple[int, int, int]  # added to both clothing colours
+    pattern: str  # none / stripe / logo / dots
+    pattern_color: tuple[int, int, int]
+    pattern_pos: float  # 0..1 down the torso
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class Camera:
+    background: tuple[int, int, int]
+    floor: tuple[int, int, int]
+    gain: float
+    cast: tuple[float, float, float]
+    noise: float
+    blur: bool
+
+
+@dataclass(frozen=True)
+class Pose:
+    dx: float  # fraction of width
+    dy: float  # fraction of height
+    scale: float
+    phase: float  # walking phase, -1..1
+    back: bool  # seen from behind
+    clutter: tuple[tuple[float, float, float, float, int], ...]  # x0, y0, x1, y1, shade
+    light: float  # per-image gain jitter
+    noise_index: int
+
+
+def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(lo, hi, size=3))
+
+
+def draw_attributes(rng: np.random.Generator, priors: str = "market") -> dict[str, int]:
+    """One identity's attributes: group -> index into ``GROUPS[group]``."""
+    out: dict[str, int] = {}
+    for g, values in GROUPS.items():
+        if priors == "uniform":
+            out[g] = int(rng.integers(len(values)))
+            continue
+        if g in _COLOR_COLUMNS:
+            p = np.array([MARKET_PRIORS[c][2] for c in _COLOR_COLUMNS[g]])
+        else:
+            p = np.array([MARKET_PRIORS[g][code] for code in sorted(MARKET_PRIORS[g])])
+        out[g] = int(rng.choice(len(values), p=p / p.sum()))
+    return out
+
+
+def draw_identity_detail(rng: np.random.Generator) -> IdentityDetail:
+    tone = rng.uniform(0.0, 1.0)
+    skin = tuple(int(a + (b - a) * tone) for a, b in zip((236, 200, 170), (110, 72, 48)))
+    hair = [(20, 16, 14), (60, 38, 22), (104, 70, 40), (180, 150, 90)][int(rng.integers(4))]
+    return IdentityDetail(
+        skin=skin,
+        hair_color=hair,
+        shoe_color=_color(rng, 0, 200),
+        accessory_color=_color(rng, 20, 200),
+        hat_color=_color(rng, 20, 230),
+        shade=tuple(int(s) for s in rng.integers(-14, 15, size=3)),
+        pattern=("none", "stripe", "logo", "dots")[int(rng.integers(4))],
+        pattern_color=_color(rng),
+        pattern_pos=float(rng.uniform(0.2, 0.7)),
+        width=float(rng.uniform(0.9, 1.1)),
+        height=float(rng.uniform(0.95, 1.03)),
+    )
+
+
+def draw_camera(rng: np.random.Generator) -> Camera:
+    return Camera(
+        background=_color(rng, 40, 220),
+        floor=_color(rng, 40, 200),
+        gain=float(rng.uniform(0.7, 1.2)),
+        cast=tuple(float(c) for c in rng.uniform(0.88, 1.12, size=3)),
+        noise=float(rng.uniform(2.0, 7.0)),
+        blur=bool(rng.random() < 0.35),
+    )
+
+
+def draw_pose(rng: np.random.Generator) -> Pose:
+    clutter = []
+    for _ in range(int(rng.integers(1, 4))):
+        x0, x1 = sorted(rng.uniform(0, 1, 2))
+        y0, y1 = sorted(rng.uniform(0, 1, 2))
+        clutter.append((float(x0), float(y0), float(x1), float(y1), int(rng.integers(-40, 41))))
+    return Pose(
+        dx=float(rng.uniform(-0.06, 0.06)),
+        dy=float(rng.uniform(-0.025, 0.025)),
+        scale=float(rng.uniform(0.92, 1.04)),
+        phase=float(rng.uniform(-1, 1)),
+        back=bool(rng.random() < 0.5),
+        clutter=tuple(clutter),
+        light=float(rng.uniform(0.95, 1.05)),
+        noise_index=int(rng.integers(2**31)),
+    )
+
+
+# --- drawing ---------------------------------------------------------------------------------
+def _shade(color, shift) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, int(c) + int(s))) for c, s in zip(color, shift))
+
+
+def render_person(
+    attributes: Mapping[str, int],
+    detail: IdentityDetail,
+    pose: Pose,
+    camera: Camera,
+    visible: Mapping[str, bool],
+    size: tuple[int, int] = (128, 64),
+) -> np.ndarray:
+    """Draw one image, ``uint8 [H, W, 3]``. A group with ``visible[g] == False`` is drawn in its
+    neutral form, so the result does not depend on ``attributes[g]`` at all."""
+    H, W = size
+
+    def val(g: str) -> str | None:
+        return GROUPS[g][attributes[g]] if visible.get(g, True) else None
+
+    gender, hair, up, down = val("gender"), val("hair"), val("up"), val("down")
+    clothes, age = val("clothes") or "pants", val("age") or "adult"
+    upc = val("upcolor")
+    downc = val("downcolor")
+    up_rgb = _shade(PALETTE[upc] if upc else _NEUTRAL_COLOR, detail.shade)
+    down_rgb = _shade(PALETTE[downc] if downc else _NEUTRAL_COLOR, detail.shade)
+    hair_rgb = (170, 170, 172) if age == "old" else detail.hair_color
+
+    # Background: camera colour with a vertical gradient, a floor band and per-image clutter.
+    rows = np.linspace(1.15, 0.85, H, dtype=np.float32)[:, None, None]
+    bg = np.empty((H, W, 3), dtype=np.uint8)
+    bg[:] = np.minimum(np.asarray(camera.background, np.float32) * rows, 255)
+    bg[int(H * 0.82) :] = camera.floor
+    img = Image.fromarray(bg)
+    d = ImageDraw.Draw(img)
+    for x0, y0, x1, y1, s in pose.clutter:
+        base = camera.floor if y0 > 0.82 else camera.background
+        d.rectangle((x0 * W, y0 * H, x1 * W, y1 * H), fill=_shade(base, (s, s, s)))
+
+    # Body geometry (pixels). Age sets height and head size; gender sets shoulders vs hips.
+    age_scale = {"young": 0.72, "teenager": 0.88, "adult": 1.0, "old": 0.96}[age]
+    head_frac = {"young": 0.17, "teenager": 0.145, "adult": 0.13, "old": 0.13}[age]
+    h = H * 0.86 * pose.scale * age_scale * detail.height
+    cx = W / 2 + pose.dx * W
+    feet = H * 0.95 + pose.dy * H
+    top = feet - h
+    shoulder = h * 0.135 * detail.width * {"male": 1.12, "female": 0.86, None: 0.99}[gender]
+    hip = h * 0.10 * detail.width * {"male": 0.9, "female": 1.12, None: 1.01}[gender]
+    stoop = h * 0.03 if age == "old" else 0.0
+    y_head1 = top + h * head_frac
+    y_sh = y_head1 + h * 0.03
+    y_waist = top + h * 0.52
+    y_knee = top + h * 0.74
+    y_ankle = feet - h * 0.03
+    leg_w = h * 0.05
+    spread = pose.phase * h * 0.06
+    hx = cx + stoop  # head centre
+    head_r = h * head_frac / 2
+
+    def poly(points, fill):
+        d.polygon([(float(x), float(y)) for x, y in points], fill=fill)
+
+    def ybetween(a, b, t):
+        return a + (b - a) * t
+
+    # Backpack seen from the front: its sides stick out behind the torso.
+    backpack = val("backpack") == "yes"
+    if backpack and not pose.back:
+        d.rounded_rectangle(
+            (cx - shoulder * 1.12, y_sh + h * 0.02, cx + shoulder * 1.12, y_waist - h * 0.04),
+            radius=2,
+            fill=detail.accessory_color,
+        )
+    # Long hair falls behind the shoulders (drawn before the torso in front view).
+    hair_len = {"short": 0.0, "long": 0.16, None: 0.05}[hair]
+    if hair_len > 0 and not pose.back:
+        d.rectangle(
+            (hx - head_r * 1.3, y_head1 - head_r, hx + head_r * 1.3, y_head1 + h * hair_len),
+            fill=hair_rgb,
+        )
+
+    # Legs (skin), then lower clothing.
+    for side in (-1, 1):
+        x_hip = cx + side * hip * 0.5
+        x_foot = x_hip + side * abs(spread) * 0.5
+        poly(
+            [
+                (x_hip - leg_w / 2, y_waist),
+                (x_hip + leg_w / 2, y_waist),
+                (x_foot + leg_w / 2, y_ankle),
+                (x_foot - leg_w / 2, y_ankle),
+            ],
+            detail.skin,
+        )
+        d.ellipse(
+            (x_foot - leg_w * 0.8, y_ankle - 1, x_foot + leg_w * 0.9, feet + 1),
+            fill=detail.shoe_color,
+        )
+    hem = {"long": y_ankle - h * 0.01, "short": y_knee, None: ybetween(y_knee, y_ankle, 0.5)}[down]
+    if clothes == "dress":
+        flare = hip * 0.6 + (hem - y_waist) * 0.35
+        poly(
+            [
+                (cx - hip, y_waist),
+                (cx + hip, y_waist),
+                (cx + flare + hip * 0.4, hem),
+                (cx - flare - hip * 0.4, hem),
+            ],
+            down_rgb,
+        )
+    else:
+        t = (hem - y_waist) / (y_ankle - y_waist)
+        for side in (-1, 1):
+            x_hip = cx + side * hip * 0.5
+            x_foot = x_hip + side * abs(spread) * 0.5
+            x_hem = ybetween(x_hip, x_foot, t)
+            w = leg_w * 0.65
+            poly(
+                [
+                    (x_hip - w - hip * 0.3, y_waist),
+                    (x_hip + w + hip * 0.3, y_waist),
+                    (x_hem + w, hem),
+                    (x_hem - w, hem),
+                ],
+                down_rgb,
+            )
+
+    # Arms: sleeve (upper colour) then skin below it; long sleeves reach the wrist.
+    y_hand = y_waist + h * 0.04
+    sleeve = {"long": 1.0, "short": 0.3, None: 0.5}[up]
+    for side in (-1, 1):
+        x_sh = cx + side * shoulder
+        x_hand = x_sh + side * h * 0.015 + spread * 0.3
+        arm_w = h * 0.045
+        y_sl = ybetween(y_sh, y_hand, sleeve)
+        x_sl = ybetween(x_sh, x_hand, sleeve)
+        poly(
+            [
+                (x_sh - arm_w, y_sh),
+                (x_sh + arm_w, y_sh),
+                (x_hand + arm_w * 0.8, y_hand),
+                (x_hand - arm_w * 0.8, y_hand),
+            ],
+            detail.skin,
+        )
+        poly(
+            [
+                (x_sh - arm_w * 1.1, y_sh),
+                (x_sh + arm_w * 1.1, y_sh),
+                (x_sl + arm_w, y_sl),
+                (x_sl - arm_w, y_sl),
+            ],
+            up_rgb,
+        )
+        d.ellipse(
+            (x_hand - arm_w, y_hand - arm_w, x_hand + arm_w, y_hand + arm_w), fill=detail.skin
+        )
+        if side == 1 and val("handbag") == "yes":
+            d.rectangle(
+                (x_hand - h * 0.05, y_hand + arm_w, x_hand + h * 0.05, y_hand + h * 0.11),
+                fill=detail.accessory_color,
+            )
+    # Torso with the identity's pattern.
+    poly(
+        [
+            (cx - shoulder + stoop, y_sh),
+            (cx + shoulder + stoop, y_sh),
+            (cx + hip, y_waist),
+            (cx - hip, y_waist),
+        ],
+        up_rgb,
+    )
+    py = ybetween(y_sh, y_waist, detail.pattern_pos)
+    if detail.pattern == "stripe":
+        d.rectangle(
+            (cx - hip * 0.95, py - h * 0.012, cx + hip * 0.95, py + h * 0.012),
+            fill=detail.pattern_color,
+        )
+    elif detail.pattern == "logo":
+        d.rectangle(
+            (cx - h * 0.025, py - h * 0.025, cx + h * 0.025, py + h * 0.025),
+            fill=detail.pattern_color,
+        )
+    elif detail.pattern == "dots":
+        for k in (-1, 0, 1):
+            x = cx + k * hip * 0.5
+            d.ellipse((x - 1, py - 1, x + 1, py + 1), fill=detail.pattern_color)
+    if backpack:
+        if pose.back:
+            d.rounded_rectangle(
+                (cx - shoulder * 0.8, y_sh + h * 0.02, cx + shoulder * 0.8, y_waist - h * 0.03),
+                radius=2,
+                fill=detail.accessory_color,
+            )
+        else:
+            for side in (-1, 1):
+                x = cx + side * shoulder * 0.55
+                d.line((x, y_sh, x, y_waist - h * 0.06), fill=detail.accessory_color, width=2)
+    if val("bag") == "yes":
+        side = 1 if pose.back else -1
+        d.line(
+            (cx - side * shoulder * 0.8, y_sh, cx + side * hip, y_waist - h * 0.02),
+            fill=detail.accessory_color,
+            width=2,
+        )
+        bx = cx + side * (hip + h * 0.02)
+        d.rectangle(
+            (bx - h * 0.05, y_waist - h * 0.05, bx + h * 0.05, y_waist + h * 0.05),
+            fill=detail.accessory_color,
+        )
+
+    # Head, hair, hat.
+    d.rectangle((hx - head_r * 0.35, y_head1 - 2, hx + head_r * 0.35, y_sh + 1), fill=detail.skin)
+    d.ellipse((hx - head_r * 0.85, top, hx + head_r * 0.85, y_head1), fill=detail.skin)
+    if pose.back:
+        d.ellipse((hx - head_r * 0.9, top - 1, hx + head_r * 0.9, y_head1), fill=hair_rgb)
+        if hair_len > 0:
+            d.rectangle(
+                (hx - head_r * 0.9, top + head_r, hx + head_r * 0.9, y_head1 + h * hair_len),
+                fill=hair_rgb,
+            )
+    else:
+        d.chord(
+            (hx - head_r * 0.92, top - 1, hx + head_r * 0.92, y_head1 - head_r * 0.4),
+            180,
+            360,
+            fill=hair_rgb,
+        )
+    if val("hat") == "yes":
+        d.rectangle(
+            (hx - head_r * 1.2, top + head_r * 0.45, hx + head_r * 1.2, top + head_r * 0.65),
+            fill=detail.hat_color,
+        )
+        d.chord(
+            (hx - head_r * 0.9, top - head_r * 0.5, hx + head_r * 0.9, top + head_r * 1.1),
+            180,
+            360,
+            fill=detail.hat_color,
+        )
+
+    # Camera light, blur and sensor noise.
+    if camera.blur:
+        img = img.resize((W // 2, H // 2), Image.BILINEAR).resize((W, H), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32)
+    arr *= np.asarray(camera.cast, np.float32) * np.float32(camera.gain * pose.light)
+    bank = _noise_bank(H, W)
+    arr += bank[pose.noise_index % len(bank)] * np.float32(camera.noise)
+    return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(H: int, W: int, n: int = 16) -> np.ndarray:
+    """Sensor-noise fields, drawn once: drawing 24k normals per image was the slowest step, and
+    the noise only needs to vary between images, not be fresh for each."""
+    bank = np.random.default_rng(20240611).standard_normal((n, H, W, 3), dtype=np.float32)
+    bank.flags.writeable = False
+    return bank
+
+
+# --- the world -------------------------------------------------------------------------------
+def resolve_visibility(visibility: Mapping[str, float] | float) -> dict[str, float]:
+    """Every group's visibility in [0, 1]; a float applies to all groups, a mapping to those it
+    names (the rest stay 1.0). Unknown group names and values outside [0, 1] are errors."""
+    if isinstance(visibility, Mapping):
+        unknown = sorted(set(visibility) - set(GROUPS))
+        if unknown:
+            raise DataError(
+                f"The synthetic world has no attribute group {unknown[0]!r}; its groups are "
+                f"{', '.join(GROUPS)}."
+            )
+        out = {g: float(visibility.get(g, 1.0)) for g in GROUPS}
+    else:
+        out = {g: float(visibility) for g in GROUPS}
+    for g, v in out.items():
+        if not 0.0 <= v <= 1.0:
+            raise DataError(f"The visibility of group {g!r} is {v}; it must lie in [0, 1].")
+    return out
+
+
+def attribute_codes(attributes: Mapping[str, int]) -> dict[str, int]:
+    """Group value indices -> the raw Market columns and codes of market_attribute.mat."""
+    out: dict[str, int] = {}
+    for g, idx in attributes.items():
+        if g in _COLOR_COLUMNS:
+            for i, col in enumerate(_COLOR_COLUMNS[g]):
+                out[col] = 2 if i == idx else 1
+        else:
+            out[g] = idx + 1
+    return out
+
+
+def make_synthetic_world(
+    out: str | Path,
+    *,
+    n_identities: int = 80,
+    n_cameras: int = 4,
+    images_per_identity_per_camera: int = 3,
+    size: tuple[int, int] = (128, 64),
+    seed: int = 0,
+    visibility: Mapping[str, float] | float = 1.0,
+    priors: str = "market",
+    train_fraction: float = 0.5,
+    distractors: int = 0,
+    image_format: str = "jpg",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic world to ``out`` and return ``out``.
+
+    Identities ``1..n_train`` (``n_train = round(n_identities * train_fraction)``) are the
+    training identities, the rest are test identities. Every identity appears in every camera
+    with ``images_per_identity_per_camera`` images. For a test identity the first image of each
+    camera goes to ``query/`` and the rest to ``bounding_box_test/`` (with one image per camera,
+    only the camera ``pid % n_cameras`` contributes a query, so every query has a match in
+    another camera). ``distractors`` adds that many unannotated gallery images of identity 0000.
+    Every random draw is keyed by ``(seed, what, pid, camera, image)``, so the same arguments
+    give the same bytes and changing a visibility changes only that group's pixels.
+    """
+    out = Path(out)
+    vis = resolve_visibility(visibility)
+    _check_args(
+        n_identities,
+        n_cameras,
+        images_per_identity_per_camera,
+        size,
+        priors,
+        train_fraction,
+        distractors,
+    )
+    if image_format not in IMAGE_FORMATS:
+        raise DataError(
+            f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}."
+        )
+    if out.exists() and any(out.iterdir()):
+        if not (out / DESIGN_FILE).is_file():
+            raise DataError(
+                f"The output folder {str(out)!r} is not empty and holds no synthetic world; "
+                "choose another folder."
+            )
+        if not overwrite:
+            raise DataError(
+                f"The output folder {str(out)!r} already holds a synthetic world; pass overwrite "
+                "(--overwrite) to replace it."
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        counts = _write_world(
+            tmp,
+            n_identities,
+            n_cameras,
+            images_per_identity_per_camera,
+            tuple(size),
+            seed,
+            vis,
+            priors,
+            train_fraction,
+            distractors,
+            image_format,
+            progress,
+        )
+        design = {
+            "format": "attrimp-synth",
+            "version": _FORMAT_VERSION,
+            "dataset": "market1501",
+            "schema": "market1501",
+            "seed": seed,
+            "n_identities": n_identities,
+            "n_cameras": n_cameras,
+            "images_per_identity_per_camera": images_per_identity_per_camera,
+            "size": list(size),
+            "priors": priors,
+            "train_fraction": train_fraction,
+            "distractors": distractors,
+            "visibility": vis,
+            "neutral": NEUTRAL,
+            "counts": counts,
+            "attribute_file": ATTRIBUTE_FILE,
+            "attribute_csv": ATTRIBUTE_CSV,
+            "image_format": image_format,
+        }
+        (tmp / DESIGN_FILE).write_text(json.dumps(design, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_synthetic_world(root: str | Path):
+    """A written world as `ReIDData`, joined to its own attribute file (found via synth.json)."""
+    from attrimp.data.market import load_reid_dataset
+
+    root = Path(root)
+    design_path = root / DESIGN_FILE
+    if not design_path.is_file():
+        raise DataError(f"{str(root)!r} is not a synthetic world: it has no {DESIGN_FILE}.")
+    design = json.loads(design_path.read_text(encoding="utf-8"))
+    return load_reid_dataset(root, "market1501", root / design["attribute_file"])
+
+
+def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors) -> None:
+    if n_ids < 2:
+        raise DataError(f"The synthetic world needs at least 2 identities, not {n_ids}.")
+    if n_ids > 9999:
+        raise DataError(f"Market-style names hold at most 9999 identities, not {n_ids}.")
+    if not 2 <= n_cams <= 9:
+        raise DataError(f"The synthetic world needs 2 to 9 cameras, not {n_cams}.")
+    if not 1 <= n_img <= 99:
+        raise DataError(f"images_per_identity_per_camera must be 1..99, not {n_img}.")
+    if len(size) != 2 or size[0] < 32 or size[1] < 16:
+        raise DataError(f"The image size {tuple(size)} is too small; use at least 32×16 (H×W).")
+    if priors not in PRIORS:
+        raise DataError(f"priors must be one of {', '.join(PRIORS)}, not {priors!r}.")
+    n_train = round(n_ids * train_fraction)
+    if not 1 <= n_train < n_ids:
+        raise DataError(
+            f"train_fraction {train_fraction} leaves no train or no test identity of {n_ids}."
+        )
+    if not 0 <= distractors <= 9999:
+        raise DataError(f"distractors must be 0 to 9999, not {distractors}.")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Publish the finished world in one rename, so a killed run never leaves half a world."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "w")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _write_world(
+    root, n_ids, n_cams, n_img, size, seed, vis, priors, train_fraction, distractors, fmt, progress
+) -> dict[str, int]:
+    folders = {
+        s: root / f
+        for s, f in (
+            ("train", "bounding_box_train"),
+            ("query", "query"),
+            ("gallery", "bounding_box_test"),
+        )
+    }
+    for f in folders.values():
+        f.mkdir()
+    n_train = round(n_ids * train_fraction)
+    cameras = [draw_camera(np.random.default_rng([seed, 2, c])) for c in range(n_cams)]
+    groups = list(GROUPS)
+    counts = {
+        "train_identities": n_train,
+        "test_identities": n_ids - n_train,
+        "train": 0,
+        "query": 0,
+        "gallery": 0,
+        "distractor_images": distractors,
+    }
+    rows: list[tuple[int, str, dict[str, int]]] = []
+    total = n_ids * n_cams * n_img + distractors
+
+    def one(pid, attrs, detail, cam, k, key):
+        rng = np.random.default_rng([seed, 3, *key])
+        pose = draw_pose(rng)
+        u = rng.random(len(groups))
+        visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
+        return render_person(attrs, detail, pose, cameras[cam], visible, size)
+
+    with _progress(progress, total) as advance:
+        for pid in range(1, n_ids + 1):
+            attrs = draw_attributes(np.random.default_rng([seed, 0, pid]), priors)
+            detail = draw_identity_detail(np.random.default_rng([seed, 1, pid]))
+            split = "train" if pid <= n_train else "test"
+            rows.append((pid, split, attrs))
+            for cam in range(n_cams):
+                for k in range(n_img):
+                    arr = one(pid, attrs, detail, cam, k, (pid, cam, k))
+                    if split == "train":
+                        dest = "train"
+                    elif n_img > 1:
+                        dest = "query" if k == 0 else "gallery"
+                    else:
+                        dest = "query" if cam == pid % n_cams else "gallery"
+                    name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
+                    _save(arr, folders[dest] / name)
+                    counts[dest] += 1
+                    advance()
+        for i in range(distractors):
+            rng = np.random.default_rng([seed, 5, i])
+            attrs = draw_attributes(rng, priors)
+            detail = draw_identity_detail(rng)
+            cam = int(rng.integers(n_cams))
+            arr = one(0, attrs, detail, cam, i, (0, cam, i))
+            _save(arr, folders["gallery"] / f"0000_c{cam + 1}s1_{990000 + i:06d}_00.{fmt}")
+            counts["gallery"] += 1
+            advance()
+    _write_attribute_files(root, rows)
+    return counts
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    # JPEG (as Market ships) encodes ~10x faster than PNG at this size and is byte-stable for a
+    # given Pillow build; PNG is lossless when exact pixels matter more than speed.
+    if path.suffix == ".png":
+        Image.fromarray(arr).save(path, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(arr).save(path, format="JPEG", quality=95)
+
+
+class _progress:
+    """A rich progress bar when asked for, a no-op otherwise (tests, library use)."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.show, self.total, self._bar = show, total, None
+
+    def __enter__(self):
+        if not self.show:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("drawing the synthetic world", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def _write_attribute_files(root: Path, rows: list[tuple[int, str, dict[str, int]]]) -> None:
+    import pandas as pd
+    from scipy.io import savemat
+
+    table = pd.DataFrame(
+        [{"pid": pid, "split": split, **attribute_codes(attrs)} for pid, split, attrs in rows]
+    )[["pid", "split", *MAT_COLUMNS]]
+    table.to_csv(root / ATTRIBUTE_CSV, index=False, lineterminator="\n")
+    struct = {}
+    for split in ("train", "test"):
+        part = table[table["split"] == split]
+        fields: dict[str, np.ndarray] = {
+            c: part[c].to_numpy(np.uint8).reshape(1, -1) for c in MAT_COLUMNS
+        }
+        index = np.empty((1, len(part)), dtype=object)
+        for i, pid in enumerate(part["pid"]):
+            index[0, i] = f"{pid:04d}"
+        fields["image_index"] = index
+        struct[split] = fields
+    buf = io.BytesIO()
+    savemat(buf, {"market_attribute": struct}, do_compression=False, oned_as="row")
+    raw = bytearray(buf.getvalue())
+    # The MAT header's 116 text bytes carry a creation time; fix them for same-seed-same-bytes.
+    raw[:116] = b"MATLAB 5.0 MAT-file, written by attrimp synthetic world".ljust(116)
+    (root / ATTRIBUTE_FILE).write_bytes(bytes(raw))
