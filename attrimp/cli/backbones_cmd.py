@@ -1,0 +1,70 @@
+"""`attrimp backbones list`: the registered ViT backbones as a table.
+
+Describing a model needs its library (open_clip configs, a timm model built on the meta device),
+so the libraries are imported inside the command, never at CLI start-up.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True)
+
+_MAX_TAGS = 4
+
+
+def _fmt_tags(tags: list[str]) -> str:
+    if not tags:
+        return "-"
+    shown = ", ".join(tags[:_MAX_TAGS])
+    return shown + (f" (+{len(tags) - _MAX_TAGS})" if len(tags) > _MAX_TAGS else "")
+
+
+@app.command("list")
+def list_cmd(
+    family: str = typer.Option(None, "--family", "-f", help="Only this family (clip, timm, ...)."),
+    all_models: bool = typer.Option(
+        False, "--all", help="Every model of the family, not only the featured ones."
+    ),
+) -> None:
+    """List backbones: name, family, pretrained tags, default input size, width, depth."""
+    import backbones
+
+    families = [backbones.get_family(family).name] if family else backbones.list_families()
+    rows = []
+    names = [n for fam in families for n in backbones.list_backbones(fam, all=all_models)]
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task("describing backbones", total=len(names))
+        for name in names:
+            fam, model = backbones.parse_name(name)
+            try:
+                info = backbones.get_family(fam).describe(model)
+            except Exception as exc:  # one odd model must not hide the others
+                info = {"error": str(exc).splitlines()[0][:60]}
+            rows.append((name, fam, info))
+            progress.advance(task)
+
+    table = Table(title="attrimp backbones", show_lines=False)
+    for col in ("name", "family", "pretrained tags", "input size", "width", "depth"):
+        table.add_column(col, no_wrap=col != "pretrained tags")
+    for name, fam, info in rows:
+        size = info.get("input_size")
+        table.add_row(
+            name,
+            fam,
+            info["error"] if "error" in info else _fmt_tags(info.get("tags") or []),
+            f"{size[0]}x{size[1]}" if size else "?",
+            str(info.get("width") or "?"),
+            str(info.get("depth") or "?"),
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
+    typer.echo(
+        f"{len(rows)} backbone(s); build one with backbones.build('family:model', "
+        "pretrained=TAG_OR_FILE, img_size=(256, 128)). See docs/backbones.md."
+    )

@@ -1,0 +1,315 @@
+"""Pluggable ViT backbones, built by ``family:model`` name.
+
+    >>> bb = build("timm:vit_tiny_patch16_224", tiny=True)           # random, 2 blocks, 256x128
+    >>> bb = build("clip:ViT-B-16", pretrained="openai", stride=12, camera_count=6)
+    >>> bb = build("timm:deit_small_patch16_224", pretrained="ckpt.safetensors", adapt="lora")
+
+Families register with `register_family` (a decorator on a `BackboneFamily` subclass). The
+built-ins (``clip``, ``timm``) are imported only when asked for; a third-party package adds a
+family without touching ours through the ``attrimp.backbones`` entry-point group, e.g. in its
+``pyproject.toml``::
+
+    [project.entry-points."attrimp.backbones"]
+    mine = "my_pkg.backbone:MyFamily"      # a BackboneFamily subclass (or instance, or a module
+                                           # that calls register_family on import)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from attrimp.errors import AttrimpError, ConfigError
+from backbones.base import (
+    BackboneFamily,
+    PretrainedCfg,
+    ViTBackbone,
+    as_size,
+    load_weights,
+    read_state_dict,
+    resample_pos_embed,
+    save_weights,
+)
+
+__all__ = [
+    "BackboneFamily",
+    "PretrainedCfg",
+    "ViTBackbone",
+    "build",
+    "get_family",
+    "list_backbones",
+    "list_families",
+    "load_weights",
+    "parse_name",
+    "read_state_dict",
+    "register_family",
+    "resample_pos_embed",
+    "save_weights",
+    "set_adapt_mode",
+]
+
+ENTRY_POINT_GROUP = "attrimp.backbones"
+
+#: built-in families, imported on first use so that listing names stays cheap
+_BUILTIN = {"clip": "backbones.clip", "timm": "backbones.timm_vit"}
+_FAMILIES: dict[str, BackboneFamily] = {}
+_discovered = False
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def register_family(name: str):
+    """Class decorator: register a `BackboneFamily` subclass (instantiated once) under ``name``."""
+
+    def deco(cls):
+        instance = cls() if isinstance(cls, type) else cls
+        if not isinstance(instance, BackboneFamily):
+            raise TypeError(f"{cls!r} is not a BackboneFamily")
+        instance.name = name
+        _FAMILIES[name] = instance
+        return cls
+
+    return deco
+
+
+def _discover(refresh: bool = False) -> None:
+    """Import the built-ins and load the ``attrimp.backbones`` entry points (once)."""
+    global _discovered
+    if _discovered and not refresh:
+        return
+    _discovered = True
+    for name, module in _BUILTIN.items():
+        if name not in _FAMILIES:
+            importlib.import_module(module)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _FAMILIES and not refresh:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plug-in must not break the built-ins
+            warnings.warn(
+                f"backbone family {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
+            )
+            continue
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, BackboneFamily)
+            or isinstance(obj, BackboneFamily)
+        ):
+            register_family(ep.name)(obj)
+        elif ep.name not in _FAMILIES:
+            warnings.warn(
+                f"entry point {ep.name!r} ({ep.value}) is neither a BackboneFamily nor a module that "
+                "registers one under that name; ignored",
+                stacklevel=2,
+            )
+
+
+def list_families() -> list[str]:
+    """Names of every registered family (built-ins and plug-ins)."""
+    _discover()
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> BackboneFamily:
+    """The family registered under ``name``; unknown -> AttrimpError listing the known ones."""
+    _discover()
+    if name not in _FAMILIES:
+        raise AttrimpError(
+            f"unknown backbone family {name!r}; known families: {', '.join(sorted(_FAMILIES))}."
+        )
+    return _FAMILIES[name]
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """``"clip:ViT-B-16"`` -> ``("clip", "ViT-B-16")``; a name without a family is an error."""
+    family, sep, model = str(name).partition(":")
+    if not sep or not family or not model:
+        raise AttrimpError(
+            f"backbone name {name!r} must be 'family:model' (e.g. 'clip:ViT-B-16' or "
+            f"'timm:vit_base_patch16_224'); known families: {', '.join(list_families())}."
+        )
+    return family, model
+
+
+def list_backbones(family: str | None = None, *, all: bool = False) -> list[str]:  # noqa: A002
+    """``family:model`` names: the featured ones of each family, or every one with ``all=True``."""
+    names = []
+    for fam in [family] if family else list_families():
+        f = get_family(fam)
+        models = f.list_models() if all else f.featured_models()
+        names += [f"{fam}:{m}" for m in models]
+    return names
+
+
+def _unknown_model(family: BackboneFamily, model: str) -> AttrimpError:
+    known = family.list_models()
+    close = difflib.get_close_matches(model, known, n=8, cutoff=0.6)
+    shown = close or family.featured_models()
+    return AttrimpError(
+        f"unknown {family.name} model {model!r}; "
+        + ("closest: " if close else "for example: ")
+        + ", ".join(shown)
+        + f" ({len(known)} known; `attrimp backbones list --family {family.name} --all` lists them)."
+    )
+
+
+def _looks_like_file(value: str | Path) -> bool:
+    if isinstance(value, Path):
+        return True
+    return (
+        value.endswith(_WEIGHT_SUFFIXES) or os.sep in value or "/" in value or Path(value).is_file()
+    )
+
+
+def _resolve_pretrained(
+    family: BackboneFamily, model: str, pretrained: str | Path | bool | None
+) -> tuple[str | None, Path | None]:
+    """``(tag, file)`` from the user's ``pretrained``; checks the tag before any download."""
+    if pretrained is None or pretrained is False:
+        return None, None
+    if (
+        not isinstance(pretrained, (bool, str))
+        or isinstance(pretrained, str)
+        and _looks_like_file(pretrained)
+    ):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise AttrimpError(f"weight file {path} does not exist.")
+        return None, path
+    if isinstance(pretrained, Path):  # pragma: no cover - handled above
+        return None, pretrained
+    tags = family.list_pretrained(model)
+    name_tag = model.split(".", 1)[1] if family.name == "timm" and "." in model else None
+    if pretrained is True:
+        if name_tag or tags:
+            return name_tag or tags[0], None
+        raise AttrimpError(f"{family.name} model {model!r} has no pretrained weights to load.")
+    if name_tag and pretrained != name_tag:
+        raise AttrimpError(
+            f"the name {family.name}:{model} already says pretrained tag {name_tag!r} but "
+            f"pretrained={pretrained!r} was given."
+        )
+    if pretrained not in tags:
+        known = ", ".join(tags) if tags else "none"
+        raise AttrimpError(
+            f"unknown pretrained tag {pretrained!r} for {family.name}:{model}; known tags: {known} "
+            "(or pass a local .safetensors/.pt file)."
+        )
+    return pretrained, None
+
+
+def build(
+    name: str,
+    *,
+    pretrained: str | Path | bool | None = None,
+    img_size: int | tuple[int, int] = (256, 128),
+    stride: int | None = None,
+    camera_count: int = 0,
+    adapt: Literal["full", "frozen", "lora"] = "full",
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lora_targets: tuple[str, ...] = ("attn", "mlp"),
+    lora_dropout: float = 0.0,
+    tiny: bool = False,
+    pretrained_grid: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    **kwargs: Any,
+) -> ViTBackbone:
+    """Build a ViT backbone at the ReID input size.
+
+    Args:
+        name: ``family:model`` (``clip:ViT-B-16``, ``timm:deit_small_patch16_224``).
+        pretrained: ``None`` (random init), a hub tag (``"openai"``; checked before any
+            download, an unknown one lists the known tags), ``True`` (the default tag), or a
+            local weight file (.safetensors first; .pt/.pth/.bin with ``weights_only=True``),
+            adapted to this model by `backbones.base.load_weights`.
+        img_size: ``(height, width)`` of the input; the position embedding is resampled to it.
+        stride: overlapping patch stride (e.g. 12 for 16-pixel patches, as in TransReID);
+            ``None`` = non-overlapping.
+        camera_count: size of the camera (SIE) embedding table; 0 = none. Zero-initialised.
+        adapt: ``full`` fine-tune, ``frozen`` (no backbone parameter trains; the new camera
+            table still does), or ``lora`` (peft LoRA on the blocks' attention / MLP linears;
+            only LoRA and the camera table train).
+        lora_rank, lora_alpha, lora_targets, lora_dropout: the LoRA options (alpha defaults to
+            the rank, i.e. scale 1).
+        tiny: a tiny random configuration (2 blocks, width 48) for tests; ``**kwargs`` still win.
+        pretrained_grid: the position grid of a weight file when neither its metadata nor its
+            token count tells it.
+        mean, std: override the normalisation recorded in ``backbone.pretrained_cfg``.
+        **kwargs: passed to the family's model constructor (user kwargs win over defaults).
+    """
+    family_name, model = parse_name(name)
+    family = get_family(family_name)
+    if not family.has_model(model):
+        raise _unknown_model(family, model)
+    if adapt not in ("full", "frozen", "lora"):
+        raise ConfigError(f"unknown adapt mode {adapt!r}; known modes: full, frozen, lora.")
+    size = as_size(img_size)
+    if stride is not None and (not isinstance(stride, int) or stride <= 0):
+        raise ConfigError(f"stride must be a positive int or None, got {stride!r}.")
+    tag, file = _resolve_pretrained(family, model, pretrained)
+    if tiny and tag is not None:
+        raise ConfigError(
+            "tiny=True builds a random tiny architecture; it cannot load hub weights."
+        )
+
+    backbone = family.build(
+        model,
+        tag=tag,
+        img_size=size,
+        stride=stride,
+        camera_count=int(camera_count),
+        tiny=tiny,
+        **kwargs,
+    )
+    if file is not None:
+        load_weights(backbone, file, pretrained_grid=pretrained_grid)
+        backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(file=str(file))
+    backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(
+        mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None
+    )
+    set_adapt_mode(
+        backbone,
+        adapt,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_targets=lora_targets,
+        lora_dropout=lora_dropout,
+    )
+    return backbone
+
+
+def set_adapt_mode(
+    backbone: ViTBackbone,
+    adapt: str,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lora_targets: tuple[str, ...] = ("attn", "mlp"),
+    lora_dropout: float = 0.0,
+) -> ViTBackbone:
+    """Set which backbone parameters train: ``full``, ``frozen`` or ``lora`` (see `build`)."""
+    from backbones.base import freeze
+
+    if adapt == "full":
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+    elif adapt == "frozen":
+        freeze(backbone, keep=("camera_embed",))
+    elif adapt == "lora":
+        from backbones.lora import apply_lora
+
+        apply_lora(
+            backbone, rank=lora_rank, alpha=lora_alpha, targets=lora_targets, dropout=lora_dropout
+        )
+    else:
+        raise ConfigError(f"unknown adapt mode {adapt!r}; known modes: full, frozen, lora.")
+    backbone.adapt_mode = adapt
+    return backbone

@@ -1,0 +1,256 @@
+"""The ``timm`` family: any timm ViT (ViT, DeiT, DINOv2-style with registers, CLIP-in-timm, EVA).
+
+Names are timm's own ``arch[.tag]`` (``timm:vit_base_patch16_clip_224.openai``,
+``timm:deit_small_patch16_224``); ``pretrained="tag"`` is the same as naming the tag. The model
+is created at its native size through ``timm.create_model`` (so hub weights load through timm's
+own, tested path), then moved to the ReID grid by `TimmViT._retarget`, which resamples the
+position embedding with the old grid passed explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from attrimp.errors import ConfigError
+from backbones import register_family
+from backbones.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneFamily,
+    PretrainedCfg,
+    ViTBackbone,
+    grid_for,
+)
+
+#: timm modules whose models share VisionTransformer's layout (patch_embed, blocks, norm)
+_TIMM_MODULES = ("vision_transformer", "deit", "eva")
+
+#: architecture overrides for ``tiny=True``: a 2-block, 48-wide model that builds in
+#: milliseconds; the user's own kwargs still win
+TINY_KWARGS = {"depth": 2, "embed_dim": 48, "num_heads": 3}
+
+_FEATURED = [
+    "vit_base_patch16_clip_224",
+    "vit_base_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "vit_small_patch14_dinov2",
+    "vit_small_patch14_reg4_dinov2",
+    "vit_tiny_patch16_224",
+    "eva02_base_patch16_clip_224",
+]
+
+
+class TimmViT(ViTBackbone):
+    """A timm VisionTransformer / Eva run at the ReID grid, CLS-first tokens after the final norm."""
+
+    family = "timm"
+
+    def __init__(
+        self,
+        inner: nn.Module,
+        *,
+        cfg: PretrainedCfg,
+        stride: int | None,
+        camera_count: int,
+    ) -> None:
+        from timm.models.eva import Eva
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(inner, (VisionTransformer, Eva)):
+            raise ConfigError(
+                f"timm model {cfg.model!r} is a {type(inner).__name__}, not a ViT the timm family "
+                "supports (VisionTransformer, DeiT, Eva)."
+            )
+        if getattr(inner, "cls_token", None) is None:
+            raise ConfigError(
+                f"timm model {cfg.model!r} has no class token, and a ReID backbone reads its CLS token."
+            )
+        patch = tuple(inner.patch_embed.patch_size)
+        step = (stride, stride) if stride else patch
+        grid = grid_for(cfg.img_size, patch, step)
+        super().__init__(
+            cfg=cfg,
+            width=inner.embed_dim,
+            grid_size=grid,
+            num_prefix_tokens=inner.num_prefix_tokens,
+            camera_count=camera_count,
+        )
+        self.inner = inner
+        self._is_eva = isinstance(inner, Eva)
+        self.pos_embed_key = "inner.pos_embed" if inner.pos_embed is not None else None
+        self.pos_embed_prefix = 0 if inner.no_embed_class else inner.num_prefix_tokens
+        self.head_keys = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+        # a model whose final norm sits after pooling (global_pool='avg') normalises tokens with
+        # fc_norm instead; per-token LayerNorm, so applying it to every token is the same thing
+        fc_norm = getattr(inner, "fc_norm", None)
+        use_fc = isinstance(inner.norm, nn.Identity) and not isinstance(
+            fc_norm, (type(None), nn.Identity)
+        )
+        self._norm_attr = "fc_norm" if use_fc else "norm"
+        self._retarget(step, grid)
+
+    def _retarget(self, step: tuple[int, int], grid: tuple[int, int]) -> None:
+        """Move the patch embedding and position grid from the native size to ours."""
+        pe = self.inner.patch_embed
+        if getattr(pe, "dynamic_img_pad", False) and step != tuple(pe.patch_size):
+            raise ConfigError(
+                "an overlapping stride cannot be combined with timm's dynamic_img_pad."
+            )
+        old_grid = tuple(pe.grid_size)
+        pe.proj.stride = step
+        pe.img_size = tuple(self.img_size)
+        pe.grid_size = grid
+        pe.num_patches = grid[0] * grid[1]
+        self._resample_own_pos_embed(old_grid, grid)
+        rope = getattr(self.inner, "rope", None)
+        if rope is not None and hasattr(rope, "update_feat_shape"):
+            rope.update_feat_shape(grid)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        # timm keeps blocks in an nn.Sequential; a ModuleList view shares the same modules
+        blocks = self.inner.blocks
+        return blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(list(blocks))
+
+    def _tokens_before_blocks(self, images: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        x = self.inner.patch_embed(images)
+        if self._is_eva:
+            return self.inner._pos_embed(x)  # (tokens, rotary embedding)
+        return self.inner._pos_embed(x), None
+
+    def _pre_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._is_eva:
+            x = self.inner.patch_drop(x)
+        return self.inner.norm_pre(x)
+
+    def _run_blocks(
+        self, x: torch.Tensor, rope: Any = None, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        stop = len(self.inner.blocks) if stop is None else stop
+        if not self._is_eva:
+            for blk in self.inner.blocks[start:stop]:
+                x = blk(x)
+            return x
+        mixed = getattr(self.inner, "rope_mixed", False) and rope is not None
+        for i in range(start, stop):
+            x = self.inner.blocks[i](x, rope=rope[i] if mixed else rope)
+        return x
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.inner, self._norm_attr)(x)
+
+    def _site_module(self, block: nn.Module, site: str) -> tuple[str, nn.Module]:
+        module = getattr(block, site, None)
+        if module is None:
+            raise ConfigError(
+                f"this timm block ({type(block).__name__}) has no {site!r} sub-layer."
+            )
+        return site, module
+
+
+class TimmFamily(BackboneFamily):
+    """Any timm ViT by its timm name; weights by timm pretrained tag or a local file."""
+
+    name = "timm"
+    description = "timm ViTs: ViT, DeiT, DINOv2, CLIP-in-timm, EVA (timm.create_model)"
+
+    def list_models(self) -> list[str]:
+        import timm
+
+        return sorted(set(timm.list_models(module=list(_TIMM_MODULES))))
+
+    def featured_models(self) -> list[str]:
+        return list(_FEATURED)
+
+    def has_model(self, model: str) -> bool:
+        import timm
+
+        arch = model.split(".", 1)[0]
+        return timm.is_model(arch) and arch in self.list_models()
+
+    def list_pretrained(self, model: str) -> list[str]:
+        import timm
+
+        arch = model.split(".", 1)[0]
+        # timm lists the default tag first; keep its order
+        return [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+
+    def _pretrained_cfg(self, model: str) -> dict[str, Any]:
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(model, allow_unregistered=False)
+        except Exception:  # timm raises different types across versions
+            cfg = None
+        if cfg is None:
+            arch = model.split(".", 1)[0]
+            tags = self.list_pretrained(arch)
+            cfg = timm.models.get_pretrained_cfg(f"{arch}.{tags[0]}") if tags else None
+        return cfg.to_dict() if cfg is not None else {}
+
+    def describe(self, model: str) -> dict[str, Any]:
+        import timm
+
+        arch = model.split(".", 1)[0]
+        # on the meta device nothing is allocated; skipping the init saves most of the time
+        with torch.device("meta"):
+            try:
+                net = timm.create_model(arch, pretrained=False, num_classes=0, weight_init="skip")
+            except TypeError:  # Eva and others have no weight_init switch
+                net = timm.create_model(arch, pretrained=False, num_classes=0)
+        cfg = self._pretrained_cfg(model)
+        size = cfg.get("input_size", (3, 224, 224))[1:]
+        return {
+            "width": net.embed_dim,
+            "depth": len(net.blocks),
+            "input_size": tuple(size),
+            "tags": self.list_pretrained(model),
+        }
+
+    def build(
+        self,
+        model: str,
+        *,
+        tag: str | None,
+        img_size: tuple[int, int],
+        stride: int | None,
+        camera_count: int,
+        tiny: bool,
+        **kwargs: Any,
+    ) -> TimmViT:
+        import timm
+
+        arch = model.split(".", 1)[0]
+        full = f"{arch}.{tag}" if tag else model
+        model_kwargs = {**(TINY_KWARGS if tiny else {}), **kwargs}
+        # the ReID wrapper owns these: the size is set by _retarget, the head is never used
+        for owned in ("img_size", "num_classes", "pretrained"):
+            if owned in model_kwargs:
+                raise ConfigError(f"pass {owned} to backbones.build, not as a timm model kwarg.")
+        try:
+            inner = timm.create_model(
+                full, pretrained=tag is not None, num_classes=0, **model_kwargs
+            )
+        except TypeError as exc:
+            raise ConfigError(f"timm model {arch!r} does not accept these kwargs: {exc}.") from None
+        pcfg = self._pretrained_cfg(full)
+        native = tuple(pcfg.get("input_size", (3,) + tuple(inner.patch_embed.img_size))[1:])
+        cfg = PretrainedCfg(
+            name=f"timm:{model}",
+            family="timm",
+            model=model,
+            tag=tag,
+            native_size=native,
+            img_size=img_size,
+            stride=stride,
+            mean=tuple(pcfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(pcfg.get("std", IMAGENET_STD)),
+        )
+        return TimmViT(inner, cfg=cfg, stride=stride, camera_count=camera_count)
+
+
+register_family("timm")(TimmFamily)
