@@ -1,0 +1,241 @@
+"""Test-time ablations on one trained model: every condition's features, metrics and tables.
+
+Conditions differ only in the gates of the expert blocks, which are the last K blocks of the
+backbone. So the tokens at the input of the first expert block are computed ONCE per image and
+kept; each condition then runs only the K expert blocks (+ final norm + BNNeck). With K = 2 of
+12 ViT-B blocks that makes a sweep of ~100 conditions about 6× cheaper than full forwards, and it
+is exact: the prefix does not depend on the gates. Backbones without `forward_prefix` fall back
+to full forward passes.
+
+Which samples each router bends (documented in docs/study.md):
+- masks (backbone, leave-one-out, only-one, random subsets) and noise apply to query AND gallery
+  (the deployed model sees the same switch everywhere);
+- a counterfactual edits the QUERY's annotation only: "if this person's upper colour were red,
+  would we still find them in a gallery annotated truthfully?".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attrimp.ablation import Condition
+from attrimp.interfaces import Router
+from attrimp.metrics import EvalResult, evaluate, pairwise_distance
+from attrimp.model import MoSAICReID
+from attrimp.schema import AttributeSchema
+
+
+def build_router(condition: Condition, schema: AttributeSchema, *, query: bool) -> Router:
+    """The router that realises ``condition`` (for the query side when ``query``)."""
+    from routers.counterfactual import CounterfactualRouter
+    from routers.mask import MaskRouter
+    from routers.noisy import NoisyRouter
+    from routers.oracle import OracleRouter
+
+    base: Router = OracleRouter()
+    if condition.noise_p is not None:
+        # Query and gallery draw from different streams: one seed for both would corrupt the
+        # i-th query and the i-th gallery image alike.
+        base = NoisyRouter(condition.noise_p, seed=condition.seed * 2 + int(query))
+    if condition.counterfactual is not None and query:
+        group, value = condition.counterfactual
+        base = CounterfactualRouter(group, value, base=base, schema=schema)
+    if set(condition.groups_on) != set(schema.group_names):
+        base = MaskRouter(list(condition.groups_on), base=base, schema=schema)
+    return base
+
+
+@dataclass
+class SplitTensors:
+    """One split's fixed inputs: images (lazily), annotations, ids, and cached prefix tokens."""
+
+    attributes: torch.Tensor  # [N, n_slots]
+    pids: np.ndarray
+    camids: np.ndarray
+    names: list[str]
+    prefix: torch.Tensor | None = None  # [N, tokens, D] at the first expert block's input
+    prefix_ctx: Any = None
+
+
+class ConditionEvaluator:
+    """Evaluates conditions on a trained model against one query / gallery split."""
+
+    def __init__(
+        self,
+        model: MoSAICReID,
+        query_set,
+        gallery_set,
+        *,
+        device: torch.device,
+        batch_size: int = 64,
+        metric: str = "euclidean",
+        max_rank: int = 50,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.schema = model.schema
+        self.device = device
+        self.batch_size = batch_size
+        self.metric = metric
+        self.max_rank = max_rank
+        self.progress = progress
+        self.sets = {"query": query_set, "gallery": gallery_set}
+        blocks = model.experts.block_indices
+        self.split_block = blocks[0] if blocks else len(model.backbone.blocks)
+        self.use_prefix = hasattr(model.backbone, "forward_prefix")
+        self.splits = {name: self._prepare(name, ds) for name, ds in self.sets.items()}
+
+    # ------------------------------------------------------------------ inputs
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        )
+
+    def _batches(self, ds):
+        for start in range(0, len(ds), self.batch_size):
+            items = [ds[i] for i in range(start, min(len(ds), start + self.batch_size))]
+            images = torch.stack([x[0] for x in items]).to(self.device, non_blocking=True)
+            camids = torch.as_tensor([x[2] for x in items], device=self.device)
+            yield start, images, camids
+
+    def _camids(self, camids: torch.Tensor) -> torch.Tensor | None:
+        return camids if self.model.config.camera_count > 0 else None
+
+    def _prepare(self, name: str, ds) -> SplitTensors:
+        records = ds.records
+        split = SplitTensors(
+            attributes=torch.from_numpy(np.stack([r.attributes for r in records])).float(),
+            pids=np.array([r.pid for r in records]),
+            camids=np.array([r.camid for r in records]),
+            names=[r.path.name for r in records],
+        )
+        if not self.use_prefix:
+            return split
+        chunks = []
+        with torch.no_grad(), self._autocast():
+            for start, images, camids in self._batches(ds):
+                x, ctx = self.model.backbone.forward_prefix(
+                    images, self._camids(camids), stop=self.split_block
+                )
+                chunks.append(x)
+                split.prefix_ctx = ctx
+                if self.progress:
+                    self.progress(f"prefix {name}", start + len(images), len(ds))
+        split.prefix = torch.cat(chunks)
+        return split
+
+    # ------------------------------------------------------------------ features
+    def features(self, name: str, router: Router | None, *, reset: bool = True) -> torch.Tensor:
+        """BNNeck features of split ``name`` under ``router`` (None = the model's own router)."""
+        if reset and hasattr(router, "reset"):
+            router.reset()
+        split = self.splits[name]
+        out = []
+        with torch.no_grad(), self._autocast():
+            if router is None or not self.use_prefix or getattr(router, "needs_features", False):
+                for start, images, camids in self._batches(self.sets[name]):
+                    attrs = split.attributes[start : start + len(images)].to(self.device)
+                    feats = self.model(images, attrs, self._camids(camids), router=router).features
+                    out.append(feats.float())
+            else:
+                for start in range(0, len(split.attributes), self.batch_size):
+                    attrs = split.attributes[start : start + self.batch_size].to(self.device)
+                    gates = router.route(attrs, self.schema).to(self.device)
+                    x = split.prefix[start : start + self.batch_size]
+                    with self.model.experts.gated(gates):
+                        tokens = self.model.backbone.forward_suffix(
+                            x, split.prefix_ctx, start=self.split_block
+                        )
+                    out.append(self.model.neck(tokens[:, 0].float()))
+        return torch.cat(out)
+
+    def run(self, condition: Condition) -> tuple[EvalResult, dict[str, float]]:
+        """Metrics of one condition, plus the mean gate of each group over the queries."""
+        if condition.router == "learned":
+            q_router = g_router = None  # the model's own (learned) router
+        else:
+            q_router = build_router(condition, self.schema, query=True)
+            g_router = build_router(condition, self.schema, query=False)
+        qf = self.features("query", q_router)
+        gf = self.features("gallery", g_router)
+        dist = pairwise_distance(qf, gf, self.metric)
+        q, g = self.splits["query"], self.splits["gallery"]
+        result = evaluate(dist, q.pids, g.pids, q.camids, g.camids, max_rank=self.max_rank)
+        return result, condition.group_mask(self.schema)
+
+    def table(self, condition: Condition, result: EvalResult) -> pd.DataFrame:
+        """The per-query rows of the ReID result table for one condition."""
+        q = self.splits["query"]
+        values = self.schema.decode(q.attributes.numpy())
+        frame = pd.DataFrame(
+            {
+                "config": condition.name,
+                "design": condition.design,
+                "query": q.names,
+                "pid": q.pids,
+                "camid": q.camids,
+                **values,
+                "ap": result.ap,
+                "rank1": result.rank1.astype(int),
+                "first_hit": result.first_hit,
+                "inp": result.inp,
+                "valid": result.valid,
+            }
+        )
+        for group, on in condition.group_mask(self.schema).items():
+            frame[f"on_{group}"] = on
+        return frame
+
+
+def attribute_only_baseline(
+    schema: AttributeSchema,
+    query: SplitTensors,
+    gallery: SplitTensors,
+    *,
+    max_rank: int = 50,
+) -> tuple[EvalResult, pd.DataFrame]:
+    """Rank the gallery by agreement of the annotations alone, and count shared signatures.
+
+    Identity-level annotations are the same for every image of an identity, so an oracle router
+    hands the model a tag that can single out an identity by itself. This baseline measures how
+    far that tag alone goes: the distance is the number of groups whose values disagree (ties
+    broken by gallery order, as everywhere). The signature table says how many identities share
+    each full attribute signature: a signature held by one identity is an identity leak.
+    """
+    def group_codes(multihot: torch.Tensor) -> np.ndarray:
+        decoded = schema.decode(multihot.numpy())
+        return np.stack([np.asarray(decoded[g]) for g in schema.group_names], axis=1)
+
+    qc, gc = group_codes(query.attributes), group_codes(gallery.attributes)
+    # Disagreement count: an unknown value disagrees with everything (it carries no tag).
+    dist = np.zeros((len(qc), len(gc)), dtype=np.float32)
+    for j in range(qc.shape[1]):
+        same = qc[:, j][:, None] == gc[:, j][None, :]
+        known = (qc[:, j] != "unknown")[:, None] & (gc[:, j] != "unknown")[None, :]
+        dist += ~(same & known)
+    result = evaluate(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=max_rank)
+
+    pids = np.concatenate([query.pids, gallery.pids])
+    codes = np.concatenate([qc, gc])
+    keep = pids > 0  # distractors and junk carry no annotation
+    per_identity = (
+        pd.DataFrame(codes[keep], columns=schema.group_names)
+        .assign(pid=pids[keep])
+        .drop_duplicates("pid")
+    )
+    signature = per_identity[schema.group_names].agg("|".join, axis=1)
+    counts = signature.map(signature.value_counts())
+    table = (
+        pd.DataFrame({"identities_sharing_signature": counts.values})
+        .value_counts()
+        .rename("identities")
+        .reset_index()
+        .sort_values("identities_sharing_signature")
+    )
+    return result, table.reset_index(drop=True)
