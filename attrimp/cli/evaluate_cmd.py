@@ -1,0 +1,232 @@
+"""`attrimp evaluate`: ReID metrics and the per-query result table from saved features.
+
+    attrimp evaluate features.npz --table per_query.parquet --summary config.csv [--rerank]
+
+The feature file holds ``query_features``, ``query_pids``, ``query_camids`` and the same for
+``gallery_`` (optionally ``*_attributes`` multi-hot and, in ``.npz``, ``*_ids``); write one with
+`attrimp.evaluation.save_features`.
+
+Hook for the checkpoint + dataset mode: build the two `FeatureSet`s with
+`attrimp.evaluation.extract_features` (model + query/gallery loaders) and hand them to
+`run_evaluation` exactly as `evaluate_command` does after `load_features`; everything after
+that (metrics, re-ranking, tables, printing) is shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from attrimp.errors import AttrimpError, DataError
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``attrimp evaluate`` to the root app."""
+    app.command("evaluate")(evaluate_command)
+
+
+def evaluate_command(
+    features: Path = typer.Argument(
+        ..., help="Feature file (.npz or .safetensors) with query_/gallery_ features, pids, camids."
+    ),
+    metric: str = typer.Option("euclidean", "--metric", help="euclidean, sqeuclidean or cosine."),
+    rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking (Zhong 2017)."),
+    k1: int = typer.Option(20, "--k1", help="Re-ranking: k of the k-reciprocal sets."),
+    k2: int = typer.Option(6, "--k2", help="Re-ranking: neighbours of the query expansion."),
+    lambda_value: float = typer.Option(
+        0.3, "--lambda", help="Re-ranking: weight of the original distance."
+    ),
+    max_rank: int = typer.Option(50, "--max-rank", help="Length of the CMC curve."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ... or auto."),
+    config: str | None = typer.Option(
+        None, "--config", help="Name of this configuration in the tables (default: file stem)."
+    ),
+    schema: str | None = typer.Option(
+        None,
+        "--schema",
+        help="Schema (market1501, dukemtmc or a TOML) to decode query_attributes into columns.",
+    ),
+    attributes: Path | None = typer.Option(
+        None,
+        "--attributes",
+        help="CSV with a 'pid' column + attribute columns, joined to the queries by identity.",
+    ),
+    table: Path | None = typer.Option(
+        None, "--table", help="Write the per-query result table (.csv or .parquet)."
+    ),
+    summary: Path | None = typer.Option(
+        None, "--summary", help="Write the config-level row (.csv, .parquet or .json)."
+    ),
+    include_skipped: bool = typer.Option(
+        False, "--include-skipped", help="Keep queries without a true match (NaN metrics)."
+    ),
+) -> None:
+    """Evaluate saved query/gallery features: mAP, CMC, mINP and the per-query table."""
+    err = Console(stderr=True)
+    try:
+        from attrimp.evaluation import load_features
+
+        query, gallery = load_features(features)
+        run_evaluation(
+            query,
+            gallery,
+            config=config or features.stem,
+            metric=metric,
+            rerank=rerank,
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+            max_rank=max_rank,
+            device=device,
+            schema=schema,
+            attributes=attributes,
+            table=table,
+            summary=summary,
+            include_skipped=include_skipped,
+        )
+    except AttrimpError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DataError(
+            f"--device {name!r} is not a device name (cpu, cuda, cuda:0, auto)."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name!r} asked for CUDA but no CUDA device is available.")
+    return dev
+
+
+def _identity_attributes(path: Path, q_pids):
+    """Per-query attribute columns from an identity-level CSV, or a clear error."""
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"The attribute file {str(path)!r} does not exist.")
+    df = pd.read_csv(path)
+    if "pid" not in df.columns:
+        raise DataError(f"The attribute file {str(path)!r} has no 'pid' column.")
+    dup = df["pid"][df["pid"].duplicated()]
+    if len(dup):
+        raise DataError(f"The attribute file {str(path)!r} lists identity {dup.iloc[0]} twice.")
+    table = df.set_index("pid")
+    missing = sorted(set(np.asarray(q_pids).tolist()) - set(table.index.tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"The attribute file {str(path)!r} has no row for {len(missing)} query "
+            f"identit{'y' if len(missing) == 1 else 'ies'}: {shown}."
+        )
+    return table.loc[np.asarray(q_pids)].reset_index(drop=True)
+
+
+def _write(frame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".json":
+        frame.to_json(path, orient="records", indent=2)
+    else:
+        raise DataError(f"Cannot write {str(path)!r}: use .csv, .parquet or .json.")
+
+
+def run_evaluation(
+    query,
+    gallery,
+    *,
+    config: str,
+    metric: str = "euclidean",
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    max_rank: int = 50,
+    device: str = "cpu",
+    schema: str | None = None,
+    attributes: Path | None = None,
+    table: Path | None = None,
+    summary: Path | None = None,
+    include_skipped: bool = False,
+    console: Console | None = None,
+):
+    """Metrics + tables for two `FeatureSet`s; prints the headline numbers. Returns the
+    `EvalResult` (shared by every way of obtaining features)."""
+    from rich.table import Table
+
+    from attrimp.evaluation import (
+        attribute_frame,
+        config_table,
+        evaluate_features,
+        per_query_table,
+    )
+
+    console = console or Console()
+    if schema is not None and attributes is not None:
+        raise DataError("Give --schema or --attributes, not both: each one names the attributes.")
+    result = evaluate_features(
+        query,
+        gallery,
+        metric=metric,
+        rerank=rerank,
+        k1=k1,
+        k2=k2,
+        lambda_value=lambda_value,
+        max_rank=max_rank,
+        device=_device(device),
+    )
+    s = result.summary()
+    out = Table(title=f"{config}" + (" (re-ranked)" if rerank else ""))
+    for col in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        out.add_column(col, justify="right")
+    out.add_row(*(f"{100 * s[c]:.2f}" for c in ("mAP", "rank1", "rank5", "rank10", "mINP")))
+    console.print(out)
+    console.print(
+        f"{result.num_valid} of {result.num_queries} queries evaluated; {result.num_skipped} "
+        f"skipped (no true match in the gallery); {result.num_junk_gallery} junk gallery "
+        "images ignored."
+    )
+    if table is not None:
+        attrs = None
+        if schema is not None:
+            if query.attributes is None:
+                raise DataError("--schema needs query_attributes in the feature file; it has none.")
+            from attrimp.schema import load_schema
+
+            sch = load_schema(schema)
+            if query.attributes.shape[1] != sch.n_slots:
+                raise DataError(
+                    f"query_attributes has {query.attributes.shape[1]} slots but schema "
+                    f"{sch.name!r} has {sch.n_slots}."
+                )
+            attrs = attribute_frame(query.attributes, sch)
+        elif attributes is not None:
+            attrs = _identity_attributes(attributes, query.pids)
+        frame = per_query_table(
+            result,
+            query_ids=query.ids,
+            q_pids=query.pids,
+            q_camids=query.camids,
+            attributes=attrs,
+            config=config,
+            include_skipped=include_skipped,
+        )
+        _write(frame, table)
+        console.print(f"per-query table: {table} ({len(frame)} rows)")
+    if summary is not None:
+        _write(config_table(result, config=config, extra={"reranked": int(rerank)}), summary)
+        console.print(f"summary: {summary}")
+    return result
