@@ -1,0 +1,636 @@
+"""Grouped permutation importance with a random forest and with XGBoost.
+
+What it answers: how much held-out accuracy a tree model loses when one attribute *group* (all
+of its one-hot columns, jointly, row by row) is shuffled. We write our own loop because
+scikit-learn's ``permutation_importance`` permutes one column at a time, and permuting the
+columns of a one-hot group separately makes rows with two or zero colours at once: nonsense
+inputs whose loss measures the model's reaction to impossible data. We keep its good ideas:
+keyword-only options after the data, one seed handed to every unit of work so the numbers do not
+depend on ``n_jobs``, the same permutation of rows for every group within a repeat (common random
+numbers make groups comparable), and results as a tidy table.
+
+Honesty with clustered rows (``frame.cluster``, e.g. the identity in a ReID table):
+
+- folds are ``GroupKFold`` (or ``GroupShuffleSplit`` for a hold-out) by cluster, so no identity
+  is both learned and scored and the held-out score is not inflated by memorised identities;
+- the permutation is done *within the held-out fold* and *by cluster*: each held-out cluster
+  takes the group's values of another held-out cluster (row ``k`` of a cluster takes row
+  ``k mod size`` of the donor cluster). For identity-level attributes this is exactly a
+  permutation of the identities' values, so the spread over repeats reflects the number of
+  identities, not the number of rows;
+- the confidence interval redraws held-out clusters, not rows (see
+  ``grouped_permutation_importance``).
+
+Speed, so it runs on 1M rows: attributes are categorical, so models are fit on the distinct
+attribute rows of the training fold, weighted by their row counts, with the mean outcome as
+target. For squared error (and for log loss with the fractional mean as label, which XGBoost
+accepts) every split and leaf value is then the one the full table would give; a random forest
+bags distinct rows instead of rows (for identity-level attributes: identities). A 0/1 outcome is
+fit by a regression forest, which is a probability forest: the variance of a 0/1 variable is
+half its Gini impurity, so the splits equal a Gini classifier's and leaves hold P(y = 1).
+Predictions are made once per (distinct other-attributes row, level) and scored through
+``np.bincount``: no repeat predicts row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, ShuffleSplit
+
+from studies.errors import StudyInputError
+from studies.features import (
+    GroupEncoding,
+    cluster_codes,
+    distinct_rows,
+    encode_frame,
+    is_binary,
+    outcome_values,
+)
+from studies.frame import AnalysisFrame
+
+MODELS = ("rf", "xgb")
+MODEL_NAMES = {"rf": "random forest", "xgb": "XGBoost"}
+
+#: Defaults; ``model_params`` overrides any of them. Chosen on Market-like simulated tables
+#: (750 identities, planted effects, identity noise): deeper forests / more boosting rounds
+#: fit the identities' noise and score *lower* held-out, and path-dependent TreeSHAP costs grow
+#: with leaves x depth², so a depth-12 forest made SHAP ~5x slower for a worse model.
+#: ``min_samples_leaf`` counts distinct attribute rows (the forest is fit on those).
+RF_DEFAULTS: dict[str, Any] = {
+    "n_estimators": 100,
+    "max_features": 0.5,
+    "min_samples_leaf": 3,
+    "max_depth": 8,
+}
+XGB_DEFAULTS: dict[str, Any] = {
+    "n_estimators": 100,
+    "max_depth": 3,
+    "learning_rate": 0.05,
+    "tree_method": "hist",
+    "reg_lambda": 1.0,
+}
+#: a forest bags at most this many distinct rows per tree (only tables with very many
+#: distinct attribute combinations reach it)
+MAX_FIT_ROWS = 200_000
+
+
+def design_matrix(enc: GroupEncoding, codes: np.ndarray) -> np.ndarray:
+    """The model input; one constant column when no attribute varies (a constant model)."""
+    x = enc.onehot(codes)
+    if x.shape[1] == 0:
+        x = np.zeros((x.shape[0], 1), dtype=np.float32)
+    return x
+
+
+@dataclass
+class FittedModel:
+    """One tree model and the rows it was *not* trained on (for honest scoring and SHAP)."""
+
+    model: str
+    estimator: Any
+    encoding: GroupEncoding
+    binary: bool
+    fold: int
+    test_index: np.ndarray
+    n_train_rows: int
+    n_train_distinct: int
+
+    def predict_distinct(self, codes: np.ndarray) -> np.ndarray:
+        """Outcome-scale prediction (P(y=1) for a 0/1 outcome), one per row of ``codes``."""
+        x = design_matrix(self.encoding, codes)
+        if x.shape[0] == 0:
+            return np.zeros(0)
+        if self.model == "rf":
+            # the forest's own average of its trees, in the same order, without the per-tree
+            # joblib/config overhead of RandomForestRegressor.predict (which dominated here)
+            x32 = np.ascontiguousarray(x, dtype=np.float32)
+            out = np.zeros(x.shape[0])
+            for tree in self.estimator.estimators_:
+                out += tree.tree_.predict(x32).reshape(x32.shape[0], -1)[:, 0]
+            return out / len(self.estimator.estimators_)
+        return np.asarray(self.estimator.predict(x), dtype=np.float64)
+
+    def predict(self, codes: np.ndarray) -> np.ndarray:
+        """Like ``predict_distinct`` but computed once per distinct row and mapped back."""
+        d = distinct_rows(codes, self.encoding.n_levels)
+        return self.predict_distinct(codes[d.rep])[d.inverse]
+
+    def predict_raw(self, codes: np.ndarray) -> np.ndarray:
+        """The output TreeSHAP explains: the outcome scale for a forest, the margin for XGBoost."""
+        if self.model == "xgb":
+            import xgboost as xgb
+
+            x = design_matrix(self.encoding, codes)
+            booster = self.estimator.get_booster()
+            return booster.predict(xgb.DMatrix(x), output_margin=True).astype(np.float64)
+        return self.predict(codes)
+
+
+@dataclass
+class ImportanceResult:
+    #: one row per attribute group: attribute, model, importance (mean drop in the held-out
+    #: score over folds x repeats), std, ci_low, ci_high (cluster-bootstrap interval of the
+    #: held-out sets), perm_ci_low, perm_ci_high (interval of the drops over folds x repeats),
+    #: n_repeats, n_folds, n_boot, metric
+    table: pd.DataFrame
+    #: held-out quality: metric ("r2" or "auc"), per_fold, mean, and fitting details
+    quality: dict
+    warnings: list[str] = field(default_factory=list)
+    #: one fitted model per fold, with its held-out rows (``shap_group_importance`` reuses them)
+    fitted_models: list[FittedModel] = field(default_factory=list)
+    #: raw drops ``[n_groups, n_folds, n_repeats]`` in the table's attribute order
+    drops: np.ndarray | None = None
+    #: bootstrap replicates of each fold's mean drop ``[n_groups, n_folds, n_boot]``
+    boot_drops: np.ndarray | None = None
+
+
+def _check_model(model: str) -> None:
+    if model not in MODELS:
+        raise StudyInputError(f"Unknown model '{model}'; choose one of {', '.join(MODELS)}.")
+
+
+def _estimator(model: str, *, binary: bool, seed: int, params: dict | None, n_distinct: int):
+    if model == "rf":
+        kw = {**RF_DEFAULTS, **(params or {})}
+        if n_distinct > MAX_FIT_ROWS and "max_samples" not in kw:
+            kw["max_samples"] = MAX_FIT_ROWS / n_distinct
+        return RandomForestRegressor(**kw, random_state=seed, n_jobs=1)
+    import xgboost as xgb
+
+    kw = {**XGB_DEFAULTS, **(params or {})}
+    objective = "binary:logistic" if binary else "reg:squarederror"
+    return xgb.XGBRegressor(**kw, objective=objective, random_state=seed, n_jobs=1)
+
+
+def fit_tree_model(
+    model: str,
+    enc: GroupEncoding,
+    codes: np.ndarray,
+    y: np.ndarray,
+    *,
+    binary: bool,
+    seed: int = 0,
+    model_params: dict | None = None,
+    fold: int = -1,
+    test_index: np.ndarray | None = None,
+) -> FittedModel:
+    """Fit on the distinct rows of ``codes`` weighted by their counts (see the module notes)."""
+    _check_model(model)
+    d = distinct_rows(codes, enc.n_levels)
+    counts = d.counts.astype(np.float64)
+    ymean = np.bincount(d.inverse, weights=y, minlength=len(d.rep)) / counts
+    est = _estimator(model, binary=binary, seed=seed, params=model_params, n_distinct=len(d.rep))
+    x = design_matrix(enc, codes[d.rep])
+    est.fit(x, ymean, sample_weight=counts)
+    return FittedModel(
+        model=model,
+        estimator=est,
+        encoding=enc,
+        binary=binary,
+        fold=fold,
+        test_index=np.arange(0) if test_index is None else test_index,
+        n_train_rows=len(y),
+        n_train_distinct=len(d.rep),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores of one held-out set, with cluster-bootstrap replicates
+# ---------------------------------------------------------------------------------------------
+
+
+class FoldScorer:
+    """Held-out R² (or AUC for a 0/1 outcome) of predictions ``f[cell]``, plus its value under
+    ``n_boot`` bootstrap reweightings of the held-out *units* (clusters; random blocks of rows
+    when rows are independent), all from per-unit sums: no score loops over rows twice.
+
+    ``score(cell, f)`` returns ``(point, boot[n_boot])``. The same unit weights serve the
+    baseline and every permuted score, so a drop's replicates are paired.
+    """
+
+    def __init__(self, y: np.ndarray, unit: np.ndarray, weights: np.ndarray, binary: bool):
+        self.y = y
+        self.unit = unit
+        self.m = int(unit.max()) + 1 if len(unit) else 0
+        self.w = weights.astype(np.float64)  # [n_boot, m]
+        self.binary = binary
+        if not binary:
+            n_u = np.bincount(unit, minlength=self.m).astype(np.float64)
+            sy = np.bincount(unit, weights=y, minlength=self.m)
+            syy = np.bincount(unit, weights=y * y, minlength=self.m)
+            nb, syb, syyb = self.w @ n_u, self.w @ sy, self.w @ syy
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.sst_boot = np.where(nb > 0, syyb - syb**2 / nb, np.nan)
+            self.sst_boot[
+                self.sst_boot <= 1e-12 * max(1.0, float(np.nanmax(np.abs(syyb), initial=0)))
+            ] = np.nan
+            self.sst = float(((y - y.mean()) ** 2).sum()) if len(y) else 0.0
+
+    def score(self, cell: np.ndarray, f: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._auc(cell, f) if self.binary else self._r2(cell, f)
+
+    def _r2(self, cell: np.ndarray, f: np.ndarray) -> tuple[float, np.ndarray]:
+        res2 = (self.y - f[cell]) ** 2
+        sse_u = np.bincount(self.unit, weights=res2, minlength=self.m)
+        point = 1.0 - sse_u.sum() / self.sst if self.sst > 0 else float("nan")
+        return float(point), 1.0 - (self.w @ sse_u) / self.sst_boot
+
+    def _auc(self, cell: np.ndarray, f: np.ndarray) -> tuple[float, np.ndarray]:
+        uf, vinv = np.unique(f, return_inverse=True)
+        v = vinv.ravel()[cell]
+        nv = len(uf)
+        pair = self.unit.astype(np.int64) * nv + v
+        if self.m * nv <= 4 * len(pair):
+            cnt = np.bincount(pair, minlength=self.m * nv)
+            pos = np.bincount(pair, weights=self.y, minlength=self.m * nv)
+            nz = np.flatnonzero(cnt)
+            cnt, pos = cnt[nz], pos[nz]
+        else:
+            nz, inv = np.unique(pair, return_inverse=True)
+            cnt = np.bincount(inv.ravel())
+            pos = np.bincount(inv.ravel(), weights=self.y)
+        pu, pv = nz // nv, nz % nv
+        # (unit, score value) pairs sorted by score value; sum each value's pairs under every
+        # weighting at once: [1 + n_boot, values]
+        order = np.argsort(pv, kind="stable")
+        pu, pv, cnt, pos = pu[order], pv[order], cnt[order], pos[order]
+        bounds = np.flatnonzero(np.r_[True, pv[1:] != pv[:-1]])
+        pw = np.vstack([np.ones((1, self.m)), self.w])[:, pu]
+        p_all = np.add.reduceat(pw * pos, bounds, axis=1)
+        n_all = np.add.reduceat(pw * (cnt - pos), bounds, axis=1)
+        below = np.cumsum(n_all, axis=1) - n_all
+        num = (p_all * below).sum(1) + 0.5 * (p_all * n_all).sum(1)
+        den = p_all.sum(1) * n_all.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        return float(auc[0]), auc[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds and permutations
+# ---------------------------------------------------------------------------------------------
+
+
+def make_splits(
+    n: int, clusters: np.ndarray | None, cv: int | float | str, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds (``cv`` int >= 2) or one hold-out (``cv`` a fraction, or ``"holdout"`` = 0.25)."""
+    if isinstance(cv, str):
+        if cv != "holdout":
+            raise StudyInputError(
+                f"cv must be a number of folds, a hold-out fraction or 'holdout', not '{cv}'."
+            )
+        cv = 0.25
+    units = n if clusters is None else int(clusters.max()) + 1
+    what = "rows" if clusters is None else "clusters"
+    idx = np.zeros(n)
+    if isinstance(cv, (int, np.integer)) and not isinstance(cv, bool):
+        if cv < 2:
+            raise StudyInputError(f"cv={cv}: cross-validation needs at least 2 folds.")
+        if units < cv:
+            raise StudyInputError(
+                f"cv={cv} folds need at least {cv} {what}; the table has {units}."
+            )
+        if clusters is None:
+            split = KFold(n_splits=int(cv), shuffle=True, random_state=seed).split(idx)
+        else:
+            split = GroupKFold(n_splits=int(cv), shuffle=True, random_state=seed).split(
+                idx, groups=clusters
+            )
+    elif isinstance(cv, float) and 0.0 < cv < 1.0:
+        if units < 2:
+            raise StudyInputError(
+                f"A hold-out split needs at least 2 {what}; the table has {units}."
+            )
+        if clusters is None:
+            split = ShuffleSplit(n_splits=1, test_size=cv, random_state=seed).split(idx)
+        else:
+            split = GroupShuffleSplit(n_splits=1, test_size=cv, random_state=seed).split(
+                idx, groups=clusters
+            )
+    else:
+        raise StudyInputError(
+            f"cv={cv!r}: give a number of folds (>= 2) or a hold-out fraction in (0, 1)."
+        )
+    return [(np.sort(tr), np.sort(te)) for tr, te in split]
+
+
+@dataclass
+class _Permuter:
+    """Row permutations of one held-out set; by cluster when the rows are clustered."""
+
+    n: int
+    cinv: np.ndarray | None = None
+    order: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    pos: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, clusters: np.ndarray | None) -> _Permuter:
+        if clusters is None:
+            return cls(n=0)
+        _, cinv = np.unique(clusters, return_inverse=True)
+        cinv = cinv.ravel()
+        order = np.argsort(cinv, kind="stable")
+        sizes = np.bincount(cinv)
+        starts = np.cumsum(sizes) - sizes
+        pos = np.empty(len(cinv), dtype=np.int64)
+        pos[order] = np.arange(len(cinv)) - starts[cinv[order]]
+        return cls(n=len(cinv), cinv=cinv, order=order, starts=starts, sizes=sizes, pos=pos)
+
+    def source(self, rng: np.random.Generator, n_rows: int) -> np.ndarray:
+        """For each row, the row whose group values it takes."""
+        if self.cinv is None:
+            return rng.permutation(n_rows)
+        donor = rng.permutation(len(self.sizes))[self.cinv]
+        return self.order[self.starts[donor] + self.pos % self.sizes[donor]]
+
+
+@dataclass
+class _Fold:
+    fitted: FittedModel
+    codes: np.ndarray
+    scorer: FoldScorer
+    #: ``[n_repeats, n_rows]``: for each repeat and row, the row whose group values it takes;
+    #: one permutation per repeat, shared by every group (common random numbers)
+    sources: np.ndarray
+    baseline: float
+    baseline_boot: np.ndarray
+
+
+def _group_drops(fold: _Fold, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drops in score over repeats when group ``j`` is permuted in this fold's held-out rows,
+    and the bootstrap replicates of their mean over repeats."""
+    enc = fold.fitted.encoding
+    codes = fold.codes
+    n, n_repeats = len(codes), fold.sources.shape[0]
+    n_boot = len(fold.baseline_boot)
+    if not np.isfinite(fold.baseline):
+        return np.full(n_repeats, np.nan), np.full((n_repeats, n_boot), np.nan)
+    if enc.group_columns[enc.groups[j]].size == 0:
+        return np.zeros(n_repeats), np.zeros((n_repeats, n_boot))
+    n_lev = int(enc.n_levels[j])
+    others = np.delete(codes, j, axis=1)
+    d = distinct_rows(others, np.delete(enc.n_levels, j))
+    n_cells = len(d.rep) * n_lev
+    use_cells = n_cells <= n * n_repeats
+    if use_cells:
+        # every input a permutation can produce: (distinct other-attributes row) x (level)
+        cell_codes = np.repeat(codes[d.rep], n_lev, axis=0)
+        cell_codes[:, j] = np.tile(np.arange(n_lev), len(d.rep))
+        f = fold.fitted.predict_distinct(cell_codes)
+        base_cell = d.inverse * n_lev
+    out = np.empty(n_repeats)
+    boot = np.empty((n_repeats, n_boot))
+    for r in range(n_repeats):
+        src = fold.sources[r]
+        if use_cells:
+            score, score_b = fold.scorer.score(base_cell + codes[src, j], f)
+        else:
+            perm = codes.copy()
+            perm[:, j] = codes[src, j]
+            dd = distinct_rows(perm, enc.n_levels)
+            score, score_b = fold.scorer.score(
+                dd.inverse, fold.fitted.predict_distinct(perm[dd.rep])
+            )
+        out[r] = fold.baseline - score
+        boot[r] = fold.baseline_boot - score_b
+    return out, boot
+
+
+def _progress(enabled: bool, total: int, label: str):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    prog = Progress(transient=True)
+    prog.start()
+    task = prog.add_task(label, total=total)
+    return prog, task
+
+
+def grouped_permutation_importance(
+    frame: AnalysisFrame,
+    outcome: str,
+    *,
+    model: str = "rf",
+    n_repeats: int = 10,
+    cv: int | float | str = 5,
+    seed: int = 0,
+    n_jobs: int = 1,
+    ci: float = 0.95,
+    groups: Sequence[str] | None = None,
+    model_params: dict | None = None,
+    n_boot: int = 200,
+    max_score_rows: int | None = 200_000,
+    progress: bool = False,
+) -> ImportanceResult:
+    """Drop in held-out R² (AUC for a 0/1 outcome) when a whole attribute group is permuted.
+
+    ``importance`` is the mean drop over folds x repeats. ``ci_low``/``ci_high``: percentile
+    interval of a three-level (hierarchical) bootstrap with ``n_boot`` replicates; a replicate
+    redraws the folds, within each fold the held-out clusters (random blocks of rows when rows
+    are independent; the same draw for the baseline and the permuted scores, so drops stay
+    paired), and the permutation repeats, all with replacement. So the interval carries the
+    refit-on-other-data, the which-identities-were-held-out and the permutation noise, and
+    held-out data are redrawn by cluster, never by row. On simulated clustered null tables
+    (80 identities, 3 folds; ``tests/test_studies_importance.py``, slow) the intervals of
+    no-effect groups covered 0 in 97% of cases; redrawing only the held-out identities gave
+    81-86%, because an over-fit model's noise group then looks "significantly" negative.
+    ``perm_ci_low``/``perm_ci_high`` keep the plain percentile interval of the drops over
+    folds x repeats for comparison.
+
+    Held-out sets larger than ``max_score_rows`` are scored on a random subset of that many
+    rows (only 1M-row tables reach the default). ``n_jobs`` runs folds and groups in threads;
+    every model is single-threaded and every random draw seeded from ``(seed, fold, ...)``, so
+    the result is the same for any ``n_jobs``.
+    """
+    _check_model(model)
+    if n_repeats < 1:
+        raise StudyInputError(
+            f"n_repeats={n_repeats}: permutation importance needs at least 1 repeat."
+        )
+    if not 0 < ci < 1:
+        raise StudyInputError(f"ci={ci}: the confidence level must lie strictly between 0 and 1.")
+    if n_boot < 1:
+        raise StudyInputError(f"n_boot={n_boot}: the bootstrap needs at least one replicate.")
+    y_all = outcome_values(frame, outcome)
+    enc, codes_all = encode_frame(frame, None if groups is None else list(groups))
+    binary = is_binary(y_all)
+    metric = "auc" if binary else "r2"
+    clusters = cluster_codes(frame)
+    splits = make_splits(len(y_all), clusters, cv, seed)
+    warnings: list[str] = []
+    name = MODEL_NAMES[model]
+
+    constant = float(np.ptp(y_all)) == 0.0 if len(y_all) else True
+    if constant:
+        warnings.append(f"Outcome '{outcome}' is constant, so {name} importance is undefined.")
+
+    for g in enc.groups:
+        if enc.group_columns[g].size == 0:
+            warnings.append(
+                f"Attribute '{g}' has a single level; its {name} importance is 0 by construction."
+            )
+
+    prog = _progress(
+        progress, len(splits) * (1 + len(enc.groups)), f"{name} importance ({outcome})"
+    )
+    parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+    try:
+
+        def fit_fold(i: int) -> _Fold:
+            tr, te = splits[i]
+            fm = fit_tree_model(
+                model,
+                enc,
+                codes_all[tr],
+                y_all[tr],
+                binary=binary,
+                seed=int(np.random.default_rng([seed, i]).integers(2**31 - 1)),
+                model_params=model_params,
+                fold=i,
+                test_index=te,
+            )
+            score_rows = te
+            if max_score_rows is not None and len(te) > max_score_rows:
+                pick = np.random.default_rng([seed, i, 2**31]).choice(
+                    len(te), max_score_rows, replace=False
+                )
+                score_rows = te[np.sort(pick)]
+            c, yt = codes_all[score_rows], y_all[score_rows]
+            perm = _Permuter.build(None if clusters is None else clusters[score_rows])
+            sources = np.empty((n_repeats, len(yt)), dtype=np.int64)
+            for r in range(n_repeats):
+                sources[r] = perm.source(np.random.default_rng([seed, i, r]), len(yt))
+            if perm.cinv is not None:
+                unit = perm.cinv
+            else:  # independent rows: random blocks of rows are independent units too
+                n_units = min(len(yt), 1000)
+                unit = np.random.default_rng([seed, i, 2**31 + 1]).permutation(len(yt)) % n_units
+            m = int(unit.max()) + 1
+            w = np.random.default_rng([seed, i, 2**31 + 2]).multinomial(
+                m, np.full(m, 1.0 / m), size=n_boot
+            )
+            scorer = FoldScorer(yt, unit, w, binary)
+            d = distinct_rows(c, enc.n_levels)
+            base, base_b = scorer.score(d.inverse, fm.predict_distinct(c[d.rep]))
+            if prog:
+                prog[0].advance(prog[1])
+            return _Fold(
+                fitted=fm,
+                codes=c,
+                scorer=scorer,
+                sources=sources,
+                baseline=base,
+                baseline_boot=base_b,
+            )
+
+        folds: list[_Fold] = parallel(delayed(fit_fold)(i) for i in range(len(splits)))
+
+        def task(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+            out = _group_drops(folds[i], j)
+            if prog:
+                prog[0].advance(prog[1])
+            return out
+
+        pairs = [(i, j) for i in range(len(folds)) for j in range(len(enc.groups))]
+        res = parallel(delayed(task)(i, j) for i, j in pairs)
+    finally:
+        if prog:
+            prog[0].stop()
+
+    drops = np.empty((len(enc.groups), len(folds), n_repeats))
+    boots = np.empty((len(enc.groups), len(folds), n_repeats, n_boot))
+    for (i, j), (r, b) in zip(pairs, res, strict=True):
+        drops[j, i] = r
+        boots[j, i] = b
+
+    per_fold = [f.baseline for f in folds]
+    finite = [s for s in per_fold if np.isfinite(s)]
+    mean_q = float(np.mean(finite)) if finite else float("nan")
+    quality = {
+        "model": model,
+        "metric": metric,
+        "per_fold": per_fold,
+        "mean": mean_q,
+        "n_folds": len(folds),
+        "train_distinct_rows": [f.fitted.n_train_distinct for f in folds],
+        "scored_rows": [len(f.codes) for f in folds],
+    }
+    q_boot = np.array([f.baseline_boot for f in folds if np.isfinite(f.baseline)])
+    if q_boot.size:
+        qb = np.nanmean(q_boot, axis=0)
+        quality["ci_low"] = float(np.nanquantile(qb, (1 - ci) / 2))
+        quality["ci_high"] = float(np.nanquantile(qb, 1 - (1 - ci) / 2))
+    if not constant:
+        if len(finite) < len(per_fold):
+            warnings.append(
+                f"{len(per_fold) - len(finite)} held-out fold(s) of '{outcome}' had a single outcome "
+                f"value, so {name} could not be scored there."
+            )
+        label = "R²" if metric == "r2" else "AUC"
+        floor = 0.0 if metric == "r2" else 0.5
+        if not np.isfinite(mean_q) or mean_q <= floor:
+            warnings.append(
+                f"{name} explains nothing of '{outcome}' (held-out {label} = {mean_q:.3f}): "
+                "its importances are noise."
+            )
+        elif mean_q <= floor + (0.02 if metric == "r2" else 0.05):
+            warnings.append(
+                f"{name} explains little of '{outcome}' (held-out {label} = {mean_q:.3f}): "
+                "read its importances with care."
+            )
+
+    alpha = (1.0 - ci) / 2.0
+    # resample the repeats too, so the interval also carries the permutation noise of the mean
+    rep_rng = np.random.default_rng([seed, 2**31 + 3])
+    pick = rep_rng.integers(0, n_repeats, size=(len(folds), n_repeats, n_boot))
+    rows = []
+    for j, g in enumerate(enc.groups):
+        flat = drops[j].ravel()
+        ok = flat[np.isfinite(flat)]
+        fold_ok = np.isfinite(drops[j, :, 0])
+        # replicate b: held-out units redrawn (weights b), repeats redrawn (pick), folds redrawn
+        if fold_ok.any():
+            per_fold = np.take_along_axis(boots[j], pick, axis=1).mean(axis=1)  # [folds, n_boot]
+            pf = per_fold[fold_ok]
+            fold_rng = np.random.default_rng([seed, 2**31 + 4])
+            fsel = fold_rng.integers(0, len(pf), size=(len(pf), n_boot))
+            imp_b = np.take_along_axis(pf, fsel, axis=0).mean(axis=0)
+        else:
+            imp_b = np.full(n_boot, np.nan)
+        imp_b = imp_b[np.isfinite(imp_b)]
+        rows.append(
+            {
+                "attribute": g,
+                "model": model,
+                "importance": float(ok.mean()) if ok.size else float("nan"),
+                "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
+                "ci_low": float(np.quantile(imp_b, alpha)) if imp_b.size else float("nan"),
+                "ci_high": float(np.quantile(imp_b, 1 - alpha)) if imp_b.size else float("nan"),
+                "perm_ci_low": float(np.quantile(ok, alpha)) if ok.size else float("nan"),
+                "perm_ci_high": float(np.quantile(ok, 1 - alpha)) if ok.size else float("nan"),
+                "n_repeats": n_repeats,
+                "n_folds": len(folds),
+                "n_boot": n_boot,
+                "metric": metric,
+            }
+        )
+    table = pd.DataFrame(rows)
+    return ImportanceResult(
+        table=table,
+        quality=quality,
+        warnings=warnings,
+        fitted_models=[f.fitted for f in folds],
+        drops=drops,
+        boot_drops=boots,
+    )
