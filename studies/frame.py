@@ -34,6 +34,8 @@ class AnalysisFrame:
     warnings: list[str] = field(default_factory=list)
     #: where the table came from, for messages and the report
     source: str = "table"
+    #: attribute groups left out of every analysis (e.g. single-level), name -> reason
+    excluded_groups: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows_used(self) -> int:

@@ -1,0 +1,439 @@
+"""Rank-based hypothesis tests per attribute group, and paired tests for ablation designs.
+
+Why the unit of analysis matters: in a ReID table every query of one identity shares that
+identity's attributes and a good part of its difficulty. Testing rows as if independent turns
+750 identities into 15 000 "observations" and declares almost every attribute significant on
+data where none matters (``tests/test_studies_calibration.py`` shows it). So, with
+``frame.cluster`` set:
+
+- an attribute that is **constant within every cluster** (identity-level, the ReID case) is
+  tested on one row per cluster: the cluster's mean outcome against its level. Mann–Whitney U
+  (2 levels) / Kruskal–Wallis (more) then have their textbook null distributions and the
+  effect-size CIs their nominal coverage;
+- an attribute that **varies within clusters** (e.g. an image-level annotation) cannot be
+  aggregated that way. Its statistic is computed on the rows and its p-value comes from a
+  *within-cluster permutation* of the attribute (valid when rows of one cluster are exchangeable
+  under the null, as with an identity random effect); its effect-size CI from a *cluster
+  bootstrap*. Both are ours (scipy has no stratified permutation for rank statistics).
+
+Effect sizes: rank-biserial correlation ``r = 2 U / (n1 n0) - 1`` for two levels (positive: the
+non-reference level has higher outcomes) with the Fisher-z CI of R's ``effectsize`` package
+(SE = sqrt((n1 + n0 + 1) / (3 n1 n0))); ``epsilon²`` = H / (n - 1) for more levels with a
+percentile bootstrap CI (as ``effectsize`` does; there is no closed form). Paired designs get
+the Wilcoxon signed-rank test with the matched-pairs rank-biserial correlation (Fisher-z CI,
+SE = sqrt((2 n³ + 3 n² + n) / 6) / (n (n + 1) / 2) over the n non-zero differences, as in
+``effectsize``) and the paired t-test with Cohen's d_z and pingouin's CI. Tests come from scipy
+(``mannwhitneyu``, ``kruskal``, ``wilcoxon``, ``ttest_1samp``); every table carries
+``attribute``, ``p_value``, ``p_holm`` and ``p_fdr_bh`` (one family per test of one outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pingouin as pg
+from scipy import stats
+
+from studies.corrections import add_adjusted
+from studies.errors import StudyInputError
+from studies.frame import AnalysisFrame
+
+GROUP_TEST_COLUMNS = [
+    "attribute",
+    "test",
+    "statistic",
+    "p_value",
+    "effect_size",
+    "effect_name",
+    "ci_low",
+    "ci_high",
+    "n",
+    "unit",
+    "n_levels",
+    "p_holm",
+    "p_fdr_bh",
+]
+PAIRED_TEST_COLUMNS = [
+    "attribute",
+    "reference",
+    "test",
+    "statistic",
+    "p_value",
+    "effect_size",
+    "effect_name",
+    "ci_low",
+    "ci_high",
+    "mean_difference",
+    "n",
+    "n_pairs",
+    "unit",
+    "p_holm",
+    "p_fdr_bh",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+def _tie_term(sorted_rows: np.ndarray) -> np.ndarray:
+    """sum over tie groups of (t^3 - t), per row of a row-sorted 2-D array."""
+    b, n = sorted_rows.shape
+    new = np.ones((b, n), dtype=bool)
+    new[:, 1:] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
+    run = np.cumsum(new, axis=1) - 1 + (np.arange(b) * n)[:, None]
+    t = np.bincount(run.ravel(), minlength=b * n).reshape(b, n).astype(float)
+    return (t**3 - t).sum(axis=1)
+
+
+def _kw_h(y: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
+    """Tie-corrected Kruskal–Wallis H for each row of ``y`` / ``g`` (shape [B, n]).
+
+    Vectorised because the epsilon² bootstrap needs a thousand of them; checked against
+    ``scipy.stats.kruskal`` in the tests."""
+    b, n = y.shape
+    r = stats.rankdata(y, axis=1)
+    off = (np.arange(b) * k)[:, None]
+    rs = np.bincount((g + off).ravel(), weights=r.ravel(), minlength=b * k).reshape(b, k)
+    nj = np.bincount((g + off).ravel(), minlength=b * k).reshape(b, k).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(nj > 0, rs**2 / np.where(nj > 0, nj, 1), 0.0).sum(axis=1)
+    h = 12.0 / (n * (n + 1)) * term - 3.0 * (n + 1)
+    ties = 1.0 - _tie_term(np.sort(y, axis=1)) / (n**3 - n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ties > 0, h / ties, 0.0)
+
+
+def _rank_biserial(y: np.ndarray, g: np.ndarray) -> float:
+    """2 U1 / (n1 n0) - 1 with U1 the U of level 1 (the non-reference level)."""
+    r = stats.rankdata(y)
+    n1 = float((g == 1).sum())
+    n0 = float((g == 0).sum())
+    u1 = r[g == 1].sum() - n1 * (n1 + 1) / 2
+    return 2.0 * u1 / (n1 * n0) - 1.0
+
+
+def _fisher_ci(r: float, se: float, alpha: float) -> tuple[float, float]:
+    z = stats.norm.ppf(1 - alpha / 2)
+    rf = np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12))
+    return float(np.tanh(rf - z * se)), float(np.tanh(rf + z * se))
+
+
+def _percentile(x: np.ndarray, alpha: float) -> tuple[float, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _independent_test(y: np.ndarray, g: np.ndarray, k: int, alpha: float, n_boot: int, rng) -> dict:
+    """MWU / KW on independent units with their effect size and CI."""
+    n = len(y)
+    if k == 2:
+        x1, x0 = y[g == 1], y[g == 0]
+        res = stats.mannwhitneyu(x1, x0, alternative="two-sided")
+        n1, n0 = len(x1), len(x0)
+        r = 2.0 * float(res.statistic) / (n1 * n0) - 1.0
+        lo, hi = _fisher_ci(r, np.sqrt((n1 + n0 + 1) / (3.0 * n1 * n0)), alpha)
+        return dict(
+            test="mann_whitney_u",
+            statistic=float(res.statistic),
+            p_value=float(res.pvalue),
+            effect_size=r,
+            effect_name="rank_biserial",
+            ci_low=lo,
+            ci_high=hi,
+        )
+    samples = [y[g == j] for j in range(k)]
+    res = stats.kruskal(*samples)
+    eps = float(res.statistic) / (n - 1)
+    lo = hi = float("nan")
+    if n_boot > 0:
+        idx = rng.integers(0, n, size=(n_boot, n))
+        boot = _kw_h(y[idx], g[idx], k) / (n - 1)
+        lo, hi = _percentile(boot, alpha)
+    return dict(
+        test="kruskal_wallis",
+        statistic=float(res.statistic),
+        p_value=float(res.pvalue),
+        effect_size=eps,
+        effect_name="epsilon_squared",
+        ci_low=lo,
+        ci_high=hi,
+    )
+
+
+def _within_cluster_test(
+    y: np.ndarray,
+    g: np.ndarray,
+    cl: np.ndarray,
+    k: int,
+    alpha: float,
+    n_perm: int,
+    n_boot: int,
+    rng,
+) -> dict:
+    """Row-level statistic, p-value by permuting the attribute within clusters, CI by
+    resampling whole clusters."""
+    n = len(y)
+    ranks = stats.rankdata(y)
+    nj = np.bincount(g, minlength=k).astype(float)
+    ties = 1.0 - _tie_term(np.sort(y)[None, :])[0] / (n**3 - n)
+
+    def h_from_ranks(rs: np.ndarray) -> np.ndarray:  # rs: [B, k] rank sums
+        h = 12.0 / (n * (n + 1)) * (rs**2 / nj).sum(axis=1) - 3.0 * (n + 1)
+        return h / ties if ties > 0 else np.zeros_like(h)
+
+    rs_obs = np.bincount(g, weights=ranks, minlength=k)[None, :]
+    # Only clusters in which the attribute varies change under the permutation.
+    order = np.argsort(cl, kind="stable")
+    cl_s, g_s, r_s = cl[order], g[order], ranks[order]
+    gmin = pd.Series(g_s).groupby(cl_s).transform("min").to_numpy()
+    gmax = pd.Series(g_s).groupby(cl_s).transform("max").to_numpy()
+    vary = gmin != gmax
+    fixed = np.bincount(g_s[~vary], weights=r_s[~vary], minlength=k)
+    cv, gv, rv = cl_s[vary], g_s[vary], r_s[vary]
+    perm_stats = []
+    chunk = max(1, min(n_perm, 2_000_000 // max(len(rv), 1)))
+    done = 0
+    while done < n_perm:
+        b = min(chunk, n_perm - done)
+        keys = cv[None, :] + rng.random((b, len(rv)))  # shuffle within each cluster
+        p = np.argsort(keys, axis=1)
+        rperm = rv[p]
+        off = (np.arange(b) * k)[:, None]
+        rs = np.bincount((gv[None, :] + off).ravel(), weights=rperm.ravel(), minlength=b * k)
+        perm_stats.append(rs.reshape(b, k) + fixed)
+        done += b
+    rs_perm = np.concatenate(perm_stats) if perm_stats else np.zeros((0, k))
+    if k == 2:
+        u_obs = rs_obs[0, 1] - nj[1] * (nj[1] + 1) / 2
+        u_perm = rs_perm[:, 1] - nj[1] * (nj[1] + 1) / 2
+        centre = nj[1] * nj[0] / 2
+        extreme = np.abs(u_perm - centre) >= abs(u_obs - centre) - 1e-9
+        stat = float(u_obs)
+        eff_name, test = "rank_biserial", "mann_whitney_u"
+        eff = 2.0 * u_obs / (nj[1] * nj[0]) - 1.0
+    else:
+        h_obs = h_from_ranks(rs_obs)[0]
+        extreme = h_from_ranks(rs_perm) >= h_obs - 1e-9
+        stat = float(h_obs)
+        eff_name, test = "epsilon_squared", "kruskal_wallis"
+        eff = h_obs / (n - 1)
+    p = (1.0 + extreme.sum()) / (1.0 + len(extreme))
+    lo = hi = float("nan")
+    if n_boot > 0:
+        ids, inv = np.unique(cl, return_inverse=True)
+        members = np.argsort(inv, kind="stable")
+        starts = np.searchsorted(inv[members], np.arange(len(ids)))
+        sizes = np.bincount(inv, minlength=len(ids))
+        boot = np.empty(n_boot)
+        for bi in range(n_boot):
+            pick = rng.integers(0, len(ids), len(ids))
+            rows = np.concatenate([members[starts[c] : starts[c] + sizes[c]] for c in pick])
+            yb, gb = y[rows], g[rows]
+            present = np.bincount(gb, minlength=k) > 0
+            if not present.all():
+                boot[bi] = np.nan
+            elif k == 2:
+                boot[bi] = _rank_biserial(yb, gb)
+            else:
+                boot[bi] = _kw_h(yb[None, :], gb[None, :], k)[0] / (len(yb) - 1)
+        lo, hi = _percentile(boot, alpha)
+    return dict(
+        test=f"{test}+cluster_permutation",
+        statistic=stat,
+        p_value=float(p),
+        effect_size=float(eff),
+        effect_name=eff_name,
+        ci_low=lo,
+        ci_high=hi,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+def group_tests(
+    frame: AnalysisFrame,
+    outcome: str,
+    *,
+    groups: Sequence[str] | None = None,
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+    n_perm: int = 999,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One rank test per attribute group (see the module docstring for the unit of analysis).
+
+    ``n_boot`` bootstrap resamples for epsilon² CIs and cluster-bootstrap CIs (0: no CI);
+    ``n_perm`` within-cluster permutations for attributes that vary within clusters."""
+    if outcome not in frame.data.columns:
+        raise StudyInputError(f"{frame.source} has no outcome {outcome!r}.")
+    y_all = frame.data[outcome].to_numpy(dtype=float)
+    cl = None if frame.cluster is None else pd.factorize(frame.data[frame.cluster])[0]
+    if cl is not None:
+        n_cl = int(cl.max()) + 1
+        first = np.empty(n_cl, dtype=np.int64)  # first row of each cluster
+        first[cl[::-1]] = np.arange(len(cl))[::-1]
+        ybar = np.bincount(cl, weights=y_all, minlength=n_cl) / np.bincount(cl, minlength=n_cl)
+    records = []
+    for gi, gname in enumerate(frame.groups if groups is None else groups):
+        rng = np.random.default_rng([seed, gi])
+        codes = frame.data[gname].cat.codes.to_numpy().astype(np.int64)
+        present = np.flatnonzero(np.bincount(codes) > 0)
+        remap = np.full(codes.max() + 1, -1)
+        remap[present] = np.arange(len(present))
+        g = remap[codes]
+        k = len(present)
+        base = {"attribute": gname, "n_levels": k}
+        if k < 2:
+            records.append({**base, "test": "none", "n": len(y_all), "unit": "row"})
+            continue
+        if cl is None:
+            rec = _independent_test(y_all, g, k, alpha, n_boot, rng)
+            rec.update(n=len(y_all), unit="row")
+        else:
+            gc = g[first]
+            if np.array_equal(g, gc[cl]):  # constant within every cluster
+                kc = len(np.unique(gc))
+                if kc < 2:
+                    records.append({**base, "test": "none", "n": len(ybar), "unit": "cluster"})
+                    continue
+                rec = _independent_test(ybar, gc, k, alpha, n_boot, rng)
+                rec.update(n=len(ybar), unit="cluster")
+            else:
+                rec = _within_cluster_test(y_all, g, cl, k, alpha, n_perm, n_boot, rng)
+                rec.update(n=int(cl.max()) + 1, unit="cluster")
+        records.append({**base, **rec})
+    table = pd.DataFrame(records).reindex(columns=GROUP_TEST_COLUMNS[:-2])
+    return add_adjusted(table).reindex(columns=GROUP_TEST_COLUMNS)
+
+
+def reference_condition(frame: AnalysisFrame) -> object:
+    """The condition the others are compared with: the most frequent, ties to the first seen."""
+    cond = frame.data[frame.condition]
+    counts = cond.value_counts(sort=False)
+    first = {v: i for i, v in enumerate(pd.unique(cond))}
+    return max(counts.index, key=lambda v: (counts[v], -first[v]))
+
+
+def paired_tests(
+    frame: AnalysisFrame,
+    outcome: str,
+    *,
+    reference: object | None = None,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Each non-reference condition against the reference, paired by ``frame.paired_by``.
+
+    Differences are ``condition - reference``; with ``frame.cluster`` they are averaged per
+    cluster first (so an identity with 30 queries is one unit, not 30). Two rows per
+    condition (Wilcoxon signed-rank, paired t); ``p_holm`` / ``p_fdr_bh`` adjust over the
+    conditions of one test. Pairs missing a partner are left out and counted in
+    ``table.attrs["warnings"]``."""
+    if frame.paired_by is None or frame.condition is None:
+        raise StudyInputError("Paired tests need a paired design (--paired-by and --condition).")
+    if outcome not in frame.data.columns:
+        raise StudyInputError(f"{frame.source} has no outcome {outcome!r}.")
+    data = frame.data
+    key, cond = frame.paired_by, frame.condition
+    dup = data.duplicated([key, cond])
+    if dup.any():
+        row = data[dup].iloc[0]
+        raise StudyInputError(
+            f"{frame.source}: {key}={_show(row[key])} appears more than once under "
+            f"{cond}={_show(row[cond])}, "
+            "so its rows cannot be paired."
+        )
+    ref = reference_condition(frame) if reference is None else reference
+    if not (data[cond] == ref).any():
+        raise StudyInputError(
+            f"{frame.source}: no row has the reference condition {cond}={_show(ref)}."
+        )
+    cols = [key, outcome] + ([frame.cluster] if frame.cluster is not None else [])
+    base = data.loc[data[cond] == ref, cols].set_index(key)
+    notes: list[str] = []
+    records = []
+    for c in pd.unique(data[cond]):
+        if c == ref:
+            continue
+        other = data.loc[data[cond] == c, [key, outcome]].set_index(key)
+        joined = base.join(other, how="inner", rsuffix="__other")
+        unpaired = len(base) + len(other) - 2 * len(joined)
+        if unpaired:
+            notes.append(
+                f"{unpaired} rows of {cond}={c!r} / {ref!r} have no partner and are left out of "
+                "their paired tests."
+            )
+        d = (joined[f"{outcome}__other"] - joined[outcome]).to_numpy(dtype=float)
+        unit = "pair"
+        if frame.cluster is not None and len(d):
+            cl = pd.factorize(joined[frame.cluster])[0]
+            d = np.bincount(cl, weights=d) / np.bincount(cl)
+            unit = "cluster"
+        common = {
+            "attribute": str(c),
+            "reference": str(ref),
+            "mean_difference": float(d.mean()) if len(d) else np.nan,
+            "n": len(d),
+            "n_pairs": len(joined),
+            "unit": unit,
+        }
+        records.append({**common, **_wilcoxon(d, alpha, notes, str(c))})
+        records.append({**common, **_paired_t(d, alpha)})
+    table = pd.DataFrame(records).reindex(columns=PAIRED_TEST_COLUMNS[:-2])
+    table = add_adjusted(table, by="test").reindex(columns=PAIRED_TEST_COLUMNS)
+    table.attrs["warnings"] = notes
+    return table
+
+
+def _show(v: object) -> str:
+    """A value as a user reads it in a message: strings quoted, numbers plain."""
+    return repr(v) if isinstance(v, str) else str(v.item() if hasattr(v, "item") else v)
+
+
+def _wilcoxon(d: np.ndarray, alpha: float, notes: list[str], label: str) -> dict:
+    out = {"test": "wilcoxon_signed_rank", "effect_name": "rank_biserial"}
+    nz = d[d != 0]
+    if len(nz) < 1:
+        notes.append(f"Condition {label!r}: every difference is zero; no Wilcoxon test.")
+        return {**out, "statistic": np.nan, "p_value": np.nan, "effect_size": 0.0}
+    res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+    r = stats.rankdata(np.abs(nz))
+    t_pos, t_neg = r[nz > 0].sum(), r[nz < 0].sum()
+    rbc = float((t_pos - t_neg) / (t_pos + t_neg))
+    nd = len(nz)
+    se = np.sqrt((2 * nd**3 + 3 * nd**2 + nd) / 6.0) / (nd * (nd + 1) / 2.0)
+    lo, hi = _fisher_ci(rbc, se, alpha)
+    return {
+        **out,
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "effect_size": rbc,
+        "ci_low": lo,
+        "ci_high": hi,
+    }
+
+
+def _paired_t(d: np.ndarray, alpha: float) -> dict:
+    out = {"test": "paired_t", "effect_name": "cohen_dz"}
+    n = len(d)
+    sd = float(np.std(d, ddof=1)) if n > 1 else 0.0
+    if n < 2 or sd == 0:
+        return {**out, "statistic": np.nan, "p_value": np.nan, "effect_size": np.nan}
+    res = stats.ttest_1samp(d, 0.0)
+    dz = float(d.mean() / sd)
+    lo, hi = pg.compute_esci(
+        stat=dz, nx=n, ny=n, paired=True, eftype="cohen", confidence=1 - alpha, decimals=12
+    )
+    return {
+        **out,
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "effect_size": dz,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }

@@ -1,0 +1,124 @@
+"""Null calibration and planted-effect recovery of the battery's tests, by simulation.
+
+On *null* Market-like tables (no attribute matters; a per-identity random effect makes the
+queries of one identity correlated; attributes are identity-level, with Market-1501's real
+frequencies, rare levels included) the family-wise false-positive rate of the Holm decisions
+across the 12 attribute groups must stay at or below alpha for the cluster-aware GLM (CR2
+covariance, small-sample F tests) and the cluster-aware rank tests (identity-level
+aggregation). The same tables analysed naively, rows as independent, must exceed alpha badly:
+that is why ``--cluster`` exists. With planted effects, the planted groups must come out on top.
+
+Monte-Carlo slack: with N simulations, a true FWER of alpha gives a Binomial(N, alpha) count of
+false-positive runs; we fail only when the count is above its 99th percentile (a one-sided 1%
+test of "FWER <= alpha"). The default run uses small tables and ~100 simulations; the slow run
+(``-m slow``) uses 750 identities like Market-1501's test split and 400 simulations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from studies.design import build_analysis_frame, spec_from_toml
+from studies.glm import fit_glm
+from studies.hypothesis import group_tests
+from studies.simulate import GROUP_NAMES, market_like_schema_toml, simulate_reid_table
+
+ALPHA = 0.05
+SPEC = spec_from_toml(market_like_schema_toml())
+EXCLUDE = ["query", "camid", "rank1", "first_hit"]
+
+
+def _frame(df):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_analysis_frame(df, outcomes="ap", cluster="pid", exclude=EXCLUDE, spec=SPEC)
+
+
+def _null_runs(n_sims: int, n_id: int, per_id: int, seed0: int) -> dict[str, np.ndarray]:
+    """For each simulated null table: did any Holm-adjusted group test reject? (four methods)"""
+    out = {k: np.zeros(n_sims, dtype=bool) for k in ("glm", "rank", "glm_naive", "rank_naive")}
+    for s in range(n_sims):
+        frame = _frame(simulate_reid_table(n_id * per_id, n_identities=n_id, seed=seed0 + s))
+        naive = dataclasses.replace(frame, cluster=None)
+        out["glm"][s] = (fit_glm(frame, "ap").group_tests["p_holm"] < ALPHA).any()
+        out["rank"][s] = (group_tests(frame, "ap", n_boot=0)["p_holm"] < ALPHA).any()
+        out["glm_naive"][s] = (fit_glm(naive, "ap").group_tests["p_holm"] < ALPHA).any()
+        out["rank_naive"][s] = (group_tests(naive, "ap", n_boot=0)["p_holm"] < ALPHA).any()
+    return out
+
+
+def _allowed(n_sims: int) -> int:
+    """Largest count of false-positive runs consistent with FWER <= alpha (one-sided 1%)."""
+    return int(stats.binom.ppf(0.99, n_sims, ALPHA))
+
+
+N_SIMS = 100
+
+
+@pytest.fixture(scope="module")
+def null_runs():
+    return _null_runs(N_SIMS, n_id=150, per_id=5, seed0=10_000)
+
+
+def test_cluster_robust_glm_keeps_the_familywise_error_rate(null_runs):
+    k = int(null_runs["glm"].sum())
+    assert k <= _allowed(N_SIMS), f"GLM FWER {k / N_SIMS:.2f} > {ALPHA}"
+
+
+def test_cluster_aware_rank_tests_keep_the_familywise_error_rate(null_runs):
+    k = int(null_runs["rank"].sum())
+    assert k <= _allowed(N_SIMS), f"rank-test FWER {k / N_SIMS:.2f} > {ALPHA}"
+
+
+def test_naive_row_level_tests_badly_exceed_alpha_on_the_same_tables(null_runs):
+    # "badly": at least five times alpha, far beyond Monte-Carlo noise
+    for key in ("glm_naive", "rank_naive"):
+        rate = null_runs[key].mean()
+        assert rate >= 5 * ALPHA, f"{key} FWER {rate:.2f} unexpectedly small"
+        # and significantly above alpha by an exact binomial test
+        assert (
+            stats.binomtest(int(null_runs[key].sum()), N_SIMS, ALPHA, alternative="greater").pvalue
+            < 1e-6
+        )
+
+
+PLANTED = {"backpack": 0.9, "gender": -0.7, "upcolor": 1.0}
+
+
+def _planted_ranks(n_sims: int, n_id: int, per_id: int, seed0: int):
+    top_glm = top_rank = rejected = 0
+    for s in range(n_sims):
+        frame = _frame(
+            simulate_reid_table(n_id * per_id, n_identities=n_id, effects=PLANTED, seed=seed0 + s)
+        )
+        glm = fit_glm(frame, "ap").group_tests.set_index("attribute")
+        rank = group_tests(frame, "ap", n_boot=0).set_index("attribute")
+        top_glm += set(glm["p_value"].nsmallest(3).index) == set(PLANTED)
+        top_rank += set(rank["p_value"].nsmallest(3).index) == set(PLANTED)
+        rejected += bool((glm.loc[list(PLANTED), "p_holm"] < ALPHA).all())
+    return top_glm, top_rank, rejected
+
+
+def test_planted_groups_come_out_on_top():
+    n = 12
+    top_glm, top_rank, rejected = _planted_ranks(n, n_id=400, per_id=5, seed0=20_000)
+    assert top_glm >= n - 1 and top_rank >= n - 1
+    assert rejected >= n - 1
+    assert set(PLANTED) <= set(GROUP_NAMES)
+
+
+@pytest.mark.slow
+def test_calibration_at_market_size():
+    n_sims = 400
+    runs = _null_runs(n_sims, n_id=750, per_id=10, seed0=50_000)
+    for key in ("glm", "rank"):
+        assert runs[key].sum() <= _allowed(n_sims), f"{key} FWER {runs[key].mean():.3f}"
+    for key in ("glm_naive", "rank_naive"):
+        assert runs[key].mean() >= 5 * ALPHA
+    top_glm, top_rank, rejected = _planted_ranks(50, n_id=750, per_id=10, seed0=60_000)
+    assert min(top_glm, top_rank, rejected) >= 48
