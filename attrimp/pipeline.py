@@ -20,7 +20,15 @@ def prepare_data(cfg: StudyConfig, workdir: str | Path, *, progress: bool = Fals
     if d.dataset == "synthetic":
         s = d.synthetic
         root = Path(d.root) if d.root else Path(workdir) / "world"
-        if not (root / DESIGN_FILE).exists():
+        differs = _world_differs(root / DESIGN_FILE, s)
+        if differs and d.root:
+            # a folder the user named is not replaced behind their back
+            raise ConfigError(
+                f"The synthetic world in {str(root)!r} was made with a different {differs} "
+                "setting than [data.synthetic] asks for; point data.root elsewhere or delete "
+                "that folder."
+            )
+        if not (root / DESIGN_FILE).exists() or differs:
             make_synthetic_world(
                 root,
                 n_identities=s.identities,
@@ -38,6 +46,34 @@ def prepare_data(cfg: StudyConfig, workdir: str | Path, *, progress: bool = Fals
             raise ConfigError("data.schema is required for a manifest dataset.")
         return load_manifest(d.root, d.schema)
     return load_reid_dataset(d.root, d.dataset, d.attributes, missing_policy=d.missing_policy)
+
+
+def _world_differs(design_file: Path, s) -> str | None:
+    """The first [data.synthetic] setting that an existing world's design does not match."""
+    import json
+
+    from attrimp.data.synth import resolve_visibility
+
+    if not design_file.is_file():
+        return None
+    design = json.loads(design_file.read_text(encoding="utf-8"))
+    wanted = {
+        "seed": s.seed,
+        "n_identities": s.identities,
+        "n_cameras": s.cameras,
+        "images_per_identity_per_camera": s.images_per_camera,
+        "size": list(s.size),
+        "visibility": resolve_visibility(dict(s.visibility) or 1.0),
+    }
+    names = {
+        "n_identities": "identities",
+        "n_cameras": "cameras",
+        "images_per_identity_per_camera": "images_per_camera",
+    }
+    for key, value in wanted.items():
+        if design.get(key) != value:
+            return names.get(key, key)
+    return None
 
 
 def model_config(cfg: StudyConfig, data: ReIDData) -> MoSAICConfig:

@@ -228,6 +228,12 @@ def train(
     out_dir = Path(out_dir)
     device = torch.device(device) if isinstance(device, str) else device
     dist_info = init_distributed(device)
+    if device.type == "cuda" and device.index is None:
+        # DDP needs the process's own GPU; under torchrun that is cuda:LOCAL_RANK.
+        if dist_info.world_size > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            device = torch.device("cuda", torch.cuda.current_device())
     if train_set.target != "label":
         raise ConfigError("The training set must yield classifier labels (target='label').")
     if model.classifier is None:
@@ -279,9 +285,14 @@ def train(
         ddp_model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,  # experts switched off for a whole batch get no grad
+            # The set of parameters that receive a gradient is the same every step (the gated
+            # bank computes every expert, an off one gets an exact-zero gradient), so DDP may
+            # learn it once instead of traversing the graph each step (find_unused_parameters);
+            # a plug-in router whose parameters sit unused is still handled.
+            static_graph=True,
         )
     needs_camids = model.config.camera_count > 0
+    slot_group = torch.tensor(np.array(model.schema.slot_group), device=device)
     learned = getattr(model.router, "needs_features", False)
     writer = _tensorboard(out_dir) if dist_info.is_main else None
 
@@ -311,9 +322,12 @@ def train(
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels, device=device)
                 attributes = attributes.to(device)
+                routed = attributes
+                if config.group_dropout > 0:
+                    routed = drop_groups(attributes, slot_group, config.group_dropout)
                 cams = torch.as_tensor(camids, device=device) if needs_camids else None
                 with _autocast(device, config.amp):
-                    out = ddp_model(images, attributes, cams)
+                    out = ddp_model(images, routed, cams)
                 parts = {
                     "id_loss": identity_loss(out.logits, labels, smoothing=config.label_smoothing),
                     "triplet_loss": batch_hard_triplet_loss(
@@ -329,6 +343,8 @@ def train(
                 loss = sum(parts.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if center is not None and dist_info.world_size > 1:
+                    _average_gradients(center.parameters(), dist_info.world_size)
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
@@ -363,6 +379,27 @@ def train(
     if final is None:  # zero epochs asked for, nothing written yet
         final = _save_training_state(out_dir, 0, model, opt, sched, center, history, config)
     return TrainResult(final, config.epochs, history, resumed_from)
+
+
+def _average_gradients(params, world_size: int) -> None:
+    """All-reduce the gradients of parameters that live outside the DDP wrapper (the centre
+    loss's centres), so every rank applies the same update and the ranks stay identical."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
+def drop_groups(attributes: torch.Tensor, slot_group: torch.Tensor, p: float) -> torch.Tensor:
+    """Annotations with each (sample, group) blanked with probability ``p``: an oracle router
+    then switches that group's experts off for that sample. Drawn from the global torch RNG, so
+    it is seeded and restored on resume like every other training draw. The attribute loss of a
+    learned router still sees the full annotation."""
+    n_groups = int(slot_group.max()) + 1
+    keep = torch.rand(attributes.shape[0], n_groups, device=attributes.device) >= p
+    return attributes * keep[:, slot_group].to(attributes.dtype)
 
 
 def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:
