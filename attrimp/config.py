@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from attrimp.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass
@@ -207,6 +202,11 @@ DESIGNS = (
 )
 
 
+#: designs that can be retrained per configuration (a counterfactual or learned-router run is a
+#: test-time intervention on one trained model, not a way to train one)
+RETRAIN_DESIGNS = ("full", "backbone", "leave_one_out", "only_one", "random_subsets", "noisy")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (TOML types only), converting lists to tuples."""
     origin = typing.get_origin(tp)
@@ -293,6 +293,11 @@ def _validate(cfg: StudyConfig) -> None:
             raise ConfigError(f"{name} must be at least 1, not {value}.")
     if cfg.experts.blocks < 0:
         raise ConfigError(f"experts.blocks must be 0 or more, not {cfg.experts.blocks}.")
+    bad = [d for d in cfg.ablation.retrain if d not in RETRAIN_DESIGNS]
+    if bad:
+        raise ConfigError(
+            f"ablation.retrain cannot retrain the design {bad[0]!r}; retrainable: {list(RETRAIN_DESIGNS)}."
+        )
     if not 0.0 <= cfg.train.group_dropout < 1.0:
         raise ConfigError(f"train.group_dropout must lie in [0, 1), not {cfg.train.group_dropout}.")
     if not all(0.0 <= p <= 1.0 for p in cfg.ablation.noisy_p):

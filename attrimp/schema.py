@@ -21,7 +21,7 @@ This module is numpy-only so that data tooling can use it without torch.
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,11 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from attrimp.errors import SchemaError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from attrimp import __version__
-from attrimp.cli import backbones_cmd, data_cmd, model_cmd, study_cmd
+from attrimp.cli import backbones_cmd, data_cmd, model_cmd, study_cmd, study_run_cmd
 from attrimp.errors import AttrimpError
 from studies.errors import StudyInputError
 
@@ -29,6 +29,7 @@ app.add_typer(study_cmd.app, name="study", help="Run a whole study, or analyse a
 app.add_typer(data_cmd.app, name="data", help="Datasets, attribute files, priors, synthetic data.")
 app.add_typer(backbones_cmd.app, name="backbones", help="The registered ViT backbones.")
 model_cmd.register(app)
+study_run_cmd.register(study_cmd.app)
 
 
 def _version(value: bool) -> None:

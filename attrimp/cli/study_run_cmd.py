@@ -1,0 +1,83 @@
+"""`attrimp study run [CONFIG]`: the whole study, from data to report."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+BUILTIN = "synthetic_study.toml"
+
+
+def builtin_config_text() -> str:
+    return resources.files("studies").joinpath(f"configs/{BUILTIN}").read_text("utf-8")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        config: Path = typer.Argument(
+            None,
+            help="Study TOML (see docs/study.md). Without it: the built-in synthetic study.",
+            show_default=False,
+        ),
+        out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="Output folder."),
+        resume: bool = typer.Option(
+            True,
+            "--resume/--fresh",
+            help="Reuse finished stages in OUT/cache (default) or start over.",
+        ),
+        device: str = typer.Option(
+            None, "--device", help="auto, cpu or cuda (overrides the config)."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ) -> None:
+        """Run a study: data, model, training, ablations, statistics battery, report."""
+        from rich.console import Console
+
+        from attrimp.config import config_from_dict, load_config
+        from attrimp.study import run_study
+
+        if config is None:
+            import tomllib
+
+            cfg = config_from_dict(tomllib.loads(builtin_config_text()), source="built-in study")
+        else:
+            cfg = load_config(config)
+        if device is not None:
+            cfg = config_from_dict({**cfg.to_dict(), "device": device}, source="--device")
+        console = Console(stderr=True)
+        result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
+        _summary(result, console)
+
+    return None
+
+
+def _summary(result, console) -> None:
+    from rich.table import Table
+
+    consensus = result.report.get("consensus") or []
+    table = Table(title="Which attributes matter (consensus, most important first)")
+    table.add_column("rank", justify="right")
+    table.add_column("attribute")
+    table.add_column("score", justify="right")
+    table.add_column("ΔmAP without it", justify="right")
+    loo = {r["attribute"]: r for r in result.report.get("leave_one_out") or []}
+    for row in consensus:
+        d = loo.get(row["attribute"], {})
+        delta = d.get("delta_map")
+        table.add_row(
+            str(row["rank"]),
+            row["attribute"],
+            f"{row['score']:.3f}" if row.get("score") is not None else "",
+            f"{delta:+.4f}" if delta is not None else "",
+        )
+    console.print(table)
+    h = result.report.get("headline", {})
+    console.print(
+        f"mAP full oracle {h.get('full_mAP')}, backbone only {h.get('backbone_mAP')}, "
+        f"learned router {h.get('learned_mAP')}, attribute-only {h.get('attribute_only_mAP')}",
+        highlight=False,
+    )
+    console.print(f"report: {result.out / 'report.html'}", highlight=False)

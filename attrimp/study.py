@@ -1,0 +1,559 @@
+"""`attrimp study run`: one command from data to a finished attribute-importance report.
+
+Stages (each cached, so a killed run resumes without redoing finished work):
+
+1. **data** — the configured dataset, or the synthetic world generated once into ``work/``;
+   the attribute priors (the paper's Figure 4).
+2. **train** — one MoSAIC model; its folder is keyed by a hash of the data, model, expert,
+   router and training settings, and `attrimp.training` resumes inside an epoch sequence.
+3. **conditions** — every test-time configuration of `attrimp.ablation` evaluated on the trained
+   model; one Parquet file per condition, keyed by the condition and the model's hash.
+4. **tables** — the per-query long table, the configuration-level table, the paired Δ table.
+5. **analyses** — the studies battery on each table with the design it calls for.
+6. **report** — report.json / report.md / report.html (+ CSV tables and PNG figures).
+
+Every file is written to a temporary name and moved into place, so a kill -9 at any point leaves
+either the old file or the new one. The report holds no timestamps or timings: the same config
+gives the same report whether the run was interrupted or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attrimp.config import StudyConfig
+
+STAGES = ("data", "train", "conditions", "tables", "analyses", "report")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if path.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    configs: pd.DataFrame
+    per_query: pd.DataFrame
+    deltas: pd.DataFrame
+    importance: pd.DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+    cached: dict[str, int] = field(default_factory=dict)
+
+
+class _Stages:
+    """Progress + a log of what each stage did (computed or taken from the cache)."""
+
+    def __init__(self, progress: bool, console=None) -> None:
+        from rich.console import Console
+
+        self.enabled = progress
+        self.console = console or Console(stderr=True)
+        self.cached: dict[str, int] = {}
+
+    def say(self, stage: str, message: str) -> None:
+        if self.enabled:
+            self.console.print(f"[bold cyan]{stage:>10}[/] {message}", highlight=False)
+
+    def bar(self, description: str, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(
+            TextColumn(f"[bold cyan]{description:>10}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.enabled,
+            transient=True,
+        )
+        return progress
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    console=None,
+    stop_after: str | None = None,
+    on_condition: Callable[[int, str], None] | None = None,
+) -> StudyResult | None:
+    """Run the study described by ``cfg`` into ``out``; see the module docstring.
+
+    ``resume=False`` clears ``out/cache`` first. ``stop_after`` ends after the named stage
+    (for inspection and tests); ``on_condition(i, name)`` is called after each condition's
+    result is written (the kill-and-resume test uses it).
+    """
+    import torch
+
+    from attrimp.ablation import make_conditions
+    from attrimp.conditions import ConditionEvaluator, attribute_only_baseline
+    from attrimp.pipeline import datasets, prepare_data
+    from attrimp.training import init_distributed, resolve_device
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(out / "cache", ignore_errors=True)
+    stages = _Stages(progress, console)
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device)
+    if device.type == "cuda" and dist.world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    stages.enabled = stages.enabled and dist.is_main
+    if dist.is_main:
+        atomic_write_text(
+            out / "config.json", json.dumps(cfg.to_dict(), indent=2, default=list) + "\n"
+        )
+
+    # 1. data ---------------------------------------------------------------------------------
+    stages.say("data", f"{cfg.data.dataset} → {out / 'work'}")
+    if not dist.is_main:  # rank 0 generates a synthetic world first; the others read it
+        _barrier(dist)
+    data = prepare_data(cfg, out / "work", progress=progress and dist.is_main)
+    if dist.is_main:
+        _barrier(dist)
+    stages.say(
+        "data",
+        f"{len(data.train)} train / {len(data.query)} query / {len(data.gallery)} gallery images, "
+        f"{data.num_train_pids} training identities, schema {data.schema.name} "
+        f"({data.schema.n_groups} groups, {data.schema.n_experts} experts)",
+    )
+    if dist.is_main:
+        _write_priors(data, cfg, out)
+    if stop_after == "data":
+        return None
+
+    # 2. train --------------------------------------------------------------------------------
+    model, train_key = _trained_model(cfg, data, out, device, stages, progress, dist)
+    if stop_after == "train":
+        return None
+
+    # 3. conditions ---------------------------------------------------------------------------
+    conditions = make_conditions(
+        data.schema,
+        cfg.ablation.designs,
+        random_subsets=cfg.ablation.random_subsets,
+        noisy_p=cfg.ablation.noisy_p,
+        seed=cfg.ablation.seed,
+    )
+    if "learned" in cfg.ablation.designs and not getattr(model.router, "needs_features", False):
+        conditions = [c for c in conditions if c.router != "learned"]
+        stages.say(
+            "conditions", "the model was trained with the oracle router: no learned-router run"
+        )
+    cond_dir = out / "cache" / f"conditions-{train_key}-{cfg.fingerprint('eval')}"
+    todo = [c for c in conditions if not (cond_dir / f"{c.key()}.parquet").exists()]
+    stages.cached["conditions"] = len(conditions) - len(todo)
+    stages.say("conditions", f"{len(conditions)} conditions, {len(todo)} to evaluate")
+    todo = todo[dist.rank :: dist.world_size]  # under torchrun the sweep is sharded by rank
+    _, query_set, gallery_set = datasets(model, data)
+    evaluator = None
+    if todo or dist.is_main:  # rank 0 also needs it for the baselines
+        with stages.bar("prefix", 2) as bar:
+            task = bar.add_task(
+                "caching the shared backbone prefix", total=len(query_set) + len(gallery_set)
+            )
+            done = {"query": 0, "gallery": 0}
+
+            def advance(label: str, n: int, total: int) -> None:
+                done[label.split()[-1]] = n
+                bar.update(task, completed=sum(done.values()))
+
+            evaluator = ConditionEvaluator(
+                model,
+                query_set,
+                gallery_set,
+                device=device,
+                batch_size=cfg.eval.batch_size,
+                metric=cfg.eval.metric,
+                max_rank=cfg.eval.max_rank,
+                progress=advance,
+            )
+    with stages.bar("conditions", len(todo)) as bar:
+        task = bar.add_task("", total=len(todo))
+        for i, cond in enumerate(todo):
+            bar.update(task, description=cond.name)
+            with torch.no_grad():
+                result, _ = evaluator.run(cond)
+            table = evaluator.table(cond, result)
+            atomic_write_frame(table, cond_dir / f"{cond.key()}.parquet")
+            bar.advance(task)
+            if on_condition is not None:
+                on_condition(i, cond.name)
+    retrained = _retrained_conditions(cfg, data, out, train_key, device, stages, progress, dist)
+    _barrier(dist)  # every rank's conditions are on disk before rank 0 merges them
+    if not dist.is_main or stop_after == "conditions":
+        return None
+
+    # 4. tables -------------------------------------------------------------------------------
+    per_query = pd.concat(
+        [pd.read_parquet(cond_dir / f"{c.key()}.parquet") for c in conditions]
+        + [pd.read_parquet(path) for path in retrained],
+        ignore_index=True,
+    )
+    tables = out / "tables"
+    atomic_write_frame(per_query, tables / "per_query.parquet")
+    configs = config_table(per_query, data.schema.group_names)
+    atomic_write_frame(configs, tables / "configs.csv")
+    deltas = delta_table(per_query, data.schema.group_names)
+    atomic_write_frame(deltas, tables / "deltas.csv")
+    importance = leave_one_out_importance(deltas, seed=cfg.analysis.seed)
+    atomic_write_frame(importance, tables / "leave_one_out_importance.csv")
+    importance_rt = None
+    if retrained:
+        deltas_rt = delta_table(per_query, data.schema.group_names, prefix=RETRAIN_PREFIX)
+        atomic_write_frame(deltas_rt, tables / "deltas_retrained.csv")
+        importance_rt = leave_one_out_importance(deltas_rt, seed=cfg.analysis.seed)
+        atomic_write_frame(importance_rt, tables / "leave_one_out_importance_retrained.csv")
+    baseline = None
+    if "attribute_only" in cfg.ablation.designs:
+        base_result, signatures = attribute_only_baseline(
+            data.schema,
+            evaluator.splits["query"],
+            evaluator.splits["gallery"],
+            max_rank=cfg.eval.max_rank,
+        )
+        baseline = {**base_result.summary(), "signatures": signatures}
+        atomic_write_frame(signatures, tables / "attribute_signatures.csv")
+        atomic_write_text(
+            tables / "attribute_only.json",
+            json.dumps({k: v for k, v in baseline.items() if k != "signatures"}, indent=2),
+        )
+    learned = _learned_router_accuracy(model, evaluator, data)
+    if learned is not None:
+        atomic_write_text(tables / "learned_router.json", json.dumps(learned, indent=2))
+    if stop_after == "tables":
+        return None
+
+    # 5. analyses -----------------------------------------------------------------------------
+    from attrimp.study_analyses import run_study_analyses
+
+    stages.say(
+        "analyses", "statistics battery on the per-query, subset, configuration and Δ tables"
+    )
+    analyses = run_study_analyses(
+        per_query, configs, data.schema, cfg, out / "analyses", progress=progress
+    )
+
+    # 6. report -------------------------------------------------------------------------------
+    from attrimp.study_report import write_study_report
+
+    design_file = Path(data.root) / "synth.json"
+    planted = json.loads(design_file.read_text()) if design_file.exists() else None
+    report = write_study_report(
+        out,
+        cfg=cfg,
+        data=data,
+        configs=configs,
+        importance=importance,
+        importance_retrained=importance_rt,
+        analyses=analyses,
+        baseline=baseline,
+        learned=learned,
+        planted=planted,
+        model_info=_model_info(model),
+    )
+    stages.say("report", f"{out / 'report.html'}")
+    return StudyResult(out, configs, per_query, deltas, importance, report, stages.cached)
+
+
+# --------------------------------------------------------------------------- stages
+def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
+    """The paper's Figure 4 from the dataset's own annotation file (attrimp.priors)."""
+    from attrimp.annotations import load_attribute_file, load_manifest_attributes
+    from attrimp.priors import compute_priors, plot_priors
+
+    if data.attribute_source is not None:
+        table = load_attribute_file(data.attribute_source, data.schema)
+    elif cfg.data.dataset == "manifest":
+        table = load_manifest_attributes(cfg.data.root, data.schema)
+    else:
+        return
+    priors = compute_priors(table)
+    atomic_write_frame(priors, out / "tables" / "priors.csv")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    plot_priors(priors, out / "figures" / "priors.png", title=f"Attribute priors ({data.name})")
+
+
+def _barrier(dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed
+
+        torch.distributed.barrier()
+
+
+def _trained_model(
+    cfg: StudyConfig, data, out: Path, device, stages: _Stages, progress: bool, dist
+):
+    import torch
+
+    from attrimp.checkpoint import load_model
+    from attrimp.pipeline import build_model, datasets
+    from attrimp.training import latest_checkpoint, train
+
+    key = cfg.fingerprint("data", "model", "experts", "router", "train")
+    folder = out / "cache" / f"train-{key}"
+    done = folder / "done.json"
+    if done.exists():
+        ckpt = latest_checkpoint(folder)
+        stages.cached["train"] = 1
+        stages.say("train", f"cached model {ckpt}")
+        return load_model(ckpt, device=device), key
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, data)
+    share = model.expert_parameter_share()
+    stages.say(
+        "train",
+        f"{cfg.model.backbone} + {data.schema.n_experts} experts × {model.experts.block_indices} "
+        f"blocks (experts = {share:.2%} of the backbone), {cfg.train.epochs} epochs on {device}",
+    )
+    train_set = datasets(model, data)[0]
+    result = train(
+        model,
+        train_set,
+        cfg.train,
+        folder,
+        device=device,
+        num_workers=cfg.data.num_workers,
+        progress=progress,
+    )
+    if dist.is_main:
+        atomic_write_text(
+            done, json.dumps({"epochs": result.epochs, "history": result.history}, indent=1)
+        )
+    if result.history:
+        stages.say("train", f"final loss {result.history[-1]['loss']:.3f}")
+    return model.eval(), key
+
+
+def _model_info(model) -> dict[str, Any]:
+    return {
+        "backbone": model.config.backbone,
+        "pretrained": model.config.pretrained,
+        "img_size": list(model.config.img_size),
+        "expert_blocks": list(model.experts.block_indices),
+        "rank": model.config.rank,
+        "site": model.config.site,
+        "pooling": model.config.pooling,
+        "n_experts": model.schema.n_experts,
+        "expert_parameters": model.expert_parameter_count(),
+        "backbone_parameters": model.backbone_parameter_count(),
+        "expert_share": model.expert_parameter_share(),
+        "router": getattr(model.router, "name", type(model.router).__name__),
+    }
+
+
+def _learned_router_accuracy(model, evaluator, data) -> dict[str, Any] | None:
+    """Attribute accuracy and mA of the learned router on the query images."""
+    import torch
+
+    router = model.router
+    if not getattr(router, "needs_features", False):
+        return None
+    from routers.learned import attribute_accuracy
+
+    preds = []
+    ds = evaluator.sets["query"]
+    split = evaluator.splits["query"]
+    with torch.no_grad():
+        for start, images, camids in evaluator._batches(ds):
+            attrs = split.attributes[start : start + len(images)].to(evaluator.device)
+            out = model(images, attrs, evaluator._camids(camids))
+            preds.append(router.predict(out.attr_logits).cpu())
+    acc = attribute_accuracy(torch.cat(preds), split.attributes, data.schema)
+    return json.loads(json.dumps(acc, default=float))
+
+
+RETRAIN_PREFIX = "retrain:"
+
+
+def _retrained_conditions(
+    cfg, data, out: Path, train_key: str, device, stages, progress, dist
+) -> list[Path]:
+    """Train-time ablation: one model trained AND tested under each condition of the designs in
+    ``ablation.retrain`` (a group that was never on in training cannot be relied on). Each
+    model's per-query table is cached like a test-time condition; returns their paths."""
+    import torch
+
+    from attrimp.ablation import make_conditions
+    from attrimp.conditions import ConditionEvaluator, build_router
+    from attrimp.model import MoSAICReID
+    from attrimp.pipeline import datasets, model_config
+    from attrimp.training import train
+
+    if not cfg.ablation.retrain:
+        return []
+    conditions = make_conditions(
+        data.schema,
+        cfg.ablation.retrain,
+        random_subsets=cfg.ablation.random_subsets,
+        noisy_p=cfg.ablation.noisy_p,
+        seed=cfg.ablation.seed,
+    )
+    paths = []
+    for cond in conditions:
+        path = (
+            out
+            / "cache"
+            / f"retrain-{train_key}-{cfg.fingerprint('eval')}"
+            / f"{cond.key()}.parquet"
+        )
+        paths.append(path)
+        if path.exists():
+            continue
+        stages.say("retrain", f"{cond.name}: training a model under this configuration")
+        mcfg = model_config(cfg, data)
+        mcfg.router, mcfg.router_kwargs = "oracle", {}
+        torch.manual_seed(cfg.train.seed)
+        router = build_router(cond, data.schema, query=False)
+        model = MoSAICReID(mcfg, schema=data.schema, router=router)
+        train_set, query_set, gallery_set = datasets(model, data)
+        train(
+            model,
+            train_set,
+            cfg.train,
+            path.parent / f"train-{cond.key()}",
+            device=device,
+            num_workers=cfg.data.num_workers,
+            progress=progress,
+        )
+        if dist.is_main:
+            evaluator = ConditionEvaluator(
+                model,
+                query_set,
+                gallery_set,
+                device=device,
+                batch_size=cfg.eval.batch_size,
+                metric=cfg.eval.metric,
+                max_rank=cfg.eval.max_rank,
+            )
+            with torch.no_grad():
+                result, _ = evaluator.run(cond)
+            table = evaluator.table(cond, result)
+            table["config"] = RETRAIN_PREFIX + table["config"]
+            table["design"] = RETRAIN_PREFIX + table["design"]
+            atomic_write_frame(table, path)
+    return paths
+
+
+# --------------------------------------------------------------------------- tables
+def config_table(per_query: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
+    """One row per configuration: mAP, rank-1/5/10, mINP over valid queries + group-on columns."""
+    valid = per_query[per_query["valid"]]
+    rows = []
+    for (config, design), g in valid.groupby(["config", "design"], sort=False):
+        fh = g["first_hit"].to_numpy()
+        row = {
+            "config": config,
+            "design": design,
+            "mAP": float(g["ap"].mean()),
+            "rank1": float(np.mean(fh <= 1)),
+            "rank5": float(np.mean(fh <= 5)),
+            "rank10": float(np.mean(fh <= 10)),
+            "mINP": float(g["inp"].mean()),
+            "queries": len(g),
+        }
+        row.update({grp: int(g[f"on_{grp}"].iloc[0]) for grp in groups})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delta_table(per_query: pd.DataFrame, groups: list[str], *, prefix: str = "") -> pd.DataFrame:
+    """Each query's AP with all experts minus its AP without each group (paired Δ).
+
+    ``prefix`` selects the family of configurations: "" for test-time switching on the one
+    trained model, ``"retrain:"`` for the models retrained per configuration.
+    """
+    full = per_query[per_query["config"] == f"{prefix}full"].set_index("query")
+    rows = []
+    for g in groups:
+        name = f"{prefix}without:{g}"
+        other = per_query[per_query["config"] == name].set_index("query")
+        if other.empty or full.empty:
+            continue
+        both = full[["pid", "ap", "valid"]].join(other[["ap"]], rsuffix="_without", how="inner")
+        both = both[both["valid"]]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "query": both.index,
+                    "pid": both["pid"].to_numpy(),
+                    "group": g,
+                    "ap_full": both["ap"].to_numpy(),
+                    "ap_without": both["ap_without"].to_numpy(),
+                    "delta_ap": (both["ap"] - both["ap_without"]).to_numpy(),
+                }
+            )
+        )
+    if not rows:
+        return pd.DataFrame(columns=["query", "pid", "group", "ap_full", "ap_without", "delta_ap"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def leave_one_out_importance(
+    deltas: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> pd.DataFrame:
+    """ΔmAP of switching each group off, with an identity-cluster bootstrap CI.
+
+    Queries of one identity share its annotation and its experts, so the bootstrap resamples
+    identities, not queries (a query-level bootstrap would give CIs that are too narrow).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g, d in deltas.groupby("group", sort=False):
+        per_id = d.groupby("pid")["delta_ap"].agg(["sum", "count"])
+        sums, counts = per_id["sum"].to_numpy(), per_id["count"].to_numpy()
+        idx = rng.integers(0, len(per_id), size=(n_boot, len(per_id)))
+        boot = sums[idx].sum(1) / counts[idx].sum(1)
+        lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+        rows.append(
+            {
+                "attribute": g,
+                "delta_map": float(d["delta_ap"].mean()),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "queries": len(d),
+                "identities": len(per_id),
+                "share_hurt": float(np.mean(d["delta_ap"] > 0)),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("delta_map", ascending=False, kind="stable").reset_index(drop=True)
