@@ -1,0 +1,625 @@
+"""The whole statistical battery on one AnalysisFrame: every analysis, every outcome, one result.
+
+Each analysis lives in its own module and returns tidy DataFrames; this module only orders them,
+hands the fitted tree models from permutation importance to SHAP (so no forest is fitted twice),
+turns each method's per-group numbers into the scores the consensus ranks, and collects every
+warning — including a step that failed on degenerate data, which is reported instead of taking
+the whole report down (``strict=True`` re-raises, for tests).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from studies.errors import StudyInputError
+from studies.frame import AnalysisFrame
+
+#: what a progress callback receives: (label of the step about to run, steps done, steps total)
+ProgressCallback = Callable[[str, int, int], None]
+
+#: the consensus methods, in report order, and what each one's score is
+METHODS: dict[str, str] = {
+    "glm": "-log10 p of the GLM's joint (cluster-)robust Wald test of the group",
+    "tests": "-log10 p of the group's rank test (Mann-Whitney U / Kruskal-Wallis)",
+    "rf": "random-forest grouped permutation importance",
+    "xgb": "XGBoost grouped permutation importance",
+    "shap": "mean |SHAP| of the group, as a share of the model's total, averaged over models",
+}
+
+#: table names of one outcome's results, in report order (report.json ``analyses`` keys)
+TABLES: tuple[str, ...] = (
+    "glm_fits",
+    "glm_coefficients",
+    "glm_group_tests",
+    "tests",
+    "paired_tests",
+    "permutation_importance",
+    "model_quality",
+    "shap",
+    "shap_levels",
+    "prevalence",
+    "method_scores",
+    "method_agreement",
+    "stability",
+    "consensus",
+)
+
+
+@dataclass(frozen=True)
+class BatterySettings:
+    """Knobs of one battery run; all of them go into report.json so a run can be repeated."""
+
+    alpha: float = 0.05
+    seed: int = 0
+    models: tuple[str, ...] = ("rf", "xgb")
+    #: permutation repeats per group and fold
+    n_repeats: int = 5
+    #: cross-validation folds for the tree models (grouped by cluster when there is one)
+    cv: int = 5
+    #: SHAP explains at most this many *distinct* attribute rows (split over the CV models; a
+    #: seeded sample beyond it). TreeSHAP costs O(rows x trees x leaves x depth^2); a ReID table
+    #: has one distinct row per identity, so only tables with very many combinations reach it
+    shap_rows: int = 20_000
+    #: cluster-bootstrap replicates for the stability of the consensus ranks
+    n_bootstrap: int = 50
+    n_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise StudyInputError(f"--alpha must lie strictly between 0 and 1, not {self.alpha}.")
+        unknown = set(self.models) - {"rf", "xgb"}
+        if unknown:
+            raise StudyInputError(f"Unknown model(s) {sorted(unknown)}; choose from 'rf', 'xgb'.")
+        for name in ("n_repeats", "cv", "shap_rows", "n_jobs"):
+            if getattr(self, name) < 1:
+                raise StudyInputError(f"The setting {name} must be at least 1.")
+        if self.cv < 2:
+            raise StudyInputError("Cross-validation needs at least 2 folds (cv >= 2).")
+        if self.n_bootstrap < 0:
+            raise StudyInputError("The number of bootstrap replicates cannot be negative.")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "models": list(self.models),
+            "n_repeats": self.n_repeats,
+            "cv": self.cv,
+            "shap_rows": self.shap_rows,
+            "n_bootstrap": self.n_bootstrap,
+        }
+
+
+@dataclass
+class BatteryWarning:
+    """One degenerate-but-legal finding or a step that could not run; shown in every report."""
+
+    source: str
+    message: str
+    outcome: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "outcome": self.outcome, "message": self.message}
+
+
+@dataclass
+class OutcomeResult:
+    """Every table the battery made for one outcome (keys from :data:`TABLES`), plus the raw
+    result objects (``raw``) for plots that need more than a table."""
+
+    outcome: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
+    kendall_w: float | None = None
+    kendall_w_p: float | None = None
+    #: wall seconds per step, and CPU seconds of the process during it (threads included)
+    timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        return self.tables.get(name, pd.DataFrame())
+
+
+@dataclass
+class BatteryResult:
+    frame: AnalysisFrame
+    settings: BatterySettings
+    outcomes: list[OutcomeResult]
+    warnings: list[BatteryWarning]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def outcome(self, name: str) -> OutcomeResult:
+        for o in self.outcomes:
+            if o.outcome == name:
+                return o
+        raise KeyError(name)
+
+    def combined(self, name: str) -> pd.DataFrame:
+        """One table across outcomes (each table already carries an ``outcome`` column)."""
+        parts = [
+            o.tables[name] for o in self.outcomes if name in o.tables and not o.tables[name].empty
+        ]
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat(parts, ignore_index=True, sort=False)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class _Runner:
+    """Runs steps with progress, timing, warning capture and failure isolation."""
+
+    def __init__(self, total: int, progress: bool | ProgressCallback, strict: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.strict = strict
+        self.warnings: list[BatteryWarning] = []
+        self._callback: ProgressCallback | None = None
+        self._rich = None
+        if callable(progress):
+            self._callback = progress
+        elif progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._rich = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._rich.add_task("battery", total=total)
+
+    def __enter__(self) -> _Runner:
+        if self._rich is not None:
+            self._rich.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+    def warn(self, source: str, message: str, outcome: str | None) -> None:
+        w = BatteryWarning(source=source, message=str(message), outcome=outcome)
+        if all(w != old for old in self.warnings):
+            self.warnings.append(w)
+
+    def skip(self) -> None:
+        """Count a step that does not apply (e.g. no bootstrap), so the bar still completes."""
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done)
+        if self._callback is not None and self.done == self.total:
+            self._callback("done", self.done, self.total)
+
+    def step(
+        self,
+        label: str,
+        source: str,
+        outcome: str | None,
+        fn: Callable[[], Any],
+        res: OutcomeResult,
+    ) -> Any:
+        where = f"{outcome}: {label}" if outcome else label
+        if self._callback is not None:
+            self._callback(where, self.done, self.total)
+        if self._rich is not None:
+            self._rich.update(self._task, description=where)
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = fn()
+            except StudyInputError:
+                raise
+            except Exception as exc:  # degenerate data must not take the whole report down
+                if self.strict:
+                    raise
+                self.warn(
+                    source,
+                    f"{label} could not be computed and is left out: "
+                    f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+                    outcome,
+                )
+        for w in caught:
+            if issubclass(
+                w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+            ):
+                continue
+            self.warn(source, f"{w.category.__name__}: {' '.join(str(w.message).split())}", outcome)
+        res.timings[source] = res.timings.get(source, 0.0) + time.perf_counter() - t0
+        res.cpu_timings[source] = res.cpu_timings.get(source, 0.0) + time.process_time() - c0
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done)
+        if self._callback is not None and self.done == self.total:
+            self._callback("done", self.done, self.total)
+        return result
+
+
+def _with_outcome(df: pd.DataFrame | None, outcome: str, **extra: Any) -> pd.DataFrame:
+    """Prefix a tidy table with ``outcome`` (and any extra constant columns)."""
+    if df is None:
+        return pd.DataFrame()
+    out = df.reset_index(drop=True).copy()
+    for key, value in reversed(list({"outcome": outcome, **extra}.items())):
+        if key in out.columns:
+            out = out.drop(columns=key)
+        out.insert(0, key, value)
+    return out
+
+
+def _ensure_adjusted(df: pd.DataFrame) -> pd.DataFrame:
+    """Add Holm and Benjamini-Hochberg columns where a table has raw p-values but no adjusted
+    ones (e.g. GLM level coefficients): the family is the table's non-missing p-values, which
+    for one outcome's table is one analysis on one outcome."""
+    if df.empty or "p_value" not in df.columns:
+        return df
+    if {"p_holm", "p_fdr_bh"} <= set(df.columns):
+        return df
+    from studies.corrections import add_adjusted
+
+    return add_adjusted(df)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+_LN10 = float(np.log(10.0))
+#: -log10 of the smallest positive double: a p-value that underflowed to 0 scores this
+_MAX_LOG10 = 323.3
+
+
+def _glm_score(group_tests: pd.DataFrame | None) -> pd.Series | None:
+    """-log10 p of each group's Wald test, computed in log space from W so that very strong
+    groups keep their order instead of tying at p = 0 (same reference distribution as the
+    reported p-value: F(df, df_denom), or chi²(df) when df_denom is infinite)."""
+    if group_tests is None or group_tests.empty:
+        return None
+    from scipy import stats
+
+    out = {}
+    for row in group_tests.itertuples(index=False):
+        w, q = float(row.statistic), float(row.df)
+        nu = float(getattr(row, "df_denom", np.inf))
+        if not (np.isfinite(w) and q > 0):
+            out[row.attribute] = np.nan
+            continue
+        logp = stats.f.logsf(w / q, q, nu) if np.isfinite(nu) and nu > 0 else stats.chi2.logsf(w, q)
+        out[row.attribute] = float(-logp / _LN10)
+    return pd.Series(out, name="glm", dtype=float)
+
+
+def _tests_score(tests: pd.DataFrame | None) -> pd.Series | None:
+    """-log10 p of each group's rank test; a p-value of 0 (underflow) scores the maximum."""
+    if tests is None or tests.empty or "p_value" not in tests.columns:
+        return None
+    df = tests.drop_duplicates("attribute").set_index("attribute")
+    p = pd.to_numeric(df["p_value"], errors="coerce")
+    with np.errstate(divide="ignore"):
+        score = -np.log10(p)
+    return score.clip(upper=_MAX_LOG10).rename("tests")
+
+
+def _importance_score(table: pd.DataFrame | None, model: str) -> pd.Series | None:
+    if table is None or table.empty:
+        return None
+    df = table[table["model"] == model] if "model" in table.columns else table
+    return pd.to_numeric(df.set_index("attribute")["importance"], errors="coerce").rename(model)
+
+
+def _shap_score(group_tables: list[pd.DataFrame]) -> pd.Series | None:
+    shares = []
+    for t in group_tables:
+        if t is None or t.empty:
+            continue
+        s = pd.to_numeric(t.set_index("attribute")["mean_abs_shap"], errors="coerce")
+        total = s.sum()
+        if np.isfinite(total) and total > 0:
+            shares.append(s / total)
+    if not shares:
+        return None
+    return pd.concat(shares, axis=1).mean(axis=1).rename("shap")
+
+
+# --------------------------------------------------------------------------- the battery
+
+
+def run_battery(
+    frame: AnalysisFrame,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    models: tuple[str, ...] | list[str] = ("rf", "xgb"),
+    n_repeats: int = 5,
+    cv: int = 5,
+    shap_rows: int = 20_000,
+    n_bootstrap: int = 50,
+    n_jobs: int = 1,
+    progress: bool | ProgressCallback = True,
+    strict: bool = False,
+) -> BatteryResult:
+    """Run every analysis on every outcome of ``frame``; same ``seed``, same result."""
+    settings = BatterySettings(
+        alpha=alpha,
+        seed=seed,
+        models=tuple(models),
+        n_repeats=n_repeats,
+        cv=cv,
+        shap_rows=shap_rows,
+        n_bootstrap=n_bootstrap,
+        n_jobs=n_jobs,
+    )
+    if not frame.groups:
+        raise StudyInputError(
+            f"No attribute of {frame.source} has two or more levels in the {frame.rows_used} rows "
+            "used, so there is nothing to analyse."
+        )
+    paired = frame.paired_by is not None and frame.condition is not None
+    per_outcome = 2 + int(paired) + 2 * len(settings.models) + 3
+    t_start = time.perf_counter()
+    results: list[OutcomeResult] = []
+    with _Runner(per_outcome * len(frame.outcomes), progress, strict) as run:
+        for w in frame.warnings:
+            run.warn("input", w, None)
+        if paired and frame.cluster is None:
+            run.warn(
+                "input",
+                f"Each {frame.paired_by!r} appears under several conditions, but no --cluster "
+                "was given: the per-attribute analyses treat those rows as independent. Pass "
+                f"--cluster {frame.paired_by} (or the identity column) to account for it.",
+                None,
+            )
+        for outcome in frame.outcomes:
+            results.append(_run_outcome(frame, outcome, settings, paired, run))
+    timings = {"total": time.perf_counter() - t_start}
+    return BatteryResult(
+        frame=frame, settings=settings, outcomes=results, warnings=run.warnings, timings=timings
+    )
+
+
+def _run_outcome(
+    frame: AnalysisFrame,
+    outcome: str,
+    s: BatterySettings,
+    paired: bool,
+    run: _Runner,
+) -> OutcomeResult:
+    from studies import consensus as consensus_mod
+    from studies import glm as glm_mod
+    from studies import hypothesis, importance, prevalence, shap_groups
+
+    res = OutcomeResult(outcome=outcome)
+
+    def absorb(source: str, obj: Any) -> None:
+        for w in getattr(obj, "warnings", None) or []:
+            run.warn(source, w, outcome)
+
+    def absorb_attrs(source: str, table: pd.DataFrame) -> None:
+        for w in table.attrs.get("warnings", None) or []:
+            run.warn(source, w, outcome)
+
+    # 1. GLM
+    glm = run.step(
+        "GLM", "glm", outcome, lambda: glm_mod.fit_glm(frame, outcome, alpha=s.alpha), res
+    )
+    if glm is not None:
+        absorb("glm", glm)
+        res.raw["glm"] = glm
+        res.family = str(glm.family)
+        res.tables["glm_fits"] = pd.DataFrame(
+            [
+                {
+                    "outcome": outcome,
+                    "family": str(glm.family),
+                    "n_obs": glm.n_obs,
+                    "n_clusters": glm.n_clusters,
+                    "covariance": str(glm.covariance),
+                    "n_cells": getattr(glm, "n_cells", None),
+                    "dispersion": getattr(glm, "dispersion", None),
+                    "converged": getattr(glm, "converged", None),
+                }
+            ]
+        )
+        res.tables["glm_coefficients"] = _ensure_adjusted(
+            _with_outcome(glm.coefficients, outcome, family=str(glm.family))
+        )
+        res.tables["glm_group_tests"] = _ensure_adjusted(_with_outcome(glm.group_tests, outcome))
+
+    # 2. hypothesis tests
+    tests = run.step(
+        "rank tests",
+        "tests",
+        outcome,
+        lambda: hypothesis.group_tests(frame, outcome, alpha=s.alpha, seed=s.seed),
+        res,
+    )
+    if tests is not None:
+        absorb_attrs("tests", tests)
+        res.tables["tests"] = _ensure_adjusted(_with_outcome(tests, outcome))
+    if paired:
+        pt = run.step(
+            "paired tests",
+            "paired_tests",
+            outcome,
+            lambda: hypothesis.paired_tests(frame, outcome, alpha=s.alpha),
+            res,
+        )
+        if pt is not None:
+            absorb_attrs("paired_tests", pt)
+            res.tables["paired_tests"] = _ensure_adjusted(_with_outcome(pt, outcome))
+
+    # 3. permutation importance, 4. SHAP on the same fitted models
+    imp_tables, quality, shap_groups_tables, shap_levels = [], [], [], []
+    for model in s.models:
+        label = {"rf": "random forest", "xgb": "XGBoost"}[model]
+        imp = run.step(
+            f"{label} permutation importance",
+            f"importance_{model}",
+            outcome,
+            lambda model=model: importance.grouped_permutation_importance(
+                frame,
+                outcome,
+                model=model,
+                n_repeats=s.n_repeats,
+                cv=s.cv,
+                seed=s.seed,
+                n_jobs=s.n_jobs,
+            ),
+            res,
+        )
+        fitted = None
+        if imp is not None:
+            absorb(f"importance_{model}", imp)
+            res.raw[f"importance_{model}"] = imp
+            imp_tables.append(imp.table)
+            quality.append({"outcome": outcome, "model": model, **dict(imp.quality or {})})
+            fitted = imp.fitted_models
+        sh = run.step(
+            f"{label} SHAP",
+            f"shap_{model}",
+            outcome,
+            lambda model=model, fitted=fitted: shap_groups.shap_group_importance(
+                frame, outcome, model=model, fitted=fitted, max_rows=s.shap_rows, seed=s.seed
+            ),
+            res,
+        )
+        if sh is not None:
+            absorb(f"shap_{model}", sh)
+            res.raw[f"shap_{model}"] = sh
+            shap_groups_tables.append(sh.group_table)
+            shap_levels.append(sh.level_table)
+    if imp_tables:
+        res.tables["permutation_importance"] = _with_outcome(
+            pd.concat(imp_tables, ignore_index=True), outcome
+        )
+    if quality:
+        res.tables["model_quality"] = pd.DataFrame(quality)
+    if shap_groups_tables:
+        res.tables["shap"] = _with_outcome(
+            pd.concat(shap_groups_tables, ignore_index=True), outcome
+        )
+    if shap_levels:
+        res.tables["shap_levels"] = _with_outcome(
+            pd.concat(shap_levels, ignore_index=True), outcome
+        )
+
+    # 5. effect vs prevalence
+    prev = run.step(
+        "effect vs prevalence",
+        "prevalence",
+        outcome,
+        lambda: prevalence.effect_vs_prevalence(
+            frame,
+            outcome,
+            glm_coefficients=glm.coefficients if glm is not None else None,
+            importance=res.tables.get("permutation_importance"),
+        ),
+        res,
+    )
+    if prev is not None:
+        res.tables["prevalence"] = _ensure_adjusted(_with_outcome(prev, outcome))
+
+    # 6. method scores -> stability under cluster resampling -> consensus
+    scores: dict[str, pd.Series] = {}
+    candidates = {
+        "glm": _glm_score(glm.group_tests if glm is not None else None),
+        "tests": _tests_score(tests),
+        "shap": _shap_score(shap_groups_tables),
+    }
+    for model in s.models:
+        candidates[model] = _importance_score(res.tables.get("permutation_importance"), model)
+    for method in METHODS:
+        sc = candidates.get(method)
+        if sc is not None and sc.notna().any():
+            scores[method] = sc.reindex(frame.groups)
+    if scores:
+        long = []
+        for method, sc in scores.items():
+            rk = sc.rank(ascending=False, method="average")
+            long.append(
+                pd.DataFrame(
+                    {
+                        "attribute": sc.index,
+                        "method": method,
+                        "score": sc.to_numpy(),
+                        "rank": rk.to_numpy(),
+                    }
+                )
+            )
+        res.tables["method_scores"] = _with_outcome(pd.concat(long, ignore_index=True), outcome)
+
+    boot = None
+    if scores and s.n_bootstrap > 0:
+        boot = run.step(
+            "stability (cluster bootstrap)",
+            "stability",
+            outcome,
+            lambda: consensus_mod.stability_by_cluster_bootstrap(
+                frame, outcome, n_boot=s.n_bootstrap, seed=s.seed
+            ),
+            res,
+        )
+        if boot is not None:
+            absorb("stability", boot)
+            res.raw["stability"] = boot
+            table = getattr(boot, "table", boot)
+            if isinstance(table, pd.DataFrame):
+                res.tables["stability"] = _ensure_adjusted(_with_outcome(table, outcome))
+    else:
+        run.skip()
+
+    if len(scores) >= 1:
+        boot_scores = getattr(boot, "bootstrap_scores", None) if boot is not None else None
+        cons = run.step(
+            "consensus",
+            "consensus",
+            outcome,
+            lambda: consensus_mod.consensus_ranking(scores, bootstrap_scores=boot_scores),
+            res,
+        )
+        if cons is not None:
+            absorb("consensus", cons)
+            res.raw["consensus"] = cons
+            ranking = cons.ranking.sort_values("rank", kind="stable").reset_index(drop=True)
+            res.tables["consensus"] = _with_outcome(ranking, outcome)
+            res.tables["method_agreement"] = _with_outcome(cons.agreement, outcome)
+            res.kendall_w = _float_or_none(cons.kendall_w)
+            res.kendall_w_p = _float_or_none(cons.kendall_w_p)
+    else:
+        run.warn(
+            "consensus", "No method produced scores, so there is no consensus ranking.", outcome
+        )
+        run.skip()
+    return res
+
+
+def _float_or_none(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+__all__ = [
+    "METHODS",
+    "TABLES",
+    "BatteryResult",
+    "BatterySettings",
+    "BatteryWarning",
+    "OutcomeResult",
+    "run_battery",
+]

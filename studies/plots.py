@@ -1,0 +1,235 @@
+"""The report's figures, drawn from the same tidy tables that go into report.json.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot), so no
+global state or GUI backend is touched and the battery can run in a worker or a headless CI.
+Every function returns a Figure or None when its table is empty; :func:`png_bytes` renders it.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # belt and braces: nothing here may open a window
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+_WIDTH = 8.0
+_COLORS = {"rf": "#1f77b4", "xgb": "#ff7f0e"}
+_FALLBACK = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
+    """PNG of a figure without the software/date metadata, so equal figures give equal bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    # every figure calls tight_layout itself; bbox_inches="tight" would draw it twice
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _model_color(model: str, i: int) -> str:
+    return _COLORS.get(model, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _finite(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    keep = np.ones(len(df), dtype=bool)
+    for c in cols:
+        keep &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float))
+    return df.loc[keep]
+
+
+def glm_forest(coefficients: pd.DataFrame, *, title: str = "", xlabel: str = "") -> Figure | None:
+    """Forest plot: one row per attribute level (against its reference), estimate and CI."""
+    if coefficients is None or coefficients.empty:
+        return None
+    df = coefficients
+    if "term_kind" in df.columns:
+        df = df[df["term_kind"].fillna("level") != "intercept"]
+    df = df[df["attribute"].notna()]
+    df = _finite(df, ["coef", "ci_low", "ci_high"])
+    if df.empty:
+        return None
+    labels = [
+        f"{a} = {lv}" if str(lv) != "" else str(a) for a, lv in zip(df["attribute"], df["level"])
+    ]
+    y = np.arange(len(df))[::-1]
+    fig = Figure(figsize=(_WIDTH, 1.2 + 0.24 * len(df)))
+    ax = fig.subplots()
+    coef = df["coef"].to_numpy(float)
+    lo = df["ci_low"].to_numpy(float)
+    hi = df["ci_high"].to_numpy(float)
+    groups = pd.factorize(df["attribute"])[0]
+    colors = np.where(groups % 2 == 0, "#1f77b4", "#d62728")
+    ax.hlines(y, lo, hi, colors=colors, linewidth=1.5)
+    ax.scatter(coef, y, c=colors, s=18, zorder=3)
+    ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel(xlabel or "coefficient (link scale) with 95% CI")
+    ax.set_title(title or "GLM coefficients against each attribute's reference level", fontsize=10)
+    ax.set_ylim(-1, len(df))
+    fig.tight_layout()
+    return fig
+
+
+def importance_bars(importance: pd.DataFrame, *, title: str = "") -> Figure | None:
+    """Grouped horizontal bars: permutation importance per attribute group and model, with CIs."""
+    if importance is None or importance.empty:
+        return None
+    df = importance.copy()
+    models = list(dict.fromkeys(df["model"]))
+    order = df.groupby("attribute", sort=False)["importance"].mean().sort_values(ascending=True)
+    attrs = list(order.index)
+    fig = Figure(figsize=(_WIDTH, 1.2 + 0.32 * len(attrs) * max(1, len(models)) / 1.5))
+    ax = fig.subplots()
+    h = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        sub = df[df["model"] == m].set_index("attribute").reindex(attrs)
+        val = sub["importance"].to_numpy(float)
+        lo = sub.get("ci_low", sub["importance"]).to_numpy(float)
+        hi = sub.get("ci_high", sub["importance"]).to_numpy(float)
+        pos = np.arange(len(attrs)) + (i - (len(models) - 1) / 2) * h
+        err = np.vstack([np.clip(val - lo, 0, None), np.clip(hi - val, 0, None)])
+        err = np.where(np.isfinite(err), err, 0.0)
+        ax.barh(
+            pos,
+            np.nan_to_num(val),
+            height=h,
+            xerr=err,
+            color=_model_color(str(m), i),
+            label=str(m),
+            error_kw={"elinewidth": 0.8, "capsize": 2},
+        )
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(np.arange(len(attrs)))
+    ax.set_yticklabels(attrs, fontsize=8)
+    ax.set_xlabel("drop in held-out score when the whole group is permuted (95% CI)")
+    ax.set_title(title or "Grouped permutation importance", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def shap_summary(
+    group_table: pd.DataFrame, level_table: pd.DataFrame | None = None, *, title: str = ""
+) -> Figure | None:
+    """Left: mean |SHAP| per attribute group and model. Right: signed mean SHAP per level."""
+    if group_table is None or group_table.empty:
+        return None
+    has_levels = level_table is not None and not level_table.empty
+    fig = Figure(
+        figsize=(
+            _WIDTH + (4.0 if has_levels else 0.0),
+            1.4 + 0.3 * group_table["attribute"].nunique(),
+        )
+    )
+    axes = fig.subplots(1, 2 if has_levels else 1, squeeze=False)[0]
+    ax = axes[0]
+    models = list(dict.fromkeys(group_table["model"]))
+    order = group_table.groupby("attribute", sort=False)["mean_abs_shap"].mean().sort_values()
+    attrs = list(order.index)
+    h = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        sub = group_table[group_table["model"] == m].set_index("attribute").reindex(attrs)
+        pos = np.arange(len(attrs)) + (i - (len(models) - 1) / 2) * h
+        ax.barh(
+            pos,
+            np.nan_to_num(sub["mean_abs_shap"].to_numpy(float)),
+            height=h,
+            color=_model_color(str(m), i),
+            label=str(m),
+        )
+    ax.set_yticks(np.arange(len(attrs)))
+    ax.set_yticklabels(attrs, fontsize=8)
+    ax.set_xlabel("mean |SHAP| of the group (sum of its columns per row)")
+    ax.set_title(title or "SHAP importance by attribute group", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    if has_levels:
+        ax2 = axes[1]
+        lv = level_table.copy()
+        first = models[0] if models else lv["model"].iloc[0]
+        if "model" in lv.columns and (lv["model"] == first).any():
+            lv = lv[lv["model"] == first]
+        rank = {a: i for i, a in enumerate(attrs)}
+        lv = lv[lv["attribute"].isin(rank)]
+        ys = lv["attribute"].map(rank).to_numpy(float)
+        vals = lv["mean_shap"].to_numpy(float)
+        sizes = 8 + 40 * np.sqrt(lv["n"].to_numpy(float) / max(1.0, float(lv["n"].max())))
+        ax2.scatter(vals, ys, s=sizes, c=np.where(vals >= 0, "#2ca02c", "#d62728"), alpha=0.7)
+        ax2.axvline(0.0, color="grey", linewidth=0.8)
+        ax2.set_yticks(np.arange(len(attrs)))
+        ax2.set_yticklabels([])
+        ax2.set_ylim(ax.get_ylim())
+        ax2.set_xlabel(f"mean signed SHAP per level ({first}; dot size ~ rows)")
+        ax2.set_title("Direction of each level", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def consensus_heatmap(ranks: pd.DataFrame, *, title: str = "") -> Figure | None:
+    """Methods (rows) x attribute groups (columns, consensus order): each method's rank."""
+    if ranks is None or ranks.empty:
+        return None
+    mat = ranks.to_numpy(float)
+    fig = Figure(figsize=(max(_WIDTH, 0.55 * ranks.shape[1] + 2.0), 1.3 + 0.45 * ranks.shape[0]))
+    ax = fig.subplots()
+    im = ax.imshow(mat, cmap="viridis_r", aspect="auto", vmin=1, vmax=max(2, ranks.shape[1]))
+    ax.set_xticks(np.arange(ranks.shape[1]))
+    ax.set_xticklabels([str(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(ranks.shape[0]))
+    ax.set_yticklabels([str(i) for i in ranks.index], fontsize=8)
+    for (r, c), v in np.ndenumerate(mat):
+        if np.isfinite(v):
+            ax.text(
+                c,
+                r,
+                f"{v:g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v <= ranks.shape[1] / 2 else "black",
+            )
+    fig.colorbar(im, ax=ax, label="rank (1 = most important)", shrink=0.8)
+    ax.set_title(title or "Rank of each attribute group by method", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def prevalence_scatter(prev: pd.DataFrame, *, x: str, y: str, title: str = "") -> Figure | None:
+    """Per-instance effect against population-level importance: a rare strong group stands out."""
+    if prev is None or prev.empty or x not in prev.columns or y not in prev.columns:
+        return None
+    df = _finite(prev, [x, y])
+    if df.empty:
+        return None
+    fig = Figure(figsize=(_WIDTH * 0.8, 5.0))
+    ax = fig.subplots()
+    ax.scatter(df[x].to_numpy(float), df[y].to_numpy(float), color="#1f77b4")
+    for _, row in df.iterrows():
+        ax.annotate(
+            str(row["attribute"]),
+            (float(row[x]), float(row[y])),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or "Effect vs. prevalence", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "consensus_heatmap",
+    "glm_forest",
+    "importance_bars",
+    "png_bytes",
+    "prevalence_scatter",
+    "shap_summary",
+]
