@@ -1,0 +1,223 @@
+"""MoSAIC-ReID checkpoints: a folder with ``model.safetensors`` and ``config.json``. No pickle.
+
+``config.json`` holds everything needed to rebuild the model without the original files or a
+download: the `MoSAICConfig`, the attribute schema itself (not its path), the SHA-256 of the
+weight file and the caller's metadata (epoch, metrics, ...). Both files are written to a
+temporary name and moved into place with ``os.replace``, weights first, so an interrupted save
+never leaves a half-written file under the real name, and the hash catches a weight file that
+does not belong to its config.
+
+    save_checkpoint(model, "runs/exp1/ckpt", metadata={"epoch": 60})
+    model = load_model("runs/exp1/ckpt")            # rebuilt from JSON, weights loaded
+    load_weights(other_model, "runs/exp1/ckpt")     # into an existing model, shapes checked
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import attrimp
+from attrimp.errors import AttrimpError, CheckpointError
+from attrimp.model import MoSAICConfig, MoSAICReID
+from attrimp.schema import AttributeSchema
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "attrimp.mosaic-reid/1"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``config.json`` says: rebuild recipe, schema, weight file and metadata."""
+
+    path: Path
+    config: MoSAICConfig
+    schema: AttributeSchema
+    metadata: dict[str, Any]
+    weights: Path
+    sha256: str
+
+
+def save_checkpoint(
+    model: MoSAICReID, path: str | Path, *, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to the folder ``path`` (created if needed); returns the folder."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: save the original
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        meta_json = json.loads(json.dumps(metadata or {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint metadata must be JSON-serialisable: {e}.") from None
+
+    weights = folder / WEIGHTS_FILE
+    tmp = folder / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
+    try:
+        save_file(_plain_state(model), str(tmp), metadata={"format": "pt", "attrimp": FORMAT})
+        digest = _sha256(tmp)
+        os.replace(tmp, weights)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    document = {
+        "format": FORMAT,
+        "attrimp_version": attrimp.__version__,
+        "model": model.config.to_dict(),
+        "schema": model.schema.to_dict(),
+        "router": getattr(model.router, "name", type(model.router).__name__),
+        "weights": {"file": WEIGHTS_FILE, "sha256": digest},
+        "metadata": meta_json,
+    }
+    _write_text_atomic(folder / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True))
+    return folder
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Parse and check ``config.json`` (no weights are read)."""
+    folder = _folder(path)
+    cfg_path = folder / CONFIG_FILE
+    try:
+        document = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"Checkpoint folder {str(folder)!r} has no {CONFIG_FILE}.") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"Checkpoint file {str(cfg_path)!r} is not valid JSON: {e}."
+        ) from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise CheckpointError(
+            f"Checkpoint file {str(cfg_path)!r} has format {found!r}, not {FORMAT!r}."
+        )
+    try:
+        config = MoSAICConfig.from_dict(document["model"], source=f"checkpoint {str(cfg_path)!r}")
+        schema = AttributeSchema.from_dict(
+            document["schema"], source=f"checkpoint {str(cfg_path)!r}"
+        )
+        weights = folder / document["weights"]["file"]
+        sha = str(document["weights"]["sha256"])
+    except KeyError as e:
+        raise CheckpointError(
+            f"Checkpoint file {str(cfg_path)!r} lacks the key {e.args[0]!r}."
+        ) from None
+    except AttrimpError as e:
+        raise CheckpointError(str(e)) from None
+    return CheckpointInfo(folder, config, schema, dict(document.get("metadata", {})), weights, sha)
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MoSAICReID:
+    """Rebuild the model from ``config.json`` and load its weights (nothing is downloaded)."""
+    info = read_checkpoint(path)
+    # The weights come from the checkpoint: build the architecture only.
+    model = MoSAICReID(dataclasses.replace(info.config, pretrained=None), schema=info.schema)
+    model.config = info.config
+    _load_into(model, info)
+    return model.to(device)
+
+
+def load_weights(model: MoSAICReID, path: str | Path) -> CheckpointInfo:
+    """Load a checkpoint's weights into an existing model; any mismatch is a CheckpointError."""
+    info = read_checkpoint(path)
+    _load_into(model, info)
+    return info
+
+
+# --------------------------------------------------------------------------------- internals
+
+
+def _load_into(model: MoSAICReID, info: CheckpointInfo) -> None:
+    if not info.weights.is_file():
+        raise CheckpointError(f"Checkpoint weight file {str(info.weights)!r} does not exist.")
+    if _sha256(info.weights) != info.sha256:
+        raise CheckpointError(
+            f"Checkpoint weight file {str(info.weights)!r} does not match the SHA-256 recorded in "
+            f"its {CONFIG_FILE}; it was replaced or is corrupt."
+        )
+    try:
+        state = load_file(str(info.weights), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{str(info.weights)!r} is not a readable safetensors file: {e}."
+        ) from None
+
+    own = model.state_dict()
+    schemas = ""
+    if info.schema.to_dict() != model.schema.to_dict():
+        schemas = (
+            f" (the checkpoint has schema {info.schema.name!r} with {info.schema.n_experts} "
+            f"experts, the model {model.schema.name!r} with {model.schema.n_experts})"
+        )
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"Checkpoint tensor {key!r} has shape {list(value.shape)} but the model's has "
+                f"{list(own[key].shape)}{schemas}."
+            )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = (
+            f"lacks the model's tensor {missing[0]!r} ({len(missing)} missing)"
+            if missing
+            else f"has the tensor {unexpected[0]!r} that the model lacks ({len(unexpected)} extra)"
+        )
+        raise CheckpointError(f"Checkpoint {str(info.path)!r} {what}{schemas}.")
+    if schemas:
+        raise CheckpointError(
+            f"Checkpoint {str(info.path)!r} was trained with another schema{schemas}."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors, each owning its memory.
+
+    safetensors refuses tensors that share storage; cloning the second of a shared pair is
+    enough, since loading copies the same values into both names.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, value in model.state_dict().items():
+        t = value.detach().to("cpu").contiguous()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if ident in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add((t.untyped_storage().data_ptr(), t.storage_offset()))
+        out[key] = t
+    return out
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if not p.is_dir():
+        raise CheckpointError(f"Checkpoint folder {str(p)!r} does not exist.")
+    return p

@@ -1,0 +1,301 @@
+"""MoSAIC-ReID: a ViT backbone + gated LoRA expert bank + router + BNNeck ReID head.
+
+    cfg = MoSAICConfig(backbone="clip:ViT-B-16", pretrained="openai", num_classes=751)
+    model = MoSAICReID(cfg)                          # oracle router, Market-1501 schema
+    out = model(images, attributes, camids)          # attributes: schema.encode(...) multi-hot
+    loss = id_loss(out.logits, pids) + triplet(out.global_features, pids)
+    model.eval(); emb = model(images, attributes).features   # retrieval feature
+
+The router turns the attribute multi-hot ``[B, n_slots]`` into gates ``[B, n_experts]`` that the
+bank applies per sample. A router that looks at the image (``needs_features = True``, e.g. the
+learned router) receives the CLS token at the *input of the first expert block*, captured by a
+forward pre-hook on that block: the backbone runs once, the router decides mid-way, and the
+expert blocks that follow use its gates, so no annotation is needed at test time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from attrimp.errors import ConfigError, SchemaError
+from attrimp.experts import DEFAULT_BLOCKS, POOLINGS, SITES, ExpertBank
+from attrimp.interfaces import Backbone, Router
+from attrimp.schema import AttributeSchema, load_schema
+
+
+@dataclass
+class MoSAICConfig:
+    """Everything needed to rebuild the model's architecture (JSON round-trips exactly)."""
+
+    #: ``family:model`` for `backbones.build`
+    backbone: str = "clip:ViT-B-16"
+    #: pretrained tag or weight file for the backbone; None = random init (checkpoints reload
+    #: with None: the weights come from the checkpoint)
+    pretrained: str | None = "openai"
+    img_size: tuple[int, int] = (256, 128)
+    #: overlapping patch stride; None = the patch size
+    stride: int | None = None
+    #: size of the camera (SIE) embedding table; 0 = none
+    camera_count: int = 0
+    #: backbone adaptation: "full", "frozen" or "lora"
+    adapt: str = "full"
+    #: extra keyword arguments for `backbones.build` (e.g. ``{"tiny": True}`` in tests)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the expert bank: last K blocks, LoRA rank and alpha, site, pooling, input dropout
+    expert_blocks: int = DEFAULT_BLOCKS
+    rank: int = 8
+    alpha: float = 16.0
+    site: str = "mlp"
+    pooling: str = "mean"
+    expert_dropout: float = 0.0
+    #: built-in schema name or TOML file (checkpoints store the schema itself)
+    schema: str = "market1501"
+    #: identities of the training set; 0 = no identity classifier (retrieval only)
+    num_classes: int = 0
+    #: router name in the `routers` registry and its options
+    router: str = "oracle"
+    router_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
+        if self.site not in SITES:
+            raise ConfigError(f"Model config: site {self.site!r} is not one of {list(SITES)}.")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"Model config: pooling {self.pooling!r} is not one of {list(POOLINGS)}."
+            )
+        if self.expert_blocks < 0 or self.rank < 1 or self.num_classes < 0:
+            raise ConfigError(
+                "Model config: expert_blocks and num_classes must be >= 0 and rank >= 1 "
+                f"(got {self.expert_blocks}, {self.num_classes}, {self.rank})."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "model config") -> MoSAICConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source} has the unknown key {unknown[0]!r}; known keys: {sorted(known)}."
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "model config") -> MoSAICConfig:
+        return cls.from_dict(json.loads(text), source=source)
+
+
+class ModelOutput(NamedTuple):
+    """What one forward pass returns (a NamedTuple, so it passes through torch.compile)."""
+
+    #: BNNeck feature ``[B, D]``: the retrieval embedding (BN in eval mode uses running stats)
+    features: torch.Tensor
+    #: feature before the BNNeck ``[B, D]``: what the triplet loss trains on
+    global_features: torch.Tensor
+    #: identity logits ``[B, num_classes]``; None when the model has no classifier
+    logits: torch.Tensor | None
+    #: the gates the expert bank used ``[B, n_experts]``
+    gates: torch.Tensor
+    #: attribute logits ``[B, n_slots]`` of a router that predicts attributes (learned), else None
+    attr_logits: torch.Tensor | None
+
+
+class MoSAICReID(nn.Module):
+    """Backbone + `ExpertBank` + router + BNNeck head.
+
+    ``backbone``, ``schema`` and ``router`` may be passed in already built (tests, custom
+    plug-ins); otherwise they are built from ``config`` through the `backbones` and `routers`
+    registries.
+    """
+
+    def __init__(
+        self,
+        config: MoSAICConfig,
+        *,
+        backbone: Backbone | None = None,
+        schema: AttributeSchema | None = None,
+        router: Router | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.schema = schema if schema is not None else load_schema(config.schema)
+        # Fill the schema's cached layout arrays now, eagerly: a router that reads them inside
+        # a torch.compile'd forward then finds plain constants instead of tracing numpy code.
+        _ = (self.schema.slot_group, self.schema.expert_slots, self.schema.expert_group)
+        self.backbone = backbone if backbone is not None else build_backbone(config)
+        width = self.backbone.width
+        self.experts = ExpertBank(
+            self.backbone,
+            self.schema.n_experts,
+            blocks=config.expert_blocks,
+            rank=config.rank,
+            alpha=config.alpha,
+            site=config.site,
+            pooling=config.pooling,
+            dropout=config.expert_dropout,
+        )
+        # BNNeck (Luo et al. 2019): BN on the feature with its shift frozen at 0, then a
+        # bias-free classifier, so the ID loss acts on a normalised copy of the triplet feature.
+        self.neck = nn.BatchNorm1d(width)
+        self.neck.bias.requires_grad_(False)
+        self.classifier = (
+            nn.Linear(width, config.num_classes, bias=False) if config.num_classes else None
+        )
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, std=0.001)
+        self.router = (
+            router if router is not None else build_model_router(config, self.schema, width)
+        )
+        self._check_feature_router(self.router)
+        # The router's decision point: input of the first expert block (or the final tokens
+        # when there is no expert block).
+        self._route_state: dict[str, Any] = {}
+        if self.experts.block_indices:
+            first = self.experts.block_indices[0]
+            self.backbone.blocks[first].register_forward_pre_hook(
+                self._route_hook, with_kwargs=True
+            )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        attributes: torch.Tensor | None = None,
+        camids: torch.Tensor | None = None,
+        *,
+        router: Router | None = None,
+        gates: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """``images`` ``[B, 3, H, W]``; ``attributes`` the schema multi-hot ``[B, n_slots]``.
+
+        ``router`` overrides the model's router for this call (ablations); ``gates`` bypasses
+        routing altogether.
+        """
+        router = router if router is not None else self.router
+        if attributes is not None:
+            attributes = torch.as_tensor(attributes, dtype=torch.float32, device=images.device)
+            if attributes.ndim != 2 or attributes.shape[1] != self.schema.n_slots:
+                raise SchemaError(
+                    f"Attributes of shape {list(attributes.shape)} do not fit schema "
+                    f"{self.schema.name!r}, which needs [batch, {self.schema.n_slots}]."
+                )
+        feature_router = gates is None and bool(getattr(router, "needs_features", False))
+        if feature_router:
+            self._check_feature_router(router)
+        if gates is None and not feature_router:
+            if attributes is None:
+                raise ConfigError(
+                    f"The {getattr(router, 'name', type(router).__name__)!r} router needs the "
+                    "attribute annotations; pass attributes= or use a router that reads the image "
+                    "(e.g. 'learned')."
+                )
+            gates = router.route(attributes, self.schema)
+        state = self._route_state
+        if feature_router:
+            state["router"], state["attributes"] = router, attributes
+        else:
+            gates = gates.to(images.device)
+            self.experts.set_gates(gates)
+        try:
+            tokens = self.backbone.forward_tokens(images, camids)
+            if feature_router and not self.experts.block_indices:
+                self._route(tokens[:, 0])
+            if feature_router:
+                gates, attr_logits = state["gates"], state["attr_logits"]
+            else:
+                attr_logits = None
+        finally:
+            self.experts.set_gates(None)
+            state.clear()
+        global_features = tokens[:, 0]
+        features = self.neck(global_features.float())
+        logits = self.classifier(features) if self.classifier is not None else None
+        return ModelOutput(features, global_features, logits, gates, attr_logits)
+
+    def _check_feature_router(self, router: Router) -> None:
+        if getattr(router, "needs_features", False) and self.experts.block_indices[:1] == (0,):
+            raise ConfigError(
+                f"The {getattr(router, 'name', 'feature')!r} router reads the CLS token at the "
+                "input of the first expert block, but the experts start at block 0 where that "
+                "token has not seen the image yet; use fewer expert blocks than the backbone has."
+            )
+
+    def _route_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if "router" not in self._route_state:
+            return None
+        x = args[0] if args else next(iter(kwargs.values()))
+        self._route(x[:, 0])
+        return None
+
+    def _route(self, cls_token: torch.Tensor) -> None:
+        state = self._route_state
+        gates, attr_logits = state["router"].route_with_logits(
+            state["attributes"], self.schema, features=cls_token
+        )
+        state["gates"], state["attr_logits"] = gates, attr_logits
+        self.experts.set_gates(gates)
+
+    # ------------------------------------------------------------------ reporting
+    def expert_parameter_count(self) -> int:
+        return self.experts.num_parameters()
+
+    def backbone_parameter_count(self) -> int:
+        """Parameters of the backbone (the sub-layers the bank wraps included, experts not)."""
+        return sum(p.numel() for p in self.backbone.parameters())
+
+    def expert_parameter_share(self) -> float:
+        """Expert parameters as a fraction of the backbone's (0.0100 = 1.00 %)."""
+        return self.expert_parameter_count() / self.backbone_parameter_count()
+
+
+def build_backbone(config: MoSAICConfig, *, pretrained: str | None | bool = ...) -> Backbone:
+    """The config's backbone via `backbones.build` (``pretrained`` overrides the config's)."""
+    import backbones
+
+    kwargs = dict(config.backbone_kwargs)
+    return backbones.build(
+        config.backbone,
+        pretrained=config.pretrained if pretrained is ... else pretrained,
+        img_size=tuple(config.img_size),
+        stride=config.stride,
+        camera_count=config.camera_count,
+        adapt=config.adapt,
+        **kwargs,
+    )
+
+
+def build_model_router(config: MoSAICConfig, schema: AttributeSchema, width: int) -> Router:
+    """The config's router via the `routers` registry.
+
+    Routers whose constructor takes ``schema`` and/or ``width`` (the learned router's heads
+    are sized by them) receive the model's; the user's ``router_kwargs`` win.
+    """
+    import routers
+
+    if config.router not in routers.ROUTERS:
+        raise ConfigError(
+            f"Model config: unknown router {config.router!r}; registered: {sorted(routers.ROUTERS)}."
+        )
+    params = inspect.signature(routers.ROUTERS[config.router]).parameters
+    kwargs: dict[str, Any] = {}
+    if "schema" in params:
+        kwargs["schema"] = schema
+    if "width" in params:
+        kwargs["width"] = width
+    kwargs.update(config.router_kwargs)
+    return routers.build_router(config.router, **kwargs)

@@ -1,0 +1,405 @@
+"""MoSAIC-ReID against the plain backbone: throughput and peak memory, eager and compiled.
+
+    python benchmarks/bench_model.py                       # CPU: batch 2, few iterations
+    python benchmarks/bench_model.py --device cuda         # GPU: bf16 autocast, batch 64
+    python benchmarks/bench_model.py --device cuda --json out.json --budget 170
+    python benchmarks/bench_model.py --device cuda --compile-scope model     # whole-model compile
+
+Both models are CLIP ViT-B/16 at 256x128 (open_clip's architecture, random init, nothing
+downloaded) with the same BNNeck + identity classifier (751 identities, as Market-1501's
+training set); MoSAIC adds the Market-1501 schema's 35 LoRA experts at rank 8 in the last
+blocks (default 2) and routes every sample with the oracle router. Both get the same batch of
+images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
+
+- ``infer``: eval mode, no grad, one forward.
+- ``train``: train mode, forward + identity cross-entropy + backward + AdamW step. The
+  optimiser is created inside the measurement, so its state counts towards peak memory.
+- ``compiled``: ``torch.compile`` (default inductor) of the whole model, or with
+  ``--compile-scope blocks`` of each transformer block (regional compilation: a fraction of the
+  cold compile time); the first call's time (compilation and warm-up) is shown apart and is
+  not in the throughput.
+
+Throughput is the best of ``--repeats`` timed runs, plain and MoSAIC alternating so that drift
+of a shared machine hits both. Peak memory is the peak during the timed steps above what was
+allocated before the run's warm-up, i.e. above the resident weights (activations, gradients,
+optimiser state): on CUDA from ``max_memory_allocated``; on CPU from the peak resident set
+(Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) after ``malloc_trim`` — approximate,
+allocator caching blurs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import backbones
+from attrimp.model import MoSAICConfig, MoSAICReID
+from attrimp.schema import load_schema
+
+NUM_CLASSES = 751
+
+
+class PlainReID(nn.Module):
+    """The baseline: the same backbone and BNNeck head, no experts, no router."""
+
+    def __init__(self, backbone: nn.Module, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = nn.BatchNorm1d(width)
+        self.neck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(width, num_classes, bias=False)
+
+    def forward(self, images: torch.Tensor, attributes: torch.Tensor | None = None):
+        g = self.backbone(images)
+        f = self.neck(g.float())
+        return f, g, self.classifier(f)
+
+
+# --------------------------------------------------------------------------------- memory
+class Memory:
+    """Peak memory a run adds above what is allocated before it (CUDA exact, CPU approximate)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._libc = None
+        if device.type == "cpu":
+            try:
+                self._libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                self._libc = None
+
+    def start(self) -> None:
+        """Record the allocation before a run (its warm-up included)."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            if self._libc is not None:
+                self._libc.malloc_trim(0)
+            try:
+                self._base = _status_kb("VmRSS") * 1024
+            except OSError:
+                self._base = None
+        self.reset_peak()
+
+    def reset_peak(self) -> None:
+        """Forget the peak so far (after the warm-up: compilation is not the model's memory)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        elif self._base is not None:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM (the peak resident set) to the current RSS
+            except OSError:
+                self._base = None
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        if self._base is None:
+            return None
+        return max(0.0, _status_kb("VmHWM") * 1024 - self._base) / 2**20
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(key)
+
+
+# --------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    model: str
+    mode: str
+    compiled: bool
+    images_per_s: float = float("nan")
+    peak_mb: float | None = None
+    first_call_s: float = float("nan")
+    times: list[float] = field(default_factory=list)
+    skipped: str = ""
+
+
+def random_attributes(schema, n: int, g: torch.Generator) -> torch.Tensor:
+    """One value per group (1 in 10 missing), like an annotated identity."""
+    attrs = torch.zeros(n, schema.n_slots)
+    for grp in schema.groups:
+        slots = torch.tensor(schema.group_slots(grp.name))
+        pick = torch.randint(len(slots), (n,), generator=g)
+        keep = torch.rand(n, generator=g) > 0.1
+        attrs[torch.arange(n)[keep], slots[pick[keep]]] = 1.0
+    return attrs
+
+
+def make_step(model: nn.Module, mode: str, x, attrs, labels, device, amp) -> Callable[[], None]:
+    is_mosaic = isinstance(_inner(model), MoSAICReID)
+
+    def forward():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x, attrs) if is_mosaic else model(x)
+        return out[2]  # logits
+
+    if mode == "infer":
+
+        def step():
+            with torch.no_grad():
+                forward()
+
+        return step
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward().float(), labels)
+        loss.backward()
+        opt.step()
+
+    step.optimizer = opt  # type: ignore[attr-defined]
+    return step
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def measure(run: Run, model, args, device, x, attrs, labels, memory: Memory, first: bool) -> None:
+    model.train(run.mode == "train")
+    memory.start()
+    step = make_step(model, run.mode, x, attrs, labels, device, args.amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if first:
+        run.first_call_s = time.perf_counter() - t0
+    memory.reset_peak()
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    run.times.append(elapsed)
+    run.images_per_s = max(
+        run.images_per_s if run.images_per_s == run.images_per_s else 0.0,
+        args.batch * args.iters / elapsed,
+    )
+    peak = memory.peak_mb()
+    run.peak_mb = peak if run.peak_mb is None or peak is None else max(run.peak_mb, peak)
+    opt = getattr(step, "optimizer", None)
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+        del opt
+    del step
+    model.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> list[Run]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 64 on CUDA")
+    p.add_argument("--iters", type=int, default=None, help="timed steps (default 2 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1 CPU, 3 CUDA)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per model (default 1 CPU, 3 CUDA)"
+    )
+    p.add_argument("--modes", default="infer,train")
+    p.add_argument("--compile", default="eager,compiled", help="eager, compiled or both")
+    p.add_argument(
+        "--compile-scope",
+        default=None,
+        choices=["model", "blocks"],
+        help="torch.compile the whole model, or each transformer block (regional compilation: "
+        "identical blocks share one compiled graph, a fraction of the cold compile time); "
+        "default: model on CPU, blocks on CUDA (to finish in ~2-3 minutes)",
+    )
+    p.add_argument("--blocks", type=int, default=None, help="expert blocks (default: the model's)")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--pooling", default="mean")
+    p.add_argument("--schema", default="market1501")
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds; later runs are skipped past it"
+    )
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for but torch sees no CUDA device.")
+    gpu = device.type == "cuda"
+    args.batch = args.batch or (64 if gpu else 2)
+    args.iters = args.iters or (20 if gpu else 2)
+    args.warmup = args.warmup or (3 if gpu else 1)
+    args.repeats = args.repeats or (3 if gpu else 1)
+    args.amp = gpu  # bf16 autocast on the GPU, float32 on the CPU
+    args.compile_scope = args.compile_scope or ("blocks" if gpu else "model")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    started = time.perf_counter()
+
+    torch.manual_seed(0)
+    schema = load_schema(args.schema)
+    bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=(256, 128))
+    plain = PlainReID(copy.deepcopy(bb), bb.width, NUM_CLASSES)
+    cfg_kwargs = dict(
+        pretrained=None,
+        num_classes=NUM_CLASSES,
+        rank=args.rank,
+        pooling=args.pooling,
+        schema=args.schema,
+    )
+    if args.blocks is not None:
+        cfg_kwargs["expert_blocks"] = args.blocks
+    mosaic = MoSAICReID(MoSAICConfig(**cfg_kwargs), backbone=bb, schema=schema)
+    plain.to(device)
+    mosaic.to(device)
+    share = mosaic.expert_parameter_share()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 256, 128, generator=g).to(device)
+    attrs = random_attributes(schema, args.batch, g).to(device)
+    labels = torch.randint(NUM_CLASSES, (args.batch,), generator=g).to(device)
+    memory = Memory(device)
+
+    runs: list[Run] = []
+    compiled_models: dict[str, nn.Module] = {}
+    for compiled in [c == "compiled" for c in args.compile.split(",")]:
+        for mode in args.modes.split(","):
+            pair = [Run("plain", mode, compiled), Run("mosaic", mode, compiled)]
+            runs += pair
+            for rep in range(args.repeats):
+                for run in pair:
+                    if args.budget and time.perf_counter() - started > args.budget:
+                        run.skipped = run.skipped or "time budget"
+                        continue
+                    base = plain if run.model == "plain" else mosaic
+                    if compiled:
+                        if run.model not in compiled_models:
+                            compiled_models[run.model] = compile_model(base, args.compile_scope)
+                        model = compiled_models[run.model]
+                    else:
+                        model = base
+                    try:
+                        measure(run, model, args, device, x, attrs, labels, memory, first=rep == 0)
+                    except Exception as e:  # keep going unattended; report what failed
+                        run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    print(_progress(run), file=sys.stderr, flush=True)
+                    write_json(args, device, share, runs)  # partial results survive a timeout
+
+    print(report(runs, args, device, share, mosaic, time.perf_counter() - started))
+    write_json(args, device, share, runs)
+    return runs
+
+
+def compile_model(model: nn.Module, scope: str) -> nn.Module:
+    """``torch.compile`` the whole model, or each transformer block in place (eager runs come
+    first, so compiling the blocks in place does not leak into them)."""
+    if scope == "model":
+        return torch.compile(model)
+    for block in model.backbone.blocks:
+        block.compile()
+    return model
+
+
+def write_json(args, device, share: float, runs: list[Run]) -> None:
+    if not args.json:
+        return
+    with open(args.json, "w") as f:
+        json.dump(
+            {
+                "machine": machine(device),
+                "torch": torch.__version__,
+                "args": dict(vars(args)),
+                "expert_share": share,
+                "runs": [asdict(r) for r in runs],
+            },
+            f,
+            indent=2,
+        )
+
+
+def _progress(run: Run) -> str:
+    what = f"{run.model:6s} {run.mode:5s} {'compiled' if run.compiled else 'eager':8s}"
+    if run.skipped:
+        return f"  {what} skipped: {run.skipped}"
+    return f"  {what} {run.images_per_s:8.1f} img/s  first call {run.first_call_s:6.1f} s"
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        name = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
+        )
+    except (OSError, StopIteration, subprocess.CalledProcessError):
+        name = platform.processor() or "unknown CPU"
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, total_s: float) -> str:
+    def fmt(v, spec=".1f"):
+        return "n/a" if v is None or v != v else format(v, spec)
+
+    lines = [
+        f"Machine: {machine(device)}; torch {torch.__version__}; "
+        f"{'bf16 autocast' if args.amp else 'float32'}; batch {args.batch}, "
+        f"torch.compile scope: {args.compile_scope}; "
+        f"{args.iters} timed steps after {args.warmup} warm-up, best of {args.repeats}.",
+        f"Experts: {mosaic.schema.name} schema, {mosaic.schema.n_experts} experts, rank {args.rank}, "
+        f"blocks {list(mosaic.experts.block_indices)}, pooling {args.pooling}: "
+        f"{mosaic.expert_parameter_count():,} parameters = {100 * share:.2f} % of the backbone's "
+        f"{mosaic.backbone_parameter_count():,}.",
+        "",
+        "| mode | torch.compile | plain img/s | MoSAIC img/s | ratio | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(r.model, r.mode, r.compiled): r for r in runs}
+    for compiled in [c == "compiled" for c in args.compile.split(",")]:
+        for mode in args.modes.split(","):
+            a, b = by[("plain", mode, compiled)], by[("mosaic", mode, compiled)]
+            if a.skipped or b.skipped:
+                lines.append(
+                    f"| {mode} | {'yes' if compiled else 'no'} | skipped: {a.skipped or b.skipped} |||||||"
+                )
+                continue
+            ratio = b.images_per_s / a.images_per_s
+            mratio = b.peak_mb / a.peak_mb if a.peak_mb and b.peak_mb is not None else None
+            lines.append(
+                f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.images_per_s, '.3g')} | "
+                f"{fmt(b.images_per_s, '.3g')} | {fmt(ratio, '.3f')} | {fmt(a.peak_mb, '.0f')} | "
+                f"{fmt(b.peak_mb, '.0f')} | {fmt(mratio, '.3f')} | "
+                f"{fmt(a.first_call_s)} / {fmt(b.first_call_s)} |"
+            )
+    lines.append("")
+    lines.append(f"Total wall time {total_s:.0f} s.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

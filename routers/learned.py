@@ -1,0 +1,226 @@
+"""The learned router: predict the attributes from the image, gate the experts from the guess.
+
+Attribute heads read the CLS token at the input of the first expert block (`MoSAICReID`
+captures it with a pre-hook), so no annotation is needed at test time. The heads are one
+linear map per attribute group, stored as ONE ``Linear(width, n_slots)`` whose output slots
+are the groups' values side by side: the same model as a linear per group, computed in one
+matrix product. A LayerNorm first, because the intermediate residual stream is not normalised.
+
+Training (`LearnedRouter.loss`): cross-entropy per group over its values, for every kind
+(a ``single`` group is the two-way choice absent/present, a ``dual`` group its two states, a
+``multiclass`` group its classes). Samples with no value marked for a group (missing) are
+ignored for that group; samples with several values marked (``multiple = "all"`` colour
+groups) are ignored too, because a single-choice head has no one right answer for them.
+
+Gates: ``hard`` = per group the argmax value's one-hot (exactly one value per group; a single
+group's expert is on only when "present" wins), ``soft`` = per group the softmax
+probabilities (every expert is then non-zero, so the bank's ``mean`` pooling divides by the
+number of experts). With ``teacher_forcing`` (default) a model in training mode that is given
+annotations gates from the ground truth, as the oracle does, so the experts learn their
+attribute while the heads learn to predict it; at evaluation, or without annotations, the
+prediction gates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attrimp.errors import ConfigError
+from attrimp.interfaces import Router
+from attrimp.schema import AttributeSchema, GroupKind
+
+GATE_MODES = ("hard", "soft")
+_PAD = -1e9  # logit of a padding slot: exp() underflows to exactly 0 in float32
+
+
+def _group_layout(schema: AttributeSchema) -> tuple[torch.Tensor, torch.Tensor]:
+    """``index [G, V]`` (slot of value v of group g, ``n_slots`` = padding) and ``unpad [n_slots]``.
+
+    Every per-group operation (softmax, argmax, cross-entropy) runs on the padded ``[B, G, V]``
+    tensor at once, no loop over groups; ``padded.flatten(1)[:, unpad]`` gives the slots back in
+    schema order (an index, not a boolean mask, so it traces without a data-dependent shape).
+    """
+    width = max(len(g.values) for g in schema.groups)
+    index = torch.full((schema.n_groups, width), schema.n_slots, dtype=torch.long)
+    for gi, g in enumerate(schema.groups):
+        slots = schema.group_slots(g.name)
+        index[gi, : len(slots)] = torch.tensor(slots)
+    unpad = torch.nonzero(index.flatten() < schema.n_slots).flatten()
+    return index, unpad
+
+
+def _unpadded(padded: torch.Tensor, unpad: torch.Tensor) -> torch.Tensor:
+    return padded.flatten(1).index_select(1, unpad)
+
+
+def _padded(x: torch.Tensor, index: torch.Tensor, fill: float) -> torch.Tensor:
+    """``[B, n_slots]`` -> ``[B, G, V]`` with ``fill`` in the padding."""
+    ext = torch.cat([x, x.new_full((x.shape[0], 1), fill)], dim=1)
+    return ext[:, index]
+
+
+class LearnedRouter(nn.Module, Router):
+    """Attribute heads on an intermediate CLS token; gates from their prediction."""
+
+    name = "learned"
+    #: tells `MoSAICReID` to hand over the intermediate CLS token
+    needs_features = True
+
+    def __init__(
+        self,
+        schema: AttributeSchema,
+        width: int,
+        *,
+        gates: str = "hard",
+        teacher_forcing: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        nn.Module.__init__(self)
+        if gates not in GATE_MODES:
+            raise ConfigError(f"Learned router: gates {gates!r} is not one of {list(GATE_MODES)}.")
+        self.schema = schema
+        self.gate_mode = gates
+        self.teacher_forcing = teacher_forcing
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.heads = nn.Linear(width, schema.n_slots)
+        index, unpad = _group_layout(schema)
+        self.register_buffer("group_index", index, persistent=False)
+        self.register_buffer("unpad_index", unpad, persistent=False)
+        self.register_buffer("expert_slots", torch.tensor(schema.expert_slots), persistent=False)
+
+    # ---------------------------------------------------------------- prediction
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """CLS token ``[B, width]`` -> attribute logits ``[B, n_slots]`` (float32)."""
+        return self.heads(self.dropout(self.norm(features))).float()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-group softmax of the logits, ``[B, n_slots]``."""
+        p = torch.softmax(_padded(logits.float(), self.group_index, _PAD), dim=-1)
+        return _unpadded(p, self.unpad_index)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-group argmax as a multi-hot ``[B, n_slots]`` (exactly one value per group)."""
+        padded = _padded(logits.float(), self.group_index, _PAD)
+        onehot = F.one_hot(padded.argmax(dim=-1), padded.shape[-1]).to(torch.float32)
+        return _unpadded(onehot, self.unpad_index)
+
+    def gates_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        slots = self.predict(logits) if self.gate_mode == "hard" else self.probabilities(logits)
+        return slots.index_select(1, self.expert_slots)
+
+    # ---------------------------------------------------------------- the Router contract
+    def route_with_logits(
+        self,
+        attributes: torch.Tensor | None,
+        schema: AttributeSchema,
+        *,
+        features: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gates [B, n_experts], attribute logits [B, n_slots])`` for the CLS ``features``."""
+        self._check_schema(schema)
+        logits = self(features)
+        if self.training and self.teacher_forcing and attributes is not None:
+            gates = attributes.to(logits.device, torch.float32).index_select(1, self.expert_slots)
+        else:
+            gates = self.gates_from_logits(logits)
+        return gates, logits
+
+    def route(
+        self,
+        attributes: torch.Tensor | None,
+        schema: AttributeSchema,
+        *,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if features is None:
+            raise ConfigError(
+                "The learned router predicts attributes from the image and needs the CLS token "
+                "(features=); run it inside MoSAICReID, which hands it over."
+            )
+        return self.route_with_logits(attributes, schema, features=features)[0]
+
+    def _check_schema(self, schema: AttributeSchema) -> None:
+        if schema.n_slots != self.schema.n_slots or schema.group_names != self.schema.group_names:
+            raise ConfigError(
+                f"The learned router was built for schema {self.schema.name!r} "
+                f"({self.schema.n_slots} slots) but is asked to route schema {schema.name!r} "
+                f"({schema.n_slots} slots)."
+            )
+
+    # ---------------------------------------------------------------- training
+    def loss(self, logits: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the (sample, group) pairs with exactly one value marked."""
+        padded = _padded(logits.float(), self.group_index, _PAD)  # [B, G, V]
+        truth = _padded(attributes.to(padded.device, torch.float32), self.group_index, 0.0)
+        single = truth.sum(dim=-1) == 1  # [B, G]; missing (0) and multiple (>1) are ignored
+        ce = F.cross_entropy(padded.flatten(0, 1), truth.argmax(-1).flatten(), reduction="none")
+        weight = single.flatten().to(ce.dtype)
+        return (ce * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def attribute_accuracy(
+    pred: torch.Tensor | np.ndarray,
+    multihot: torch.Tensor | np.ndarray,
+    schema: AttributeSchema,
+) -> dict[str, object]:
+    """How well predicted attributes match the annotations.
+
+    ``pred`` is attribute logits or scores ``[n, n_slots]`` (or a predicted multi-hot): the
+    per-group argmax is the prediction. Returns
+
+    - ``group_accuracy``: per group, the share of samples with exactly one value marked whose
+      predicted value is that value (missing / multiply-marked samples are left out);
+    - ``balanced_accuracy``: per *binary attribute*, ``(TPR + TNR) / 2``. The binary attributes
+      are the pedestrian-attribute convention: one per ``single``/``dual`` group (positive = its
+      second value, e.g. ``gender=female``, ``hat=yes``) and one per value of a ``multiclass``
+      group (one-vs-rest, e.g. ``age=teenager``, ``upcolor=black``) — 30 for Market-1501.
+      Samples with no value marked for the group are left out; an attribute with no positive
+      or no negative sample has no balanced accuracy (NaN) and is left out of the mean;
+    - ``mA``: the mean of ``balanced_accuracy`` (the standard mean accuracy of pedestrian
+      attribute recognition), and ``mean_group_accuracy``.
+    """
+    scores = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred).float().cpu()
+    truth = torch.as_tensor(np.asarray(multihot) if not torch.is_tensor(multihot) else multihot)
+    truth = (truth.float().cpu() > 0).float()
+    if scores.shape != truth.shape or scores.shape[-1] != schema.n_slots:
+        raise ConfigError(
+            f"attribute_accuracy needs predictions and annotations of shape [n, {schema.n_slots}], "
+            f"got {list(scores.shape)} and {list(truth.shape)}."
+        )
+    index, unpad = _group_layout(schema)
+    guess = _unpadded(
+        F.one_hot(_padded(scores, index, _PAD).argmax(-1), index.shape[1]).float(), unpad
+    )
+
+    group_acc: dict[str, float] = {}
+    balanced: dict[str, float] = {}
+    for g in schema.groups:
+        slots = schema.group_slots(g.name)
+        t, p = truth[:, slots], guess[:, slots]
+        marked = t.sum(1)
+        one = marked == 1
+        group_acc[g.name] = float((t[one] * p[one]).sum(1).mean()) if one.any() else float("nan")
+        known = marked > 0
+        binary = [1] if g.kind in (GroupKind.SINGLE, GroupKind.DUAL) else range(len(g.values))
+        for v in binary:
+            name = f"{g.name}={g.values[v]}"
+            tv, pv = t[known, v] > 0, p[known, v] > 0
+            pos, neg = int(tv.sum()), int((~tv).sum())
+            if pos == 0 or neg == 0:
+                balanced[name] = float("nan")
+                continue
+            tpr = float((pv & tv).sum()) / pos
+            tnr = float((~pv & ~tv).sum()) / neg
+            balanced[name] = (tpr + tnr) / 2
+    finite = [v for v in balanced.values() if v == v]
+    groups_finite = [v for v in group_acc.values() if v == v]
+    return {
+        "group_accuracy": group_acc,
+        "balanced_accuracy": balanced,
+        "mA": float(np.mean(finite)) if finite else float("nan"),
+        "mean_group_accuracy": float(np.mean(groups_finite)) if groups_finite else float("nan"),
+    }

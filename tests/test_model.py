@@ -1,0 +1,257 @@
+"""MoSAIC-ReID: backbone + experts + router + BNNeck, its config, checkpoints, parameter share."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import backbones
+from attrimp.checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
+from attrimp.errors import CheckpointError, ConfigError, SchemaError
+from attrimp.model import ModelOutput, MoSAICConfig, MoSAICReID
+from attrimp.schema import load_schema
+
+IMG = (32, 16)
+TINY = {
+    "timm": MoSAICConfig(
+        backbone="timm:vit_tiny_patch16_224",
+        pretrained=None,
+        img_size=IMG,
+        backbone_kwargs={"tiny": True, "depth": 3},
+        num_classes=6,
+    ),
+    "clip": MoSAICConfig(
+        backbone="clip:ViT-B-16",
+        pretrained=None,
+        img_size=IMG,
+        backbone_kwargs={"tiny": True, "layers": 3},
+        num_classes=6,
+    ),
+}
+
+
+def tiny_model(family: str = "timm", seed: int = 0, **overrides) -> MoSAICReID:
+    torch.manual_seed(seed)
+    cfg = MoSAICConfig.from_dict({**TINY[family].to_dict(), **overrides})
+    return MoSAICReID(cfg)
+
+
+def batch(schema, n: int = 6, seed: int = 0):
+    """Random images and a multi-hot with one value per group, some missing, some multiple."""
+    g = torch.Generator().manual_seed(seed)
+    attrs = torch.zeros(n, schema.n_slots)
+    for grp in schema.groups:
+        slots = schema.group_slots(grp.name)
+        pick = torch.randint(len(slots) + 1, (n,), generator=g)  # == len(slots): missing
+        for i, k in enumerate(pick.tolist()):
+            if k < len(slots):
+                attrs[i, slots[k]] = 1.0
+        if len(slots) > 2:
+            attrs[0, slots[:2]] = 1.0  # a multiply-marked colour
+    return torch.randn(n, 3, *IMG, generator=g), attrs
+
+
+def randomise(model: MoSAICReID, seed: int = 5) -> None:
+    """Non-trivial experts and BN statistics, so a round trip has something to lose."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.experts.layers:
+            layer.B.copy_(torch.randn(layer.B.shape, generator=g))
+        model.neck.running_mean.copy_(torch.randn(model.neck.running_mean.shape, generator=g))
+        model.neck.running_var.uniform_(0.5, 2.0, generator=g)
+        model.neck.weight.uniform_(0.5, 2.0, generator=g)
+
+
+@pytest.mark.parametrize("family", ["timm", "clip"])
+def test_forward_shapes_and_oracle_gates(family):
+    model = tiny_model(family)
+    x, attrs = batch(model.schema)
+    out = model(x, attrs)
+    assert isinstance(out, ModelOutput)
+    assert out.features.shape == out.global_features.shape == (6, 48)
+    assert out.logits.shape == (6, 6)
+    assert out.attr_logits is None
+    assert torch.equal(out.gates, attrs[:, model.schema.expert_slots.tolist()])
+    assert model.experts.gates is None  # cleared after the pass
+
+
+def test_experts_off_model_equals_backbone_plus_neck_exactly():
+    model = tiny_model("clip")
+    randomise(model)
+    model.eval()
+    x, attrs = batch(model.schema)
+    with torch.no_grad():
+        off = model(x, gates=torch.zeros(6, model.schema.n_experts))
+        on = model(x, attrs)
+        model.experts.detach()
+        plain = model.backbone(x)
+    assert torch.equal(off.global_features, plain)
+    assert torch.equal(off.features, model.neck(plain))
+    assert not torch.allclose(on.global_features, plain)
+
+
+def test_bnneck_head():
+    model = tiny_model()
+    assert not model.neck.bias.requires_grad
+    assert model.classifier.bias is None
+    x, attrs = batch(model.schema)
+    model.train()
+    out = model(x, attrs)
+    # training-mode BN normalises with batch statistics: zero mean per channel, weight 1
+    torch.testing.assert_close(out.features.mean(0), torch.zeros(48), atol=1e-5, rtol=0)
+    (out.logits.sum() + out.global_features.sum()).backward()
+    assert model.neck.bias.grad is None
+    assert model.classifier.weight.grad is not None
+    assert tiny_model(num_classes=0)(x, attrs).logits is None
+
+
+def test_router_override_and_missing_annotations():
+    import routers
+
+    model = tiny_model()
+    x, attrs = batch(model.schema)
+    mask = routers.build_router("mask", groups_on={"gender"})
+    out = model(x, attrs, router=mask)
+    gender = model.schema.expert_group == model.schema.group_index("gender")
+    assert torch.equal(out.gates[:, ~gender], torch.zeros(6, int((~gender).sum())))
+    assert torch.equal(out.gates[:, gender], attrs[:, model.schema.expert_slots[gender]])
+    with pytest.raises(ConfigError, match="needs the attribute annotations"):
+        model(x)
+    with pytest.raises(SchemaError, match=r"shape \[6, 26\] do not fit schema 'market1501'"):
+        model(x, attrs[:, :26])
+    # a numpy multi-hot is accepted as well
+    assert torch.equal(model(x, attrs.numpy()).gates, model(x, attrs).gates)
+
+
+def test_config_json_round_trip_and_typos():
+    cfg = MoSAICConfig(backbone="timm:x", img_size=(256, 128), router_kwargs={"gates": "soft"})
+    again = MoSAICConfig.from_json(cfg.to_json())
+    assert again == cfg and again.img_size == (256, 128)
+    with pytest.raises(ConfigError, match="'ranks'"):
+        MoSAICConfig.from_dict({"ranks": 4})
+    with pytest.raises(ConfigError, match="pooling"):
+        MoSAICConfig(pooling="avg")
+
+
+def test_expert_share_market_rank8_vit_b16_is_under_two_percent():
+    # The real ViT-B/16 architecture (random init, no download), built on the meta device so
+    # no memory is allocated; the count is compared with the closed form K·E·r·(D_in + D_out).
+    with torch.device("meta"):
+        bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=(256, 128))
+        model = MoSAICReID(MoSAICConfig(pretrained=None, rank=8), backbone=bb)
+    schema = load_schema("market1501")
+    assert model.expert_parameter_count() == 2 * schema.n_experts * 8 * (768 + 768) == 860_160
+    share = model.expert_parameter_share()
+    assert 80e6 < model.backbone_parameter_count() < 90e6
+    assert share < 0.02
+    assert share == pytest.approx(860_160 / model.backbone_parameter_count())
+
+
+def test_model_compiles_without_graph_breaks():
+    model = tiny_model()
+    x, attrs = batch(model.schema)
+    explained = torch._dynamo.explain(model)(x, attrs)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize("router", ["oracle", "learned"])
+def test_checkpoint_round_trip_is_exact(tmp_path, router):
+    model = tiny_model("clip", router=router, expert_blocks=2, pooling="max")
+    randomise(model)
+    model.eval()
+    x, attrs = batch(model.schema)
+    with torch.no_grad():
+        before = model(x, attrs)
+    save_checkpoint(model, tmp_path / "ckpt", metadata={"epoch": 3, "mAP": 0.5})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    info = read_checkpoint(tmp_path / "ckpt")
+    assert info.metadata == {"epoch": 3, "mAP": 0.5}
+    assert info.schema == model.schema and info.config == model.config
+    again = load_model(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        after = again(x, attrs)
+    for a, b in zip(before, after):
+        assert (a is None and b is None) or torch.equal(a, b)
+    # and a differently initialised model really differs before loading
+    other = tiny_model("clip", seed=1, router=router, expert_blocks=2, pooling="max").eval()
+    with torch.no_grad():
+        assert not torch.equal(other(x, attrs).features, before.features)
+    load_weights(other, tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(other(x, attrs).features, before.features)
+
+
+def test_checkpoint_into_another_schema_names_the_tensor(tmp_path):
+    save_checkpoint(tiny_model(), tmp_path / "market")
+    duke = tiny_model(schema="dukemtmc")
+    with pytest.raises(
+        CheckpointError, match=r"experts\.layers\.0\.A.*\[280, 48\].*\[208, 48\].*dukemtmc"
+    ):
+        load_weights(duke, tmp_path / "market")
+    with pytest.raises(
+        CheckpointError,
+        match=r"'experts\.layers\.0\.A' has shape \[280, 48\] but the model's has \[70, 48\]\.$",
+    ):
+        load_weights(tiny_model(rank=2), tmp_path / "market")
+    with pytest.raises(CheckpointError, match="lacks the model's tensor"):
+        load_weights(tiny_model(expert_blocks=3), tmp_path / "market")
+
+
+def test_checkpoint_rejects_tampering_and_never_unpickles(tmp_path):
+    folder = save_checkpoint(tiny_model(), tmp_path / "c")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\x80\x04 not a safetensors file, maybe a pickle")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_model(folder)
+    doc = json.loads((folder / "config.json").read_text())
+    import hashlib
+
+    doc["weights"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(folder)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    (folder / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_checkpoint(folder)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_saving_twice_replaces_atomically(tmp_path):
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / "c", metadata={"epoch": 1})
+    randomise(model)
+    save_checkpoint(model, tmp_path / "c", metadata={"epoch": 2})
+    assert read_checkpoint(tmp_path / "c").metadata == {"epoch": 2}
+    again = load_model(tmp_path / "c")
+    assert torch.equal(again.experts.layers[0].B, model.experts.layers[0].B)
+    with pytest.raises(CheckpointError, match="JSON-serialisable"):
+        save_checkpoint(model, tmp_path / "c", metadata={"x": object()})
+    assert read_checkpoint(tmp_path / "c").metadata == {"epoch": 2}
+    assert copy.deepcopy(again.config) == model.config
+
+
+def test_deepcopy_rewires_the_experts_to_the_copy():
+    # EMA teachers and ablation copies deep-copy the model: the copy's wrapped sites must use
+    # the copy's experts and gate state, not the original's.
+    model = tiny_model(router="learned")
+    randomise(model)
+    model.eval()
+    x, _ = batch(model.schema)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        before = model(x).features
+        assert torch.equal(twin(x).features, before)
+        twin.experts.layers[-1].B.add_(1.0)
+        assert torch.equal(model(x).features, before)
+        assert not torch.equal(twin(x).features, before)
