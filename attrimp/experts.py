@@ -116,27 +116,38 @@ class GatedLoRA(nn.Module):
             w = gates * self.scale
         return w if dtype is None else w.to(dtype)
 
-    def branch(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The pooled expert branch for ``h`` ``[B, ..., D_in]`` given `gate_weights`."""
+    def expand_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """`gate_weights` ``[B, E]`` repeated over each expert's rank: ``[B, 1, E·r]``, the
+        per-column factor between the two products (computed once per forward for all blocks)."""
+        return weights.repeat_interleave(self.rank, dim=1).unsqueeze(1)
+
+    def branch(
+        self, h: torch.Tensor, weights: torch.Tensor, expanded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The pooled expert branch for ``h`` ``[B, ..., D_in]`` given `gate_weights`.
+
+        ``expanded`` (`expand_weights` of the same weights) saves recomputing it per block. The
+        mean/sum path is three kernels — product, scale, product — because in eager mode on a
+        GPU the extra cost of the bank is mostly kernel launches, not arithmetic.
+        """
         batch = h.shape[0]
         if weights.shape[0] != batch:
             raise ValueError(
                 f"Expert gates are for a batch of {weights.shape[0]} but the input has {batch} "
                 "samples (tokens must be batch first)."
             )
-        x = h.reshape(batch, -1, h.shape[-1])  # [B, N, D_in]
+        x = h if h.ndim == 3 else h.reshape(batch, -1, h.shape[-1])  # [B, N, D_in]
         if self.dropout is not None:
             x = self.dropout(x)
         z = F.linear(x, self.A)  # [B, N, E·r]: every expert's A in one product
-        n = z.shape[1]
-        z = z.view(batch, n, self.n_experts, self.rank)
-        w = weights if weights.dtype == z.dtype else weights.to(z.dtype)
         if self.pooling == "max":
-            out = self._max_pool(z, w)
+            w = weights if weights.dtype == z.dtype else weights.to(z.dtype)
+            out = self._max_pool(z.view(batch, z.shape[1], self.n_experts, self.rank), w)
         else:  # gate (and pooling) per sample and expert, then every B in one product
-            zw = (z * w[:, None, :, None]).view(batch, n, self.n_experts * self.rank)
-            out = F.linear(zw, self.B)
-        return out.reshape(*h.shape[:-1], self.out_features)
+            if expanded is None or expanded.dtype != z.dtype:
+                expanded = self.expand_weights(weights.to(z.dtype))
+            out = F.linear(z * expanded, self.B)
+        return out if h.ndim == 3 else out.reshape(*h.shape[:-1], self.out_features)
 
     def forward(self, h: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """The pooled expert branch for ``h`` ``[B, ..., D_in]`` and ``gates`` ``[B, E]``."""
@@ -155,11 +166,12 @@ class GatedLoRA(nn.Module):
 class _GateState:
     """The gates of the current forward pass and their weights, shared by every site of a bank."""
 
-    __slots__ = ("gates", "weights")
+    __slots__ = ("expanded", "gates", "weights")
 
     def __init__(self) -> None:
         self.gates: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
+        self.expanded: torch.Tensor | None = None
 
 
 class ExpertSiteWrapper(nn.Module):
@@ -183,10 +195,11 @@ class ExpertSiteWrapper(nn.Module):
                 "The expert bank ran without gates: call ExpertBank.set_gates(gates) (or use "
                 "MoSAICReID, which routes every forward) before running the backbone."
             )
+        delta = self._lora.branch(h, weights, self._state.expanded)
         if isinstance(out, tuple):  # e.g. nn.MultiheadAttention -> (output, weights)
             first = out[0]
-            return (first + self._lora.branch(h, weights).to(first.dtype), *out[1:])
-        return out + self._lora.branch(h, weights).to(out.dtype)
+            return (first + delta.to(first.dtype), *out[1:])
+        return out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))
 
 
 class ExpertBank(nn.Module):
@@ -267,6 +280,7 @@ class ExpertBank(nn.Module):
         The per-sample weights (pooling normaliser and α/r folded in) are computed here once
         for every block, in the autocast dtype when autocast is on.
         """
+        expanded = None
         if gates is None or not self.layers:
             weights = gates
         else:
@@ -276,7 +290,10 @@ class ExpertBank(nn.Module):
             else:
                 dtype = self.layers[0].A.dtype
             weights = self.layers[0].gate_weights(gates, dtype)  # checks the shape first
+            if self.layers[0].pooling != "max":
+                expanded = self.layers[0].expand_weights(weights)
         self._state.gates, self._state.weights = gates, weights
+        self._state.expanded = expanded
 
     @contextmanager
     def gated(self, gates: torch.Tensor) -> Iterator[None]:

@@ -42,9 +42,22 @@ def _index(schema: AttributeSchema, kind: str, device: torch.device) -> torch.Te
     return torch.tensor(source, dtype=torch.long, device=device)
 
 
+_FAST: dict[tuple[int, torch.device], tuple[AttributeSchema, torch.Tensor]] = {}
+
+
 def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``schema.expert_slots`` as a cached long tensor on ``device``."""
-    return _index(schema, "expert_slots", torch.device(device))
+    """``schema.expert_slots`` as a cached long tensor on ``device``.
+
+    Called on every forward: looked up by the schema's identity first, because hashing a frozen
+    schema (every group, every value) costs more than the gather it serves.
+    """
+    device = torch.device(device)
+    hit = _FAST.get((id(schema), device))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    index = _index(schema, "expert_slots", device)
+    _FAST[(id(schema), device)] = (schema, index)
+    return index
 
 
 def expert_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:

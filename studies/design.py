@@ -28,7 +28,7 @@ Every analysis reads the same frame, so the decisions that change answers are ma
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +38,6 @@ import pandas as pd
 
 from studies.errors import StudyInputError
 from studies.frame import AnalysisFrame
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"

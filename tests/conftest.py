@@ -3,12 +3,14 @@ the real annotation files read from ../shared/data (never copied into the repo).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ATTRIMP_SHARED_DATA points elsewhere where ../shared is not beside the checkout (a GPU box).
+SHARED_DATA = Path(os.environ.get("ATTRIMP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -176,8 +176,8 @@ def test_bf16_autocast_trains_and_all_off_stays_exact():
     branch_dtypes = []
     layer, branch = bank.layers[0], bank.layers[0].branch
 
-    def spy(h, w):
-        out = branch(h, w)
+    def spy(h, w, expanded=None):
+        out = branch(h, w, expanded)
         branch_dtypes.append(out.dtype)
         return out
 

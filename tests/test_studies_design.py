@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,6 @@ from studies.simulate import (
     GROUP_NAMES,
     simulate_reid_table,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_SCHEMA = REPO / "attrimp" / "schemas" / "market1501.toml"
