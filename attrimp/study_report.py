@@ -107,7 +107,16 @@ def _figures(
             ax.set_yticks(range(len(mat)), mat.index)
             for (i, j), v in np.ndenumerate(mat.to_numpy()):
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w", fontsize=8)
+                    dark = v > 0.4 * np.nanmax(mat.to_numpy())  # viridis_r: light at low ranks
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:g}",
+                        ha="center",
+                        va="center",
+                        color="w" if dark else "k",
+                        fontsize=8,
+                    )
             fig.colorbar(im, ax=ax, label="rank (1 = most important)")
             ax.set_title("Consensus: rank of each group per method")
             figs["consensus"] = _png(fig)
@@ -130,7 +139,12 @@ def _md_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
         cells = []
         for v in row:
             if isinstance(v, (float, np.floating)):
-                cells.append("" if not np.isfinite(v) else floatfmt.format(v))
+                if not np.isfinite(v):
+                    cells.append("")
+                elif float(v).is_integer() and abs(v) < 1e6:
+                    cells.append(str(int(v)))
+                else:
+                    cells.append(floatfmt.format(v))
             else:
                 cells.append(_md_escape(v))
         lines.append("| " + " | ".join(cells) + " |")
@@ -141,7 +155,11 @@ def _html_table(df: pd.DataFrame) -> str:
     if df is None or df.empty:
         return "<p><em>(empty)</em></p>"
     return df.to_html(
-        index=False, escape=True, float_format=lambda v: f"{v:.4f}", na_rep="", border=0
+        index=False,
+        escape=True,
+        float_format=lambda v: str(int(v)) if float(v).is_integer() else f"{v:.4f}",
+        na_rep="",
+        border=0,
     )
 
 
@@ -275,7 +293,7 @@ def _sections(report, cfg, configs, importance, analyses):
             "Groups ranked over the reliance analyses: leave-one-group-out paired Δ, the per-query "
             "switching battery (GLM, rank tests, RF/XGBoost permutation importance, SHAP over "
             f"group-on indicators) and the configuration-level battery. Kendall's W = "
-            f"{report['kendall_w'] if report['kendall_w'] is not None else 'n/a'}.",
+            f"{_f(report['kendall_w'])} (1 = all methods rank the groups alike).",
             cons_table,
         )
     )
@@ -358,7 +376,7 @@ def _sections(report, cfg, configs, importance, analyses):
 
 
 def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _pct(v) -> str:

@@ -140,3 +140,16 @@ def test_planted_truth_invisible_attribute_matters_more(tmp_path):
         invisible = _loo_upcolor(tmp_path, 0.0, seed)
         visible = _loo_upcolor(tmp_path, 1.0, seed)
         assert invisible > visible, (seed, invisible, visible)
+
+
+@pytest.mark.slow
+def test_readme_main_command_runs_the_builtin_study(tmp_path):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ".venv/bin/attrimp study run" in ln)
+    cmd = line[line.index(".venv/bin/attrimp") :].replace("runs/study", str(tmp_path / "study"))
+    cmd = cmd.replace(".venv/bin/attrimp", f"{sys.executable} -m attrimp", 1)
+    proc = subprocess.run(cmd, shell=True, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    # the planted truth: the annotated-but-invisible upper colour leads the consensus
+    assert report["consensus"][0]["attribute"] == "upcolor"

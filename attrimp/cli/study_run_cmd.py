@@ -68,16 +68,21 @@ def _summary(result, console) -> None:
         d = loo.get(row["attribute"], {})
         delta = d.get("delta_map")
         table.add_row(
-            str(row["rank"]),
+            f"{row['rank']:g}",
             row["attribute"],
             f"{row['score']:.3f}" if row.get("score") is not None else "",
             f"{delta:+.4f}" if delta is not None else "",
         )
     console.print(table)
     h = result.report.get("headline", {})
+
+    def fmt(key: str) -> str:
+        value = h.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
     console.print(
-        f"mAP full oracle {h.get('full_mAP')}, backbone only {h.get('backbone_mAP')}, "
-        f"learned router {h.get('learned_mAP')}, attribute-only {h.get('attribute_only_mAP')}",
+        f"mAP: full oracle {fmt('full_mAP')}, backbone only {fmt('backbone_mAP')}, "
+        f"learned router {fmt('learned_mAP')}, attribute-only baseline {fmt('attribute_only_mAP')}",
         highlight=False,
     )
     console.print(f"report: {result.out / 'report.html'}", highlight=False)
