@@ -20,6 +20,19 @@ from typing import Any, Literal
 
 from attrimp.errors import ConfigError
 
+#: the test-time ablation designs, in the order a study runs and reports them
+DESIGNS = (
+    "full",
+    "backbone",
+    "leave_one_out",
+    "only_one",
+    "random_subsets",
+    "counterfactual",
+    "noisy",
+    "learned",
+    "attribute_only",
+)
+
 
 @dataclass
 class SyntheticConfig:
@@ -115,19 +128,7 @@ class TrainConfig:
 @dataclass
 class AblationConfig:
     #: test-time designs run on the trained model, in this order
-    designs: list[str] = field(
-        default_factory=lambda: [
-            "full",
-            "backbone",
-            "leave_one_out",
-            "only_one",
-            "random_subsets",
-            "counterfactual",
-            "noisy",
-            "learned",
-            "attribute_only",
-        ]
-    )
+    designs: list[str] = field(default_factory=lambda: list(DESIGNS))
     random_subsets: int = 16
     noisy_p: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
     #: retrain one model per configuration of these designs (train-time ablation; expensive)
@@ -189,17 +190,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.metric": ("euclidean", "cosine"),
     "device": ("auto", "cpu", "cuda"),
 }
-DESIGNS = (
-    "full",
-    "backbone",
-    "leave_one_out",
-    "only_one",
-    "random_subsets",
-    "counterfactual",
-    "noisy",
-    "learned",
-    "attribute_only",
-)
 
 
 #: designs that can be retrained per configuration (a counterfactual or learned-router run is a

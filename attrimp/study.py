@@ -352,6 +352,7 @@ def _trained_model(
         device=device,
         num_workers=cfg.data.num_workers,
         progress=progress,
+        attribute_loss_weight=cfg.router.attribute_loss_weight,
     )
     if dist.is_main:
         atomic_write_text(

@@ -13,21 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attrimp.config import StudyConfig
+from attrimp.config import DESIGNS, StudyConfig
 from attrimp.study_analyses import StudyAnalyses
 
 SCHEMA_VERSION = "attrimp.study-report/1"
 
-DESIGN_ORDER = (
-    "full",
-    "backbone",
-    "leave_one_out",
-    "only_one",
-    "random_subsets",
-    "counterfactual",
-    "noisy",
-    "learned",
-)
+DESIGN_ORDER = DESIGNS
 
 
 def _clean(value: Any) -> Any:

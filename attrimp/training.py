@@ -218,12 +218,15 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    attribute_loss_weight: float = 1.0,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` (targets = classifier labels) and checkpoint each epoch.
 
     With ``resume`` (the default) a run whose ``out_dir`` already holds a checkpoint continues
     from it; the result is identical to an uninterrupted run. ``on_epoch_end(epoch, stats)`` is
     called after each epoch's checkpoint is written (the resume test uses it to kill -9 itself).
+    ``attribute_loss_weight`` scales a learned router's attribute loss
+    (``[router] attribute_loss_weight``).
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if isinstance(device, str) else device
@@ -339,7 +342,9 @@ def train(
                         out.global_features, labels
                     )
                 if learned and out.attr_logits is not None:
-                    parts["attr_loss"] = model.router.loss(out.attr_logits, attributes)
+                    parts["attr_loss"] = attribute_loss_weight * model.router.loss(
+                        out.attr_logits, attributes
+                    )
                 loss = sum(parts.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -25,6 +25,20 @@ TINY["ablation"] = {
     "noisy_p": [0.5],
 }
 TINY["analysis"] = {"repeats": 2}
+TINY_GROUPS = [
+    "gender",
+    "hair",
+    "up",
+    "down",
+    "clothes",
+    "hat",
+    "backpack",
+    "bag",
+    "handbag",
+    "age",
+    "upcolor",
+    "downcolor",
+]
 TINY["train"]["epochs"] = 2
 
 
@@ -104,7 +118,10 @@ def test_study_cli_bad_config_is_one_sentence(tmp_path):
     bad.write_text("[train]\nepochz = 3\n")
     proc = subprocess.run(
         [sys.executable, "-m", "attrimp", "study", "run", str(bad), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert "Unknown setting train.epochz" in proc.stderr
@@ -153,3 +170,61 @@ def test_readme_main_command_runs_the_builtin_study(tmp_path):
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     # the planted truth: the annotated-but-invisible upper colour leads the consensus
     assert report["consensus"][0]["attribute"] == "upcolor"
+
+
+def test_train_time_ablation_retrains_per_configuration(tmp_path):
+    cfg_dict = json.loads(json.dumps(TINY))
+    cfg_dict["ablation"] = {"designs": ["full", "backbone"], "retrain": ["full", "backbone"]}
+    cfg_dict["train"]["epochs"] = 1
+    run_study(config_from_dict(cfg_dict), tmp_path, progress=False, stop_after="tables")
+    configs = pd.read_csv(tmp_path / "tables" / "configs.csv").set_index("config")
+    assert {"full", "backbone", "retrain:full", "retrain:backbone"} <= set(configs.index)
+    groups = TINY_GROUPS
+    assert configs.loc["retrain:backbone", groups].sum() == 0
+    assert configs.loc["retrain:full", groups].sum() == len(groups)
+    # two separately trained models: their accuracies are not the test-time ones
+    assert len(list((tmp_path / "cache").glob("retrain-*/*.parquet"))) == 2
+
+
+def test_retrain_refuses_test_time_only_designs():
+    cfg_dict = json.loads(json.dumps(TINY))
+    cfg_dict["ablation"]["retrain"] = ["counterfactual"]
+    with pytest.raises(Exception, match="cannot retrain the design 'counterfactual'"):
+        config_from_dict(cfg_dict)
+
+
+def test_ablate_command_on_a_trained_checkpoint(tmp_path):
+    cfg_dict = json.loads(json.dumps(TINY))
+    cfg_dict["train"]["epochs"] = 1
+    run_study(config_from_dict(cfg_dict), tmp_path / "study", progress=False, stop_after="train")
+    run_dir = next((tmp_path / "study" / "cache").glob("train-*"))
+    config = tmp_path / "tiny.toml"
+    config.write_text((REPO / "studies" / "configs" / "synthetic_tiny.toml").read_text())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attrimp",
+            "ablate",
+            str(config),
+            "--checkpoint",
+            str(run_dir),
+            "--out",
+            str(tmp_path / "ablate"),
+            "--design",
+            "full",
+            "--design",
+            "leave_one_out",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    configs = pd.read_csv(tmp_path / "ablate" / "configs.csv")
+    assert len(configs) == 1 + 12
+    importance = pd.read_csv(tmp_path / "ablate" / "leave_one_out_importance.csv")
+    assert len(importance) == 12

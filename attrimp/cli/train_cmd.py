@@ -147,6 +147,7 @@ def run_training(
         on_epoch_end=_periodic_evaluation(
             model, query, gallery, cfg, dev, num_workers, out, dist, console
         ),
+        attribute_loss_weight=cfg.router.attribute_loss_weight,
     )
     if dist.world_size > 1:
         import torch.distributed as tdist

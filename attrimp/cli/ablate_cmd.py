@@ -1,0 +1,127 @@
+"""`attrimp ablate CONFIG --checkpoint DIR`: the test-time ablation designs on a trained model.
+
+The part of `attrimp study run` between training and statistics, for a model trained elsewhere
+(e.g. by `attrimp train`): every condition of ``[ablation] designs`` is evaluated on the
+config's query/gallery and written as the ReID result tables of DESIGN.md. Feed them to
+`attrimp study analyze` or let `attrimp study run` do everything.
+
+    OUT/per_query.parquet                one row per query per configuration
+    OUT/configs.csv                      mAP, rank-1/5/10, mINP + one 0/1 column per group
+    OUT/deltas.csv                       each query's AP with vs without each group
+    OUT/leave_one_out_importance.csv     ΔmAP per group with an identity-bootstrap CI
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate_command)
+
+
+def ablate_command(
+    config: Path = typer.Argument(..., help="Study TOML: [data], [ablation] and [eval] are used."),
+    checkpoint: Path = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="Checkpoint folder (or a run folder with checkpoints/latest).",
+    ),
+    out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    designs: list[str] = typer.Option(
+        None, "--design", help="Override [ablation] designs (repeatable)."
+    ),
+) -> None:
+    """Evaluate every ablation condition of CONFIG on a trained checkpoint."""
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from attrimp.ablation import make_conditions
+    from attrimp.checkpoint import load_model
+    from attrimp.conditions import ConditionEvaluator
+    from attrimp.config import config_from_dict, load_config
+    from attrimp.errors import CheckpointError
+    from attrimp.pipeline import datasets, prepare_data
+    from attrimp.study import (
+        atomic_write_frame,
+        config_table,
+        delta_table,
+        leave_one_out_importance,
+    )
+    from attrimp.training import latest_checkpoint, resolve_device
+
+    cfg = load_config(config)
+    if designs:
+        cfg = config_from_dict(
+            {**cfg.to_dict(), "ablation": {**cfg.to_dict()["ablation"], "designs": designs}},
+            source="--design",
+        )
+    dev = resolve_device(device)
+    folder = checkpoint
+    if not (folder / "config.json").exists() and latest_checkpoint(folder) is not None:
+        folder = latest_checkpoint(folder)
+    model = load_model(folder, device=dev)
+    data = prepare_data(cfg, out / "work")
+    if (
+        data.schema.n_slots != model.schema.n_slots
+        or data.schema.group_names != model.schema.group_names
+    ):
+        raise CheckpointError(
+            f"The checkpoint {str(folder)!r} was trained on schema {model.schema.name!r} but the "
+            f"config's data use schema {data.schema.name!r}."
+        )
+    conditions = [
+        c
+        for c in make_conditions(
+            data.schema,
+            cfg.ablation.designs,
+            random_subsets=cfg.ablation.random_subsets,
+            noisy_p=cfg.ablation.noisy_p,
+            seed=cfg.ablation.seed,
+        )
+        if c.router != "learned" or getattr(model.router, "needs_features", False)
+    ]
+    console = Console(stderr=True)
+    _, query_set, gallery_set = datasets(model, data)
+    evaluator = ConditionEvaluator(
+        model,
+        query_set,
+        gallery_set,
+        device=dev,
+        batch_size=cfg.eval.batch_size,
+        metric=cfg.eval.metric,
+        max_rank=cfg.eval.max_rank,
+    )
+    tables = []
+    with Progress(console=console, transient=True) as bar, torch.no_grad():
+        task = bar.add_task("ablate", total=len(conditions))
+        for cond in conditions:
+            bar.update(task, description=cond.name)
+            result, _ = evaluator.run(cond)
+            tables.append(evaluator.table(cond, result))
+            bar.advance(task)
+    import pandas as pd
+
+    per_query = pd.concat(tables, ignore_index=True)
+    groups = data.schema.group_names
+    configs = config_table(per_query, groups)
+    deltas = delta_table(per_query, groups)
+    atomic_write_frame(per_query, out / "per_query.parquet")
+    atomic_write_frame(configs, out / "configs.csv")
+    atomic_write_frame(deltas, out / "deltas.csv")
+    if len(deltas):
+        atomic_write_frame(leave_one_out_importance(deltas), out / "leave_one_out_importance.csv")
+    from rich.table import Table
+
+    table = Table(title=f"{len(conditions)} configurations")
+    for col in ("config", "mAP", "rank1", "mINP"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for row in configs.itertuples():
+        table.add_row(row.config, f"{row.mAP:.4f}", f"{row.rank1:.4f}", f"{row.mINP:.4f}")
+    console.print(table)
+    console.print(f"tables in {out}", highlight=False)
