@@ -315,3 +315,32 @@ def test_tiny_config_is_tiny():
     assert cfg.model.backbone_kwargs == {"tiny": True}
     assert cfg.data.dataset == "synthetic" and cfg.data.synthetic.identities == 16
     assert cfg.train.epochs <= 2 and cfg.device == "cpu"
+
+
+def test_evaluate_a_trained_checkpoint_on_its_data(tmp_path):
+    """`attrimp evaluate --checkpoint RUN --data CONFIG` reproduces the metrics train wrote."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = REPO / "studies" / "configs" / "synthetic_tiny.toml"
+    run = tmp_path / "run"
+    common = dict(cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "attrimp", "train", str(config), "--out", str(run), "--epochs", "1"],
+        **common,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained = json.loads((run / "metrics.json").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "attrimp", "evaluate", "--checkpoint", str(run), "--data", str(config),
+         "--summary", str(tmp_path / "summary.json"), "--max-rank", "10"],
+        **common,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = summary[0] if isinstance(summary, list) else summary
+    mAP = trained.get("mAP", trained.get("metrics", {}).get("mAP"))
+    assert abs(row["mAP"] - mAP) < 1e-5

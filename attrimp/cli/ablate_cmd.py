@@ -63,7 +63,7 @@ def ablate_command(
         )
     dev = resolve_device(device)
     folder = checkpoint
-    if not (folder / "config.json").exists() and latest_checkpoint(folder) is not None:
+    if not (folder / "model.safetensors").exists() and latest_checkpoint(folder) is not None:
         folder = latest_checkpoint(folder)
     model = load_model(folder, device=dev)
     data = prepare_data(cfg, out / "work")

@@ -30,7 +30,18 @@ def register(app: typer.Typer) -> None:
 
 def evaluate_command(
     features: Path = typer.Argument(
-        ..., help="Feature file (.npz or .safetensors) with query_/gallery_ features, pids, camids."
+        None,
+        help="Feature file (.npz or .safetensors) with query_/gallery_ features, pids, camids; "
+        "or leave it out and give --checkpoint and --data.",
+        show_default=False,
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Evaluate this checkpoint folder (or run folder with checkpoints/latest) ...",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="... on the query/gallery of this study / training config."
     ),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean, sqeuclidean or cosine."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking (Zhong 2017)."),
@@ -67,13 +78,23 @@ def evaluate_command(
     """Evaluate saved query/gallery features: mAP, CMC, mINP and the per-query table."""
     err = Console(stderr=True)
     try:
-        from attrimp.evaluation import load_features
+        if (features is None) == (checkpoint is None):
+            raise DataError("Give either a feature file or --checkpoint (with --data), not both.")
+        if checkpoint is not None:
+            if data is None:
+                raise DataError("--checkpoint needs --data CONFIG: the dataset to evaluate on.")
+            query, gallery, schema_name = _features_of_checkpoint(checkpoint, data, device)
+            schema = schema if schema is not None or attributes is not None else schema_name
+            name = config or checkpoint.name
+        else:
+            from attrimp.evaluation import load_features
 
-        query, gallery = load_features(features)
+            query, gallery = load_features(features)
+            name = config or features.stem
         run_evaluation(
             query,
             gallery,
-            config=config or features.stem,
+            config=name,
             metric=metric,
             rerank=rerank,
             k1=k1,
@@ -90,6 +111,43 @@ def evaluate_command(
     except AttrimpError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
+
+
+def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
+    """Query and gallery `FeatureSet`s of a trained model on a config's dataset."""
+    from torch.utils.data import DataLoader
+
+    from attrimp.checkpoint import load_model
+    from attrimp.config import load_config
+    from attrimp.evaluation import extract_features
+    from attrimp.pipeline import datasets, prepare_data
+    from attrimp.schema import BUILTIN_SCHEMAS
+    from attrimp.training import latest_checkpoint
+
+    cfg = load_config(data)
+    dev = _device(device)
+    folder = checkpoint
+    if not (folder / "model.safetensors").exists() and latest_checkpoint(folder) is not None:
+        folder = latest_checkpoint(folder)
+    model = load_model(folder, device=dev)
+    # A synthetic world lives in the training run's folder (attrimp train --out DIR -> DIR/world);
+    # from anywhere else it is generated into a temporary folder, never into the checkpoint.
+    run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
+    if run_dir is None:
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix="attrimp-eval-"))
+    ds = prepare_data(cfg, run_dir)
+    _, query_set, gallery_set = datasets(model, ds)
+    batch = cfg.eval.batch_size
+    query = extract_features(
+        model, DataLoader(query_set, batch_size=batch), dev, description="query"
+    )
+    gallery = extract_features(
+        model, DataLoader(gallery_set, batch_size=batch), dev, description="gallery"
+    )
+    name = model.schema.name if model.schema.name in BUILTIN_SCHEMAS else None
+    return query, gallery, name
 
 
 def _device(name: str):
