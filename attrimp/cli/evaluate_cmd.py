@@ -1,6 +1,8 @@
-"""`attrimp evaluate`: ReID metrics and the per-query result table from saved features.
+"""`attrimp evaluate`: ReID metrics and the per-query result table, from saved features or a
+trained checkpoint on a config's query/gallery.
 
     attrimp evaluate features.npz --table per_query.parquet --summary config.csv [--rerank]
+    attrimp evaluate --checkpoint runs/tiny --data studies/configs/synthetic_tiny.toml
 
 The feature file holds ``query_features``, ``query_pids``, ``query_camids`` and the same for
 ``gallery_`` (optionally ``*_attributes`` multi-hot and, in ``.npz``, ``*_ids``); write one with
@@ -75,7 +77,7 @@ def evaluate_command(
         False, "--include-skipped", help="Keep queries without a true match (NaN metrics)."
     ),
 ) -> None:
-    """Evaluate saved query/gallery features: mAP, CMC, mINP and the per-query table."""
+    """mAP, CMC, mINP and the per-query table of saved features or of a trained checkpoint."""
     err = Console(stderr=True)
     try:
         if (features is None) == (checkpoint is None):
