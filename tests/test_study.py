@@ -228,3 +228,42 @@ def test_ablate_command_on_a_trained_checkpoint(tmp_path):
     assert len(configs) == 1 + 12
     importance = pd.read_csv(tmp_path / "ablate" / "leave_one_out_importance.csv")
     assert len(importance) == 12
+
+
+@pytest.mark.slow
+def test_study_under_torchrun_shards_the_sweep_and_merges(tmp_path):
+    """Two CPU processes (gloo): DDP training, the condition sweep split between the ranks, one
+    merged report written by rank 0."""
+    text = (REPO / "studies" / "configs" / "synthetic_tiny.toml").read_text()
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        text.replace("epochs = 2", "epochs = 1")
+        + '\n[ablation]\ndesigns = ["full", "backbone", "leave_one_out"]\n'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "attrimp",
+            "study",
+            "run",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    configs = pd.read_csv(tmp_path / "out" / "tables" / "configs.csv")
+    assert len(configs) == 2 + 12
+    assert len(list((tmp_path / "out" / "cache").glob("conditions-*/*.parquet"))) == 14
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["consensus"]

@@ -49,9 +49,18 @@ def register(app: typer.Typer) -> None:
             cfg = config_from_dict({**cfg.to_dict(), "device": device}, source="--device")
         console = Console(stderr=True)
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
-        _summary(result, console)
+        _leave_process_group()
+        if result is not None:  # under torchrun, ranks other than 0 end after the sweep
+            _summary(result, console)
 
     return None
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _summary(result, console) -> None:
