@@ -73,9 +73,9 @@ def test_bundled_example_runs(tmp_path):
 @pytest.mark.slow
 def test_readme_command_verbatim(tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    line = next(ln for ln in readme.splitlines() if "attrimp study analyze" in ln)
-    cmd = line[line.index(".venv/bin/attrimp") :].replace("runs/example", str(tmp_path / "ex"))
-    cmd = cmd.replace(".venv/bin/attrimp", f"{sys.executable} -m attrimp", 1)
+    line = next(ln for ln in readme.splitlines() if "attrimp study analyze studies/" in ln)
+    cmd = line[line.index("attrimp study analyze") :].replace("runs/example", str(tmp_path / "ex"))
+    cmd = cmd.replace("attrimp", f"{sys.executable} -m attrimp", 1)
     proc = subprocess.run(cmd, shell=True, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ex" / "report.html").is_file()
