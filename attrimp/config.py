@@ -296,6 +296,14 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
+    if cfg.data.dataset in ("market1501", "dukemtmc", "synthetic") and cfg.data.schema not in (
+        None,
+        "market1501" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
+    ):
+        raise ConfigError(
+            f"data.schema = {cfg.data.schema!r} cannot be used with dataset {cfg.data.dataset!r}, "
+            "which has its own built-in schema; data.schema is for manifest datasets."
+        )
     if cfg.data.dataset != "synthetic" and cfg.data.root is None:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
 

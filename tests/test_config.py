@@ -51,6 +51,7 @@ visibility = { hat = 0.0, upcolor = 0.5 }
         ({"ablation": {"noisy_p": [1.5]}}, "noisy_p values must lie in"),
         ({"data": {"dataset": "market1501"}}, "data.root is required"),
         ({"train": {"epochs": True}}, "train.epochs must be a whole number"),
+        ({"data": {"dataset": "market1501", "root": "x", "schema": "my.toml"}}, "data.schema"),
     ],
 )
 def test_bad_settings_name_section_and_key(data, message):
