@@ -16,6 +16,7 @@ from studies.report_md import (
     figure_tag,
     for_outcome,
     format_value,
+    input_facts,
     method_rank_rows,
 )
 
@@ -77,26 +78,8 @@ def render_html(report: Mapping[str, Any], *, figures: Mapping[str, bytes] | Non
         f"Bold red adjusted p-values are below alpha = {escape(format_value('alpha', alpha))}.</p>",
         "<h2>Input</h2><dl>",
     ]
-    facts = [
-        ("table", inp.get("path")),
-        ("format", inp.get("format")),
-        ("rows read", inp.get("rows_read")),
-        ("rows used", inp.get("rows_used")),
-        ("outcomes", ", ".join(inp.get("outcomes", []))),
-        (
-            "cluster",
-            f"{inp['cluster']} ({inp.get('n_clusters')} clusters)"
-            if inp.get("cluster")
-            else "none (rows independent)",
-        ),
-        ("paired by", inp.get("paired_by")),
-        ("condition", inp.get("condition")),
-        ("excluded columns", ", ".join(inp.get("excluded", [])) or None),
-        ("grouping file", inp.get("schema")),
-    ]
-    for k, v in facts:
-        if v is not None and v != "":
-            parts.append(f"<dt>{escape(k)}</dt><dd>{escape(format_value(k, v))}</dd>")
+    for k, v in input_facts(inp):
+        parts.append(f"<dt>{escape(k)}</dt><dd>{escape(format_value(k, v))}</dd>")
     for reason, n in (inp.get("rows_dropped") or {}).items():
         parts.append(f"<dt>rows dropped</dt><dd>{int(n)} ({escape(str(reason))})</dd>")
     settings = ", ".join(f"{k}={format_value(k, v)}" for k, v in report["settings"].items())

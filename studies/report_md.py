@@ -167,16 +167,9 @@ def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = 
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | None = None) -> str:
-    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path."""
-    figures = dict(figures or {})
-    inp = report["input"]
-    settings = report["settings"]
-    out: list[str] = ["# attrimp study report", ""]
-    out.append(f"Report schema {md_escape(report['schema_version'])}.")
-    out.append("")
-    out.append("## Input")
-    out.append("")
+def input_facts(inp: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The report's input block as (label, value) pairs, empty values left out; shared by the
+    Markdown and HTML writers so both describe the input alike."""
     facts = [
         ("table", inp.get("path")),
         ("format", inp.get("format")),
@@ -194,9 +187,21 @@ def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | N
         ("excluded columns", ", ".join(inp.get("excluded", [])) or None),
         ("grouping file", inp.get("schema")),
     ]
-    for k, v in facts:
-        if v is not None and v != "":
-            out.append(f"- **{md_escape(k)}**: {md_escape(format_value(k, v))}")
+    return [(k, v) for k, v in facts if v is not None and v != ""]
+
+
+def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | None = None) -> str:
+    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path."""
+    figures = dict(figures or {})
+    inp = report["input"]
+    settings = report["settings"]
+    out: list[str] = ["# attrimp study report", ""]
+    out.append(f"Report schema {md_escape(report['schema_version'])}.")
+    out.append("")
+    out.append("## Input")
+    out.append("")
+    for k, v in input_facts(inp):
+        out.append(f"- **{md_escape(k)}**: {md_escape(format_value(k, v))}")
     for reason, n in (inp.get("rows_dropped") or {}).items():
         out.append(f"- **rows dropped**: {int(n)} ({md_escape(reason)})")
     out.append(
