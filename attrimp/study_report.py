@@ -15,27 +15,12 @@ import pandas as pd
 
 from attrimp.config import DESIGNS, StudyConfig
 from attrimp.study_analyses import StudyAnalyses
+from studies.report import clean_value, records
+from studies.report_md import md_escape as _md_escape
 
 SCHEMA_VERSION = "attrimp.study-report/1"
 
 DESIGN_ORDER = DESIGNS
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, frames -> records."""
-    if isinstance(value, pd.DataFrame):
-        return [_clean(r) for r in value.to_dict("records")]
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _png(fig) -> bytes:
@@ -112,13 +97,6 @@ def _figures(
             ax.set_title("Consensus: rank of each group per method")
             figs["consensus"] = _png(fig)
     return figs
-
-
-def _md_escape(text: Any) -> str:
-    s = str(text)
-    for ch in "\\`*_{}[]<>()#+-!|":
-        s = s.replace(ch, "\\" + ch)
-    return s
 
 
 def _md_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
@@ -211,26 +189,29 @@ def write_study_report(
         "model": model_info,
         "planted_design": planted,
         "headline": headline,
-        "configurations": configs,
-        "leave_one_out": importance,
-        "leave_one_out_retrained": importance_retrained if importance_retrained is not None else [],
-        "paired_tests": analyses.paired if analyses.paired is not None else [],
-        "consensus": consensus[
-            ["attribute", "score", "rank"] + [c for c in consensus.columns if c.startswith("rank_")]
-        ]
-        if consensus is not None
-        else [],
+        "configurations": records(configs),
+        "leave_one_out": records(importance),
+        "leave_one_out_retrained": records(importance_retrained),
+        "paired_tests": records(analyses.paired),
+        "consensus": records(
+            consensus[
+                ["attribute", "score", "rank"]
+                + [c for c in consensus.columns if c.startswith("rank_")]
+            ]
+            if consensus is not None
+            else None
+        ),
         "kendall_w": analyses.kendall_w,
         "learned_router": learned,
         "attribute_only": {
             **({k: v for k, v in baseline.items() if k != "signatures"} if baseline else {}),
-            "signatures": signatures if signatures is not None else [],
+            "signatures": records(signatures),
             "unique_signature_share": unique_share,
         },
         "analyses": {name: f"analyses/{name}/report.json" for name in analyses.batteries},
         "warnings": analyses.warnings + list(data.report.warnings),
     }
-    report = _clean(report)
+    report = clean_value(report)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
 
     figs = _figures(configs, importance, consensus)
