@@ -91,6 +91,22 @@ class ConditionEvaluator:
         self.use_prefix = hasattr(model.backbone, "forward_prefix")
         self.splits = {name: self._prepare(name, ds) for name, ds in self.sets.items()}
 
+    @classmethod
+    def from_config(
+        cls, model: MoSAICReID, query_set, gallery_set, eval_cfg, *, device, progress=None
+    ) -> ConditionEvaluator:
+        """An evaluator with the batch size, metric and CMC length of an `EvalConfig`."""
+        return cls(
+            model,
+            query_set,
+            gallery_set,
+            device=device,
+            batch_size=eval_cfg.batch_size,
+            metric=eval_cfg.metric,
+            max_rank=eval_cfg.max_rank,
+            progress=progress,
+        )
+
     # ------------------------------------------------------------------ inputs
     def _autocast(self):
         return torch.autocast(
@@ -208,6 +224,7 @@ def attribute_only_baseline(
     broken by gallery order, as everywhere). The signature table says how many identities share
     each full attribute signature: a signature held by one identity is an identity leak.
     """
+
     def group_codes(multihot: torch.Tensor) -> np.ndarray:
         decoded = schema.decode(multihot.numpy())
         return np.stack([np.asarray(decoded[g]) for g in schema.group_names], axis=1)
@@ -219,7 +236,9 @@ def attribute_only_baseline(
         same = qc[:, j][:, None] == gc[:, j][None, :]
         known = (qc[:, j] != "unknown")[:, None] & (gc[:, j] != "unknown")[None, :]
         dist += ~(same & known)
-    result = evaluate(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=max_rank)
+    result = evaluate(
+        dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=max_rank
+    )
 
     pids = np.concatenate([query.pids, gallery.pids])
     codes = np.concatenate([qc, gc])

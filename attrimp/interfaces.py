@@ -52,7 +52,9 @@ class Backbone(nn.Module, ABC):
         """The transformer blocks, in forward order."""
 
     @abstractmethod
-    def forward_tokens(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, images: torch.Tensor, camids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B, 3, H, W]`` -> final normalised tokens ``[B, N, width]``, CLS first."""
 
     @abstractmethod

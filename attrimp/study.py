@@ -81,7 +81,7 @@ class _Stages:
         if self.enabled:
             self.console.print(f"[bold cyan]{stage:>10}[/] {message}", highlight=False)
 
-    def bar(self, description: str, total: int):
+    def bar(self, description: str):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -121,7 +121,6 @@ def run_study(
     """
     import torch
 
-    from attrimp.ablation import make_conditions
     from attrimp.conditions import ConditionEvaluator, attribute_only_baseline
     from attrimp.pipeline import datasets, prepare_data
     from attrimp.training import init_distributed, resolve_device
@@ -165,15 +164,8 @@ def run_study(
         return None
 
     # 3. conditions ---------------------------------------------------------------------------
-    conditions = make_conditions(
-        data.schema,
-        cfg.ablation.designs,
-        random_subsets=cfg.ablation.random_subsets,
-        noisy_p=cfg.ablation.noisy_p,
-        seed=cfg.ablation.seed,
-    )
+    conditions = study_conditions(cfg, data.schema, model)
     if "learned" in cfg.ablation.designs and not getattr(model.router, "needs_features", False):
-        conditions = [c for c in conditions if c.router != "learned"]
         stages.say(
             "conditions", "the model was trained with the oracle router: no learned-router run"
         )
@@ -185,7 +177,7 @@ def run_study(
     _, query_set, gallery_set = datasets(model, data)
     evaluator = None
     if todo or dist.is_main:  # rank 0 also needs it for the baselines
-        with stages.bar("prefix", 2) as bar:
+        with stages.bar("prefix") as bar:
             task = bar.add_task(
                 "caching the shared backbone prefix", total=len(query_set) + len(gallery_set)
             )
@@ -195,17 +187,10 @@ def run_study(
                 done[label.split()[-1]] = n
                 bar.update(task, completed=sum(done.values()))
 
-            evaluator = ConditionEvaluator(
-                model,
-                query_set,
-                gallery_set,
-                device=device,
-                batch_size=cfg.eval.batch_size,
-                metric=cfg.eval.metric,
-                max_rank=cfg.eval.max_rank,
-                progress=advance,
+            evaluator = ConditionEvaluator.from_config(
+                model, query_set, gallery_set, cfg.eval, device=device, progress=advance
             )
-    with stages.bar("conditions", len(todo)) as bar:
+    with stages.bar("conditions") as bar:
         task = bar.add_task("", total=len(todo))
         for i, cond in enumerate(todo):
             bar.update(task, description=cond.name)
@@ -309,6 +294,25 @@ def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
     atomic_write_frame(priors, out / "tables" / "priors.csv")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     plot_priors(priors, out / "figures" / "priors.png", title=f"Attribute priors ({data.name})")
+
+
+def study_conditions(cfg: StudyConfig, schema, model) -> list:
+    """The test-time conditions of ``cfg.ablation.designs`` that ``model`` can run (a learned-
+    router condition needs a model trained with the learned router)."""
+    from attrimp.ablation import make_conditions
+
+    learned = getattr(model.router, "needs_features", False)
+    return [
+        c
+        for c in make_conditions(
+            schema,
+            cfg.ablation.designs,
+            random_subsets=cfg.ablation.random_subsets,
+            noisy_p=cfg.ablation.noisy_p,
+            seed=cfg.ablation.seed,
+        )
+        if c.router != "learned" or learned
+    ]
 
 
 def _barrier(dist) -> None:
@@ -455,14 +459,8 @@ def _retrained_conditions(
             progress=progress,
         )
         if dist.is_main:
-            evaluator = ConditionEvaluator(
-                model,
-                query_set,
-                gallery_set,
-                device=device,
-                batch_size=cfg.eval.batch_size,
-                metric=cfg.eval.metric,
-                max_rank=cfg.eval.max_rank,
+            evaluator = ConditionEvaluator.from_config(
+                model, query_set, gallery_set, cfg.eval, device=device
             )
             with torch.no_grad():
                 result, _ = evaluator.run(cond)

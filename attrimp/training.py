@@ -108,6 +108,15 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return folder if (folder / STATE_JSON).exists() else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the newest complete one of a run folder (``--out`` of
+    `attrimp train`); a folder that is neither is returned as is, for the loader to explain."""
+    path = Path(path)
+    if not (path / "model.safetensors").exists() and (found := latest_checkpoint(path)) is not None:
+        return found
+    return path
+
+
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}

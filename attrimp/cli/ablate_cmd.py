@@ -41,7 +41,6 @@ def ablate_command(
     from rich.console import Console
     from rich.progress import Progress
 
-    from attrimp.ablation import make_conditions
     from attrimp.checkpoint import load_model
     from attrimp.conditions import ConditionEvaluator
     from attrimp.config import config_from_dict, load_config
@@ -52,8 +51,9 @@ def ablate_command(
         config_table,
         delta_table,
         leave_one_out_importance,
+        study_conditions,
     )
-    from attrimp.training import latest_checkpoint, resolve_device
+    from attrimp.training import resolve_checkpoint, resolve_device
 
     cfg = load_config(config)
     if designs:
@@ -62,9 +62,7 @@ def ablate_command(
             source="--design",
         )
     dev = resolve_device(device)
-    folder = checkpoint
-    if not (folder / "model.safetensors").exists() and latest_checkpoint(folder) is not None:
-        folder = latest_checkpoint(folder)
+    folder = resolve_checkpoint(checkpoint)
     model = load_model(folder, device=dev)
     data = prepare_data(cfg, out / "work")
     if (
@@ -75,28 +73,10 @@ def ablate_command(
             f"The checkpoint {str(folder)!r} was trained on schema {model.schema.name!r} but the "
             f"config's data use schema {data.schema.name!r}."
         )
-    conditions = [
-        c
-        for c in make_conditions(
-            data.schema,
-            cfg.ablation.designs,
-            random_subsets=cfg.ablation.random_subsets,
-            noisy_p=cfg.ablation.noisy_p,
-            seed=cfg.ablation.seed,
-        )
-        if c.router != "learned" or getattr(model.router, "needs_features", False)
-    ]
+    conditions = study_conditions(cfg, data.schema, model)
     console = Console(stderr=True)
     _, query_set, gallery_set = datasets(model, data)
-    evaluator = ConditionEvaluator(
-        model,
-        query_set,
-        gallery_set,
-        device=dev,
-        batch_size=cfg.eval.batch_size,
-        metric=cfg.eval.metric,
-        max_rank=cfg.eval.max_rank,
-    )
+    evaluator = ConditionEvaluator.from_config(model, query_set, gallery_set, cfg.eval, device=dev)
     tables = []
     with Progress(console=console, transient=True) as bar, torch.no_grad():
         task = bar.add_task("ablate", total=len(conditions))

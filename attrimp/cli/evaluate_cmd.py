@@ -124,13 +124,11 @@ def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
     from attrimp.evaluation import extract_features
     from attrimp.pipeline import datasets, prepare_data
     from attrimp.schema import BUILTIN_SCHEMAS
-    from attrimp.training import latest_checkpoint
+    from attrimp.training import resolve_checkpoint
 
     cfg = load_config(data)
     dev = _device(device)
-    folder = checkpoint
-    if not (folder / "model.safetensors").exists() and latest_checkpoint(folder) is not None:
-        folder = latest_checkpoint(folder)
+    folder = resolve_checkpoint(checkpoint)
     model = load_model(folder, device=dev)
     # A synthetic world lives in the training run's folder (attrimp train --out DIR -> DIR/world);
     # from anywhere else it is generated into a temporary folder, never into the checkpoint.
