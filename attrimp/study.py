@@ -284,10 +284,11 @@ def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
     from attrimp.annotations import load_attribute_file, load_manifest_attributes
     from attrimp.priors import compute_priors, plot_priors
 
-    if data.attribute_source is not None:
+    # A manifest's `attribute_source` is the image-level manifest itself: read it per identity.
+    if cfg.data.dataset == "manifest":
+        table = load_manifest_attributes(data.attribute_source, data.schema)
+    elif data.attribute_source is not None:
         table = load_attribute_file(data.attribute_source, data.schema)
-    elif cfg.data.dataset == "manifest":
-        table = load_manifest_attributes(cfg.data.root, data.schema)
     else:
         return
     priors = compute_priors(table)

@@ -267,3 +267,35 @@ def test_study_under_torchrun_shards_the_sweep_and_merges(tmp_path):
     assert len(configs) == 2 + 12
     assert len(list((tmp_path / "out" / "cache").glob("conditions-*/*.parquet"))) == 14
     assert json.loads((tmp_path / "out" / "report.json").read_text())["consensus"]
+
+
+def test_manifest_study_priors_count_each_identity_once(tmp_path):
+    """A manifest dataset's priors come from its images' identity-level attributes."""
+    from attrimp.data import load_reid_dataset, make_synthetic_world
+
+    world = make_synthetic_world(
+        tmp_path / "world",
+        n_identities=12,
+        n_cameras=2,
+        images_per_identity_per_camera=2,
+        size=(64, 32),
+    )
+    attrs = pd.read_csv(world / "market_attribute.csv").drop(columns="split")
+    data = load_reid_dataset(world, "market1501", world / "market_attribute.mat")
+    rows = [
+        {"path": str(r.path), "pid": r.pid, "camid": r.camid, "split": r.split}
+        for r in data.train + data.query + data.gallery
+    ]
+    manifest = pd.DataFrame(rows).merge(attrs, on="pid")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    cfg_dict = json.loads(json.dumps(TINY))
+    cfg_dict["data"] = {
+        "dataset": "manifest",
+        "root": str(tmp_path / "manifest.csv"),
+        "schema": "market1501",
+    }
+    run_study(config_from_dict(cfg_dict), tmp_path / "out", progress=False, stop_after="data")
+    priors = pd.read_csv(tmp_path / "out" / "tables" / "priors.csv")
+    gender = priors[(priors["split"] == "all") & (priors["attribute"] == "gender")]
+    assert gender["count"].sum() == 12  # identities, not images
+    assert (tmp_path / "out" / "figures" / "priors.png").exists()
