@@ -42,7 +42,9 @@ class RandomImages(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(seed)
         self.pool = torch.randn(pool, 3, *size, generator=g)
         self.records = [
-            ImageRecord(Path(f"{i:06d}.jpg"), int(p), int(c), "x", int(p) if target == "label" else -1, a)
+            ImageRecord(
+                Path(f"{i:06d}.jpg"), int(p), int(c), "x", int(p) if target == "label" else -1, a
+            )
             for i, (p, c, a) in enumerate(zip(pids, camids, attributes))
         ]
         self.target = target
@@ -56,7 +58,13 @@ class RandomImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         r = self.records[i]
-        return self.pool[i % len(self.pool)], (r.label if self.target == "label" else r.pid), r.camid, torch.from_numpy(r.attributes), i
+        return (
+            self.pool[i % len(self.pool)],
+            (r.label if self.target == "label" else r.pid),
+            r.camid,
+            torch.from_numpy(r.attributes),
+            i,
+        )
 
 
 def market_like(schema, n_ids, n_images, n_cams, rng, first_pid=1):
@@ -82,45 +90,88 @@ def main() -> None:
     schema = load_schema("market1501")
     rng = np.random.default_rng(0)
     if args.small:
-        mcfg = MoSAICConfig(backbone="timm:vit_tiny_patch16_224", pretrained=None, img_size=(64, 32),
-                            backbone_kwargs={"tiny": True}, rank=4, num_classes=50)
+        mcfg = MoSAICConfig(
+            backbone="timm:vit_tiny_patch16_224",
+            pretrained=None,
+            img_size=(64, 32),
+            backbone_kwargs={"tiny": True},
+            rank=4,
+            num_classes=50,
+        )
         n_q, n_g, n_train, ids, size, batch = 100, 500, 400, 50, (64, 32), 32
     else:
-        mcfg = MoSAICConfig(backbone="timm:vit_base_patch16_clip_224", pretrained=None,
-                            img_size=(256, 128), rank=8, expert_blocks=2, num_classes=751)
+        mcfg = MoSAICConfig(
+            backbone="timm:vit_base_patch16_clip_224",
+            pretrained=None,
+            img_size=(256, 128),
+            rank=8,
+            expert_blocks=2,
+            num_classes=751,
+        )
         n_q, n_g, n_train, ids, size, batch = 3368, 19732, 12936, 751, (256, 128), 64
     torch.manual_seed(0)
     model = MoSAICReID(mcfg, schema=schema)
     rows = []
 
     def stage(name, seconds, items, unit):
-        rows.append({"stage": name, "seconds": round(seconds, 2), "items": items,
-                     "throughput": round(items / seconds, 1) if seconds > 0 else None, "unit": unit})
-        print(f"{name:>28}: {seconds:8.2f} s  {items:>7} {unit}  ({items / max(seconds, 1e-9):,.1f}/s)", flush=True)
+        rows.append(
+            {
+                "stage": name,
+                "seconds": round(seconds, 2),
+                "items": items,
+                "throughput": round(items / seconds, 1) if seconds > 0 else None,
+                "unit": unit,
+            }
+        )
+        print(
+            f"{name:>28}: {seconds:8.2f} s  {items:>7} {unit}  ({items / max(seconds, 1e-9):,.1f}/s)",
+            flush=True,
+        )
 
     # training: the real loop, PK 16 x 4, bf16 on CUDA, one epoch of --train-steps steps
     tp, tc, ta = market_like(schema, ids, n_train, 6, rng)
     train_set = RandomImages(tp - 1, tc, ta, size, target="label")
-    cfg = TrainConfig(epochs=1, identities_per_batch=batch // 4, images_per_identity=4,
-                      max_steps_per_epoch=args.train_steps, lr=1e-4, warmup_epochs=0)
+    cfg = TrainConfig(
+        epochs=1,
+        identities_per_batch=batch // 4,
+        images_per_identity=4,
+        max_steps_per_epoch=args.train_steps,
+        lr=1e-4,
+        warmup_epochs=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         train(model, train_set, cfg, tmp, device=device, progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        stage("train (incl. 1 checkpoint)", time.perf_counter() - t0, args.train_steps * batch, "images")
+        stage(
+            "train (incl. 1 checkpoint)",
+            time.perf_counter() - t0,
+            args.train_steps * batch,
+            "images",
+        )
 
     qp, qc, qa = market_like(schema, ids, n_q, 6, rng, first_pid=1)
     gp, gc, ga = market_like(schema, ids, n_g, 6, rng, first_pid=1)
     query = RandomImages(qp, qc, qa, size, seed=1)
     gallery = RandomImages(gp, gc, ga, size, seed=2)
     t0 = time.perf_counter()
-    ev = ConditionEvaluator(model, query, gallery, device=device, batch_size=256 if device.type == "cuda" else 32)
+    ev = ConditionEvaluator(
+        model, query, gallery, device=device, batch_size=256 if device.type == "cuda" else 32
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     stage("prefix cache (query+gallery)", time.perf_counter() - t0, n_q + n_g, "images")
 
-    designs = ["full", "backbone", "leave_one_out", "only_one", "random_subsets", "counterfactual", "noisy"]
+    designs = [
+        "full",
+        "backbone",
+        "leave_one_out",
+        "only_one",
+        "random_subsets",
+        "counterfactual",
+        "noisy",
+    ]
     conditions = make_conditions(schema, designs, random_subsets=16)
     t0 = time.perf_counter()
     maps = []
@@ -130,8 +181,12 @@ def main() -> None:
             maps.append(result.mAP)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stage(f"condition sweep ({len(conditions)} conditions)", time.perf_counter() - t0,
-          len(conditions) * (n_q + n_g), "image-conditions")
+    stage(
+        f"condition sweep ({len(conditions)} conditions)",
+        time.perf_counter() - t0,
+        len(conditions) * (n_q + n_g),
+        "image-conditions",
+    )
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     info = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),

@@ -47,14 +47,28 @@ def tiny_setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(path)
         raw = {c: rng.integers(1, 3, 1) for g in schema.groups for c in g.source_columns}
         raw["age"] = rng.integers(1, 5, 1)
-        records.append(ImageRecord(path, pid=1 + i // 2, camid=i % 2, split="x", label=-1,
-                                   attributes=schema.encode(raw)[0]))
+        records.append(
+            ImageRecord(
+                path,
+                pid=1 + i // 2,
+                camid=i % 2,
+                split="x",
+                label=-1,
+                attributes=schema.encode(raw)[0],
+            )
+        )
     tf = build_transforms(train=False, size=(64, 32))
     query = ReIDImageDataset(records[::2], tf)
     gallery = ReIDImageDataset(records[1::2], tf)
     torch.manual_seed(0)
-    cfg = MoSAICConfig(backbone="timm:vit_tiny_patch16_224", pretrained=None, img_size=(64, 32),
-                       backbone_kwargs={"tiny": True, "depth": 3}, expert_blocks=2, rank=4)
+    cfg = MoSAICConfig(
+        backbone="timm:vit_tiny_patch16_224",
+        pretrained=None,
+        img_size=(64, 32),
+        backbone_kwargs={"tiny": True, "depth": 3},
+        expert_blocks=2,
+        rank=4,
+    )
     model = MoSAICReID(cfg, schema=schema)
     with torch.no_grad():  # give the experts non-zero B so gates matter
         for layer in model.experts.layers:
@@ -74,8 +88,13 @@ def test_cached_prefix_features_equal_full_forwards(tiny_setup):
         with torch.no_grad():
             slow = model.eval()(images, ev.splits["query"].attributes, router=router).features
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
-    full = ev.features("query", build_router(Condition("full", "full", tuple(schema.group_names)), schema, query=True))
-    off = ev.features("query", build_router(Condition("backbone", "backbone", ()), schema, query=True))
+    full = ev.features(
+        "query",
+        build_router(Condition("full", "full", tuple(schema.group_names)), schema, query=True),
+    )
+    off = ev.features(
+        "query", build_router(Condition("backbone", "backbone", ()), schema, query=True)
+    )
     assert not torch.allclose(full, off)  # the experts do change the features
 
 
@@ -83,7 +102,9 @@ def test_counterfactual_edits_queries_only_and_noise_both(tiny_setup):
     schema = tiny_setup[0]
     attrs = torch.zeros(3, schema.n_slots)
     attrs[:, schema.slot("upcolor", "black")] = 1
-    cond = Condition("cf", "counterfactual", tuple(schema.group_names), counterfactual=("upcolor", "red"))
+    cond = Condition(
+        "cf", "counterfactual", tuple(schema.group_names), counterfactual=("upcolor", "red")
+    )
     q_gates = build_router(cond, schema, query=True).route(attrs, schema)
     g_gates = build_router(cond, schema, query=False).route(attrs, schema)
     names = schema.expert_names
@@ -104,7 +125,9 @@ def test_attribute_only_baseline_by_hand():
         for i, row in enumerate(rows):
             for g, v in row.items():
                 mh[i, schema.slot(g, v)] = 1
-        return SplitTensors(torch.from_numpy(mh), np.array(pids), np.array(cams), [str(p) for p in pids])
+        return SplitTensors(
+            torch.from_numpy(mh), np.array(pids), np.array(cams), [str(p) for p in pids]
+        )
 
     a = {"gender": "male", "hat": "yes"}
     b = {"gender": "female", "hat": "no"}

@@ -335,8 +335,20 @@ def test_evaluate_a_trained_checkpoint_on_its_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     trained = json.loads((run / "metrics.json").read_text())
     proc = subprocess.run(
-        [sys.executable, "-m", "attrimp", "evaluate", "--checkpoint", str(run), "--data", str(config),
-         "--summary", str(tmp_path / "summary.json"), "--max-rank", "10"],
+        [
+            sys.executable,
+            "-m",
+            "attrimp",
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--data",
+            str(config),
+            "--summary",
+            str(tmp_path / "summary.json"),
+            "--max-rank",
+            "10",
+        ],
         **common,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
