@@ -61,6 +61,9 @@ class SplitTensors:
     names: list[str]
     prefix: torch.Tensor | None = None  # [N, tokens, D] at the first expert block's input
     prefix_ctx: Any = None
+    #: ``attributes`` on the evaluation device, copied once: a copy per batch from pageable
+    #: memory would synchronise the GPU stream at every batch of every condition
+    device_attributes: torch.Tensor | None = None
 
 
 class ConditionEvaluator:
@@ -131,6 +134,7 @@ class ConditionEvaluator:
             camids=np.array([r.camid for r in records]),
             names=[r.path.name for r in records],
         )
+        split.device_attributes = split.attributes.to(self.device)
         if not self.use_prefix:
             return split
         chunks = []
@@ -156,12 +160,12 @@ class ConditionEvaluator:
         with torch.no_grad(), self._autocast():
             if router is None or not self.use_prefix or getattr(router, "needs_features", False):
                 for start, images, camids in self._batches(self.sets[name]):
-                    attrs = split.attributes[start : start + len(images)].to(self.device)
+                    attrs = split.device_attributes[start : start + len(images)]
                     feats = self.model(images, attrs, self._camids(camids), router=router).features
                     out.append(feats.float())
             else:
                 for start in range(0, len(split.attributes), self.batch_size):
-                    attrs = split.attributes[start : start + self.batch_size].to(self.device)
+                    attrs = split.device_attributes[start : start + self.batch_size]
                     gates = router.route(attrs, self.schema).to(self.device)
                     x = split.prefix[start : start + self.batch_size]
                     with self.model.experts.gated(gates):

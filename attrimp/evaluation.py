@@ -132,8 +132,12 @@ def extract_features(
             for batch in loader:
                 images, pid, camid, attr, idx = _unpack(batch)
                 images = images.to(device, non_blocking=True)
-                cam_t = torch.as_tensor(camid).to(device) if camid is not None else None
-                attr_t = torch.as_tensor(attr).to(device) if attr is not None else None
+                cam_t = (
+                    None if camid is None else torch.as_tensor(camid).to(device, non_blocking=True)
+                )
+                attr_t = (
+                    None if attr is None else torch.as_tensor(attr).to(device, non_blocking=True)
+                )
                 with torch.autocast(
                     device_type=device.type,
                     dtype=torch.bfloat16,

@@ -15,8 +15,9 @@ computed for the whole batch as ONE gated pair of matrix products::
     out = z @ B_all^T                  # B_all = [B_1 … B_E]    ->  [B, N, D_out]
 
 For ``mean`` and ``sum`` the pooling is folded into ``w``; no Python loop over experts. ``w``
-depends on the gates only, so `ExpertBank.set_gates` computes it once per forward for every
-block: each expert block then costs two matrix products, one multiply and the residual add. ``max``
+depends on the gates only, so the bank derives it once per forward for every block (inside
+``torch.compile`` it is derived inline and fused into the block's kernels): each expert block
+then costs two matrix products, one multiply and the residual add. ``max``
 needs every expert's output, ``[B, N, E, D_out]``: at ViT-B/16 256×128 (N = 129, D = 768) with
 the Market schema's 35 experts that is 3.5 MB per image per block in bf16 (≈ 0.45 GB for a batch
 of 64 per block, kept for the backward pass) — use it for ablations, not as the default.
@@ -109,17 +110,24 @@ class GatedLoRA(nn.Module):
                 f"Expert gates must have shape [batch, experts={self.n_experts}], "
                 f"got {list(gates.shape)}."
             )
+        w = gates * self.scale
         if self.pooling == "mean":
-            active = (gates != 0).sum(dim=1, keepdim=True).clamp(min=1)
-            w = gates * (self.scale / active)
-        else:
-            w = gates * self.scale
-        return w if dtype is None else w.to(dtype)
+            w = w / (gates != 0).sum(dim=1, keepdim=True).clamp_(min=1)
+        return w if dtype is None or w.dtype == dtype else w.to(dtype)
 
-    def expand_weights(self, weights: torch.Tensor) -> torch.Tensor:
+    def expand_weights(
+        self, weights: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """`gate_weights` ``[B, E]`` repeated over each expert's rank: ``[B, 1, E·r]``, the
-        per-column factor between the two products (computed once per forward for all blocks)."""
-        return weights.repeat_interleave(self.rank, dim=1).unsqueeze(1)
+        per-column factor between the two products (computed once per forward for all blocks).
+
+        One copy kernel repeats and casts to ``dtype`` together (``repeat_interleave`` and a
+        cast would be two): eager GPU steps of this size pay per kernel launch.
+        """
+        batch = weights.shape[0]
+        out = weights.new_empty((batch, self.n_experts, self.rank), dtype=dtype or weights.dtype)
+        out.copy_(weights.unsqueeze(-1).expand(batch, self.n_experts, self.rank))
+        return out.view(batch, 1, self.n_experts * self.rank)
 
     def branch(
         self, h: torch.Tensor, weights: torch.Tensor, expanded: torch.Tensor | None = None
@@ -145,7 +153,7 @@ class GatedLoRA(nn.Module):
             out = self._max_pool(z.view(batch, z.shape[1], self.n_experts, self.rank), w)
         else:  # gate (and pooling) per sample and expert, then every B in one product
             if expanded is None or expanded.dtype != z.dtype:
-                expanded = self.expand_weights(weights.to(z.dtype))
+                expanded = self.expand_weights(weights, z.dtype)
             out = F.linear(z * expanded, self.B)
         return out if h.ndim == 3 else out.reshape(*h.shape[:-1], self.out_features)
 
@@ -164,14 +172,47 @@ class GatedLoRA(nn.Module):
 
 
 class _GateState:
-    """The gates of the current forward pass and their weights, shared by every site of a bank."""
+    """The gates of the current forward pass, shared by every site of a bank, and the per-sample
+    weights derived from them.
 
-    __slots__ = ("expanded", "gates", "weights")
+    In eager mode the weights are computed by the first expert block that runs (in the dtype
+    its branch computes in: the autocast dtype under autocast) and reused by the others. Inside
+    ``torch.compile`` each site derives them inline instead, so that inductor fuses them into
+    the block's kernels and the compiled graph has no cache to mutate.
+    """
+
+    __slots__ = ("_dtype", "_expanded", "_weights", "gates")
 
     def __init__(self) -> None:
         self.gates: torch.Tensor | None = None
-        self.weights: torch.Tensor | None = None
-        self.expanded: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
+        self._expanded: torch.Tensor | None = None
+        self._dtype: torch.dtype | None = None
+
+    def set(self, gates: torch.Tensor | None) -> None:
+        self.gates = gates
+        self._weights = self._expanded = None
+        self._dtype = None
+
+    def weights_for(
+        self, lora: GatedLoRA, gates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(gate weights, expanded weights or None)`` for ``lora``'s branch."""
+        if torch.compiler.is_compiling():
+            return lora.gate_weights(gates), None  # the branch expands in its own dtype
+        device = gates.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        else:
+            dtype = lora.A.dtype
+        if self._weights is None or self._dtype != dtype:
+            if lora.pooling == "max":
+                self._weights, self._expanded = lora.gate_weights(gates, dtype), None
+            else:  # float32 weights; the expansion casts them in the same kernel
+                self._weights = lora.gate_weights(gates)
+                self._expanded = lora.expand_weights(self._weights, dtype)
+            self._dtype = dtype
+        return self._weights, self._expanded
 
 
 class ExpertSiteWrapper(nn.Module):
@@ -189,13 +230,14 @@ class ExpertSiteWrapper(nn.Module):
 
     def forward(self, h: torch.Tensor, *args, **kwargs):
         out = self.base(h, *args, **kwargs)
-        weights = self._state.weights
-        if weights is None:
+        gates = self._state.gates
+        if gates is None:
             raise RuntimeError(
                 "The expert bank ran without gates: call ExpertBank.set_gates(gates) (or use "
                 "MoSAICReID, which routes every forward) before running the backbone."
             )
-        delta = self._lora.branch(h, weights, self._state.expanded)
+        weights, expanded = self._state.weights_for(self._lora, gates)
+        delta = self._lora.branch(h, weights, expanded)
         if isinstance(out, tuple):  # e.g. nn.MultiheadAttention -> (output, weights)
             first = out[0]
             return (first + delta.to(first.dtype), *out[1:])
@@ -272,28 +314,20 @@ class ExpertBank(nn.Module):
         self._pooling = value
         for layer in self.layers:
             layer.pooling = value
-        self.set_gates(self._state.gates)
+        self._state.set(self._state.gates)  # the weights depend on the pooling
 
     def set_gates(self, gates: torch.Tensor | None) -> None:
         """Gates ``[batch, n_experts]`` for the next forward pass (``None`` clears them).
 
-        The per-sample weights (pooling normaliser and α/r folded in) are computed here once
-        for every block, in the autocast dtype when autocast is on.
+        The per-sample weights (pooling normaliser and α/r folded in) are derived once per
+        forward for every block, in the autocast dtype when autocast is on (see `_GateState`).
         """
-        expanded = None
-        if gates is None or not self.layers:
-            weights = gates
-        else:
-            device = gates.device.type
-            if torch.is_autocast_enabled(device):
-                dtype = torch.get_autocast_dtype(device)
-            else:
-                dtype = self.layers[0].A.dtype
-            weights = self.layers[0].gate_weights(gates, dtype)  # checks the shape first
-            if self.layers[0].pooling != "max":
-                expanded = self.layers[0].expand_weights(weights)
-        self._state.gates, self._state.weights = gates, weights
-        self._state.expanded = expanded
+        if gates is not None and (gates.ndim != 2 or gates.shape[1] != self.n_experts):
+            raise ValueError(
+                f"Expert gates must have shape [batch, experts={self.n_experts}], "
+                f"got {list(gates.shape)}."
+            )
+        self._state.set(gates)
 
     @contextmanager
     def gated(self, gates: torch.Tensor) -> Iterator[None]:

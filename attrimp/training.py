@@ -331,13 +331,17 @@ def train(
             for step, (images, labels, camids, attributes, _idx) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
+                # non-blocking from the loader's pinned memory: a blocking copy would
+                # synchronise the GPU stream at every step
                 images = images.to(device, non_blocking=True)
-                labels = torch.as_tensor(labels, device=device)
-                attributes = attributes.to(device)
+                labels = torch.as_tensor(labels).to(device, non_blocking=True)
+                attributes = attributes.to(device, non_blocking=True)
                 routed = attributes
                 if config.group_dropout > 0:
                     routed = drop_groups(attributes, slot_group, config.group_dropout)
-                cams = torch.as_tensor(camids, device=device) if needs_camids else None
+                cams = (
+                    torch.as_tensor(camids).to(device, non_blocking=True) if needs_camids else None
+                )
                 with _autocast(device, config.amp):
                     out = ddp_model(images, routed, cams)
                 parts = {

@@ -4,6 +4,7 @@
     python benchmarks/bench_model.py --device cuda         # GPU: bf16 autocast, batch 64
     python benchmarks/bench_model.py --device cuda --json out.json --budget 170
     python benchmarks/bench_model.py --device cuda --compile-scope model     # whole-model compile
+    python benchmarks/bench_model.py --device cuda --profile   # + where MoSAIC's extra time goes
 
 Both models are CLIP ViT-B/16 at 256x128 (open_clip's architecture, random init, nothing
 downloaded) with the same BNNeck + identity classifier (751 identities, as Market-1501's
@@ -20,7 +21,14 @@ images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
   not in the throughput.
 
 Throughput is the best of ``--repeats`` timed runs, plain and MoSAIC alternating so that drift
-of a shared machine hits both. Peak memory is the peak during the timed steps above what was
+of a shared machine hits both; the ratio column is that of the bests, and next to it the median
+(and range) of the ratios of each alternating pair, which a noisy machine moves less.
+
+``--profile`` adds a table of what one step costs each model: dispatched ATen operations (views
+and allocations left out: roughly one kernel launch each in eager mode) and, on CUDA, the
+kernels the profiler saw and their summed GPU time against the wall time. It says whether a
+throughput gap is host overhead (more operations, same GPU time) or GPU work, and lists the
+kernels that account for MoSAIC's extra GPU time. Peak memory is the peak during the timed steps above what was
 allocated before the run's warm-up, i.e. above the resident weights (activations, gradients,
 optimiser state): on CUDA from ``max_memory_allocated``; on CPU from the peak resident set
 (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) after ``malloc_trim`` — approximate,
@@ -30,11 +38,13 @@ allocator caching blurs it.
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import ctypes
 import gc
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import backbones
 from attrimp.model import MoSAICConfig, MoSAICReID
@@ -136,6 +147,7 @@ class Run:
     peak_mb: float | None = None
     first_call_s: float = float("nan")
     times: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
     skipped: str = ""
 
 
@@ -166,7 +178,10 @@ def make_step(model: nn.Module, mode: str, x, attrs, labels, device, amp) -> Cal
 
         return step
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    # foreach on every device (the CUDA default), so CPU operation counts mirror a GPU step
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True
+    )
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -200,6 +215,7 @@ def measure(run: Run, model, args, device, x, attrs, labels, memory: Memory, fir
     sync()
     elapsed = time.perf_counter() - t0
     run.times.append(elapsed)
+    run.rates.append(args.batch * args.iters / elapsed)
     run.images_per_s = max(
         run.images_per_s if run.images_per_s == run.images_per_s else 0.0,
         args.batch * args.iters / elapsed,
@@ -212,6 +228,141 @@ def measure(run: Run, model, args, device, x, attrs, labels, memory: Memory, fir
         del opt
     del step
     model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------- profile
+#: dispatched operations that launch no kernel of their own
+_NO_KERNEL = {
+    "detach", "empty", "new_empty", "empty_strided", "lift_fresh", "_unsafe_view",
+    "_local_scalar_dense",  # .item() of a CPU step counter in AdamW: no launch
+}  # fmt: skip
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that reach a backend, backward included, views and bare
+    allocations left out: in eager mode each is about one kernel launch on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in _NO_KERNEL:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class StepProfile:
+    model: str
+    mode: str
+    compiled: bool
+    wall_ms: float = float("nan")
+    #: eager only: kernel-launching ATen operations per step
+    ops: float | None = None
+    #: CUDA only: kernels per step, their summed GPU time, and that time per kernel name
+    kernels: float | None = None
+    gpu_ms: float | None = None
+    kernel_ms: dict[str, float] = field(default_factory=dict)
+    #: CUDA only: host-side waits for the GPU per step (stream/device/event synchronisations;
+    #: the harness's one at the end of the profiled steps is not counted)
+    syncs: float | None = None
+    skipped: str = ""
+
+
+def profile_step(prof_run: StepProfile, model, args, device, x, attrs, labels) -> None:
+    """Fill ``prof_run`` from ``args.profile_steps`` steps after two warm-up steps."""
+    model.train(prof_run.mode == "train")
+    step = make_step(model, prof_run.mode, x, attrs, labels, device, args.amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = args.profile_steps
+    for _ in range(2):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    prof_run.wall_ms = (time.perf_counter() - t0) / n * 1e3
+    if not prof_run.compiled:  # a dispatch mode sees compiled graphs only in part
+        with OpCounter() as counter:
+            for _ in range(n):
+                step()
+        sync()
+        prof_run.ops = sum(counter.ops.values()) / n
+    if device.type == "cuda":
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            sync()
+        per_name: collections.Counter[str] = collections.Counter()
+        count = syncs = 0
+        for event in prof.events():
+            if event.device_type == DeviceType.CUDA:
+                count += 1
+                per_name[event.name] += event.time_range.elapsed_us() / 1e3 / n
+            elif "Synchronize" in event.name and event.name.startswith("cuda"):
+                syncs += 1
+        prof_run.kernels = count / n
+        prof_run.syncs = max(0, syncs - 1) / n
+        prof_run.gpu_ms = sum(per_name.values())
+        prof_run.kernel_ms = dict(per_name)
+
+
+def profile_report(profiles: list[StepProfile], top: int = 8) -> str:
+    """The per-step cost table, and the kernels behind MoSAIC's extra GPU time."""
+
+    def fmt(v, spec=".1f"):
+        return "n/a" if v is None or v != v else format(v, spec)
+
+    lines = [
+        "Per step (`--profile`): ATen operations that launch work (views and allocations left "
+        "out; eager rows only), CUDA kernels and their summed GPU time, and the wall time.",
+        "",
+        "| mode | torch.compile | plain ops | MoSAIC ops | extra ops | plain kernels | "
+        "MoSAIC kernels | plain GPU ms | MoSAIC GPU ms | plain wall ms | MoSAIC wall ms | "
+        "syncs (plain / MoSAIC) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(p.model, p.mode, p.compiled): p for p in profiles}
+    extra_kernels = []
+    for (model, mode, compiled), a in by.items():
+        if model != "plain" or (b := by.get(("mosaic", mode, compiled))) is None:
+            continue
+        if a.skipped or b.skipped:
+            lines.append(
+                f"| {mode} | {'yes' if compiled else 'no'} | skipped: "
+                f"{a.skipped or b.skipped} ||||||||||"
+            )
+            continue
+        extra = None if a.ops is None or b.ops is None else b.ops - a.ops
+        lines.append(
+            f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.ops, '.0f')} | "
+            f"{fmt(b.ops, '.0f')} | {fmt(extra, '+.0f')} | {fmt(a.kernels, '.0f')} | "
+            f"{fmt(b.kernels, '.0f')} | {fmt(a.gpu_ms, '.2f')} | {fmt(b.gpu_ms, '.2f')} | "
+            f"{fmt(a.wall_ms, '.2f')} | {fmt(b.wall_ms, '.2f')} | "
+            f"{fmt(a.syncs, '.1f')} / {fmt(b.syncs, '.1f')} |"
+        )
+        if a.kernel_ms or b.kernel_ms:
+            diff = {
+                k: b.kernel_ms.get(k, 0.0) - a.kernel_ms.get(k, 0.0)
+                for k in set(a.kernel_ms) | set(b.kernel_ms)
+            }
+            worst = sorted(diff.items(), key=lambda kv: -kv[1])[:top]
+            extra_kernels.append((mode, compiled, worst))
+    for mode, compiled, worst in extra_kernels:
+        lines += [
+            "",
+            f"Kernels with the most extra GPU time in MoSAIC, {mode}, "
+            f"{'compiled' if compiled else 'eager'} (ms per step, MoSAIC minus plain):",
+            "",
+        ]
+        lines += [f"- {ms:+.3f}  {name[:110]}" for name, ms in worst]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
@@ -240,6 +391,30 @@ def main(argv: list[str] | None = None) -> list[Run]:
     p.add_argument(
         "--budget", type=float, default=None, help="seconds; later runs are skipped past it"
     )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune; "
+        "default: inductor's default",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also count operations, kernels and GPU time per step (see the module docstring)",
+    )
+    p.add_argument("--profile-steps", type=int, default=None, help="default 2 CPU, 5 CUDA")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random ViT (width 48, 12 blocks) instead of ViT-B/16: a smoke test of the "
+        "script, or the host-overhead share on a CPU where arithmetic is nearly free",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast on the CPU too (always on with CUDA): CPU operation counts then "
+        "include the weight casts a GPU step makes",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
@@ -252,8 +427,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
     args.iters = args.iters or (20 if gpu else 2)
     args.warmup = args.warmup or (3 if gpu else 1)
     args.repeats = args.repeats or (3 if gpu else 1)
-    args.amp = gpu  # bf16 autocast on the GPU, float32 on the CPU
+    args.amp = gpu or args.amp  # bf16 autocast on the GPU; float32 on the CPU unless --amp
     args.compile_scope = args.compile_scope or ("blocks" if gpu else "model")
+    args.profile_steps = args.profile_steps or (5 if gpu else 2)
     if args.threads:
         torch.set_num_threads(args.threads)
     if gpu:
@@ -263,7 +439,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
 
     torch.manual_seed(0)
     schema = load_schema(args.schema)
-    bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=(256, 128))
+    size = (32, 16) if args.tiny else (256, 128)
+    tiny = {"tiny": True, "layers": 12} if args.tiny else {}
+    bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=size, **tiny)
     plain = PlainReID(copy.deepcopy(bb), bb.width, NUM_CLASSES)
     cfg_kwargs = dict(
         pretrained=None,
@@ -271,6 +449,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
         rank=args.rank,
         pooling=args.pooling,
         schema=args.schema,
+        img_size=size,
+        backbone_kwargs=tiny,
     )
     if args.blocks is not None:
         cfg_kwargs["expert_blocks"] = args.blocks
@@ -280,12 +460,13 @@ def main(argv: list[str] | None = None) -> list[Run]:
     share = mosaic.expert_parameter_share()
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, 256, 128, generator=g).to(device)
+    x = torch.randn(args.batch, 3, *size, generator=g).to(device)
     attrs = random_attributes(schema, args.batch, g).to(device)
     labels = torch.randint(NUM_CLASSES, (args.batch,), generator=g).to(device)
     memory = Memory(device)
 
     runs: list[Run] = []
+    profiles: list[StepProfile] = []
     compiled_models: dict[str, nn.Module] = {}
     for compiled in [c == "compiled" for c in args.compile.split(",")]:
         for mode in args.modes.split(","):
@@ -299,7 +480,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
                     base = plain if run.model == "plain" else mosaic
                     if compiled:
                         if run.model not in compiled_models:
-                            compiled_models[run.model] = compile_model(base, args.compile_scope)
+                            compiled_models[run.model] = compile_model(
+                                base, args.compile_scope, args.compile_mode
+                            )
                         model = compiled_models[run.model]
                     else:
                         model = base
@@ -309,23 +492,42 @@ def main(argv: list[str] | None = None) -> list[Run]:
                         run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                     print(_progress(run), file=sys.stderr, flush=True)
                     write_json(args, device, share, runs)  # partial results survive a timeout
+            if args.profile:  # here, before a later compiled pass compiles the blocks in place
+                for run in pair:
+                    prof_run = StepProfile(run.model, mode, compiled)
+                    profiles.append(prof_run)
+                    if run.skipped:
+                        prof_run.skipped = run.skipped
+                        continue
+                    base = plain if run.model == "plain" else mosaic
+                    model = compiled_models[run.model] if compiled else base
+                    try:
+                        profile_step(prof_run, model, args, device, x, attrs, labels)
+                    except Exception as e:  # the timings above stay valid
+                        prof_run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                write_json(args, device, share, runs, profiles)
 
-    print(report(runs, args, device, share, mosaic, time.perf_counter() - started))
-    write_json(args, device, share, runs)
+    text = report(runs, args, device, share, mosaic, time.perf_counter() - started)
+    if profiles:
+        text += "\n\n" + profile_report(profiles)
+    print(text)
+    write_json(args, device, share, runs, profiles)
     return runs
 
 
-def compile_model(model: nn.Module, scope: str) -> nn.Module:
+def compile_model(model: nn.Module, scope: str, mode: str | None = None) -> nn.Module:
     """``torch.compile`` the whole model, or each transformer block in place (eager runs come
     first, so compiling the blocks in place does not leak into them)."""
     if scope == "model":
-        return torch.compile(model)
+        return torch.compile(model, mode=mode)
     for block in model.backbone.blocks:
-        block.compile()
+        block.compile(mode=mode)
     return model
 
 
-def write_json(args, device, share: float, runs: list[Run]) -> None:
+def write_json(
+    args, device, share: float, runs: list[Run], profiles: list[StepProfile] = ()
+) -> None:
     if not args.json:
         return
     with open(args.json, "w") as f:
@@ -336,6 +538,7 @@ def write_json(args, device, share: float, runs: list[Run]) -> None:
                 "args": dict(vars(args)),
                 "expert_share": share,
                 "runs": [asdict(r) for r in runs],
+                "profiles": [asdict(p) for p in profiles],
             },
             f,
             indent=2,
@@ -376,8 +579,8 @@ def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, tota
         f"{mosaic.expert_parameter_count():,} parameters = {100 * share:.2f} % of the backbone's "
         f"{mosaic.backbone_parameter_count():,}.",
         "",
-        "| mode | torch.compile | plain img/s | MoSAIC img/s | ratio | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | torch.compile | plain img/s | MoSAIC img/s | ratio | pair ratios: median [min, max] | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     by = {(r.model, r.mode, r.compiled): r for r in runs}
     for compiled in [c == "compiled" for c in args.compile.split(",")]:
@@ -385,14 +588,21 @@ def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, tota
             a, b = by[("plain", mode, compiled)], by[("mosaic", mode, compiled)]
             if a.skipped or b.skipped:
                 lines.append(
-                    f"| {mode} | {'yes' if compiled else 'no'} | skipped: {a.skipped or b.skipped} |||||||"
+                    f"| {mode} | {'yes' if compiled else 'no'} | skipped: {a.skipped or b.skipped} ||||||||"
                 )
                 continue
             ratio = b.images_per_s / a.images_per_s
+            pairs = sorted(rb / ra for ra, rb in zip(a.rates, b.rates, strict=False))
+            spread = (
+                f"{statistics.median(pairs):.3f} [{pairs[0]:.3f}, {pairs[-1]:.3f}]"
+                if pairs
+                else "n/a"
+            )
             mratio = b.peak_mb / a.peak_mb if a.peak_mb and b.peak_mb is not None else None
             lines.append(
                 f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.images_per_s, '.3g')} | "
-                f"{fmt(b.images_per_s, '.3g')} | {fmt(ratio, '.3f')} | {fmt(a.peak_mb, '.0f')} | "
+                f"{fmt(b.images_per_s, '.3g')} | {fmt(ratio, '.3f')} | {spread} | "
+                f"{fmt(a.peak_mb, '.0f')} | "
                 f"{fmt(b.peak_mb, '.0f')} | {fmt(mratio, '.3f')} | "
                 f"{fmt(a.first_call_s)} / {fmt(b.first_call_s)} |"
             )

@@ -45,6 +45,10 @@ def _index(schema: AttributeSchema, kind: str, device: torch.device) -> torch.Te
 _FAST: dict[tuple[int, torch.device], tuple[AttributeSchema, torch.Tensor]] = {}
 
 
+# The three lookups below are constants for a given schema and device. Marked so, torch.compile
+# embeds the cached tensor in the graph instead of tracing its construction, which would copy
+# the schema's layout from the host (a stream synchronisation on a GPU) at every forward.
+@torch.compiler.assume_constant_result
 def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
     """``schema.expert_slots`` as a cached long tensor on ``device``.
 
@@ -60,11 +64,13 @@ def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") ->
     return index
 
 
+@torch.compiler.assume_constant_result
 def expert_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
     """``schema.expert_group`` as a cached long tensor on ``device``."""
     return _index(schema, "expert_group", torch.device(device))
 
 
+@torch.compiler.assume_constant_result
 def slot_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
     """``schema.slot_group`` as a cached long tensor on ``device``."""
     return _index(schema, "slot_group", torch.device(device))
