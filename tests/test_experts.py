@@ -241,3 +241,23 @@ def test_parameter_count_and_init_follow_lora():
     assert torch.count_nonzero(layer.B) == 0
     assert layer.A.abs().max() <= 1 / 48**0.5 + 1e-6  # kaiming-uniform(a=√5): U(±1/√fan_in)
     assert layer.A.std() > 0.5 / (3 * 48) ** 0.5
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum", "max"])
+def test_soft_gates_get_the_gradient_of_the_pooled_branch(pooling):
+    # the learned router's soft gates are trained through the bank: the per-sample weights
+    # (normaliser, scale, repetition over the rank) must pass the exact gradient back
+    torch.manual_seed(0)
+    layer = GatedLoRA(6, 5, 4, rank=2, alpha=3.0, pooling=pooling).double()
+    with torch.no_grad():
+        layer.B.normal_()
+    h = torch.randn(3, 7, 6, dtype=torch.float64)
+    gates = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def branch(g):
+        w = layer.gate_weights(g)
+        expanded = None if pooling == "max" else layer.expand_weights(w)
+        return layer.branch(h, w, expanded)
+
+    assert torch.autograd.gradcheck(branch, (gates,))
+    torch.testing.assert_close(branch(gates), hand_pooled(layer, h, gates))
