@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -110,6 +111,10 @@ class TrainConfig:
     warmup_epochs: int = 5
     label_smoothing: float = 0.1
     triplet_margin: float | None = 0.3
+    #: weights of the identity and triplet losses in the total; 1 and 1 is the bag of tricks,
+    #: CLIP-ReID's image-encoder stage uses 0.25 and 1
+    id_loss_weight: float = 1.0
+    triplet_loss_weight: float = 1.0
     center_loss_weight: float = 0.0
     #: "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
     amp: str = "auto"
@@ -287,6 +292,25 @@ def _validate(cfg: StudyConfig) -> None:
     if bad:
         raise ConfigError(
             f"ablation.retrain cannot retrain the design {bad[0]!r}; retrainable: {list(RETRAIN_DESIGNS)}."
+        )
+    for name, value in (
+        ("train.id_loss_weight", cfg.train.id_loss_weight),
+        ("train.triplet_loss_weight", cfg.train.triplet_loss_weight),
+    ):
+        # a negative weight would train the model to *increase* that loss; nan or inf would
+        # poison every gradient from the first step
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ConfigError(f"{name} must be a finite number of 0 or more, not {value}.")
+    t = cfg.train
+    if (
+        t.id_loss_weight == 0
+        and t.triplet_loss_weight == 0
+        and t.center_loss_weight <= 0
+        and cfg.router.name != "learned"
+    ):
+        raise ConfigError(
+            "train.id_loss_weight and train.triplet_loss_weight are both 0 and no other loss is "
+            "on, so nothing would train the model."
         )
     if not 0.0 <= cfg.train.group_dropout < 1.0:
         raise ConfigError(f"train.group_dropout must lie in [0, 1), not {cfg.train.group_dropout}.")

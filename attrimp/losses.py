@@ -40,14 +40,13 @@ def batch_hard_triplet_loss(
     pos_mask = same & ~eye
     neg_mask = ~same
     valid = pos_mask.any(1) & neg_mask.any(1)
-    if not valid.any():
-        return dist.sum() * 0.0
     d_ap = torch.where(pos_mask, dist, torch.full_like(dist, -1.0)).max(1).values
     d_an = torch.where(neg_mask, dist, torch.full_like(dist, float("inf"))).min(1).values
-    d_ap, d_an = d_ap[valid], d_an[valid]
-    if margin is None:
-        return F.softplus(d_ap - d_an).mean()
-    return F.relu(d_ap - d_an + margin).mean()
+    per_anchor = F.softplus(d_ap - d_an) if margin is None else F.relu(d_ap - d_an + margin)
+    # The mean over valid anchors by masking, not by `if valid.any()` or `d_ap[valid]`: both
+    # read the mask on the host, a GPU stream synchronisation at every training step.
+    masked = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+    return masked.sum() / valid.sum().clamp(min=1)
 
 
 class CenterLoss(nn.Module):

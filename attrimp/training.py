@@ -49,6 +49,14 @@ LOG_FIELDS = [
     "lr",
     "seconds",
 ]
+#: the loss parts summed per epoch, in the order of the on-device accumulator
+LOSS_KEYS = ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss")
+#: the progress bar's loss is refreshed every this many steps. The running sums stay on the
+#: device and reading them to the host (``float``, ``.item()``, ``.tolist()``) waits for every
+#: queued kernel to finish: once per step, that stalls the GPU at every step (the host cannot
+#: queue step n+1 while step n runs). So they are read only every LOG_EVERY steps, and once at
+#: the end of the epoch for the logged statistics.
+LOG_EVERY = 20
 STATE_WEIGHTS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 
@@ -235,7 +243,8 @@ def train(
     from it; the result is identical to an uninterrupted run. ``on_epoch_end(epoch, stats)`` is
     called after each epoch's checkpoint is written (the resume test uses it to kill -9 itself).
     ``attribute_loss_weight`` scales a learned router's attribute loss
-    (``[router] attribute_loss_weight``).
+    (``[router] attribute_loss_weight``); ``config`` weights the others. The history holds, per
+    epoch, each weighted loss part's mean per step, over all ranks under DDP.
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if isinstance(device, str) else device
@@ -250,6 +259,17 @@ def train(
         raise ConfigError("The training set must yield classifier labels (target='label').")
     if model.classifier is None:
         raise ConfigError("The model has no identity classifier: build it with num_classes > 0.")
+    if (
+        config.id_loss_weight <= 0
+        and config.triplet_loss_weight <= 0
+        and config.center_loss_weight <= 0
+        and not getattr(model.router, "needs_features", False)
+    ):
+        # nothing would train the model: every step a zero loss, and no gradient
+        raise ConfigError(
+            "Every training loss is switched off: set train.id_loss_weight or "
+            "train.triplet_loss_weight above 0."
+        )
     seed_everything(config.seed)
     model.to(device)
     center = (
@@ -310,12 +330,13 @@ def train(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    show_bar = progress and dist_info.is_main
     bar = Progress(
         TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
         TimeRemainingColumn(),
-        disable=not (progress and dist_info.is_main),
+        disable=not show_bar,
         transient=True,
     )
     with bar:
@@ -324,9 +345,10 @@ def train(
             model.train()
             sampler.set_epoch(epoch)
             bar.reset(task, total=steps_per_epoch, epoch=epoch + 1, loss=0.0)
-            sums = dict.fromkeys(
-                ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss"), 0.0
-            )
+            # Running sums of LOSS_KEYS, on the device (see LOG_EVERY). float64 so that the
+            # sums are exactly the Python float sums of the per-step values they replaced.
+            sums = torch.zeros(len(LOSS_KEYS), dtype=_sum_dtype(device), device=device)
+            no_loss = torch.zeros((), device=device)  # the value summed for a part that is off
             t0, steps = time.perf_counter(), 0
             for step, (images, labels, camids, attributes, _idx) in enumerate(loader):
                 if step >= steps_per_epoch:
@@ -338,18 +360,26 @@ def train(
                 attributes = attributes.to(device, non_blocking=True)
                 routed = attributes
                 if config.group_dropout > 0:
-                    routed = drop_groups(attributes, slot_group, config.group_dropout)
+                    routed = drop_groups(
+                        attributes, slot_group, config.group_dropout, len(model.schema.groups)
+                    )
                 cams = (
                     torch.as_tensor(camids).to(device, non_blocking=True) if needs_camids else None
                 )
                 with _autocast(device, config.amp):
                     out = ddp_model(images, routed, cams)
-                parts = {
-                    "id_loss": identity_loss(out.logits, labels, smoothing=config.label_smoothing),
-                    "triplet_loss": batch_hard_triplet_loss(
+                # Each part is logged weighted, as it enters the total. A weight of 0 leaves
+                # the part out (as center_loss_weight = 0 does), so its parameters get no
+                # gradient at all rather than a zero one that AdamW would still decay.
+                parts: dict[str, torch.Tensor] = {}
+                if config.id_loss_weight > 0:
+                    parts["id_loss"] = config.id_loss_weight * identity_loss(
+                        out.logits, labels, smoothing=config.label_smoothing
+                    )
+                if config.triplet_loss_weight > 0:
+                    parts["triplet_loss"] = config.triplet_loss_weight * batch_hard_triplet_loss(
                         out.global_features, labels, margin=config.triplet_margin
-                    ),
-                }
+                    )
                 if center is not None:
                     parts["center_loss"] = config.center_loss_weight * center(
                         out.global_features, labels
@@ -368,11 +398,18 @@ def train(
                 opt.step()
                 sched.step()
                 steps += 1
-                sums["loss"] += float(loss.detach())
-                for k, v in parts.items():
-                    sums[k] += float(v.detach())
-                bar.update(task, advance=1, loss=sums["loss"] / steps)
-            stats = {k: v / max(1, steps) for k, v in sums.items()}
+                with torch.no_grad():  # a few tiny kernels, queued: no synchronisation
+                    values = [loss, *(parts.get(k, no_loss) for k in LOSS_KEYS[1:])]
+                    sums += torch.stack(values).to(sums.dtype)
+                if show_bar and steps % LOG_EVERY == 0:
+                    bar.update(task, advance=1, loss=float(sums[0]) / steps)
+                else:
+                    bar.update(task, advance=1)
+            totals = _epoch_totals(sums, steps, dist_info.world_size)
+            stats: dict[str, float] = {
+                k: total / max(1.0, totals[-1]) for k, total in zip(LOSS_KEYS, totals)
+            }
+            bar.update(task, loss=stats["loss"])
             stats.update(
                 epoch=epoch + 1,
                 steps=steps,
@@ -384,7 +421,7 @@ def train(
                 _save_training_state(out_dir, epoch + 1, model, opt, sched, center, history, config)
                 _write_log(out_dir, history)
                 if writer is not None:
-                    for k in ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss", "lr"):
+                    for k in (*LOSS_KEYS, "lr"):
                         writer.add_scalar(f"train/{k}", stats[k], epoch + 1)
                     writer.flush()
             if dist_info.world_size > 1:
@@ -399,6 +436,30 @@ def train(
     return TrainResult(final, config.epochs, history, resumed_from)
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the on-device loss sums, so they equal the host's float sums; MPS has no
+    float64, so there they are float32 (close, not bit-equal)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _epoch_totals(sums: torch.Tensor, steps: int, world_size: int) -> list[float]:
+    """The epoch's loss sums (in LOSS_KEYS order) followed by its step count, summed over all
+    ranks, read to the host in one transfer.
+
+    Under DDP every rank trains on its own batches, so rank 0's sums alone would log a loss
+    seen on ``1 / world_size`` of the data; one all-reduce per epoch of one stacked tensor
+    (sums + steps, so that the quotient is the mean over every rank's batches even if the ranks
+    ran different step counts) makes the logged statistics those of the whole epoch, on every
+    rank. Every rank must call this at the same point, as for any collective.
+    """
+    totals = torch.cat([sums, sums.new_tensor([float(steps)])])
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals.tolist()
+
+
 def _average_gradients(params, world_size: int) -> None:
     """All-reduce the gradients of parameters that live outside the DDP wrapper (the centre
     loss's centres), so every rank applies the same update and the ranks stay identical."""
@@ -410,12 +471,18 @@ def _average_gradients(params, world_size: int) -> None:
             p.grad.div_(world_size)
 
 
-def drop_groups(attributes: torch.Tensor, slot_group: torch.Tensor, p: float) -> torch.Tensor:
+def drop_groups(
+    attributes: torch.Tensor, slot_group: torch.Tensor, p: float, n_groups: int | None = None
+) -> torch.Tensor:
     """Annotations with each (sample, group) blanked with probability ``p``: an oracle router
     then switches that group's experts off for that sample. Drawn from the global torch RNG, so
     it is seeded and restored on resume like every other training draw. The attribute loss of a
-    learned router still sees the full annotation."""
-    n_groups = int(slot_group.max()) + 1
+    learned router still sees the full annotation.
+
+    Pass ``n_groups`` (the schema's) in a training loop: deriving it from ``slot_group`` reads
+    the device back to the host, a GPU stream synchronisation at every step."""
+    if n_groups is None:
+        n_groups = int(slot_group.max()) + 1
     keep = torch.rand(attributes.shape[0], n_groups, device=attributes.device) >= p
     return attributes * keep[:, slot_group].to(attributes.dtype)
 

@@ -52,11 +52,25 @@ visibility = { hat = 0.0, upcolor = 0.5 }
         ({"data": {"dataset": "market1501"}}, "data.root is required"),
         ({"train": {"epochs": True}}, "train.epochs must be a whole number"),
         ({"data": {"dataset": "market1501", "root": "x", "schema": "my.toml"}}, "data.schema"),
+        ({"train": {"id_loss_weight": "high"}}, "train.id_loss_weight must be float"),
+        ({"train": {"id_loss_weight": -0.25}}, "train.id_loss_weight must be a finite number of 0"),
+        ({"train": {"triplet_loss_weight": True}}, "train.triplet_loss_weight must be float"),
+        ({"train": {"triplet_loss_weight": -1}}, "train.triplet_loss_weight must be a finite"),
+        ({"train": {"triplet_loss_weight": float("nan")}}, "train.triplet_loss_weight must be a"),
+        ({"train": {"id_loss_weight": 0, "triplet_loss_weight": 0}}, "nothing would train"),
     ],
 )
 def test_bad_settings_name_section_and_key(data, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(data, source="test.toml")
+
+
+def test_loss_weights_default_to_one_and_take_whole_numbers():
+    """1 and 1 is the bag-of-tricks sum every earlier run used; TOML `1` is a valid float."""
+    assert (StudyConfig().train.id_loss_weight, StudyConfig().train.triplet_loss_weight) == (1, 1)
+    cfg = config_from_dict({"train": {"id_loss_weight": 0, "triplet_loss_weight": 2}})
+    assert cfg.train.id_loss_weight == 0.0 and isinstance(cfg.train.id_loss_weight, float)
+    assert cfg.train.triplet_loss_weight == 2.0
 
 
 def test_missing_and_invalid_files(tmp_path):

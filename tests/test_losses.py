@@ -39,9 +39,39 @@ def test_triplet_is_zero_when_identities_are_far_apart():
 
 
 def test_triplet_skips_anchors_without_positive():
-    x = torch.randn(3, 4)
+    x = torch.randn(3, 4, requires_grad=True)
     y = torch.tensor([0, 1, 2])  # K=1: no positives at all
-    assert batch_hard_triplet_loss(x, y).item() == 0.0
+    loss = batch_hard_triplet_loss(x, y)
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph, with a finite (zero) gradient
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    # a mixed batch: only the anchors of identity 0 (which has a positive) count
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 4, generator=g)
+    y = torch.tensor([0, 0, 1, 2, 3])
+    for margin in (0.3, 5.0):  # 5.0: an invalid anchor's -1 stand-in would count if not masked
+        want = _loop_triplet(x, y, margin)
+        assert batch_hard_triplet_loss(x, y, margin=margin).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_triplet_never_reads_the_device_back_to_the_host():
+    # `if mask.any()` or boolean indexing would synchronise a GPU stream at every step
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    host_reads = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in {"_local_scalar_dense", "nonzero", "is_nonzero"}:
+                host_reads.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(8, 4)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
+    with Spy():
+        batch_hard_triplet_loss(x, y)
+        batch_hard_triplet_loss(x, y, margin=None)
+    assert host_reads == []
 
 
 def test_identity_loss_label_smoothing_formula():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from attrimp.config import config_from_dict
+from attrimp.errors import ConfigError
 from attrimp.metrics import evaluate, pairwise_distance
 from attrimp.pipeline import build_model, datasets, prepare_data
-from attrimp.training import latest_checkpoint, train
+from attrimp.schema import load_schema
+from attrimp.training import drop_groups, latest_checkpoint, train
 from tests.conftest import REPO
 
 TINY = {
@@ -153,3 +157,184 @@ def test_resume_after_kill_continues_exactly(world, tmp_path):
     got_state = load_file(str(latest_checkpoint(tmp_path / "run") / "trainer_state.safetensors"))
     for key in ref_state:
         assert torch.equal(ref_state[key], got_state[key]), key
+
+
+# --------------------------------------------------------------------------- loss bookkeeping
+def _record_losses(monkeypatch, training) -> dict[str, list[float]]:
+    """Wrap the loop's identity and triplet losses to record each step's (unweighted) value.
+
+    The recorder reads the values here, in the test, so its own host reads are not the loop's.
+    """
+    seen: dict[str, list[float]] = {"id_loss": [], "triplet_loss": []}
+    for key, name in (("id_loss", "identity_loss"), ("triplet_loss", "batch_hard_triplet_loss")):
+        fn = getattr(training, name)
+
+        def wrapped(*args, _fn=fn, _key=key, **kwargs):
+            value = _fn(*args, **kwargs)
+            seen[_key].append(float(value.detach()))
+            return value
+
+        monkeypatch.setattr(training, name, wrapped)
+    return seen
+
+
+def test_loop_reads_losses_to_the_host_only_every_log_every_steps(world, tmp_path, monkeypatch):
+    """On a GPU every host read of a CUDA tensor waits for the stream, so the per-step loss
+    sums stay on the device: the loop reads them every LOG_EVERY steps (progress bar) and once
+    per epoch, and the epoch statistics are still exactly the mean of the per-step values."""
+    import inspect
+
+    import attrimp.training as training
+
+    cfg, data = world
+    cfg.train.epochs = 2
+    monkeypatch.setattr(training, "LOG_EVERY", 2)
+    seen = _record_losses(monkeypatch, training)
+    here = inspect.getsourcefile(training)
+    reads = {"n": 0}
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if sys._getframe(1).f_code.co_filename == here:
+                reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    result = train(model, datasets(model, data)[0], cfg.train, tmp_path, progress=True)
+    monkeypatch.undo()
+
+    steps = [h["steps"] for h in result.history]
+    assert steps[0] >= 3, steps  # enough steps that a read per step would be seen
+    # one read per LOG_EVERY steps for the bar, one per epoch for the statistics
+    assert 0 < reads["n"] <= sum(n // 2 + 1 for n in steps), (reads, steps)
+    # and the statistics are the plain float64 means of the per-step values, bit for bit
+    start = 0
+    for h, n in zip(result.history, steps):
+        for key in ("id_loss", "triplet_loss"):
+            assert h[key] == sum(seen[key][start : start + n]) / n, key
+        assert h["loss"] == pytest.approx(h["id_loss"] + h["triplet_loss"], rel=1e-6)
+        start += n
+    assert start == len(seen["id_loss"])
+
+
+def _train_one_step(cfg, data, out, **weights):
+    cfg = copy.deepcopy(cfg)
+    cfg.train.epochs, cfg.train.max_steps_per_epoch = 1, 1
+    for key, value in weights.items():
+        setattr(cfg.train, key, value)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    before = model.classifier.weight.detach().clone()
+    result = train(model, datasets(model, data)[0], cfg.train, out, progress=False)
+    return result.history[0], not torch.equal(before, model.classifier.weight.detach())
+
+
+def test_loss_weights_scale_the_logged_parts_and_zero_switches_a_loss_off(world, tmp_path):
+    cfg, data = world
+    plain, moved = _train_one_step(cfg, data, tmp_path / "a")
+    weighted, _ = _train_one_step(
+        cfg, data, tmp_path / "b", id_loss_weight=0.5, triplet_loss_weight=0.25
+    )
+    # same seed, same first step: the logged parts are the unweighted ones times the weight
+    assert plain["id_loss"] > 0 and plain["triplet_loss"] > 0
+    assert weighted["id_loss"] == 0.5 * plain["id_loss"]
+    assert weighted["triplet_loss"] == 0.25 * plain["triplet_loss"]
+    assert weighted["loss"] == pytest.approx(weighted["id_loss"] + weighted["triplet_loss"])
+    # the classifier learns from the ID loss alone: off, it gets no gradient and stays put
+    # (not even AdamW's weight decay touches it)
+    no_id, moved_without_id = _train_one_step(cfg, data, tmp_path / "c", id_loss_weight=0.0)
+    assert moved and not moved_without_id
+    assert no_id["id_loss"] == 0.0 and no_id["triplet_loss"] == plain["triplet_loss"]
+    with pytest.raises(ConfigError, match="Every training loss is switched off"):
+        _train_one_step(cfg, data, tmp_path / "d", id_loss_weight=0.0, triplet_loss_weight=0.0)
+
+
+DDP_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    import attrimp.training as training
+    from attrimp.config import config_from_dict
+    from attrimp.pipeline import build_model, datasets, prepare_data
+    from tests.test_training import _record_losses
+
+    class Patch:  # the bit of pytest's monkeypatch that _record_losses uses
+        setattr = staticmethod(setattr)
+
+    cfg = config_from_dict(json.loads(sys.argv[1]))
+    data = prepare_data(cfg, sys.argv[2])
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    seen = _record_losses(Patch, training)
+    result = training.train(model, datasets(model, data)[0], cfg.train, sys.argv[3], progress=False)
+    record = {"seen": seen, "history": result.history}
+    (Path(sys.argv[4]) / f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
+    """
+)
+
+
+def test_ddp_logs_the_mean_over_every_ranks_batches(world, tmp_path):
+    """Under torchrun each rank trains on its own batches; the logged epoch losses are the
+    mean over all ranks' steps (one all-reduce per epoch), not rank 0's share alone."""
+    cfg, data = world
+    cfg = copy.deepcopy(cfg)
+    cfg.train.epochs = 1
+    cfg.data.root = str(data.root)
+    (tmp_path / "probe").mkdir()
+    worker = tmp_path / "worker.py"  # torchrun runs a script file, not -c
+    worker.write_text(DDP_WORKER)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(worker),
+            json.dumps(cfg.to_dict()),
+            str(tmp_path),
+            str(tmp_path / "run"),
+            str(tmp_path / "probe"),
+        ],  # fmt: skip
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    h, h1 = ranks[0]["history"][0], ranks[1]["history"][0]
+    h1["seconds"] = h["seconds"]  # each rank's own clock
+    assert h1 == h  # every rank logs the same statistics
+    for key in ("id_loss", "triplet_loss"):
+        own = [r["seen"][key] for r in ranks]
+        assert len(own[0]) == len(own[1]) == h["steps"] >= 1
+        means = [sum(v) / len(v) for v in own]
+        assert abs(means[0] - means[1]) > 1e-6, means  # the ranks saw different batches
+        assert h[key] == pytest.approx(sum(own[0] + own[1]) / (2 * h["steps"]), rel=1e-12), key
+    logged = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1].split(",")
+    assert float(logged[3]) == pytest.approx(h["id_loss"], rel=1e-9)
+
+
+def test_group_dropout_blanks_whole_groups_without_reading_the_device():
+    schema = load_schema("market1501")
+    slot_group = torch.tensor(np.array(schema.slot_group))
+    attrs = torch.ones(400, schema.n_slots)
+    torch.manual_seed(0)
+    derived = drop_groups(attrs, slot_group, 0.5)
+    torch.manual_seed(0)
+    given = drop_groups(attrs, slot_group, 0.5, len(schema.groups))  # the training loop's call
+    assert torch.equal(derived, given)
+    for g in range(len(schema.groups)):  # a group is kept or blanked as a whole, per sample
+        block = given[:, slot_group == g]
+        assert torch.equal(block.amin(1), block.amax(1))
+    kept = given[:, slot_group == 0].amax(1).mean().item()
+    assert 0.4 < kept < 0.6  # p = 0.5 over 400 samples
+    assert torch.equal(drop_groups(attrs, slot_group, 0.0, len(schema.groups)), attrs)
+    assert torch.count_nonzero(drop_groups(attrs, slot_group, 1.0, len(schema.groups))) == 0
