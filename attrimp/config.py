@@ -296,6 +296,7 @@ def _validate(cfg: StudyConfig) -> None:
     for name, value in (
         ("train.id_loss_weight", cfg.train.id_loss_weight),
         ("train.triplet_loss_weight", cfg.train.triplet_loss_weight),
+        ("train.center_loss_weight", cfg.train.center_loss_weight),
     ):
         # a negative weight would train the model to *increase* that loss; nan or inf would
         # poison every gradient from the first step
@@ -305,7 +306,7 @@ def _validate(cfg: StudyConfig) -> None:
     if (
         t.id_loss_weight == 0
         and t.triplet_loss_weight == 0
-        and t.center_loss_weight <= 0
+        and t.center_loss_weight == 0
         and cfg.router.name != "learned"
     ):
         raise ConfigError(

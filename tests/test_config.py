@@ -58,6 +58,7 @@ visibility = { hat = 0.0, upcolor = 0.5 }
         ({"train": {"triplet_loss_weight": -1}}, "train.triplet_loss_weight must be a finite"),
         ({"train": {"triplet_loss_weight": float("nan")}}, "train.triplet_loss_weight must be a"),
         ({"train": {"id_loss_weight": 0, "triplet_loss_weight": 0}}, "nothing would train"),
+        ({"train": {"center_loss_weight": -5e-4}}, "train.center_loss_weight must be a finite"),
     ],
 )
 def test_bad_settings_name_section_and_key(data, message):
