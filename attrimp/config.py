@@ -95,6 +95,10 @@ class RouterConfig:
     name: str = "oracle"
     #: for "learned": "hard" or "soft" gates
     gates: str = "hard"
+    #: for "learned": the normalisation before its attribute heads, "layer" (LayerNorm, the
+    #: MoSAIC-ReID design) or "batch" (BatchNorm across images; for a backbone trained from
+    #: scratch, whose CLS token at the decision point is nearly the same for every image)
+    norm: str = "layer"
     attribute_loss_weight: float = 1.0
 
 
@@ -190,6 +194,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "experts.pooling": ("mean", "max", "sum"),
     "router.name": ("oracle", "learned"),
     "router.gates": ("hard", "soft"),
+    "router.norm": ("layer", "batch"),
     "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "off"),
     "eval.metric": ("euclidean", "cosine"),

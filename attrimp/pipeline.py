@@ -78,7 +78,7 @@ def _world_differs(design_file: Path, s) -> str | None:
 
 def model_config(cfg: StudyConfig, data: ReIDData) -> MoSAICConfig:
     m, e, r = cfg.model, cfg.experts, cfg.router
-    router_kwargs = {"gates": r.gates} if r.name == "learned" else {}
+    router_kwargs = {"gates": r.gates, "norm": r.norm} if r.name == "learned" else {}
     return MoSAICConfig(
         backbone=m.backbone,
         pretrained=m.pretrained,

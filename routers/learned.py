@@ -4,7 +4,14 @@ Attribute heads read the CLS token at the input of the first expert block (`MoSA
 captures it with a pre-hook), so no annotation is needed at test time. The heads are one
 linear map per attribute group, stored as ONE ``Linear(width, n_slots)`` whose output slots
 are the groups' values side by side: the same model as a linear per group, computed in one
-matrix product. A LayerNorm first, because the intermediate residual stream is not normalised.
+matrix product. A normalisation first, because the intermediate residual stream is not
+normalised: ``norm="layer"`` (default, the MoSAIC-ReID design) a LayerNorm over the token's
+channels; ``norm="batch"`` a BatchNorm1d, which standardises every channel across images
+(running statistics at evaluation). Use ``batch`` when the token is mostly the same vector for
+every image, as in a randomly initialised ViT trained from scratch, whose CLS token at that
+depth keeps only a few percent of per-image variation: a LayerNorm normalises each token on its
+own and keeps that shared offset, so the heads see a near-constant input and learn the priors
+only, while a BatchNorm removes the offset and scales the per-image part to unit variance.
 
 Training (`LearnedRouter.loss`): cross-entropy per group over its values, for every kind
 (a ``single`` group is the two-way choice absent/present, a ``dual`` group its two states, a
@@ -33,6 +40,8 @@ from attrimp.interfaces import Router
 from attrimp.schema import AttributeSchema, GroupKind
 
 GATE_MODES = ("hard", "soft")
+#: the normalisation before the heads: per token (LayerNorm) or per channel across images
+NORM_MODES = ("layer", "batch")
 _PAD = -1e9  # logit of a padding slot: exp() underflows to exactly 0 in float32
 
 
@@ -77,14 +86,18 @@ class LearnedRouter(nn.Module, Router):
         gates: str = "hard",
         teacher_forcing: bool = True,
         dropout: float = 0.0,
+        norm: str = "layer",
     ) -> None:
         nn.Module.__init__(self)
         if gates not in GATE_MODES:
             raise ConfigError(f"Learned router: gates {gates!r} is not one of {list(GATE_MODES)}.")
+        if norm not in NORM_MODES:
+            raise ConfigError(f"Learned router: norm {norm!r} is not one of {list(NORM_MODES)}.")
         self.schema = schema
         self.gate_mode = gates
+        self.norm_mode = norm
         self.teacher_forcing = teacher_forcing
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width) if norm == "layer" else nn.BatchNorm1d(width)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.heads = nn.Linear(width, schema.n_slots)
         index, unpad = _group_layout(schema)
@@ -94,8 +107,11 @@ class LearnedRouter(nn.Module, Router):
 
     # ---------------------------------------------------------------- prediction
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """CLS token ``[B, width]`` -> attribute logits ``[B, n_slots]`` (float32)."""
-        return self.heads(self.dropout(self.norm(features))).float()
+        """CLS token ``[B, width]`` -> attribute logits ``[B, n_slots]`` (float32).
+
+        The norm runs in float32 (autocast does so for a LayerNorm anyway; a BatchNorm's running
+        statistics stay float32 that way under bf16 autocast)."""
+        return self.heads(self.dropout(self.norm(features.float()))).float()
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-group softmax of the logits, ``[B, n_slots]``."""

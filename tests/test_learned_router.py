@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from attrimp.checkpoint import load_model, save_checkpoint
+from attrimp.config import config_from_dict, load_config
 from attrimp.errors import ConfigError
 from attrimp.model import MoSAICConfig, MoSAICReID
+from attrimp.pipeline import model_config
 from attrimp.schema import load_schema
 from routers.learned import LearnedRouter, attribute_accuracy
 
 MARKET = load_schema("market1501")
 IMG = (32, 16)
+STUDY_CONFIG = Path(__file__).resolve().parents[1] / "studies" / "configs" / "synthetic_study.toml"
 
 
 def learned_model(seed: int = 0, **overrides) -> MoSAICReID:
@@ -168,3 +174,81 @@ def test_learned_router_compiles_without_graph_breaks():
     x, _ = brightness_batch(4, seed=0)
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def shared_token_batch(n: int, seed: int, width: int = 48):
+    """Features like the CLS token of a ViT trained from scratch at the router's decision point:
+    one vector shared by every image plus a small per-image part (about 0.05% of the energy
+    after a LayerNorm varies across images, as in the built-in study), gender in that part."""
+    g = torch.Generator().manual_seed(seed)
+    shared = 5.0 * torch.randn(width, generator=torch.Generator().manual_seed(123))
+    u = F.normalize(torch.randn(width, generator=torch.Generator().manual_seed(7)), dim=0)
+    female = torch.rand(n, generator=g) < 0.5
+    sign = torch.where(female, 1.0, -1.0)[:, None]
+    x = shared + 0.1 * torch.randn(n, width, generator=g) + 0.3 * sign * u
+    attrs = torch.zeros(n, MARKET.n_slots)
+    attrs[torch.arange(n), torch.tensor(MARKET.group_slots("gender"))[female.long()]] = 1
+    return x, attrs
+
+
+def train_router_on_shared_tokens(norm: str) -> float:
+    torch.manual_seed(0)
+    router = LearnedRouter(MARKET, 48, norm=norm)
+    opt = torch.optim.Adam(router.parameters(), lr=3e-3)
+    router.train()
+    for step in range(60):
+        x, attrs = shared_token_batch(32, seed=step)
+        loss = router.loss(router(x), attrs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    router.eval()  # a batch norm now uses its running statistics
+    x, attrs = shared_token_batch(256, seed=1000)
+    with torch.no_grad():
+        return attribute_accuracy(router(x), attrs, MARKET)["group_accuracy"]["gender"]
+
+
+def test_batch_norm_router_learns_from_a_token_that_is_mostly_shared_by_every_image():
+    # A LayerNorm normalises each token on its own and keeps the shared offset: the heads see
+    # a near-constant input and predict one gender for everybody (the built-in study's mA 0.50).
+    assert train_router_on_shared_tokens("layer") == pytest.approx(0.5, abs=0.05)
+    # A BatchNorm standardises every channel across images and exposes the per-image part.
+    assert train_router_on_shared_tokens("batch") > 0.95
+
+
+def test_router_norm_is_a_config_key_that_reaches_the_model(tmp_path):
+    data = SimpleNamespace(schema=MARKET, num_cameras=2, num_train_pids=4)
+    model_keys = {
+        "backbone": "timm:vit_tiny_patch16_224",
+        "pretrained": False,
+        "img_size": list(IMG),
+        "backbone_kwargs": {"tiny": True, "depth": 3},
+    }
+
+    def build(router: dict) -> MoSAICReID:
+        cfg = config_from_dict({"model": model_keys, "experts": {"blocks": 1}, "router": router})
+        torch.manual_seed(0)
+        return MoSAICReID(model_config(cfg, data), schema=MARKET)
+
+    assert isinstance(build({"name": "learned"}).router.norm, torch.nn.LayerNorm)  # default
+    model = build({"name": "learned", "norm": "batch"})
+    assert isinstance(model.router.norm, torch.nn.BatchNorm1d)
+    assert model.config.router_kwargs["norm"] == "batch"
+    # training updates the running statistics; a checkpoint keeps them and the setting
+    model.train()
+    x, attrs = brightness_batch(8, seed=0)
+    model(x, attrs)
+    assert int(model.router.norm.num_batches_tracked) == 1
+    save_checkpoint(model, tmp_path / "ckpt")
+    again = load_model(tmp_path / "ckpt").eval()
+    model.eval()
+    assert isinstance(again.router.norm, torch.nn.BatchNorm1d)
+    torch.testing.assert_close(again.router.norm.running_mean, model.router.norm.running_mean)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x[:1]).attr_logits, model(x[:1]).attr_logits)
+    # the built-in study, a ViT trained from scratch, uses it
+    assert load_config(STUDY_CONFIG).router.norm == "batch"
+    with pytest.raises(ConfigError, match=r"router\.norm must be one of \['layer', 'batch'\]"):
+        config_from_dict({"router": {"name": "learned", "norm": "group"}})
+    with pytest.raises(ConfigError, match="norm 'group'"):
+        LearnedRouter(MARKET, 48, norm="group")
