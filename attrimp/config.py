@@ -133,6 +133,15 @@ class TrainConfig:
     #: are in-distribution and the backbone cannot lean on the attribute tags alone.
     group_dropout: float = 0.0
 
+    def weighted_losses_off(self) -> bool:
+        """Whether the ID, triplet and centre losses are all switched off (weight 0): then only
+        a learned router's attribute loss is left to train anything."""
+        return (
+            self.id_loss_weight <= 0
+            and self.triplet_loss_weight <= 0
+            and self.center_loss_weight <= 0
+        )
+
 
 @dataclass
 class AblationConfig:
@@ -307,13 +316,7 @@ def _validate(cfg: StudyConfig) -> None:
         # poison every gradient from the first step
         if not (math.isfinite(value) and value >= 0.0):
             raise ConfigError(f"{name} must be a finite number of 0 or more, not {value}.")
-    t = cfg.train
-    if (
-        t.id_loss_weight == 0
-        and t.triplet_loss_weight == 0
-        and t.center_loss_weight == 0
-        and cfg.router.name != "learned"
-    ):
+    if cfg.train.weighted_losses_off() and cfg.router.name != "learned":
         raise ConfigError(
             "train.id_loss_weight and train.triplet_loss_weight are both 0 and no other loss is "
             "on, so nothing would train the model."

@@ -52,6 +52,14 @@ SITES = ("mlp", "attn")
 DEFAULT_BLOCKS = 2
 
 
+def check_gates(gates: torch.Tensor, n_experts: int) -> None:
+    """Gates must be ``[batch, n_experts]``; anything else is a caller's mistake, named here."""
+    if gates.ndim != 2 or gates.shape[1] != n_experts:
+        raise ValueError(
+            f"Expert gates must have shape [batch, experts={n_experts}], got {list(gates.shape)}."
+        )
+
+
 class GatedLoRA(nn.Module):
     """Every expert of one site: stacked ``A`` ``[E·r, D_in]`` and ``B`` ``[D_out, E·r]``."""
 
@@ -105,11 +113,7 @@ class GatedLoRA(nn.Module):
 
         They depend on the gates only, so a bank computes them once per forward for all blocks.
         """
-        if gates.ndim != 2 or gates.shape[1] != self.n_experts:
-            raise ValueError(
-                f"Expert gates must have shape [batch, experts={self.n_experts}], "
-                f"got {list(gates.shape)}."
-            )
+        check_gates(gates, self.n_experts)
         w = gates * self.scale
         if self.pooling == "mean":
             w = w / (gates != 0).sum(dim=1, keepdim=True).clamp_(min=1)
@@ -181,18 +185,16 @@ class _GateState:
     the block's kernels and the compiled graph has no cache to mutate.
     """
 
-    __slots__ = ("_dtype", "_expanded", "_weights", "gates")
+    __slots__ = ("_expanded", "_weights", "gates")
 
     def __init__(self) -> None:
         self.gates: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._expanded: torch.Tensor | None = None
-        self._dtype: torch.dtype | None = None
 
     def set(self, gates: torch.Tensor | None) -> None:
         self.gates = gates
         self._weights = self._expanded = None
-        self._dtype = None
 
     def weights_for(
         self, lora: GatedLoRA, gates: torch.Tensor
@@ -205,13 +207,14 @@ class _GateState:
             dtype = torch.get_autocast_dtype(device)
         else:
             dtype = lora.A.dtype
-        if self._weights is None or self._dtype != dtype:
+        # the cached tensor in the compute dtype: the expansion, or for max the weights
+        cached = self._weights if self._expanded is None else self._expanded
+        if cached is None or cached.dtype != dtype:
             if lora.pooling == "max":
                 self._weights, self._expanded = lora.gate_weights(gates, dtype), None
             else:  # float32 weights; the expansion casts them in the same kernel
                 self._weights = lora.gate_weights(gates)
                 self._expanded = lora.expand_weights(self._weights, dtype)
-            self._dtype = dtype
         return self._weights, self._expanded
 
 
@@ -322,11 +325,8 @@ class ExpertBank(nn.Module):
         The per-sample weights (pooling normaliser and α/r folded in) are derived once per
         forward for every block, in the autocast dtype when autocast is on (see `_GateState`).
         """
-        if gates is not None and (gates.ndim != 2 or gates.shape[1] != self.n_experts):
-            raise ValueError(
-                f"Expert gates must have shape [batch, experts={self.n_experts}], "
-                f"got {list(gates.shape)}."
-            )
+        if gates is not None:
+            check_gates(gates, self.n_experts)
         self._state.set(gates)
 
     @contextmanager

@@ -259,12 +259,7 @@ def train(
         raise ConfigError("The training set must yield classifier labels (target='label').")
     if model.classifier is None:
         raise ConfigError("The model has no identity classifier: build it with num_classes > 0.")
-    if (
-        config.id_loss_weight <= 0
-        and config.triplet_loss_weight <= 0
-        and config.center_loss_weight <= 0
-        and not getattr(model.router, "needs_features", False)
-    ):
+    if config.weighted_losses_off() and not getattr(model.router, "needs_features", False):
         # nothing would train the model: every step a zero loss, and no gradient
         raise ConfigError(
             "Every training loss is switched off: set train.id_loss_weight or "

@@ -95,7 +95,6 @@ class LearnedRouter(nn.Module, Router):
             raise ConfigError(f"Learned router: norm {norm!r} is not one of {list(NORM_MODES)}.")
         self.schema = schema
         self.gate_mode = gates
-        self.norm_mode = norm
         self.teacher_forcing = teacher_forcing
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.BatchNorm1d(width)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
