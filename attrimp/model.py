@@ -137,6 +137,11 @@ class MoSAICReID(nn.Module):
         # Fill the schema's cached layout arrays now, eagerly: a router that reads them inside
         # a torch.compile'd forward then finds plain constants instead of tracing numpy code.
         _ = (self.schema.slot_group, self.schema.expert_slots, self.schema.expert_group)
+        # ... and register the schema for the routers' layout lookups, which a compiled forward
+        # only reads (see routers.oracle.remember_schema).
+        from routers.oracle import remember_schema
+
+        remember_schema(self.schema)
         self.backbone = backbone if backbone is not None else build_backbone(config)
         width = self.backbone.width
         self.experts = ExpertBank(

@@ -32,48 +32,70 @@ def check_attributes(attributes, schema: AttributeSchema) -> torch.Tensor:
     return attributes
 
 
-@lru_cache(maxsize=64)
-def _index(schema: AttributeSchema, kind: str, device: torch.device) -> torch.Tensor:
-    source = {
-        "expert_slots": schema.expert_slots,
-        "expert_group": schema.expert_group,
-        "slot_group": schema.slot_group,
-    }[kind]
-    return torch.tensor(source, dtype=torch.long, device=device)
+#: every schema a lookup has been asked for, by ``id``. The references keep each schema alive,
+#: so its ``id`` cannot be reused by another object while it is listed here.
+_SCHEMAS: dict[int, AttributeSchema] = {}
 
 
-_FAST: dict[tuple[int, torch.device], tuple[AttributeSchema, torch.Tensor]] = {}
+def remember_schema(schema: AttributeSchema) -> int:
+    """Register ``schema`` for the layout lookups below and return its key (its ``id``).
 
-
-# The three lookups below are constants for a given schema and device. Marked so, torch.compile
-# embeds the cached tensor in the graph instead of tracing its construction, which would copy
-# the schema's layout from the host (a stream synchronisation on a GPU) at every forward.
-@torch.compiler.assume_constant_result
-def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``schema.expert_slots`` as a cached long tensor on ``device``.
-
-    Called on every forward: looked up by the schema's identity first, because hashing a frozen
-    schema (every group, every value) costs more than the gather it serves.
+    Called eagerly: the model registers its schema at construction, and every eager lookup
+    registers again (a dict store, cheaper than hashing the schema). Under ``torch.compile`` the
+    registry is only read, never written (writing would make the frozen schema a side effect
+    that Dynamo must reconstruct after the graph, which some torch versions cannot do).
     """
-    device = torch.device(device)
-    hit = _FAST.get((id(schema), device))
-    if hit is not None and hit[0] is schema:
-        return hit[1]
-    index = _index(schema, "expert_slots", device)
-    _FAST[(id(schema), device)] = (schema, index)
-    return index
+    key = id(schema)
+    _SCHEMAS[key] = schema
+    return key
 
 
+@lru_cache(maxsize=256)
+def _build(key: int, kind: str, device: torch.device) -> torch.Tensor:
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        raise SchemaError(
+            "A schema's layout was asked for inside torch.compile before it was registered: "
+            "build the model (or call routers.oracle.remember_schema(schema)) before compiling."
+        )
+    return torch.tensor(getattr(schema, kind), dtype=torch.long, device=device)
+
+
+# The lookup is a constant for a given schema and device. Marked so, torch.compile embeds the
+# cached tensor in the graph instead of tracing its construction, which would copy the schema's
+# layout from the host (a stream synchronisation on a GPU) at every forward. Its arguments are
+# an int, a str and a device, never the schema itself: Dynamo turns every argument of an
+# ``assume_constant_result`` function into a Python constant, and torch <= 2.11 cannot do that
+# for a frozen dataclass ("can't reconstruct arbitrary frozen dataclass instances").
 @torch.compiler.assume_constant_result
+def _layout(key: int, kind: str, device: torch.device) -> torch.Tensor:
+    return _build(key, kind, device)
+
+
+def _lookup(schema: AttributeSchema, kind: str, device: torch.device | str) -> torch.Tensor:
+    """``getattr(schema, kind)`` as a cached long tensor on ``device``.
+
+    Called on every forward: keyed by the schema's identity, because hashing a frozen schema
+    (every group, every value) costs more than the gather it serves. Under torch.compile
+    ``id(schema)`` is a constant guarded on the schema's identity, so another schema recompiles.
+    """
+    key = id(schema) if torch.compiler.is_compiling() else remember_schema(schema)
+    return _layout(key, kind, torch.device(device))
+
+
+def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``schema.expert_slots`` as a cached long tensor on ``device``."""
+    return _lookup(schema, "expert_slots", device)
+
+
 def expert_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
     """``schema.expert_group`` as a cached long tensor on ``device``."""
-    return _index(schema, "expert_group", torch.device(device))
+    return _lookup(schema, "expert_group", device)
 
 
-@torch.compiler.assume_constant_result
 def slot_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
     """``schema.slot_group`` as a cached long tensor on ``device``."""
-    return _index(schema, "slot_group", torch.device(device))
+    return _lookup(schema, "slot_group", device)
 
 
 class OracleRouter(Router):
