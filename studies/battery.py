@@ -280,26 +280,77 @@ def _ensure_adjusted(df: pd.DataFrame) -> pd.DataFrame:
 _LN10 = float(np.log(10.0))
 #: -log10 of the smallest positive double: a p-value that underflowed to 0 scores this
 _MAX_LOG10 = 323.3
+#: below this p-value the reported number has lost digits (or underflowed to 0): the score is
+#: recomputed from the test statistic in log space instead
+_P_TINY = 1e-300
+
+
+def log_sf(dist: Any, x: float) -> float:
+    """ln P(X > x) of a frozen continuous scipy distribution, also where P underflows.
+
+    scipy's ``f.logsf`` / ``chi2.logsf`` are ``log(sf)`` and return -inf once sf < 1e-308 (a
+    strong group on a 1M-row table). Beyond that, ``ln sf(x) = ln pdf(x) + ln ∫_0^∞ pdf(x + s) /
+    pdf(x) ds``: the log-density is exact far into the tail, and the integrand starts at 1 and
+    decays over a length ``h`` (the inverse slope of the log-density at x), so quadrature in
+    units of ``h`` is accurate."""
+    from scipy.integrate import quad
+
+    direct = float(dist.logsf(x))
+    if np.isfinite(direct) and direct > -700.0:
+        return direct
+    lp0 = float(dist.logpdf(x))
+    if not np.isfinite(lp0):
+        return direct
+    eps = 1e-6 * max(abs(x), 1.0)
+    slope = (float(dist.logpdf(x + eps)) - lp0) / eps
+    h = 1.0 / -slope if slope < 0 else max(abs(x), 1.0)
+
+    def ratio(u: float) -> float:
+        return float(np.exp(dist.logpdf(x + h * u) - lp0))
+
+    integral, _ = quad(ratio, 0.0, np.inf, limit=200)
+    return lp0 + float(np.log(h * integral)) if integral > 0 else direct
 
 
 def _glm_score(group_tests: pd.DataFrame | None) -> pd.Series | None:
-    """-log10 p of each group's Wald test, computed in log space from W so that very strong
-    groups keep their order instead of tying at p = 0 (same reference distribution as the
-    reported p-value: F(df, df_denom), or chi²(df) when df_denom is infinite)."""
+    """-log10 p of each group's Wald test. The reported p-value is used as it is; where it is
+    below 1e-300 or underflowed to 0 (a strong group on a large table), the score is
+    recomputed in log space from the test's F statistic and degrees of freedom (the same
+    reference distribution as the p-value: F(df, df_denom), chi²(df) when df_denom is
+    infinite), so very strong groups keep a finite score and their order instead of tying or
+    dropping out of the consensus."""
     if group_tests is None or group_tests.empty:
         return None
     from scipy import stats
 
     out = {}
-    for row in group_tests.itertuples(index=False):
-        w, q = float(row.statistic), float(row.df)
-        nu = float(getattr(row, "df_denom", np.inf))
-        if not (np.isfinite(w) and q > 0):
-            out[row.attribute] = np.nan
+    for row in group_tests.to_dict("records"):
+        p = _as_float(row.get("p_value"))
+        if np.isfinite(p) and p >= _P_TINY:
+            out[row["attribute"]] = float(-np.log10(p))
             continue
-        logp = stats.f.logsf(w / q, q, nu) if np.isfinite(nu) and nu > 0 else stats.chi2.logsf(w, q)
-        out[row.attribute] = float(-logp / _LN10)
+        q = _as_float(row.get("df"))
+        nu = _as_float(row.get("df_denom"))
+        f = _as_float(row.get("f_statistic"))
+        if not np.isfinite(f):
+            f = _as_float(row.get("statistic")) / q if q > 0 else np.nan
+        if not (np.isfinite(f) and q > 0):
+            out[row["attribute"]] = np.nan if not np.isfinite(p) else _MAX_LOG10
+            continue
+        if np.isfinite(nu) and nu > 0:
+            logp = log_sf(stats.f(q, nu), f)
+        else:
+            logp = log_sf(stats.chi2(q), f * q)
+        score = -logp / _LN10
+        out[row["attribute"]] = float(score) if np.isfinite(score) else _MAX_LOG10
     return pd.Series(out, name="glm", dtype=float)
+
+
+def _as_float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _tests_score(tests: pd.DataFrame | None) -> pd.Series | None:
