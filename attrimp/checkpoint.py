@@ -5,7 +5,10 @@ download: the `MoSAICConfig`, the attribute schema itself (not its path), the SH
 weight file and the caller's metadata (epoch, metrics, ...). Both files are written to a
 temporary name and moved into place with ``os.replace``, weights first, so an interrupted save
 never leaves a half-written file under the real name, and the hash catches a weight file that
-does not belong to its config.
+does not belong to its config. Loading into an existing model compares the saved `MoSAICConfig`
+with the model's first: a checkpoint trained with another alpha, pooling, rank, block count,
+schema, ... is refused with the differing keys named, even where every tensor shape agrees
+(alpha only scales the experts, so a shape check alone would load it silently).
 
     save_checkpoint(model, "runs/exp1/ckpt", metadata={"epoch": 60})
     model = load_model("runs/exp1/ckpt")            # rebuilt from JSON, weights loaded
@@ -15,7 +18,6 @@ does not belong to its config.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,12 +30,16 @@ from safetensors.torch import load_file, save_file
 
 import attrimp
 from attrimp.errors import AttrimpError, CheckpointError
+from attrimp.io import atomic_write_text, sha256_file, tmp_name
 from attrimp.model import MoSAICConfig, MoSAICReID
 from attrimp.schema import AttributeSchema
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "attrimp.mosaic-reid/1"
+#: `MoSAICConfig` fields that do not change what the saved weights compute: where the initial
+#: weights came from, and a training-time dropout
+IGNORED_ON_LOAD = ("pretrained", "expert_dropout")
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,17 @@ def save_checkpoint(
         raise CheckpointError(f"Checkpoint metadata must be JSON-serialisable: {e}.") from None
 
     weights = folder / WEIGHTS_FILE
-    tmp = folder / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
+    tmp = tmp_name(weights)
+    # the backbone's grid in the metadata lets `backbones.build(pretrained=<this file>)` resample
+    # the position embedding exactly at another input size
+    grid = ",".join(str(v) for v in model.backbone.grid_size)
     try:
-        save_file(_plain_state(model), str(tmp), metadata={"format": "pt", "attrimp": FORMAT})
-        digest = _sha256(tmp)
+        save_file(
+            _plain_state(model),
+            str(tmp),
+            metadata={"format": "pt", "attrimp": FORMAT, "grid_size": grid},
+        )
+        digest = sha256_file(tmp)
         os.replace(tmp, weights)
     finally:
         tmp.unlink(missing_ok=True)
@@ -78,7 +91,7 @@ def save_checkpoint(
         "weights": {"file": WEIGHTS_FILE, "sha256": digest},
         "metadata": meta_json,
     }
-    _write_text_atomic(folder / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True))
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=True))
     return folder
 
 
@@ -126,10 +139,49 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MoSAI
 
 
 def load_weights(model: MoSAICReID, path: str | Path) -> CheckpointInfo:
-    """Load a checkpoint's weights into an existing model; any mismatch is a CheckpointError."""
+    """Load a checkpoint's weights into an existing model; any mismatch is a CheckpointError.
+
+    The saved config must equal the model's in every field that changes what the weights
+    compute (all but `IGNORED_ON_LOAD`), and the saved schema must equal the model's.
+    """
     info = read_checkpoint(path)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: its original
+    differences = config_differences(info, model)
+    if differences:
+        raise CheckpointError(
+            f"Checkpoint {str(info.path)!r} was saved with another model config than the model "
+            f"it is loaded into: {'; '.join(differences)}. Build the model with the "
+            "checkpoint's settings, or rebuild it from the checkpoint with load_model."
+        )
     _load_into(model, info)
     return info
+
+
+def config_differences(info: CheckpointInfo, model: MoSAICReID) -> list[str]:
+    """``"key <saved> in the checkpoint but <value> in the model"`` for each differing field."""
+    saved, target = info.config.to_dict(), model.config.to_dict()
+    out = []
+    for key in saved:
+        if key in IGNORED_ON_LOAD or key == "schema":
+            continue
+        a, b = _comparable(saved[key]), _comparable(target.get(key))
+        if a != b:
+            out.append(f"{key} {saved[key]!r} in the checkpoint but {target.get(key)!r} in the model")
+    if info.schema.to_dict() != model.schema.to_dict():
+        out.append(
+            f"schema {info.schema.name!r} ({info.schema.n_experts} experts) in the checkpoint but "
+            f"{model.schema.name!r} ({model.schema.n_experts} experts) in the model"
+        )
+    return out
+
+
+def _comparable(value: Any) -> Any:
+    """Tuples and lists compare equal (JSON has only lists); ints and floats compare by value."""
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value
 
 
 # --------------------------------------------------------------------------------- internals
@@ -138,7 +190,7 @@ def load_weights(model: MoSAICReID, path: str | Path) -> CheckpointInfo:
 def _load_into(model: MoSAICReID, info: CheckpointInfo) -> None:
     if not info.weights.is_file():
         raise CheckpointError(f"Checkpoint weight file {str(info.weights)!r} does not exist.")
-    if _sha256(info.weights) != info.sha256:
+    if sha256_file(info.weights) != info.sha256:
         raise CheckpointError(
             f"Checkpoint weight file {str(info.weights)!r} does not match the SHA-256 recorded in "
             f"its {CONFIG_FILE}; it was replaced or is corrupt."
@@ -195,23 +247,6 @@ def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.add((t.untyped_storage().data_ptr(), t.storage_offset()))
         out[key] = t
     return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _folder(path: str | Path) -> Path:

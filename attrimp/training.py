@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -34,6 +36,7 @@ from attrimp.config import TrainConfig
 from attrimp.data.dataset import ReIDImageDataset
 from attrimp.data.sampler import PKSampler
 from attrimp.errors import CheckpointError, ConfigError
+from attrimp.io import sha256_file
 from attrimp.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
 from attrimp.model import MoSAICReID
 from attrimp.optim import build_optimizer, warmup_cosine
@@ -59,6 +62,8 @@ LOSS_KEYS = ("loss", "id_loss", "triplet_loss", "center_loss", "attr_loss")
 LOG_EVERY = 20
 STATE_WEIGHTS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -109,11 +114,74 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- checkpoints
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    pointer = Path(out_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
+    """The checkpoint that ``checkpoints/latest`` names, if it is complete.
+
+    A pointer to a folder that is missing or incomplete (moved, half-deleted by hand) falls back
+    to the newest complete ``epoch-NNNN`` folder, with a warning; nothing is deleted. Only when
+    no complete checkpoint exists at all is the answer None (a fresh start).
+    """
+    root = Path(out_dir) / "checkpoints"
+    pointer = root / "latest"
+    named = None
+    if pointer.is_file():
+        named = pointer.read_text(encoding="utf-8").strip()
+        if named and _complete(root / named):
+            return root / named
+    elif not root.is_dir():
         return None
-    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    return folder if (folder / STATE_JSON).exists() else None
+    found = sorted((p for p in root.glob("epoch-*") if _complete(p)), key=lambda p: p.name)
+    if not found:
+        return None
+    if str(pointer) not in _WARNED:
+        _WARNED.add(str(pointer))
+        what = f"names {named!r}, which is missing or incomplete" if named else "is missing"
+        log.warning(
+            "%s %s; using the newest complete checkpoint %s instead.", pointer, what, found[-1]
+        )
+    return found[-1]
+
+
+_WARNED: set[str] = set()
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a checkpoint folder holds every file a resume reads (not their integrity)."""
+    return all(
+        (folder / name).is_file()
+        for name in (STATE_JSON, STATE_WEIGHTS, "config.json", "model.safetensors")
+    )
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary checkpoint folders and files that a killed run left behind.
+
+    Their names carry the writer's process id; those of a process still alive (another run
+    writing here without the ``--out`` lock) are kept. Returns what was removed.
+    """
+    root = Path(out_dir) / "checkpoints"
+    removed = []
+    for tmp in (*root.glob(".epoch-*.tmp-*"), *root.glob(".latest.tmp-*")):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary checkpoint file(s) left by an interrupted run", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -175,6 +243,9 @@ def _save_training_state(
     save_file(tensors, str(tmp / STATE_WEIGHTS))
     document = {
         "epoch": epoch,
+        # checked on resume like model.safetensors: a changed or truncated state file is an
+        # error, never a silent resume with the wrong optimiser moments or RNG state
+        "state_sha256": sha256_file(tmp / STATE_WEIGHTS),
         "optimizer": meta,
         "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
         "history": history,
@@ -199,11 +270,7 @@ def _load_training_state(
     sched: torch.optim.lr_scheduler.LRScheduler,
     center: CenterLoss | None,
 ) -> tuple[int, list[dict[str, float]]]:
-    try:
-        document = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / STATE_WEIGHTS))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"Training state in {str(folder)!r} cannot be read: {e}.") from None
+    document, tensors = read_training_state(folder)
     load_weights(model, folder)
     _restore_optimizer(opt, tensors, document["optimizer"])
     sched_state = dict(document["scheduler"])
@@ -216,6 +283,36 @@ def _load_training_state(
         with torch.no_grad():
             center.centers.copy_(tensors["center.centers"])
     return int(document["epoch"]), list(document["history"])
+
+
+def read_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The trainer state of a checkpoint folder, after checking it against its SHA-256."""
+    state_file = folder / STATE_WEIGHTS
+    try:
+        document = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise json.JSONDecodeError("not a JSON object", "", 0)
+        recorded = document.get("state_sha256")
+        if recorded is not None and sha256_file(state_file) != recorded:
+            raise CheckpointError(
+                f"The trainer state {str(state_file)!r} does not match the SHA-256 recorded in "
+                f"its {STATE_JSON}: it is corrupt or was replaced. Resume from another copy, or "
+                "start afresh with --no-resume."
+            )
+        tensors = load_file(str(state_file))
+    except (OSError, json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(
+            f"The trainer state in {str(folder)!r} cannot be read ({e}); resume from another "
+            "copy, or start afresh with --no-resume."
+        ) from None
+    missing = [k for k in ("epoch", "optimizer", "scheduler", "history") if k not in document]
+    missing += [k for k in ("rng.torch",) if k not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"The trainer state in {str(folder)!r} lacks {missing[0]!r}; resume from another "
+            "copy, or start afresh with --no-resume."
+        )
+    return document, tensors
 
 
 # --------------------------------------------------------------------------- the loop
@@ -416,6 +513,8 @@ def train(
                 _save_training_state(out_dir, epoch + 1, model, opt, sched, center, history, config)
                 _write_log(out_dir, history)
                 if writer is not None:
+    if dist_info.is_main:
+        remove_stale_temporaries(out_dir)
                     for k in (*LOSS_KEYS, "lr"):
                         writer.add_scalar(f"train/{k}", stats[k], epoch + 1)
                     writer.flush()

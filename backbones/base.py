@@ -417,12 +417,14 @@ def load_weights(
     Adapts: the position embedding (resampled from the file's grid to ours), a classifier head
     (dropped: a ReID backbone has none), a camera table of another size (common rows copied, a
     warning). Anything else whose shape differs, or a tensor the model needs that the file lacks,
+    state = unwrap_site_keys(state, backbone)  # an attached expert bank leaves no trace
     is a CheckpointError that names the tensor, both shapes and why. Returns notes on what was
     adapted (also issued as warnings when they lose information).
     """
     raw, meta = read_state_dict(path)
-    state = backbone.convert_state_dict(raw)
-    own = backbone.state_dict()
+    raw = _backbone_of_mosaic(raw, meta)
+    state = unwrap_site_keys(backbone.convert_state_dict(raw), backbone)
+    own = unwrap_site_keys(backbone.state_dict(), backbone)
     notes: list[str] = []
 
     file_grid = pretrained_grid
@@ -503,7 +505,7 @@ def load_weights(
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
 
-    backbone.load_state_dict(adapted, strict=True)
+    backbone.load_state_dict(_rewrap_site_keys(adapted, backbone), strict=True)
     return notes
 
 
@@ -530,6 +532,53 @@ class BackboneFamily:
 
     A family validates model names and pretrained tags *before* anything is built or
     downloaded, describes its models for ``attrimp backbones list``, and builds a `ViTBackbone`
+#: the ``attrimp`` metadata value of a MoSAIC-ReID ``model.safetensors``
+_MOSAIC_FORMAT = "attrimp.mosaic-reid/"
+
+
+def _backbone_of_mosaic(state: dict[str, torch.Tensor], meta: dict[str, str]):
+    """The backbone tensors of a MoSAIC-ReID ``model.safetensors`` (experts and head dropped),
+    so a fine-tuned model can seed a backbone; any other file is returned as it is."""
+    if not str(meta.get("attrimp", "")).startswith(_MOSAIC_FORMAT):
+        return state
+    return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def _site_prefixes(backbone: ViTBackbone) -> list[str]:
+    """State-dict prefixes of the sub-layers an expert bank may wrap (``inner.blocks.3.mlp``)."""
+    names = {id(m): n for n, m in backbone.named_modules()}
+    out = []
+    for i in range(len(backbone.blocks)):
+        for site in ("mlp", "attn"):
+            try:
+                where = backbone.expert_site(i, site)
+            except (ConfigError, NotImplementedError):  # a site this backbone does not offer
+                continue
+            out.append(f"{names[id(where.parent)]}.{where.attr}")
+    return out
+
+
+def unwrap_site_keys(state: dict[str, torch.Tensor], backbone: ViTBackbone):
+    """Keys as if no expert bank were attached: the bank's wrapper holds the original
+    sub-layer as ``base``, so ``<site>.base.<rest>`` becomes ``<site>.<rest>``."""
+    renames = {f"{p}.base.": f"{p}." for p in _site_prefixes(backbone)}
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+def _rewrap_site_keys(state: dict[str, torch.Tensor], backbone: ViTBackbone):
+    """The inverse of `unwrap_site_keys` for this backbone's own (possibly wrapped) keys."""
+    own = list(backbone.state_dict())
+    to_own = dict(zip(unwrap_site_keys(dict.fromkeys(own), backbone), own))
+    return {to_own.get(k, k): v for k, v in state.items()}
+
+
     at the ReID input size. Third parties subclass it and register it with
     ``@backbones.register_family("name")`` or the ``attrimp.backbones`` entry-point group.
     """

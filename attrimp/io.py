@@ -1,0 +1,215 @@
+"""Files that are never half-written, hashes that catch a changed file, and output folders that
+one process at a time writes into.
+
+Torch-free, so `attrimp study analyze` and the studies layer can use it.
+
+* **Atomic writes** — every writer puts its bytes under a temporary name in the same folder,
+  flushes them to disk and moves them into place with ``os.replace``; a kill at any moment
+  leaves either the old file or the new one, never a mixture.
+* **Hashes** — `sha256_file` is the integrity check of every weight file a checkpoint records.
+* **Output folders** — `output_folder` checks that ``--out`` can be written *before* any work
+  and holds an exclusive lock on it while the command runs, so a second command pointed at the
+  same folder stops at once with one sentence instead of mixing its files with the first's.
+  The lock is an OS file lock (``flock``), which the OS releases when its process ends, however
+  it ends: a run killed with ``kill -9`` never leaves a lock that blocks the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from attrimp.errors import AttrimpError
+
+#: the lock file inside an output folder (or beside it, for a folder replaced as a whole)
+LOCK_FILE = ".attrimp.lock"
+
+
+class OutputFolderError(AttrimpError):
+    """An output folder that cannot be written, or that another process is writing into."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def tmp_name(path: Path) -> Path:
+    """The temporary sibling a writer of ``path`` uses (hidden, unique to this process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and one ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, document: Any, *, indent: int = 2, **kwargs: Any) -> None:
+    """``document`` as JSON with a final newline (``kwargs`` go to `json.dumps`)."""
+    atomic_write_text(path, json.dumps(document, indent=indent, **kwargs) + "\n")
+
+
+# ------------------------------------------------------------------------------------- hashes
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- output folders
+def check_writable_folder(folder: str | Path, *, flag: str = "--out", create: bool = True) -> Path:
+    """``folder`` as a folder this process can write into (created when ``create``), or one
+    sentence saying why not. Checked by writing and deleting a probe file, because permission
+    bits do not tell (root ignores them; a read-only mount or a full disk does not show)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(
+            f"{flag} {str(folder)!r} is a file, not a folder; choose a folder to write into."
+        )
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputFolderError(
+                f"{flag} {str(folder)!r} cannot be created: {e.strerror or e}."
+            ) from None
+    _probe_write(folder, flag)
+    return folder
+
+
+def _probe_write(folder: Path, flag: str) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".attrimp-probe-", dir=folder)
+    except OSError as e:
+        raise OutputFolderError(
+            f"{flag} {str(folder)!r} cannot be written into: {e.strerror or e}."
+        ) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+@contextmanager
+def output_folder(
+    folder: str | Path, *, flag: str = "--out", replaced_whole: bool = False
+) -> Iterator[Path]:
+    """Check that ``folder`` can be written, then hold its lock until the block ends.
+
+    ``replaced_whole``: the command publishes the folder by renaming a finished sibling over
+    it (`attrimp data synth`), so the folder is not created here and its lock file lives
+    beside it (``.<name>.attrimp.lock`` in the parent) instead of inside.
+    """
+    folder = Path(folder)
+    if replaced_whole:
+        if folder.exists() and not folder.is_dir():
+            raise OutputFolderError(
+                f"{flag} {str(folder)!r} is a file, not a folder; choose a folder to write into."
+            )
+        check_writable_folder(folder.parent, flag=f"the folder of {flag}")
+        lock_path = folder.parent / f".{folder.name}{LOCK_FILE}"
+    else:
+        check_writable_folder(folder, flag=flag)
+        lock_path = folder / LOCK_FILE
+    with folder_lock(lock_path, folder, flag=flag):
+        yield folder
+
+
+@contextmanager
+def folder_lock(lock_path: Path, folder: Path, *, flag: str = "--out") -> Iterator[None]:
+    """An exclusive, non-blocking OS lock on ``lock_path``; a second holder gets one sentence."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputFolderError(
+            f"{flag} {str(folder)!r} cannot be locked ({str(lock_path)!r}: {e.strerror or e})."
+        ) from None
+    try:
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            raise OutputFolderError(
+                f"{flag} {str(folder)!r} is in use by another attrimp process{holder}; wait "
+                f"for it to finish or choose another {flag}."
+            )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = os.read(fd, 32).decode(errors="replace").strip()
+    except OSError:
+        pid = ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+try:  # POSIX
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+except ImportError:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the outputs: a plain process, or rank 0 under ``torchrun``."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def run_output(
+    folder: str | Path, *, flag: str = "--out", replaced_whole: bool = False
+) -> Iterator[Path]:
+    """`output_folder` on the process that writes (rank 0 under ``torchrun``); the other ranks
+    only read what rank 0 wrote and take no lock."""
+    if not is_main_process():
+        yield Path(folder)
+        return
+    with output_folder(folder, flag=flag, replaced_whole=replaced_whole) as out:
+        yield out
