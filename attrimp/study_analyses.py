@@ -153,8 +153,9 @@ def run_study_analyses(
             scores[name] = cons.set_index("attribute")["score"].astype(float)
     if result.paired is not None:
         wil = result.paired[result.paired["test"] == result.paired["test"].iloc[0]]
-        # importance = how much AP drops without the group: minus the mean difference
-        scores["leave_one_out"] = -wil.set_index("attribute")["mean_difference"].astype(float)
+        # importance = how much AP drops without the group: the paired tests' mean difference
+        # (full - without, positive = the group helps)
+        scores["leave_one_out"] = wil.set_index("attribute")["mean_difference"].astype(float)
     if scores:
         cons = consensus_ranking(scores)
         result.consensus = cons.ranking.reset_index(drop=True)

@@ -5,6 +5,9 @@ Input convention: every method hands a ``pd.Series`` of scores indexed by attrib
 Wald test as its chi² (or ``-log10(p)``), a permutation importance or mean |SHAP| as is. Only
 ranks are used, so scales never need to match.
 
+A method whose scores rank nothing (every attribute the same score) is left out, with a
+warning saying why (``uninformative_reason``).
+
 Consensus score: the mean over methods of the rank-normalised score ``(n - rank) / (n - 1)``
 (1 = a method's top attribute, 0 = its last; ties share the mean rank). This is a Borda count
 rescaled to [0, 1]; an attribute a method did not score is averaged over the methods that did
@@ -58,6 +61,9 @@ class ConsensusResult:
     #: the chi² statistic of the W test and its degrees of freedom
     kendall_w_chi2: float = float("nan")
     kendall_w_df: int = 0
+    #: methods left out because their scores rank nothing (method -> reason); see
+    #: ``uninformative_reason``
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 def _clean(scores: dict[str, pd.Series]) -> dict[str, pd.Series]:
@@ -77,6 +83,27 @@ def _clean(scores: dict[str, pd.Series]) -> dict[str, pd.Series]:
         v.index = v.index.astype(str)
         out[str(name)] = v.replace([np.inf, -np.inf], np.nan)
     return out
+
+
+def uninformative_reason(scores: pd.Series) -> str | None:
+    """Why a method's scores carry no ranking information, or None when they do.
+
+    A method that gives every attribute the same score (every permutation importance exactly 0
+    because the permutation could not move the data; every rank test at the smallest p-value
+    its permutations can give) ranks all attributes as one tie. Averaged into the consensus it
+    would pull every attribute to the middle and make Kendall's W look like disagreement, so it
+    is left out, with this reason in a warning.
+    """
+    v = scores.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return f"it scores {v.size} attribute(s), so it ranks nothing"
+    if np.ptp(v) <= 1e-12 * max(1.0, float(np.abs(v).max())):
+        return (
+            f"it gives all {v.size} attributes the same score ({v[0]:.4g}), so its ranking is "
+            "one tie and carries no information"
+        )
+    return None
 
 
 def _ranks(s: pd.Series) -> pd.Series:
@@ -161,6 +188,21 @@ def consensus_ranking(
         raise StudyInputError("consensus_ranking needs the scores of at least one method.")
     sc = _clean(scores)
     warnings: list[str] = []
+    excluded: dict[str, str] = {}
+    for k, v in sc.items():
+        reason = uninformative_reason(v)
+        if reason is not None:
+            excluded[k] = reason
+    if excluded and len(excluded) < len(sc):
+        for k, reason in excluded.items():
+            warnings.append(f"Method '{k}' is left out of the consensus: {reason}.")
+        sc = {k: v for k, v in sc.items() if k not in excluded}
+    elif excluded:
+        warnings.append(
+            "No method separates the attributes (every method gives all of them one score), so "
+            "the consensus ranking is a tie."
+        )
+        excluded = {}
     attributes = list(dict.fromkeys(a for s in sc.values() for a in s.index))
     if not attributes:
         raise StudyInputError("consensus_ranking was given no attributes to rank.")
@@ -173,7 +215,9 @@ def consensus_ranking(
             )
     complete = [a for a in attributes if ranks.loc[a].notna().all()]
     if len(sc) < 2:
-        warnings.append("Only one method was given, so agreement between methods is undefined.")
+        warnings.append(
+            "Only one method ranks the attributes, so agreement between methods is undefined."
+        )
     # W on the attributes every method scored, re-ranked so each method ranks 1..n
     w, w_p, chi2, df = float("nan"), float("nan"), float("nan"), 0
     if len(complete) >= 2:
@@ -253,6 +297,7 @@ def consensus_ranking(
         warnings=warnings,
         kendall_w_chi2=chi2,
         kendall_w_df=df,
+        excluded=excluded,
     )
 
 

@@ -188,6 +188,69 @@ def cluster_codes(frame: AnalysisFrame) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where an attribute varies: the unit every resampling of it must respect
+# ---------------------------------------------------------------------------------------------
+
+#: the attribute is constant within every cluster: its values are moved between clusters
+ACROSS_CLUSTERS = "across_clusters"
+#: the attribute varies within at least one cluster: its values are shuffled among the rows of
+#: each cluster (the exchangeable unit under an identity random effect)
+WITHIN_CLUSTER = "within_cluster"
+#: no clusters: rows are independent and are permuted freely
+ROWS = "rows"
+
+
+def clusters_varying(codes: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """For each column of ``codes [n, k]``, the number of clusters in which it takes more than
+    one value (``clusters``: codes 0..m-1 aligned with the rows)."""
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    if codes.shape[0] == 0:
+        return np.zeros(codes.shape[1], dtype=np.int64)
+    order = np.argsort(clusters, kind="stable")
+    cl = clusters[order]
+    starts = np.flatnonzero(np.r_[True, cl[1:] != cl[:-1]])
+    c = codes[order]
+    lo = np.minimum.reduceat(c, starts, axis=0)
+    hi = np.maximum.reduceat(c, starts, axis=0)
+    return (lo != hi).sum(axis=0).astype(np.int64)
+
+
+def permutation_scopes(codes: np.ndarray, clusters: np.ndarray | None) -> list[str]:
+    """How each attribute column of ``codes`` must be permuted (or its null resampled).
+
+    Rule (the same for permutation importance and the rank tests): an attribute constant within
+    every cluster is an identity-level attribute, and only moving it *across clusters* breaks
+    its link with the outcome; an attribute that varies within any cluster (an image-level
+    annotation, an expert switched on and off across one identity's rows) is shuffled *within
+    clusters*, which keeps each cluster's random effect in place and is the null of "no effect
+    of the attribute given the identity". Moving such an attribute across clusters can be a
+    no-op: when every cluster carries the same set of values in the same row order (a switching
+    design) a donor cluster hands back the very values it replaces, and the importance is 0.
+    """
+    k = np.asarray(codes).shape[1] if np.asarray(codes).ndim == 2 else 1
+    if clusters is None:
+        return [ROWS] * k
+    varying = clusters_varying(codes, clusters)
+    return [WITHIN_CLUSTER if v > 0 else ACROSS_CLUSTERS for v in varying]
+
+
+def within_cluster_note(
+    group: str, n_varying: int, n_clusters: int, what: str, unit: str = "cluster"
+) -> str | None:
+    """A warning when a group varies within only a minority of clusters: then a within-cluster
+    permutation moves only those clusters' rows, which the reader should know."""
+    if n_varying == 0 or 2 * n_varying >= n_clusters:
+        return None
+    return (
+        f"Attribute '{group}' varies within only {n_varying} of {n_clusters} {unit}s, so "
+        f"{what} permutes it within those {unit}s only (its between-{unit} differences are not "
+        "permuted); if it is really a per-identity attribute, fix the few rows that disagree."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Sufficient statistics and the joint linear model on them
 # ---------------------------------------------------------------------------------------------
 

@@ -16,10 +16,16 @@ data where none matters (``tests/test_studies_calibration.py`` shows it). So, wi
   under the null, as with an identity random effect); its effect-size CI from a *cluster
   bootstrap*. Both are ours (scipy has no stratified permutation for rank statistics).
 
+The rule is ``features.permutation_scopes``, shared with permutation importance, and the table
+says which applied in ``permuted`` ("across_clusters": tested on cluster means, the null
+exchanges clusters; "within_cluster": permuted inside clusters; "rows": no clusters).
+
 Effect sizes: rank-biserial correlation ``r = 2 U / (n1 n0) - 1`` for two levels (positive: the
 non-reference level has higher outcomes) with the Fisher-z CI of R's ``effectsize`` package
 (SE = sqrt((n1 + n0 + 1) / (3 n1 n0))); ``epsilon²`` = H / (n - 1) for more levels with a
-percentile bootstrap CI (as ``effectsize`` does; there is no closed form). Paired designs get
+one-sided interval ``[low, 1]`` that inverts the test, so it excludes 0 exactly when p < alpha
+(``epsilon_squared_ci``; a percentile bootstrap of a statistic bounded at 0 cannot reach 0 and
+excluded it at p = 0.31). Paired designs get
 the Wilcoxon signed-rank test with the matched-pairs rank-biserial correlation (Fisher-z CI,
 SE = sqrt((2 n³ + 3 n² + n) / 6) / (n (n + 1) / 2) over the n non-zero differences, as in
 ``effectsize``) and the paired t-test with Cohen's d_z and pingouin's CI. Tests come from scipy
@@ -34,10 +40,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pingouin as pg
-from scipy import stats
+from scipy import optimize, stats
 
 from studies.corrections import add_adjusted
 from studies.errors import StudyInputError
+from studies.features import (
+    ACROSS_CLUSTERS,
+    WITHIN_CLUSTER,
+    clusters_varying,
+    permutation_scopes,
+    within_cluster_note,
+)
 from studies.frame import AnalysisFrame
 
 GROUP_TEST_COLUMNS = [
@@ -52,6 +65,7 @@ GROUP_TEST_COLUMNS = [
     "n",
     "unit",
     "n_levels",
+    "permuted",
     "p_holm",
     "p_fdr_bh",
 ]
@@ -128,6 +142,38 @@ def _percentile(x: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _ncx2_lambda(h: float, df: int, prob: float) -> float:
+    """The noncentrality at which ``h`` is the ``prob`` quantile of chi²(df, lambda); 0 when even
+    lambda = 0 puts less than ``1 - prob`` of the mass above ``h``."""
+    if not np.isfinite(h) or stats.chi2.cdf(h, df) <= prob:
+        return 0.0
+    f = lambda lam: stats.ncx2.cdf(h, df, lam) - prob  # noqa: E731 - decreasing in lam
+    hi = max(1.0, h)
+    while f(hi) > 0:
+        hi *= 2.0
+    return float(optimize.brentq(f, 0.0, hi, xtol=1e-10))
+
+
+def epsilon_squared_ci(h: float, n: int, k: int, alpha: float) -> tuple[float, float]:
+    """One-sided ``1 - alpha`` interval ``[low, 1]`` for the rank epsilon² = H / (n - 1).
+
+    Why not a percentile bootstrap (our old interval, and ``effectsize``'s): H is >= 0 with mean
+    k - 1 under the null, and a bootstrap resample (with duplicated units) inflates it further,
+    so the percentile interval of H / (n - 1) sat above 0 at p = 0.31 and could never reach 0.
+    Here the interval is the inversion of the test itself: the Kruskal–Wallis reference
+    chi²(k - 1) becomes a noncentral chi²(k - 1, lambda) under an effect, ``low`` is the
+    noncentrality that puts H at the ``1 - alpha`` quantile, divided by n - 1 (the scale of
+    epsilon²; noncentral-F intervals for eta² do the same). So ``low > 0`` exactly when the
+    test's (chi²-approximate, scipy's) p-value is below ``alpha``, and 0 otherwise. It is one-
+    sided, as ``effectsize`` reports epsilon² by default (alternative = "greater"), because the
+    test is one-sided: the upper end is the bound 1 of epsilon².
+    """
+    if n < 2 or k < 2 or not np.isfinite(h):
+        return float("nan"), float("nan")
+    lam = _ncx2_lambda(max(h, 0.0), k - 1, 1.0 - alpha)
+    return float(min(lam / (n - 1), 1.0)), 1.0
+
+
 def _independent_test(y: np.ndarray, g: np.ndarray, k: int, alpha: float, n_boot: int, rng) -> dict:
     """MWU / KW on independent units with their effect size and CI."""
     n = len(y)
@@ -149,11 +195,7 @@ def _independent_test(y: np.ndarray, g: np.ndarray, k: int, alpha: float, n_boot
     samples = [y[g == j] for j in range(k)]
     res = stats.kruskal(*samples)
     eps = float(res.statistic) / (n - 1)
-    lo = hi = float("nan")
-    if n_boot > 0:
-        idx = rng.integers(0, n, size=(n_boot, n))
-        boot = _kw_h(y[idx], g[idx], k) / (n - 1)
-        lo, hi = _percentile(boot, alpha)
+    lo, hi = epsilon_squared_ci(float(res.statistic), n, k, alpha)
     return dict(
         test="kruskal_wallis",
         statistic=float(res.statistic),
@@ -163,6 +205,21 @@ def _independent_test(y: np.ndarray, g: np.ndarray, k: int, alpha: float, n_boot
         ci_low=lo,
         ci_high=hi,
     )
+
+
+def _within_epsilon_ci(eps: float, boot: np.ndarray, p: float, alpha: float) -> tuple[float, float]:
+    """One-sided ``[low, 1]`` interval of epsilon² for the within-cluster test, in the same form
+    as ``epsilon_squared_ci``. The cluster bootstrap of H / (n - 1) is shifted upward (H >= 0),
+    so its percentile bound cannot reach 0; the *basic* bootstrap bound ``2 eps - q(1 - alpha)``
+    reflects that shift away, and it is clipped at 0 and set to 0 when the within-cluster
+    permutation test does not reject at ``alpha``, so the interval never contradicts the test
+    by excluding 0 at a large p (it may still touch 0 at a p just below ``alpha``)."""
+    b = boot[np.isfinite(boot)]
+    if b.size == 0:
+        return float("nan"), float("nan")
+    if p >= alpha:
+        return 0.0, 1.0
+    return float(max(0.0, 2.0 * eps - np.quantile(b, 1.0 - alpha))), 1.0
 
 
 def _within_cluster_test(
@@ -241,7 +298,10 @@ def _within_cluster_test(
                 boot[bi] = _rank_biserial(yb, gb)
             else:
                 boot[bi] = _kw_h(yb[None, :], gb[None, :], k)[0] / (len(yb) - 1)
-        lo, hi = _percentile(boot, alpha)
+        if k == 2:
+            lo, hi = _percentile(boot, alpha)
+        else:
+            lo, hi = _within_epsilon_ci(float(eff), boot, float(p), alpha)
     return dict(
         test=f"{test}+cluster_permutation",
         statistic=stat,
@@ -280,6 +340,7 @@ def group_tests(
         first[cl[::-1]] = np.arange(len(cl))[::-1]
         ybar = np.bincount(cl, weights=y_all, minlength=n_cl) / np.bincount(cl, minlength=n_cl)
     records = []
+    notes: list[str] = []
     for gi, gname in enumerate(frame.groups if groups is None else groups):
         rng = np.random.default_rng([seed, gi])
         codes = frame.data[gname].cat.codes.to_numpy().astype(np.int64)
@@ -288,28 +349,45 @@ def group_tests(
         remap[present] = np.arange(len(present))
         g = remap[codes]
         k = len(present)
-        base = {"attribute": gname, "n_levels": k}
+        # the same rule as permutation importance (features.permutation_scopes)
+        scope = permutation_scopes(g[:, None], cl)[0]
+        base = {"attribute": gname, "n_levels": k, "permuted": scope}
         if k < 2:
             records.append({**base, "test": "none", "n": len(y_all), "unit": "row"})
             continue
         if cl is None:
             rec = _independent_test(y_all, g, k, alpha, n_boot, rng)
             rec.update(n=len(y_all), unit="row")
-        else:
+        elif scope == ACROSS_CLUSTERS:  # constant within every cluster: one row per cluster
             gc = g[first]
-            if np.array_equal(g, gc[cl]):  # constant within every cluster
-                kc = len(np.unique(gc))
-                if kc < 2:
-                    records.append({**base, "test": "none", "n": len(ybar), "unit": "cluster"})
-                    continue
-                rec = _independent_test(ybar, gc, k, alpha, n_boot, rng)
-                rec.update(n=len(ybar), unit="cluster")
-            else:
-                rec = _within_cluster_test(y_all, g, cl, k, alpha, n_perm, n_boot, rng)
-                rec.update(n=int(cl.max()) + 1, unit="cluster")
+            kc = len(np.unique(gc))
+            if kc < 2:
+                records.append({**base, "test": "none", "n": len(ybar), "unit": "cluster"})
+                continue
+            rec = _independent_test(ybar, gc, k, alpha, n_boot, rng)
+            rec.update(n=len(ybar), unit="cluster")
+        else:
+            rec = _within_cluster_test(y_all, g, cl, k, alpha, n_perm, n_boot, rng)
+            rec.update(n=int(cl.max()) + 1, unit="cluster")
+            note = within_cluster_note(
+                gname, int(clusters_varying(g, cl)[0]), n_cl, "the rank test", frame.cluster
+            )
+            if note:
+                notes.append(note)
         records.append({**base, **rec})
     table = pd.DataFrame(records).reindex(columns=GROUP_TEST_COLUMNS[:-2])
-    return add_adjusted(table).reindex(columns=GROUP_TEST_COLUMNS)
+    table = add_adjusted(table).reindex(columns=GROUP_TEST_COLUMNS)
+    floor = 1.0 / (n_perm + 1.0)
+    inside = table[table["permuted"] == WITHIN_CLUSTER]
+    at_floor = inside.loc[inside["p_value"] <= floor * (1 + 1e-9), "attribute"].tolist()
+    if len(at_floor) >= 2:
+        notes.append(
+            f"The within-{frame.cluster} permutation p-values of {', '.join(at_floor)} are all "
+            f"{floor:.2g}, the smallest {n_perm} permutations can give: each is significant, "
+            "but their order is a tie (more permutations, n_perm, would separate them)."
+        )
+    table.attrs["warnings"] = notes
+    return table
 
 
 def reference_condition(frame: AnalysisFrame) -> object:
@@ -329,11 +407,18 @@ def paired_tests(
 ) -> pd.DataFrame:
     """Each non-reference condition against the reference, paired by ``frame.paired_by``.
 
-    Differences are ``condition - reference``; with ``frame.cluster`` they are averaged per
-    cluster first (so an identity with 30 queries is one unit, not 30). Two rows per
-    condition (Wilcoxon signed-rank, paired t); ``p_holm`` / ``p_fdr_bh`` adjust over the
-    conditions of one test. Pairs missing a partner are left out and counted in
-    ``table.attrs["warnings"]``."""
+    Sign convention (one for the whole package: positive = the attribute helps): differences
+    are ``reference - condition``, the outcome *lost* when going from the reference to the
+    condition. In an ablation design the reference is the full model and each condition
+    switches something off (the study's ``without:<group>``), so a positive
+    ``mean_difference``, ``statistic``, ``effect_size`` and CI mean that what the condition
+    removes helps: the same sign as the study's leave-one-out ΔmAP (``ap_full - ap_without``).
+    (R's ``t.test(reference, condition, paired = TRUE)`` / ``wilcox.test`` give the same
+    signs.) With ``frame.cluster`` the differences are averaged per cluster first (so an
+    identity with 30 queries is one unit, not 30). Two rows per condition (Wilcoxon signed-rank
+    with the matched-pairs rank-biserial, paired t with Cohen's d_z); ``p_holm`` / ``p_fdr_bh``
+    adjust over the conditions of one test. Pairs missing a partner are left out and counted
+    in ``table.attrs["warnings"]``."""
     if frame.paired_by is None or frame.condition is None:
         raise StudyInputError("Paired tests need a paired design (--paired-by and --condition).")
     if outcome not in frame.data.columns:
@@ -368,7 +453,8 @@ def paired_tests(
                 f"{unpaired} rows of {cond}={c!r} / {ref!r} have no partner and are left out of "
                 "their paired tests."
             )
-        d = (joined[f"{outcome}__other"] - joined[outcome]).to_numpy(dtype=float)
+        # reference - condition: positive = what the condition takes away helps
+        d = (joined[outcome] - joined[f"{outcome}__other"]).to_numpy(dtype=float)
         unit = "pair"
         if frame.cluster is not None and len(d):
             cl = pd.factorize(joined[frame.cluster])[0]

@@ -13,11 +13,18 @@ Honesty with clustered rows (``frame.cluster``, e.g. the identity in a ReID tabl
 
 - folds are ``GroupKFold`` (or ``GroupShuffleSplit`` for a hold-out) by cluster, so no identity
   is both learned and scored and the held-out score is not inflated by memorised identities;
-- the permutation is done *within the held-out fold* and *by cluster*: each held-out cluster
+- the permutation is done *within the held-out fold*, and where the group varies decides how
+  (``features.permutation_scopes``, the rule the rank tests use too; column ``permuted``):
+  a group constant within every cluster is moved *across clusters*: each held-out cluster
   takes the group's values of another held-out cluster (row ``k`` of a cluster takes row
   ``k mod size`` of the donor cluster). For identity-level attributes this is exactly a
   permutation of the identities' values, so the spread over repeats reflects the number of
-  identities, not the number of rows;
+  identities, not the number of rows. A group that varies within clusters (a switching
+  design: one identity's rows under different subsets of experts) is shuffled *within each
+  cluster*. Moving it across clusters would be wrong twice: when every cluster carries the same
+  values in the same order the donor hands back the values it replaces (importance exactly 0
+  whatever the model does), and otherwise it would mix the group's effect with the clusters'
+  random effects;
 - the confidence interval redraws held-out clusters, not rows (see
   ``grouped_permutation_importance``).
 
@@ -46,12 +53,16 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Shuffl
 
 from studies.errors import StudyInputError
 from studies.features import (
+    WITHIN_CLUSTER,
     GroupEncoding,
     cluster_codes,
+    clusters_varying,
     distinct_rows,
     encode_frame,
     is_binary,
     outcome_values,
+    permutation_scopes,
+    within_cluster_note,
 )
 from studies.frame import AnalysisFrame
 
@@ -138,7 +149,8 @@ class ImportanceResult:
     #: one row per attribute group: attribute, model, importance (mean drop in the held-out
     #: score over folds x repeats), std, ci_low, ci_high (cluster-bootstrap interval of the
     #: held-out sets), perm_ci_low, perm_ci_high (interval of the drops over folds x repeats),
-    #: n_repeats, n_folds, n_boot, metric
+    #: n_repeats, n_folds, n_boot, metric, permuted (how the group was permuted:
+    #: "across_clusters", "within_cluster" or "rows"; see ``features.permutation_scopes``)
     table: pd.DataFrame
     #: held-out quality: metric ("r2" or "auc"), per_fold, mean, and fitting details
     quality: dict
@@ -347,11 +359,23 @@ class _Permuter:
         return cls(n=len(cinv), cinv=cinv, order=order, starts=starts, sizes=sizes, pos=pos)
 
     def source(self, rng: np.random.Generator, n_rows: int) -> np.ndarray:
-        """For each row, the row whose group values it takes."""
+        """For each row, the row whose group values it takes: row ``k`` of a cluster takes row
+        ``k mod size`` of a donor cluster (an across-clusters move of identity-level values)."""
         if self.cinv is None:
             return rng.permutation(n_rows)
         donor = rng.permutation(len(self.sizes))[self.cinv]
         return self.order[self.starts[donor] + self.pos % self.sizes[donor]]
+
+    def source_within(self, rng: np.random.Generator, n_rows: int) -> np.ndarray:
+        """For each row, the row of the *same* cluster whose group values it takes: one uniform
+        random permutation of the rows of every cluster (for groups that vary within clusters)."""
+        if self.cinv is None:
+            return rng.permutation(n_rows)
+        src = np.empty(len(self.cinv), dtype=np.int64)
+        # rows sorted by cluster, in random order within each cluster, matched position by
+        # position with the rows sorted by cluster in table order
+        src[self.order] = np.argsort(self.cinv + rng.random(len(self.cinv)), kind="stable")
+        return src
 
 
 @dataclass
@@ -360,10 +384,14 @@ class _Fold:
     codes: np.ndarray
     scorer: FoldScorer
     #: ``[n_repeats, n_rows]``: for each repeat and row, the row whose group values it takes;
-    #: one permutation per repeat, shared by every group (common random numbers)
+    #: one permutation per repeat, shared by every group (common random numbers); groups that
+    #: vary within clusters use ``sources_within`` (rows shuffled inside each cluster) instead
     sources: np.ndarray
     baseline: float
     baseline_boot: np.ndarray
+    sources_within: np.ndarray | None = None
+    #: per group: ``features.ACROSS_CLUSTERS``, ``WITHIN_CLUSTER`` or ``ROWS``
+    scopes: tuple[str, ...] = ()
 
 
 def _group_drops(fold: _Fold, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -372,6 +400,8 @@ def _group_drops(fold: _Fold, j: int) -> tuple[np.ndarray, np.ndarray]:
     enc = fold.fitted.encoding
     codes = fold.codes
     n, n_repeats = len(codes), fold.sources.shape[0]
+    within = bool(fold.scopes) and fold.scopes[j] == WITHIN_CLUSTER
+    sources = fold.sources_within if within and fold.sources_within is not None else fold.sources
     n_boot = len(fold.baseline_boot)
     if not np.isfinite(fold.baseline):
         return np.full(n_repeats, np.nan), np.full((n_repeats, n_boot), np.nan)
@@ -391,7 +421,7 @@ def _group_drops(fold: _Fold, j: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty(n_repeats)
     boot = np.empty((n_repeats, n_boot))
     for r in range(n_repeats):
-        src = fold.sources[r]
+        src = sources[r]
         if use_cells:
             score, score_b = fold.scorer.score(base_cell + codes[src, j], f)
         else:
@@ -480,6 +510,26 @@ def grouped_permutation_importance(
             warnings.append(
                 f"Attribute '{g}' has a single level; its {name} importance is 0 by construction."
             )
+    scopes = tuple(permutation_scopes(codes_all, clusters))
+    any_within = WITHIN_CLUSTER in scopes
+    if any_within:
+        n_clusters = int(clusters.max()) + 1
+        varying = clusters_varying(codes_all, clusters)
+        inside = [g for g, sc in zip(enc.groups, scopes, strict=True) if sc == WITHIN_CLUSTER]
+        cl_name = frame.cluster or "cluster"
+        warnings.append(
+            f"{name} permutes {', '.join(inside)} within each {cl_name} (they vary within "
+            f"{cl_name}s; moving them across {cl_name}s would leave most rows unchanged); "
+            "the other attributes across clusters. See the table's 'permuted' column."
+            if len(inside) < len(enc.groups)
+            else f"{name} permutes every attribute within each {cl_name}: they all vary within "
+            f"{cl_name}s (a within-identity design), so an importance is the held-out loss when "
+            f"an attribute is shuffled among one {cl_name}'s rows."
+        )
+        for j, g in enumerate(enc.groups):
+            note = within_cluster_note(g, int(varying[j]), n_clusters, name, cl_name)
+            if note:
+                warnings.append(note)
 
     prog = _progress(
         progress, len(splits) * (1 + len(enc.groups)), f"{name} importance ({outcome})"
@@ -511,6 +561,12 @@ def grouped_permutation_importance(
             sources = np.empty((n_repeats, len(yt)), dtype=np.int64)
             for r in range(n_repeats):
                 sources[r] = perm.source(np.random.default_rng([seed, i, r]), len(yt))
+            sources_within = None
+            if any_within:
+                sources_within = np.empty_like(sources)
+                for r in range(n_repeats):
+                    rng_w = np.random.default_rng([seed, i, r, 1])
+                    sources_within[r] = perm.source_within(rng_w, len(yt))
             if perm.cinv is not None:
                 unit = perm.cinv
             else:  # independent rows: random blocks of rows are independent units too
@@ -532,6 +588,8 @@ def grouped_permutation_importance(
                 sources=sources,
                 baseline=base,
                 baseline_boot=base_b,
+                sources_within=sources_within,
+                scopes=scopes,
             )
 
         folds: list[_Fold] = parallel(delayed(fit_fold)(i) for i in range(len(splits)))
@@ -623,6 +681,7 @@ def grouped_permutation_importance(
                 "n_folds": len(folds),
                 "n_boot": n_boot,
                 "metric": metric,
+                "permuted": scopes[j],
             }
         )
     table = pd.DataFrame(rows)

@@ -8,7 +8,11 @@ Known answers (R 4.x):
 - ``kruskal.test(list(x, y, z))`` (its help-page example): chi-squared = 0.77143, p = 0.68.
 - ``wilcox.test(x, y, paired = TRUE)`` on the help page's depression data: V = 40,
   two-sided p = 0.03906.
-- ``t.test(extra ~ group, data = sleep, paired = TRUE)``: t = -4.0621, df = 9, p = 0.002833.
+- ``t.test(extra ~ group, data = sleep, paired = TRUE)``: t = -4.0621, df = 9, p = 0.002833,
+  mean difference (group 1 - group 2) = -1.58.
+
+Paired tests report ``reference - condition`` (positive = what the condition removes helps), so
+R's ``t.test(reference, condition, paired = TRUE)`` has our signs.
 """
 
 from __future__ import annotations
@@ -199,11 +203,12 @@ def test_paired_t_and_cohen_dz_match_r():
     res = paired_tests(frame, "extra").set_index("test")
     t = res.loc["paired_t"]
     assert t["attribute"] == "2" and t["reference"] == "1"  # tie in counts: first seen
-    assert t["statistic"] == pytest.approx(4.0621, abs=1e-4)
+    # reference "1" minus condition "2": R's t.test(extra ~ group, paired = TRUE) exactly
+    assert t["statistic"] == pytest.approx(-4.0621, abs=1e-4)
     assert t["p_value"] == pytest.approx(0.002833, abs=1e-6)
-    assert t["mean_difference"] == pytest.approx(1.58)
+    assert t["mean_difference"] == pytest.approx(-1.58)
     assert t["effect_size"] == pytest.approx(
-        1.58 / np.std(np.array([1.2, 2.4, 1.3, 1.3, 0, 1, 1.8, 0.8, 4.6, 1.4]), ddof=1)
+        -1.58 / np.std(np.array([1.2, 2.4, 1.3, 1.3, 0, 1, 1.8, 0.8, 4.6, 1.4]), ddof=1)
     )
     assert t["ci_low"] < t["effect_size"] < t["ci_high"]
     assert t["n"] == 10 and t["unit"] == "pair"
@@ -216,7 +221,9 @@ def test_wilcoxon_signed_rank_matches_r():
     frame = build_analysis_frame(df, outcomes="v", paired_by="q", condition="cond")
     row = paired_tests(frame, "v", reference="pre").set_index("test").loc["wilcoxon_signed_rank"]
     assert row["p_value"] == pytest.approx(0.03906, abs=1e-5)
-    assert row["effect_size"] == pytest.approx((40 - 5) / 45)  # (T+ - T-) / (T+ + T-), R's V = 40
+    # differences pre - post = y - x: R's wilcox.test(y, x, paired = TRUE) has V = 5 = T+, and
+    # wilcox.test(x, y) V = 40 = T-; (T+ - T-) / (T+ + T-)
+    assert row["effect_size"] == pytest.approx((5 - 40) / 45)
     assert row["ci_low"] < row["effect_size"] < row["ci_high"]
 
 
@@ -247,10 +254,11 @@ def test_paired_differences_are_averaged_per_cluster_and_adjusted_per_test():
     w = res[res.test == "wilcoxon_signed_rank"].set_index("attribute")
     # by hand: per-cluster mean difference, then scipy
     wide = df.pivot(index="q", columns="config", values="ap")
-    d = (wide["no_hat"] - wide["full"]).groupby(pid).mean()
+    d = (wide["full"] - wide["no_hat"]).groupby(pid).mean()
     assert w.loc["no_hat", "n"] == d.size and w.loc["no_hat", "unit"] == "cluster"
     assert w.loc["no_hat", "p_value"] == pytest.approx(stats.wilcoxon(d.to_numpy()).pvalue)
-    assert w.loc["no_hat", "p_value"] < 0.001 and w.loc["no_hat", "effect_size"] < 0
+    # no_hat loses 0.3: the hat helps, so the effect is positive (reference - condition)
+    assert w.loc["no_hat", "p_value"] < 0.001 and w.loc["no_hat", "effect_size"] > 0
     assert w.loc["no_bag", "n_pairs"] == n_q - 3
     assert any("3 rows" in m for m in res.attrs["warnings"])
     for _, fam in res.groupby("test"):
@@ -265,3 +273,91 @@ def test_paired_tests_refuse_non_paired_frames_and_duplicate_pairs():
     frame = build_analysis_frame(df, outcomes="extra", paired_by="ID", condition="group")
     with pytest.raises(StudyInputError, match="ID=0 appears more than once under group='1'"):
         paired_tests(frame, "extra")
+
+
+# ----------------------------------------------------------------------------------------------
+# epsilon² intervals agree with the test; one sign convention for paired tests
+# ----------------------------------------------------------------------------------------------
+def test_epsilon_squared_interval_agrees_with_the_kruskal_wallis_test():
+    """The old percentile bootstrap of H / (n - 1) excluded 0 at p = 0.31 (H >= 0 and a
+    bootstrap resample inflates it). The interval now inverts the test: it excludes 0 exactly
+    when p < alpha, and its lower end is the noncentrality that puts H at the 1 - alpha quantile
+    of chi²(k - 1, lambda), over n - 1."""
+    rng = np.random.default_rng(11)
+    seen_large_p = seen_small_p = 0
+    for i in range(40):
+        shift = [0.0, 0.15 * (i % 4), 0.3 * (i % 4)]
+        g = np.repeat(["x", "y", "z"], 20)
+        v = rng.normal(0, 1, 60) + np.repeat(shift, 20)
+        row = group_tests(build_analysis_frame(pd.DataFrame({"v": v, "g": g}), outcomes="v"), "v")
+        row = row.iloc[0]
+        assert row["effect_name"] == "epsilon_squared" and row["ci_high"] == 1.0
+        assert (row["ci_low"] > 0) == (row["p_value"] < 0.05), (row["p_value"], row["ci_low"])
+        assert row["ci_low"] <= row["effect_size"]
+        if row["p_value"] > 0.25:
+            seen_large_p += 1
+            assert row["ci_low"] == 0.0
+        if row["p_value"] < 0.05:
+            seen_small_p += 1
+            lam = row["ci_low"] * 59
+            assert stats.ncx2.sf(row["statistic"], 2, lam) == pytest.approx(0.05, abs=1e-6)
+    assert seen_large_p and seen_small_p
+
+
+def test_within_cluster_epsilon_squared_interval_reaches_zero_at_a_large_p():
+    rng = np.random.default_rng(3)
+    n_id, per = 40, 8
+    pid = np.repeat(np.arange(n_id), per)
+    colour = rng.choice(["red", "blue", "black"], n_id * per)  # varies within identities
+    y = rng.normal(0, 1, n_id)[pid] + rng.normal(0, 1, n_id * per)
+    df = pd.DataFrame({"y": y, "pid": pid, "colour": colour})
+    frame = build_analysis_frame(df, outcomes="y", cluster="pid")
+    row = group_tests(frame, "y", n_perm=199, n_boot=200).iloc[0]
+    assert row["permuted"] == "within_cluster" and row["p_value"] > 0.05
+    assert row["ci_low"] == 0.0 and row["ci_high"] == 1.0
+    df["y"] = df["y"] + 1.0 * (df["colour"] == "red")
+    row = group_tests(build_analysis_frame(df, outcomes="y", cluster="pid"), "y", n_boot=200)
+    row = row.iloc[0]
+    assert row["p_value"] < 0.01 and 0 < row["ci_low"] < row["effect_size"]
+
+
+def test_paired_tests_say_positive_when_the_attribute_helps():
+    """A planted helping group: AP drops by 0.1 when its experts are off. The paired tests'
+    difference, statistic, effect and CI are positive, and equal the study's leave-one-out
+    ΔmAP (full - without) with its sign."""
+    from attrimp.study import leave_one_out_importance
+
+    rng = np.random.default_rng(2)
+    n_id, per = 30, 4
+    pid = np.repeat(np.arange(n_id), per)
+    q = np.arange(n_id * per)
+    base = np.clip(0.6 + rng.normal(0, 0.15, n_id)[pid] + rng.normal(0, 0.05, len(q)), 0, 1)
+    full = pd.DataFrame({"query": q, "pid": pid, "config": "full", "ap": base})
+    without = full.assign(
+        config="without:hat", ap=base - 0.1 + rng.normal(0, 0.03, len(q))
+    )  # the hat helps
+    neutral = full.assign(config="without:age", ap=base + rng.normal(0, 0.03, len(q)))
+    df = pd.concat([full, without, neutral], ignore_index=True)
+    frame = build_analysis_frame(
+        df, outcomes="ap", cluster="pid", paired_by="query", condition="config"
+    )
+    res = paired_tests(frame, "ap", reference="full")
+    hat = res[res["attribute"] == "without:hat"].set_index("test")
+    for test in ("wilcoxon_signed_rank", "paired_t"):
+        r = hat.loc[test]
+        assert r["mean_difference"] > 0.08
+        assert r["effect_size"] > 0 and r["ci_low"] > 0 and r["p_value"] < 1e-6
+    assert hat.loc["paired_t", "statistic"] > 0  # scipy's Wilcoxon statistic is min(T+, T-)
+    deltas = pd.DataFrame(
+        {
+            "query": q,
+            "pid": pid,
+            "group": "hat",
+            "delta_ap": base - without["ap"].to_numpy(),
+        }
+    )
+    loo = leave_one_out_importance(deltas, n_boot=50).set_index("attribute")
+    # equal cluster sizes: the query-weighted ΔmAP equals the mean of the cluster means
+    assert hat.loc["paired_t", "mean_difference"] == pytest.approx(loo.loc["hat", "delta_map"])
+    age = res[(res["attribute"] == "without:age") & (res["test"] == "paired_t")].iloc[0]
+    assert abs(age["mean_difference"]) < 0.02
