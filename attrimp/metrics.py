@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from attrimp.errors import ConfigError, DataError
+from attrimp.threads import cpu_threads
 
 #: Identity of junk images (Market-1501): never a match, never a distractor, ignored.
 JUNK_PID = -1
@@ -316,6 +317,7 @@ def evaluate(
     *,
     device: str | torch.device | None = None,
     chunk_elements: int | None = None,
+    threads: int | None = None,
 ) -> EvalResult:
     """Market-1501-protocol evaluation of a ``[n_query, n_gallery]`` distance matrix.
 
@@ -325,7 +327,28 @@ def evaluate(
     the GPU, streaming ``chunk_elements``-sized row blocks so large matrices need not fit at once.
     ``cmc`` always has ``max_rank`` entries.  Raises `DataError` on mismatched shapes,
     non-finite distances, or when no query has a true match in the gallery.
+
+    ``threads``: torch intra-op threads for the CPU work, restored afterwards. The default, 1,
+    is deliberate: the work is memory-bound gathers and scans between single-threaded numpy
+    sorts, where more threads gain little on a quiet machine and lose several-fold on a busy
+    one (every op waits at a barrier for threads the scheduler gave away; `attrimp.threads`).
     """
+    with cpu_threads(1 if threads is None else threads):
+        return _evaluate(
+            distmat, q_pids, g_pids, q_camids, g_camids, max_rank, device, chunk_elements
+        )
+
+
+def _evaluate(
+    distmat: torch.Tensor | np.ndarray,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    max_rank: int,
+    device: str | torch.device | None,
+    chunk_elements: int | None,
+) -> EvalResult:
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ConfigError(f"max_rank must be a positive integer; got {max_rank!r}.")
     if isinstance(distmat, torch.Tensor):

@@ -1,6 +1,7 @@
 """Speed of `attrimp.metrics.evaluate` at Market-1501 size against the per-query reference.
 
-    python benchmarks/bench_eval.py                    # CPU, Market size
+    python benchmarks/bench_eval.py                    # CPU, Market size, quiet and busy
+    python benchmarks/bench_eval.py --busy 0           # no busy phase
     python benchmarks/bench_eval.py --device cuda      # + GPU rows when a GPU is present
     PYTHONPATH=/path/with/Cython python benchmarks/bench_eval.py   # + a compiled reference
 
@@ -8,6 +9,12 @@ The data imitate Market-1501's test split: 3,368 queries x 19,732 gallery images
 identities, 6 cameras, 2,793 distractors (pid 0) and 3,819 junk images (pid -1); features are
 identity centres plus camera shift plus noise, so the ranking is realistic (mAP ~ 0.66), and
 distances are float32, as a model produces them.
+
+Every implementation is timed twice per round: with the machine as it is ("quiet"), and with
+one competing busy process per available CPU started by the script ("busy"; each bounded in time
+and killed after the phase). The speed-up is taken within a phase, so the ratios side by side
+say whether attrimp keeps its lead on a busy machine, where a torch op run on one thread per
+core waits at every barrier for threads the scheduler gave away (`attrimp.threads`).
 
 The reference is torchreid's Market-1501 protocol (``eval_market1501``): argsort every row,
 then walk each query's ranking, dropping same-identity-same-camera entries.  torchreid's fast
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import platform
 import statistics
@@ -49,6 +57,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attrimp.metrics import evaluate, pairwise_distance
+from attrimp.threads import available_cpus
 
 # --------------------------------------------------------------------------------------------
 # data
@@ -209,16 +218,65 @@ def pos_neg_ties(d, qp, gp, qc, gc) -> int:
     return n
 
 
+#: a competing CPU-bound process: pure-Python spinning, bounded in time so that nothing outlives
+#: the benchmark even if it is killed before it can stop its helpers
+SPINNER = (
+    "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+)
+
+
+class Busy:
+    """``n`` competing busy processes for the duration of a ``with`` block (killed at its end)."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        self.n, self.seconds, self.procs = n, seconds, []
+
+    def __enter__(self) -> Busy:
+        code = SPINNER.format(seconds=self.seconds)
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.n)]
+        time.sleep(0.5)  # let the scheduler see them
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (GPU rows added)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (references: 1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the process (default: torch's own; evaluate picks its own "
+        "count either way, see attrimp.threads)",
+    )
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=None,
+        help="competing busy processes for the 'busy' phase (default: one per available CPU; "
+        "0: no busy phase)",
+    )
+    ap.add_argument(
+        "--busy-seconds",
+        type=float,
+        default=900.0,
+        help="upper bound on each busy process's life (they are killed after each phase anyway)",
+    )
     ap.add_argument("--skip-numpy-loop", action="store_true", help="skip the slow loop reference")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     console = Console(width=150)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cpus = available_cpus()
+    n_busy = cpus if args.busy is None else args.busy
 
     qf, gf, qp, gp, qc, gc = market_like(args.seed)
     d_full = pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy()
@@ -245,6 +303,14 @@ def main() -> None:
             lambda: evaluate(d_full, qp, gp, qc, gc, max_rank=50),
         ),
     ]
+    if cpus > 1:
+        impls.append(
+            (
+                f"attrimp.metrics.evaluate(threads={cpus}) (one thread per CPU: the old default)",
+                "3368 x 15913 (junk dropped)",
+                lambda: evaluate(d, qp, gpk, qc, gck, max_rank=50, threads=cpus),
+            )
+        )
     compiled, why = build_cython_reference(console)
     if compiled is not None:
         impls.append(
@@ -271,16 +337,23 @@ def main() -> None:
                 lambda: reference_numpy_loop(d, qp, gpk, qc, gck, 50),
             )
         )
-    times: list[list[float]] = [[] for _ in impls]
+    phases = ["quiet"] + (["busy"] if n_busy > 0 else [])
+    times = {ph: [[] for _ in impls] for ph in phases}
     outs: list = [None] * len(impls)
-    for _ in range(args.repeats):
-        for k, (_, _, fn) in enumerate(impls):
-            t0 = time.perf_counter()
-            outs[k] = fn()
-            times[k].append(time.perf_counter() - t0)
+    loads: dict[str, list[float]] = {ph: [] for ph in phases}
+    for r in range(args.repeats):
+        # alternate which phase goes first, so a drift in the machine's own load hits both
+        for ph in phases if r % 2 == 0 else phases[::-1]:
+            with Busy(n_busy if ph == "busy" else 0, args.busy_seconds):
+                for k, (_, _, fn) in enumerate(impls):
+                    t0 = time.perf_counter()
+                    outs[k] = fn()
+                    times[ph][k].append(time.perf_counter() - t0)
+                loads[ph].append(os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan)
     rows = [
-        (name, inp, statistics.median(ts), min(ts))
-        for (name, inp, _), ts in zip(impls, times, strict=True)
+        (ph, name, inp, statistics.median(ts), min(ts))
+        for ph in phases
+        for (name, inp, _), ts in zip(impls, times[ph], strict=True)
     ]
     ours, r_full = outs[0], outs[1]
     results = {"attrimp (junk inside)": (r_full.cmc, r_full.mAP, r_full.mINP)}
@@ -292,6 +365,8 @@ def main() -> None:
             )
         elif name.startswith("reference (numpy"):
             results["reference (numpy loop)"] = out
+        elif "threads=" in name:
+            results[f"attrimp (threads={cpus})"] = (out.cmc, out.mAP, out.mINP)
 
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -300,16 +375,20 @@ def main() -> None:
             dg = torch.from_numpy(d).cuda()
             evaluate(dg, qp, gpk, qc, gck)  # warm-up (CUDA context, kernels)
             med, best, r = timed(lambda: evaluate(dg, qp, gpk, qc, gck), args.repeats)
-            rows.append(("attrimp.metrics.evaluate, CUDA tensor", "3368 x 15913", med, best))
+            rows.append(("gpu", "attrimp.metrics.evaluate, CUDA tensor", "3368 x 15913", med, best))
             results["attrimp (cuda)"] = (r.cmc, r.mAP, r.mINP)
             med, best, r = timed(
                 lambda: evaluate(d_full, qp, gp, qc, gc, device="cuda"), args.repeats
             )
-            rows.append(("attrimp.metrics.evaluate, numpy -> CUDA", "3368 x 19732", med, best))
+            rows.append(
+                ("gpu", "attrimp.metrics.evaluate, numpy -> CUDA", "3368 x 19732", med, best)
+            )
             results["attrimp (numpy -> cuda)"] = (r.cmc, r.mAP, r.mINP)
             qg, gg = torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()
             med, best, _ = timed(lambda: pairwise_distance(qg, gg), args.repeats)
-            rows.append(("pairwise_distance (euclidean), CUDA", "3368 x 19732 x 256", med, best))
+            rows.append(
+                ("gpu", "pairwise_distance (euclidean), CUDA", "3368 x 19732 x 256", med, best)
+            )
 
     # identical numbers
     table_eq = Table(title="agreement with attrimp (3368 x 15913)")
@@ -331,19 +410,25 @@ def main() -> None:
             console.print(f"[yellow]{name}: differs by {diff:.1e} (unstable tie order)[/]")
     console.print(table_eq)
 
-    refs = [(n, m) for n, _, m, _ in rows if n.startswith("reference")]
-    base_name, base = refs[0] if refs else ("", None)  # the compiled one when it was built
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    ref_name = next((n for n, _, _ in impls if n.startswith("reference")), None)
+    base = {
+        ph: next((m for p, n, _, m, _ in rows if p == ph and n == ref_name), None) for ph in phases
+    }
+    base["gpu"] = base["quiet"]
+    load = {ph: statistics.median(v) for ph, v in loads.items()}
     table = Table(
-        title=f"evaluate() at Market size — {cpu_name()}, {os.cpu_count()} cores, load "
-        f"{load:.1f}, torch threads {args.threads}, {args.repeats} rounds"
+        title=f"evaluate() at Market size — {cpu_name()}, {cpus} available CPUs "
+        f"({os.cpu_count()} cores), torch threads {torch.get_num_threads()}, {args.repeats} "
+        f"rounds; load average quiet {load['quiet']:.1f}"
+        + (f", busy {load['busy']:.1f} ({n_busy} busy processes added)" if n_busy else "")
     )
-    ref_label = "compiled ref" if "compiled" in base_name else "numpy-loop ref"
-    speed = f"speed-up vs {ref_label} (medians)" if base else ""
-    for col in ("implementation", "input", "median s", "best s", speed):
+    ref_label = "compiled ref" if ref_name and "compiled" in ref_name else "numpy-loop ref"
+    speed = f"speed-up vs {ref_label}, same phase (medians)" if ref_name else ""
+    for col in ("phase", "implementation", "input", "median s", "best s", speed):
         table.add_column(col)
-    for name, inp, med, best in rows:
-        table.add_row(name, inp, f"{med:.3f}", f"{best:.3f}", f"{base / med:.2f}x" if base else "")
+    for ph, name, inp, med, best in rows:
+        b = base.get(ph)
+        table.add_row(ph, name, inp, f"{med:.3f}", f"{best:.3f}", f"{b / med:.2f}x" if b else "")
     console.print(table)
 
 
