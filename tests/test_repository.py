@@ -70,3 +70,30 @@ def test_studies_import_without_torch():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_constraints_pin_a_set_inside_the_declared_ranges():
+    """constraints.txt (the tested set the README installs) must satisfy pyproject's ranges, and
+    pyproject must declare a torch range, not one version, so attrimp installs beside any torch
+    of the last four minor releases."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for name, req in declared.items():
+        assert name in pins, f"constraints.txt does not pin {name}"
+        assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {req}"
+    torch_range = declared["torch"].specifier
+    for minor in ("2.11.0", "2.12.0", "2.13.0", "2.14.1"):
+        assert torch_range.contains(minor), f"torch {minor} should be supported"
+    assert pins["torch"] == "2.14.1"
+    for command in _readme_commands():
+        assert "-c constraints.txt" in command
