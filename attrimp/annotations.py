@@ -562,7 +562,8 @@ def load_manifest_attributes(
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{source} is not a readable CSV: {str(e).strip()}.") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    for col in ("path", "pid", "camid", "split", *schema.source_columns):
+    path_col = "absolute_path" if "absolute_path" in frame.columns else "path"  # docs/data.md
+    for col in (path_col, "pid", "camid", "split", *schema.source_columns):
         if col not in frame.columns:
             kind = "attribute column" if col in schema.source_columns else "column"
             raise DataError(f"{source} lacks the {kind} {col!r}.")

@@ -15,6 +15,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -286,7 +287,58 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+#: the range of every numeric setting: ``(key, test, what the test asks)``. Checked when the
+#: config is read, before any data are made or any model is built, so a value that would fail
+#: hours later (an analysis alpha of 1.5 after the training and the sweep) or poison every
+#: gradient (lr = nan) stops the run at once with the key named.
+RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("data.num_workers", lambda v: v >= 0, "0 or more"),
+    ("data.synthetic.identities", lambda v: 2 <= v <= 9999, "from 2 to 9999"),
+    ("data.synthetic.cameras", lambda v: 2 <= v <= 9, "from 2 to 9"),
+    ("data.synthetic.images_per_camera", lambda v: 1 <= v <= 99, "from 1 to 99"),
+    ("data.synthetic.size", lambda v: v[0] >= 32 and v[1] >= 16, "at least [32, 16]"),
+    ("data.synthetic.seed", lambda v: v >= 0, "0 or more"),
+    ("model.img_size", lambda v: v[0] >= 1 and v[1] >= 1, "two positive numbers"),
+    ("model.stride", lambda v: v is None or v >= 1, "1 or more (or false)"),
+    ("experts.alpha", lambda v: _finite(v) and v > 0, "a finite number above 0"),
+    ("experts.dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("router.attribute_loss_weight", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("train.lr", lambda v: _finite(v) and v > 0, "a finite number above 0"),
+    ("train.expert_lr_scale", lambda v: _finite(v) and v > 0, "a finite number above 0"),
+    ("train.weight_decay", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    ("train.warmup_epochs", lambda v: v >= 0, "0 or more"),
+    ("train.label_smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("train.triplet_margin", lambda v: v is None or _finite(v) and v >= 0, "a finite number >= 0"),
+    ("train.grad_clip", lambda v: v is None or _finite(v) and v > 0, "a finite number above 0"),
+    ("train.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
+    ("train.eval_every", lambda v: v >= 0, "0 or more"),
+    ("train.max_steps_per_epoch", lambda v: v >= 0, "0 or more"),
+    ("ablation.random_subsets", lambda v: v >= 0, "0 or more"),
+    ("ablation.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
+    ("analysis.alpha", lambda v: 0.0 < v < 1.0, "strictly between 0 and 1"),
+    ("analysis.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
+    ("analysis.repeats", lambda v: v >= 1, "1 or more"),
+    ("eval.max_rank", lambda v: v >= 1, "1 or more"),
+    ("eval.batch_size", lambda v: v >= 1, "1 or more"),
+)
+
+
+def _check_ranges(cfg: StudyConfig) -> None:
+    for key, test, what in RANGES:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not test(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{key} must be {what}, not {shown!r}.")
+
+
 def _validate(cfg: StudyConfig) -> None:
+    _check_ranges(cfg)
     bad = [d for d in cfg.ablation.designs if d not in DESIGNS]
     if bad:
         raise ConfigError(

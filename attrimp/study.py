@@ -31,29 +31,21 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import StudyConfig
+from attrimp.io import atomic_write_bytes, atomic_write_text, run_output
 
 STAGES = ("data", "train", "conditions", "tables", "analyses", "report")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """A table as Parquet or CSV (by suffix), written through `attrimp.io.atomic_write_bytes`."""
+    import io
+
+    buffer = io.BytesIO()
     if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        frame.to_parquet(buffer, index=False)
     else:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+        buffer.write(frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass
@@ -117,8 +109,32 @@ def run_study(
 
     ``resume=False`` clears ``out/cache`` first. ``stop_after`` ends after the named stage
     (for inspection and tests); ``on_condition(i, name)`` is called after each condition's
-    result is written (the kill-and-resume test uses it).
+    result is written (the kill-and-resume test uses it). Before any work ``out`` is checked
+    to be a writable folder and locked for the run (`attrimp.io.output_folder`): a second
+    study on the same folder stops at once with an `attrimp.io.OutputFolderError`.
     """
+    with run_output(out, flag="the study folder"):
+        return _run_study(
+            cfg,
+            Path(out),
+            resume=resume,
+            progress=progress,
+            console=console,
+            stop_after=stop_after,
+            on_condition=on_condition,
+        )
+
+
+def _run_study(
+    cfg: StudyConfig,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    console,
+    stop_after: str | None,
+    on_condition: Callable[[int, str], None] | None,
+) -> StudyResult | None:
     import torch
 
     from attrimp.conditions import ConditionEvaluator, attribute_only_baseline

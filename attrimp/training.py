@@ -401,6 +401,8 @@ def train(
         warmup_steps=config.warmup_epochs * steps_per_epoch,
     )
     start_epoch, history = 0, []
+    if dist_info.is_main:
+        remove_stale_temporaries(out_dir)
     if resume and (found := latest_checkpoint(out_dir)) is not None:
         start_epoch, history = _load_training_state(found, model, opt, sched, center)
     resumed_from = start_epoch
@@ -513,8 +515,6 @@ def train(
                 _save_training_state(out_dir, epoch + 1, model, opt, sched, center, history, config)
                 _write_log(out_dir, history)
                 if writer is not None:
-    if dist_info.is_main:
-        remove_stale_temporaries(out_dir)
                     for k in (*LOSS_KEYS, "lr"):
                         writer.add_scalar(f"train/{k}", stats[k], epoch + 1)
                     writer.flush()

@@ -394,6 +394,7 @@ def save_weights(backbone: ViTBackbone, path: str | Path) -> Path:
 
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    state = unwrap_site_keys(state, backbone)  # an attached expert bank leaves no trace
     cfg = backbone.pretrained_cfg
     meta = {
         "format": "attrimp.backbone/1",
@@ -417,7 +418,6 @@ def load_weights(
     Adapts: the position embedding (resampled from the file's grid to ours), a classifier head
     (dropped: a ReID backbone has none), a camera table of another size (common rows copied, a
     warning). Anything else whose shape differs, or a tensor the model needs that the file lacks,
-    state = unwrap_site_keys(state, backbone)  # an attached expert bank leaves no trace
     is a CheckpointError that names the tensor, both shapes and why. Returns notes on what was
     adapted (also issued as warnings when they lose information).
     """
@@ -509,29 +509,6 @@ def load_weights(
     return notes
 
 
-def _why(key: str, backbone: ViTBackbone) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    if "patch_embed" in key or "conv1" in key:
-        return "the patch size or channel count differs"
-    if leaf in ("weight", "bias") or "qkv" in key:
-        return "the width, depth or MLP ratio differs: it is another architecture"
-    return "no rule adapts this tensor"
-
-
-def freeze(module: nn.Module, *, keep: Sequence[str] = ()) -> None:
-    """``requires_grad=False`` on every parameter whose name does not start with one of ``keep``."""
-    for name, p in module.named_parameters():
-        p.requires_grad_(any(name.startswith(k) for k in keep))
-
-
-# --------------------------------------------------------------------------- families
-
-
-class BackboneFamily:
-    """One library's ViTs, registered under ``name`` (``clip``, ``timm``, a third party's).
-
-    A family validates model names and pretrained tags *before* anything is built or
-    downloaded, describes its models for ``attrimp backbones list``, and builds a `ViTBackbone`
 #: the ``attrimp`` metadata value of a MoSAIC-ReID ``model.safetensors``
 _MOSAIC_FORMAT = "attrimp.mosaic-reid/"
 
@@ -579,6 +556,29 @@ def _rewrap_site_keys(state: dict[str, torch.Tensor], backbone: ViTBackbone):
     return {to_own.get(k, k): v for k, v in state.items()}
 
 
+def _why(key: str, backbone: ViTBackbone) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if "patch_embed" in key or "conv1" in key:
+        return "the patch size or channel count differs"
+    if leaf in ("weight", "bias") or "qkv" in key:
+        return "the width, depth or MLP ratio differs: it is another architecture"
+    return "no rule adapts this tensor"
+
+
+def freeze(module: nn.Module, *, keep: Sequence[str] = ()) -> None:
+    """``requires_grad=False`` on every parameter whose name does not start with one of ``keep``."""
+    for name, p in module.named_parameters():
+        p.requires_grad_(any(name.startswith(k) for k in keep))
+
+
+# --------------------------------------------------------------------------- families
+
+
+class BackboneFamily:
+    """One library's ViTs, registered under ``name`` (``clip``, ``timm``, a third party's).
+
+    A family validates model names and pretrained tags *before* anything is built or
+    downloaded, describes its models for ``attrimp backbones list``, and builds a `ViTBackbone`
     at the ReID input size. Third parties subclass it and register it with
     ``@backbones.register_family("name")`` or the ``attrimp.backbones`` entry-point group.
     """

@@ -133,10 +133,18 @@ def _read_delimited(p: Path, sep: str) -> pd.DataFrame:
 
 
 def _read_parquet(p: Path) -> pd.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(p)
     _check_unique(p, schema.names, "schema")
+    nested = [f for f in schema if pa.types.is_nested(f.type)]
+    if nested:  # lists, structs, maps: one cell holds many values, no attribute or outcome can
+        raise StudyInputError(
+            f"The table {str(p)!r} has the nested column {nested[0].name!r} "
+            f"(type {nested[0].type}); every column must hold one plain value per row: "
+            "flatten it, or drop it."
+        )
     return pd.read_parquet(p)
 
 
@@ -161,6 +169,12 @@ def _read_jsonl(p: Path) -> pd.DataFrame:
             if not isinstance(record, dict):
                 raise StudyInputError(
                     f"The table {str(p)!r} has a line that is not a JSON object (line {lineno})."
+                )
+            nested = [k for k, v in record.items() if isinstance(v, (list, dict))]
+            if nested:
+                raise StudyInputError(
+                    f"The table {str(p)!r} has a list or object in the column {nested[0]!r} "
+                    f"on line {lineno}; every column must hold one plain value per row."
                 )
             records.append(record)
     if not records:

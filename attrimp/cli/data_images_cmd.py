@@ -77,22 +77,27 @@ def synth(
 ) -> None:
     """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file."""
     from attrimp.data.synth import DESIGN_FILE, make_synthetic_world
+    from attrimp.io import run_output
 
     start = time.perf_counter()
-    root = make_synthetic_world(
-        out,
-        n_identities=identities,
-        n_cameras=cameras,
-        images_per_identity_per_camera=images_per_camera,
-        size=_parse_size(size),
-        seed=seed,
-        visibility=_parse_visibility(visibility) if visibility else 1.0,
-        priors=priors,
-        distractors=distractors,
-        image_format=image_format,
-        overwrite=overwrite,
-        progress=True,
-    )
+    size_hw = _parse_size(size)
+    vis = _parse_visibility(visibility) if visibility else 1.0
+    # the world replaces --out in one rename, so its lock lives beside it
+    with run_output(out, replaced_whole=True):
+        root = make_synthetic_world(
+            out,
+            n_identities=identities,
+            n_cameras=cameras,
+            images_per_identity_per_camera=images_per_camera,
+            size=size_hw,
+            seed=seed,
+            visibility=vis,
+            priors=priors,
+            distractors=distractors,
+            image_format=image_format,
+            overwrite=overwrite,
+            progress=True,
+        )
     design = json.loads((root / DESIGN_FILE).read_text(encoding="utf-8"))
     c = design["counts"]
     hidden = {g: v for g, v in design["visibility"].items() if v < 1.0}

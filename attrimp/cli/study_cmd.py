@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attrimp.errors import AttrimpError
+from attrimp.io import run_output
 from studies.errors import StudyInputError
 
 app = typer.Typer(no_args_is_help=True)
@@ -101,7 +103,7 @@ def analyze(
             figures=not no_figures,
             progress=progress,
         )
-    except StudyInputError as exc:
+    except (StudyInputError, AttrimpError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
 
@@ -158,26 +160,28 @@ def _analyze(
     )
     settings = dict(QUICK) if quick else {}
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    result = run_battery(
-        frame,
-        alpha=alpha,
-        seed=seed,
-        models=tuple(dict.fromkeys(models)),
-        n_jobs=jobs,
-        progress=progress,
-        **settings,
-    )
-    files = write_report(
-        result,
-        out,
-        input_info={
-            "path": str(table),
-            "format": table_format(table),
-            "excluded": list(exclude),
-            "schema": str(schema) if schema is not None else None,
-        },
-        figures=figures,
-    )
+    # --out is checked and locked once the input is known good, before the battery (minutes)
+    with run_output(out):
+        result = run_battery(
+            frame,
+            alpha=alpha,
+            seed=seed,
+            models=tuple(dict.fromkeys(models)),
+            n_jobs=jobs,
+            progress=progress,
+            **settings,
+        )
+        files = write_report(
+            result,
+            out,
+            input_info={
+                "path": str(table),
+                "format": table_format(table),
+                "excluded": list(exclude),
+                "schema": str(schema) if schema is not None else None,
+            },
+            figures=figures,
+        )
     _summary(console, result, alpha)
     n_warn = len(result.warnings)
     console.print(

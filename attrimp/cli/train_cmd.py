@@ -33,6 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attrimp.errors import AttrimpError, ConfigError
+from attrimp.io import run_output
 
 T = TypeVar("T")
 
@@ -108,9 +109,14 @@ def run_training(
         cfg.train.epochs = epochs
     num_workers = cfg.data.num_workers if workers is None else workers
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a folder.")
+    # before any work: --out must be a folder this process can write, and no other run's
+    with run_output(out):
+        return _train_locked(cfg, out, device, resume, num_workers, progress)
 
+
+def _train_locked(
+    cfg, out: Path, device: str | None, resume: bool, num_workers: int, progress: bool
+) -> dict[str, Any] | None:
     import torch
 
     from attrimp.pipeline import build_model, datasets, prepare_data

@@ -1,16 +1,22 @@
 """Any attribute dataset: a manifest CSV plus a schema TOML.
 
-The manifest has one row per image: ``path`` (relative to the CSV's folder unless absolute),
+The manifest has one row per image: ``path`` (relative to the CSV's folder, and inside it),
 ``pid`` (integer identity; ``-1`` = junk, excluded and counted), ``camid`` (non-negative
 integer, used as given), ``split`` (``train``, ``query`` or ``gallery``) and the attribute
 columns the schema names (its ``column`` / ``columns``), coded as the schema says. An empty cell
 in a group's column(s) means "not annotated": that group is unknown for the image (all its
 slots 0, so the oracle router keeps its experts off). Attributes may differ between images of one
 identity — a manifest is image-level, unlike the Market/Duke files.
+
+Image paths may not leave the dataset folder: a ``path`` that is absolute or climbs out with
+``..`` (``../../etc/passwd``) is refused, so a manifest from elsewhere cannot make a run read
+arbitrary files. A manifest whose images live elsewhere opts in by naming the column
+``absolute_path`` instead of ``path``; every entry of that column must then be absolute.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,8 @@ from attrimp.errors import DataError, SchemaError
 from attrimp.schema import AttributeSchema, MissingPolicy, load_schema
 
 REQUIRED = ("path", "pid", "camid", "split")
+#: the path column of a manifest that opts in to absolute image paths (instead of ``path``)
+ABSOLUTE = "absolute_path"
 
 
 def load_manifest(
@@ -49,6 +57,16 @@ def load_manifest(
         frame = pd.read_csv(manifest, dtype={"path": str, "split": str}, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"The {src} is not a readable CSV file: {e}.") from None
+    if ABSOLUTE in frame.columns:
+        if "path" in frame.columns:
+            raise DataError(
+                f"The {src} has both a 'path' and an {ABSOLUTE!r} column; keep one (relative "
+                f"paths inside the dataset folder in 'path', or absolute ones in {ABSOLUTE!r})."
+            )
+        frame = frame.rename(columns={ABSOLUTE: "path"})
+        absolute = True
+    else:
+        absolute = False
     absent = [c for c in REQUIRED if c not in frame.columns]
     if absent:
         raise DataError(
@@ -91,7 +109,7 @@ def load_manifest(
     if junk.any():
         report.add("junk_images", int(junk.sum()))
     multihot = encode_with_gaps(frame, schema, source=src)
-    paths = [p if p.is_absolute() else base / p for p in map(Path, frame["path"])]
+    paths = image_paths(frame["path"], base, absolute=absolute, source=src)
     if check_files:
         missing = [str(p) for p, j in zip(paths, junk) if not j and not p.is_file()]
         if missing:
@@ -131,6 +149,40 @@ def load_manifest(
         report=report,
         attribute_source=manifest,
     )
+
+
+def image_paths(column: pd.Series, base: Path, *, absolute: bool, source: str) -> list[Path]:
+    """The image paths of a manifest, each checked to stay where the manifest says.
+
+    Relative paths are joined to ``base`` and must stay inside it after ``..`` is folded
+    (lexically: a symbolic link the user put inside the folder is theirs to follow). Absolute
+    paths are allowed only in the ``absolute_path`` column, where every entry must be one.
+    """
+    out: list[Path] = []
+    for i, text in enumerate(column):
+        p = Path(str(text).strip())
+        if absolute:
+            if not p.is_absolute():
+                raise DataError(
+                    f"The {source} has the relative path {str(text)!r} on row {i + 2} in its "
+                    f"{ABSOLUTE!r} column, where every path must be absolute."
+                )
+            out.append(p)
+            continue
+        if p.is_absolute() or p.anchor:
+            raise DataError(
+                f"The {source} has the absolute path {str(text)!r} on row {i + 2}; paths are "
+                f"relative to {str(base)!r}. To list images elsewhere, name the column "
+                f"{ABSOLUTE!r} instead of 'path' (docs/data.md)."
+            )
+        if os.path.normpath(p).split(os.sep)[0] == os.pardir:
+            raise DataError(
+                f"The {source} has the path {str(text)!r} on row {i + 2}, which leaves the "
+                f"dataset folder {str(base)!r}; paths must stay inside it (or use an "
+                f"{ABSOLUTE!r} column, docs/data.md)."
+            )
+        out.append(base / p)
+    return out
 
 
 def encode_with_gaps(frame: pd.DataFrame, schema: AttributeSchema, *, source: str) -> np.ndarray:
