@@ -429,7 +429,10 @@ def stability_by_cluster_bootstrap(
     """Scores of every attribute group on ``n_boot`` cluster-bootstrap samples.
 
     Clusters (identities) are drawn with replacement, so a replicate has the table's between-
-    cluster variation; without ``frame.cluster`` rows are drawn. Default scores (cheap, exact,
+    cluster variation; without ``frame.cluster`` rows are drawn. Drawing whole clusters is right
+    whether an attribute is constant within clusters or varies within them (a switching
+    design): the cluster is the independent unit either way, and a drawn cluster keeps all of
+    its rows, so a within-cluster contrast stays within its cluster. Default scores (cheap, exact,
     computed from cell sums so a replicate is a reweighting, not a copy of the table):
 
     - ``linear_wald_chi2``: the joint Wald chi² of the group in a linear model of the outcome on

@@ -43,6 +43,7 @@ def switching_frame(
     cluster_sd: float = 0.15,
     noise: float = 0.1,
     same_subsets: bool = True,
+    offset: float = 0.0,
 ) -> AnalysisFrame:
     """``n_clusters`` identities x ``per`` rows; each row switches every group on or off at
     random (the same ``per`` subsets, in the same order, for every identity when
@@ -66,7 +67,7 @@ def switching_frame(
         y = y + identity_effect * bag[pid]
         data["bag"] = pd.Categorical(np.where(bag[pid] == 1, "yes", "no"), categories=["no", "yes"])
         groups.append("bag")
-    data["y"], data["pid"] = y, pid
+    data["y"], data["pid"] = y + offset, pid
     df = pd.DataFrame(data)
     return AnalysisFrame(
         data=df,
@@ -237,7 +238,8 @@ def test_consensus_with_no_informative_method_is_a_tie_with_a_warning():
 def test_battery_on_a_switching_table_ranks_the_planted_groups_and_warns():
     from studies.battery import run_battery
 
-    frame = switching_frame(n_clusters=30, per=20, seed=2)
+    # offset: a Gaussian outcome (negative) that no GLM rule can take for a proportion
+    frame = switching_frame(n_clusters=30, per=20, seed=2, offset=-5.0)
     res = run_battery(
         frame, n_repeats=3, cv=3, n_bootstrap=5, progress=False, models=("rf",), strict=True
     )
@@ -251,3 +253,23 @@ def test_battery_on_a_switching_table_ranks_the_planted_groups_and_warns():
     assert cons["attribute"].tolist()[:2] == ["a", "b"]
     messages = [w.message for w in res.warnings]
     assert any("permutes every attribute within each pid" in m for m in messages)
+
+
+def test_a_group_varying_in_a_few_clusters_only_is_flagged():
+    """An identity-level attribute with one disagreeing row in 2 of 40 identities varies within
+    clusters, so it is permuted within them, and both analyses say that only those identities
+    move."""
+    frame = switching_frame(identity_effect=0.5, n_clusters=40, per=10, seed=5)
+    bag = frame.data["bag"].astype(str).to_numpy().copy()
+    for c in (3, 17):
+        row = c * 10
+        bag[row] = "no" if bag[row] == "yes" else "yes"
+    frame.data["bag"] = pd.Categorical(bag, categories=["no", "yes"])
+    tests = group_tests(frame, "y", groups=["bag"], n_perm=99, n_boot=0)
+    assert tests.iloc[0]["permuted"] == WITHIN_CLUSTER
+    assert any("'bag' varies within only 2 of 40 pids" in w for w in tests.attrs["warnings"])
+    imp = grouped_permutation_importance(
+        frame, "y", groups=["bag"], n_repeats=2, cv=2, model_params=FAST_RF
+    )
+    assert imp.table.iloc[0]["permuted"] == WITHIN_CLUSTER
+    assert any("'bag' varies within only 2 of 40 pids" in w for w in imp.warnings)
