@@ -17,8 +17,10 @@ Every analysis reads the same frame, so the decisions that change answers are ma
 - **Rows.** Rows with NaN in an outcome, the cluster, ``paired_by``/``condition`` or an attribute
   column are dropped and counted by reason (the first reason found, in that order). Nothing else
   is dropped or altered; cluster labels are taken from the kept rows, so they stay aligned.
-- **Levels.** Only observed levels become categories; the most frequent is the reference and
-  comes first (ties: the first in schema / natural order).
+- **Levels.** Only observed levels become categories; the reference comes first. It is the
+  level seen in the most clusters (with a cluster column), then in the most rows (ties: the
+  first in schema / natural order): a level held by a few giant clusters would make every
+  contrast of its group rest on those few clusters.
 - **Degenerate but legal** input gives warnings, not errors: a single-level group (kept out of
   ``groups`` and listed in ``excluded_groups``), a value no row has, duplicate one-hot columns,
   groups that split the rows identically (collinear), levels with very few rows / clusters, and a
@@ -522,7 +524,10 @@ def build_analysis_frame(
         if not observed:
             order = []
         else:
-            ref = max(observed, key=lambda k: (counts[k], -k))
+            # the reference anchors every contrast of its group: with clusters, the level seen
+            # in the most clusters (a level of a few giant clusters makes every contrast noisy)
+            support = counts if clus_codes is None else _clusters_per_level(codes, clus_codes)
+            ref = max(observed, key=lambda k: (support[k], counts[k], -k))
             order = [ref] + [k for k in observed if k != ref]
         names = [cg.names[k] for k in order]
         if len(names) < 2:
@@ -621,3 +626,9 @@ def group_codes(frame: AnalysisFrame, groups: Sequence[str] | None = None) -> np
     if not groups:
         return np.zeros((frame.rows_used, 0), dtype=np.int64)
     return np.column_stack([frame.data[g].cat.codes.to_numpy().astype(np.int64) for g in groups])
+
+
+def _clusters_per_level(codes: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Number of distinct clusters in which each level code occurs."""
+    pairs = np.unique(np.column_stack([codes, clusters]), axis=0)
+    return np.bincount(pairs[:, 0], minlength=int(codes.max(initial=-1)) + 1)

@@ -2,7 +2,9 @@
 
 Choices that change answers, and why:
 
-- **Family** (``family="auto"``): an outcome of only 0/1 -> ``logit``; values in [0, 1] (AP) ->
+- **Family** (``family="auto"``; never a silent Gaussian: an outcome that looks like a proportion
+  or a percentage but is not one is refused with the offending rows named, and a Gaussian
+  choice is stated in the warnings): an outcome of only 0/1 -> ``logit``; values in [0, 1] (AP) ->
   ``fractional_logit`` (Papke–Wooldridge: binomial likelihood as a quasi-likelihood, so only the
   mean model is assumed and *robust* covariance is mandatory); non-negative integers (ranks,
   counts) -> ``poisson`` as a quasi-likelihood (consistent for the mean under any
@@ -18,20 +20,27 @@ Choices that change answers, and why:
   quasi-likelihood families (fractional logit, Poisson) and Gaussian, model-based for a binary
   logit. Every p-value, CI and Wald test uses this covariance; no likelihood-ratio tests (wrong
   for quasi-likelihoods). The negative binomial model uses statsmodels' CR1 / HC0.
-- **Small samples of clusters per level.** A robust variance of a level seen in ``m`` clusters
-  (or rows, unclustered) is estimated from ``m`` score sums, so its reference distribution is
-  Student t with about ``m - 1`` degrees of freedom (the Welch–Satterthwaite limit that Imbens &
-  Kolesár 2016 show for a dummy with few treated clusters), not normal. With the normal, a
-  Market level such as ``age=old`` (6 identities of 750) rejects several times too often at a
-  Holm-corrected level. So each coefficient uses t(m - 1) and each group's joint Wald statistic
-  W is referred to F(q, min m - 1) over its tested levels (column ``p_value``); the asymptotic
-  chi-square p-value is kept beside it (``p_chi2``). In our null simulations (150 identities,
-  Market frequencies) CR2 + F kept the family-wise error of Holm at 0.045; CR2 + chi-square gave
-  0.135 and CR1 + F 0.08. A level seen in a single cluster has no variance estimate at all: its
-  coefficient is reported without a p-value and left out of its group's test, with a warning;
-  so is any level seen in fewer than ``min_level_support`` (5) clusters, because one such level
-  would otherwise drag its whole group's test down to F(q, 1..3) and hide any effect of the
-  group's common levels (Market's ``downcolor=yellow`` has 2 identities of 750).
+- **Small samples of clusters: CR2 + HTZ** (``small_sample="htz"``, the default; see
+  ``studies.small_sample``). A robust variance estimated from a few clusters is itself noisy,
+  so its reference distribution is not normal -- and how many degrees of freedom it has
+  depends on *both* sides of a contrast (the reference level's clusters count too), on the
+  cluster sizes and on the leverage, not only on the clusters of the level. Each coefficient
+  gets the Satterthwaite t test and each group the Hotelling-T² ("HTZ") Wald test of
+  Pustejovsky & Tipton (2018), exactly as R's clubSandwich computes them
+  (``coef_test(test = "Satterthwaite")``, ``Wald_test(test = "HTZ")``; our tests compare with
+  its numbers). Their degrees of freedom are computed under a working model; ours is the GLM's
+  variance with an exchangeable within-cluster correlation estimated from the residuals
+  (``icc``; ``icc=0`` is clubSandwich's default, working independence), because working
+  independence counts every row of a big cluster as independent information and overstates
+  the df of a level held by a few big clusters. Below ``FEW_DF`` (4) effective df a warning
+  names the attribute. The asymptotic chi-square p-value is kept beside the group test
+  (``p_chi2``); ``small_sample="naive"`` gives the former t(m - 1) / F(q, min m - 1) rule (m
+  the clusters of the level) for comparison -- in our simulations (``docs/studies.md``) it
+  rejected a true null at up to ~0.2 when the reference level was held by a few giant
+  clusters. A level seen in fewer than ``min_level_support`` (5) clusters (rows, unclustered)
+  is reported without a p-value and left out of its group's test, with a warning: one such
+  level would otherwise drag its whole group's test down to a handful of df and hide any
+  effect of the group's common levels (Market's ``downcolor=yellow`` has 2 identities of 750).
 - **Speed without approximation.** Attributes are categorical, so the design has few distinct
   rows; for a ReID table with identity-level attributes, one per identity. Rows are collapsed to
   (cluster, attribute pattern) cells with counts and outcome sums; the canonical-link GLM fitted
@@ -59,6 +68,7 @@ from threadpoolctl import threadpool_limits
 from studies.corrections import add_adjusted
 from studies.errors import StudyInputError
 from studies.frame import AnalysisFrame
+from studies.small_sample import ClusterPieces, cr2_pieces, htz_df, htz_test
 
 FAMILIES = ("logit", "fractional_logit", "poisson", "negative_binomial", "gaussian")
 #: |coefficient| on the link scale beyond which a level is flagged as (quasi-)separated
@@ -105,6 +115,36 @@ def detect_family(y: np.ndarray) -> str:
     if np.all(y >= 0) and np.all(np.mod(y, 1) == 0):
         return "poisson"
     return "gaussian"
+
+
+def _auto_family(y: np.ndarray, outcome: str, source: str, notes: list[str]) -> str:
+    """``detect_family``, never silently Gaussian: an outcome that looks like a proportion
+    (most values in [0, 1]) or a percentage but is not one is refused, naming the offending
+    rows; any other Gaussian choice is said in the warnings."""
+    family = detect_family(y)
+    if family != "gaussian":
+        return family
+    way_out = "pass family='gaussian' (--family gaussian) to model the values as they are"
+    outside = np.flatnonzero((y < 0) | (y > 1))
+    if len(outside) < 0.5 * len(y):
+        shown = ", ".join(f"row {i + 1} = {y[i]:g}" for i in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        raise StudyInputError(
+            f"Outcome {outcome!r} of {source} looks like a proportion but {len(outside)} of its "
+            f"{len(y)} analysed rows lie outside [0, 1] ({shown}{more}; rows counted among the "
+            f"analysed rows); correct them, or {way_out}."
+        )
+    if np.all((y >= 0) & (y <= 100)):
+        raise StudyInputError(
+            f"Outcome {outcome!r} of {source} lies in [0, 100] with fractions, like a "
+            f"percentage (max {y.max():g}); divide it by 100 to model it as a proportion, or "
+            f"{way_out}."
+        )
+    notes.append(
+        f"Outcome {outcome!r} is neither 0/1, a proportion nor a count (values {y.min():g} to "
+        f"{y.max():g}): it is modelled with the Gaussian family, effects are mean differences."
+    )
+    return family
 
 
 def _check_family(y: np.ndarray, family: str, outcome: str) -> None:
@@ -245,13 +285,12 @@ def _sandwich(
     rows' scores. The dispersion cancels in every sandwich.
 
     - ``CR1``: cluster sums of scores, times G/(G-1)·(N-1)/(N-K) (statsmodels, Stata).
-    - ``CR2`` (Bell–McCaffrey): each cluster's residuals are first multiplied by
-      (I - H_gg)^(-1/2), H_gg the cluster's block of the (working-weight) hat matrix. Rows of one
-      cell share x and mu, so only the cell-mean directions of the residual vector reach the
-      score; on them H_gg is the cells x cells matrix D^(1/2) X_g A^-1 X_g' D^(1/2), D = n v.
-      For the usual one-cell cluster this is the scalar h_g and the score is scaled by
-      (1 - h_g)^(-1/2). CR1 is biased downwards when the model has many parameters per cluster
-      (every one of 12 attribute groups spends its levels); CR2 removes most of that bias.
+    - ``CR2`` (Bell–McCaffrey, in clubSandwich's form; ``studies.small_sample``): each
+      cluster's residuals are first multiplied by an adjustment that makes the sandwich unbiased
+      under the working model. For the usual one-cell cluster the score is scaled by
+      (1 - h_g)^(-1/2), h_g the cluster's leverage. CR1 is biased downwards when the model has
+      many parameters per cluster (every one of 12 attribute groups spends its levels); CR2
+      removes most of that bias.
     - ``HC0``: per-row squared residuals, sum (y - mu_c)^2 = syy - 2 mu_c sy + n_c mu_c^2.
     - ``HC2``: the same divided by 1 - h_i, h_i = v_c x_c' A^-1 x_c the leverage of a row of c.
     """
@@ -260,19 +299,13 @@ def _sandwich(
     Ainv = np.linalg.inv(A)
     k = X.shape[1]
     r = d.sy - d.n * mu
-    if kind in ("CR1", "CR2"):
+    if kind == "CR1":
         g = d.cell_cluster
         n_g = int(g.max()) + 1
-        scores = X * r[:, None]
-        if kind == "CR2":
-            scores = _cr2_scores(X, Ainv, d.n * v, r, g, n_g)
         S = np.zeros((n_g, k))
-        np.add.at(S, g, scores)
-        M = S.T @ S
-        corr = 1.0
-        if kind == "CR1" and n_g > 1:
-            corr = n_g / (n_g - 1.0) * (n_obs - 1.0) / (n_obs - k)
-        return corr * (Ainv @ M @ Ainv)
+        np.add.at(S, g, X * r[:, None])
+        corr = n_g / (n_g - 1.0) * (n_obs - 1.0) / (n_obs - k) if n_g > 1 else 1.0
+        return corr * (Ainv @ (S.T @ S) @ Ainv)
     if kind in ("HC0", "HC2"):
         rss = np.maximum(d.syy - 2.0 * mu * d.sy + d.n * mu * mu, 0.0)
         if kind == "HC2":
@@ -287,29 +320,50 @@ def _sandwich(
     return Ainv
 
 
-def _cr2_scores(
-    X: np.ndarray, Ainv: np.ndarray, w: np.ndarray, r: np.ndarray, g: np.ndarray, n_g: int
-) -> np.ndarray:
-    """Cell scores with the CR2 adjustment (see ``_sandwich``); summing them by cluster gives
-    the adjusted cluster scores. A direction with leverage ~1 (a level seen in one cluster)
-    carries no information about the variance and is dropped rather than blown up."""
-    sw = np.sqrt(w)
-    u = np.divide(r, sw, out=np.zeros_like(r), where=sw > 0)  # residual along the cell direction
-    Z = X * sw[:, None]  # D^(1/2) X
-    h = np.einsum("ij,jk,ik->i", Z, Ainv, Z)
-    cells_per_cluster = np.bincount(g, minlength=n_g)
-    single = cells_per_cluster[g] == 1
-    adj = np.zeros_like(u)
-    ok = single & (h < 1 - 1e-8)
-    adj[ok] = u[ok] / np.sqrt(1.0 - h[ok])
-    for c in np.flatnonzero(cells_per_cluster > 1):
-        idx = np.flatnonzero(g == c)
-        Zg = Z[idx]
-        M = np.eye(len(idx)) - Zg @ Ainv @ Zg.T
-        lam, Q = np.linalg.eigh((M + M.T) / 2)
-        inv_sqrt = np.where(lam > 1e-8, 1.0 / np.sqrt(np.clip(lam, 1e-8, None)), 0.0)
-        adj[idx] = Q @ (inv_sqrt * (Q.T @ u[idx]))
-    return Z * adj[:, None]
+def _cr2_pieces(
+    d: _Design, X: np.ndarray, mu: np.ndarray, fam: sm.families.Family, icc: float | None
+) -> ClusterPieces:
+    """clubSandwich's CR2 pieces of this fit (``studies.small_sample``): per cluster, or per row
+    when the table has no clusters (then they serve the HC2 degrees of freedom). The working
+    model's within-cluster correlation is ``icc``, estimated from the residuals when None."""
+    eta = np.asarray(fam.link(mu))
+    v = np.asarray(fam.variance(mu))
+    if icc is None:
+        icc = working_icc(d, mu, v, X.shape[1])
+    return cr2_pieces(
+        X,
+        d.n,
+        v,
+        np.asarray(fam.link.inverse_deriv(eta)),
+        d.sy - d.n * mu,
+        d.cell_cluster,
+        icc=icc,
+    )
+
+
+def working_icc(d: _Design, mu: np.ndarray, v: np.ndarray, n_params: int) -> float:
+    """Moment estimate of the within-cluster correlation of the Pearson residuals, clipped to
+    [0, 0.99]: the mean product of two residuals of one cluster over their mean square.
+
+    Why: the HTZ degrees of freedom are computed under a working model. Working independence
+    (clubSandwich's default) treats a cluster of 30 correlated rows as 30 rows' worth of
+    information, which overstates the df of a level held by a few large clusters (our null
+    simulations: a level in the 6 largest of 50 clusters rejected at 0.09 with working
+    independence). An exchangeable working correlation puts the information back where it is:
+    in the clusters."""
+    if d.cell_cluster is None:
+        return 0.0
+    pearson_sum = (d.sy - d.n * mu) / np.sqrt(v)
+    pearson_sq = (d.syy - 2.0 * mu * d.sy + d.n * mu * mu) / v
+    g = d.cell_cluster
+    n_g = np.bincount(g, weights=d.n)
+    s_g = np.bincount(g, weights=pearson_sum)
+    ss_g = np.bincount(g, weights=pearson_sq)
+    pairs = float((n_g * (n_g - 1)).sum())
+    scale = float(ss_g.sum()) / max(float(n_g.sum()) - n_params, 1.0)
+    if pairs <= 0 or scale <= 0:
+        return 0.0
+    return float(np.clip((s_g * s_g - ss_g).sum() / pairs / scale, 0.0, 0.99))
 
 
 def _fit_cells(d: _Design, X: np.ndarray, family: str, notes: list[str]) -> tuple[np.ndarray, bool]:
@@ -389,7 +443,8 @@ def fit_glm(
     alpha: float = 0.05,
     cov_type: str = "auto",
     min_level_support: int = 5,
-    small_sample: bool = True,
+    small_sample: bool | str = "htz",
+    icc: float | None = None,
 ) -> GLMResult:
     """Fit ``outcome ~ all attribute groups`` (treatment-coded against each group's reference)
     and test each group jointly. See the module docstring for family, covariance and df.
@@ -397,7 +452,13 @@ def fit_glm(
     ``cov_type``: "auto" (CR2 with clusters; HC2, or model-based for a binary logit, without),
     "CR1", "CR2", "HC0", "HC2" or "model". Levels seen in fewer than ``min_level_support``
     clusters (rows, unclustered) get no p-value and stay out of their group's test.
-    ``small_sample=False`` refers statistics to the normal / chi-square instead of t / F."""
+    ``small_sample``: "htz" (default; CR2 / HC2 with Pustejovsky–Tipton degrees of freedom,
+    ``studies.small_sample``), "naive" (t(m - 1) / F(q, min m - 1), m the clusters of the
+    level: the rule before HTZ, anti-conservative with unequal clusters; kept for comparison)
+    or "none" (normal / chi-square; ``False`` means the same). CR1 and HC0 always use "naive"
+    unless "none" is asked for. ``icc``: the within-cluster correlation of CR2's working model
+    (None: estimated from the residuals, see ``working_icc``; 0: working independence,
+    clubSandwich's default)."""
     # The collapsed design is small (cells x ~40): multithreaded BLAS only adds overhead, and on a
     # busy 2-core machine OpenBLAS threads made one 750 x 36 least-squares solve 100x slower.
     with threadpool_limits(1, user_api="blas"):
@@ -410,6 +471,7 @@ def fit_glm(
             cov_type=cov_type,
             min_level_support=min_level_support,
             small_sample=small_sample,
+            icc=icc,
         )
 
 
@@ -422,14 +484,15 @@ def _fit_glm(
     alpha: float,
     cov_type: str,
     min_level_support: int,
-    small_sample: bool,
+    small_sample: bool | str,
+    icc: float | None,
 ) -> GLMResult:
     if outcome not in frame.outcomes and outcome not in frame.data.columns:
         raise StudyInputError(f"{frame.source} has no outcome {outcome!r}.")
     notes: list[str] = []
     y = frame.data[outcome].to_numpy(dtype=float)
     if family == "auto":
-        family = detect_family(y)
+        family = _auto_family(y, outcome, frame.source, notes)
     _check_family(y, family, outcome)
     use = _resolve_groups(frame, groups, notes)
     # Levels actually present (categories of a subset may be unobserved).
@@ -478,12 +541,16 @@ def _fit_glm(
         )
     X = d.X[:, kept]
     fam = _sm_family(family)
+    mode = _small_sample_mode(small_sample)
+    pieces = None
     if family == "negative_binomial":
         b, V, converged = _fit_negbin(d, X, y, cov_kind, clus, notes)
     else:
         b, converged = _fit_cells(d, X, family, notes)
         mu0 = np.asarray(fam.link.inverse(X @ b))
-        V = _sandwich(d, X, mu0, fam, cov_kind, n_obs)
+        if cov_kind == "CR2" or (cov_kind == "HC2" and mode == "htz"):
+            pieces = _cr2_pieces(d, X, mu0, fam, icc)
+        V = pieces.covariance if cov_kind == "CR2" else _sandwich(d, X, mu0, fam, cov_kind, n_obs)
     if not converged:
         notes.append(
             f"The {family} GLM of {outcome!r} did not converge; read its numbers with care."
@@ -501,58 +568,18 @@ def _fit_glm(
                 f"{dispersion:.2f}); its robust covariance keeps the tests valid."
             )
 
-    se = np.sqrt(np.maximum(np.diag(V), 0.0))
+    fit = _Fit(d=d, b=b, V=V, kept=kept, X=X, fam=fam, family=family)
+    ref = _reference(cov_kind, mode, pieces)
     sep_levels = _separated_levels(d, use, levels, family, outcome, notes)
     coefs, testable = _coefficient_table(
-        d,
-        b,
-        V,
-        se,
-        kept,
-        family,
-        cov_kind,
-        small_sample,
-        min_level_support,
-        sep_levels,
-        alpha,
-        fam,
-        X,
-        notes,
+        fit,
+        ref,
+        min_level_support=min_level_support,
+        sep_levels=sep_levels,
+        alpha=alpha,
+        notes=notes,
     )
-
-    tests = []
-    pos = {j: i for i, j in enumerate(kept)}
-    attr = coefs["attribute"].to_numpy()
-    sep_col = coefs["separation"].to_numpy(dtype=bool)
-    nu_col = coefs["df_denom"].to_numpy(dtype=float)
-    for g in use:
-        in_g = attr == g
-        idx = [pos[c] for c in range(1, d.X.shape[1]) if d.names[c - 1][0] == g and testable[c - 1]]
-        rec = {
-            "attribute": g,
-            "n_levels": len(levels[g]),
-            "n_tested": len(idx),
-            "separation": bool(sep_col[in_g].any()),
-        }
-        if not idx:
-            rec.update(
-                statistic=np.nan, df=0, df_denom=np.nan, p_value=np.nan, p_chi2=np.nan, test="none"
-            )
-            notes.append(f"Attribute {g!r} has no testable level; it gets no p-value.")
-        else:
-            W, q = wald_statistic(b[idx], V[np.ix_(idx, idx)])
-            nu = float(np.nanmin(nu_col[in_g & np.asarray(testable)]))
-            p_chi2 = float(stats.chi2.sf(W, q))
-            p = p_chi2 if np.isinf(nu) else float(stats.f.sf(W / q, q, nu))
-            rec.update(
-                statistic=W,
-                df=q,
-                df_denom=nu,
-                p_value=p,
-                p_chi2=p_chi2,
-                test="wald_chi2" if np.isinf(nu) else "wald_F",
-            )
-        tests.append(rec)
+    tests = [_group_test(fit, ref, g, len(levels[g]), coefs, testable, notes) for g in use]
     group_tests = add_adjusted(pd.DataFrame(tests).reindex(columns=_TEST_COLUMNS[:-2]))
     intercept = float(b[0]) if kept and kept[0] == 0 else float("nan")
     return GLMResult(
@@ -602,92 +629,210 @@ def _separated_levels(
     return out
 
 
+@dataclass
+class _Fit:
+    """A fitted model on cells: design, coefficients on the kept columns, their covariance."""
+
+    d: _Design
+    b: np.ndarray
+    V: np.ndarray
+    kept: list[int]
+    X: np.ndarray
+    fam: sm.families.Family
+    family: str
+
+    @property
+    def pos(self) -> dict[int, int]:
+        """Design column -> position among the kept (estimated) coefficients."""
+        return {j: i for i, j in enumerate(self.kept)}
+
+
+#: below this many effective degrees of freedom a test's p-value gets a warning
+FEW_DF = 4.0
+
+
+@dataclass
+class _ReferenceDistribution:
+    """How a Wald statistic is referred to a distribution.
+
+    ``htz``: CR2 / HC2 with Pustejovsky–Tipton degrees of freedom (``studies.small_sample``);
+    ``naive``: t(m - 1) / F(q, min m - 1), m the clusters (rows) of the level -- kept for the
+    covariances HTZ is not defined for here (CR1, HC0, the negative binomial's);
+    ``normal``: normal / chi-square (model-based covariance, or ``small_sample=False``)."""
+
+    mode: str
+    pieces: ClusterPieces | None = None
+
+    def df(self, contrast: np.ndarray, support: int) -> float:
+        if self.mode == "normal":
+            return float("inf")
+        if self.mode == "htz":
+            return htz_df(self.pieces, contrast)
+        return float(support - 1)
+
+
+SMALL_SAMPLE = ("htz", "naive", "none")
+
+
+def _small_sample_mode(small_sample: bool | str) -> str:
+    mode = {True: "htz", False: "none"}.get(small_sample, small_sample)
+    if mode not in SMALL_SAMPLE:
+        raise StudyInputError(
+            f"Unknown small-sample method {small_sample!r}; use one of {list(SMALL_SAMPLE)}."
+        )
+    return mode
+
+
+def _reference(cov_kind: str, mode: str, pieces: ClusterPieces | None) -> _ReferenceDistribution:
+    if cov_kind == "model" or mode == "none":
+        return _ReferenceDistribution("normal")
+    if mode == "htz" and pieces is not None:
+        return _ReferenceDistribution("htz", pieces)
+    return _ReferenceDistribution("naive")
+
+
+def _t_interval(
+    est: float, se: float, df: float, alpha: float
+) -> tuple[float, float, float, float]:
+    """Statistic, two-sided p-value and CI of ``est`` with standard error ``se`` on ``df``
+    degrees of freedom (normal when infinite); NaNs where the df are not positive."""
+    if not se > 0 or not df > 0:
+        return (np.nan,) * 4
+    dist = stats.norm if np.isinf(df) else stats.t(df)
+    stat = est / se
+    crit = float(dist.ppf(1 - alpha / 2))
+    return stat, float(2 * dist.sf(abs(stat))), est - crit * se, est + crit * se
+
+
+def _level_rows(fit: _Fit) -> list[tuple[int, str, str, np.ndarray]]:
+    """(design column, group, level, cell mask) of every non-reference level."""
+    d = fit.d
+    groups_in_order = list(dict.fromkeys(d.col_group))
+    out = []
+    for col in range(1, d.X.shape[1]):
+        g, lv = d.names[col - 1]
+        li = 1 + [n for n in d.names if n[0] == g].index((g, lv))
+        out.append((col, g, lv, d.cell_codes[:, groups_in_order.index(g)] == li))
+    return out
+
+
 def _coefficient_table(
-    d: _Design,
-    b: np.ndarray,
-    V: np.ndarray,
-    se: np.ndarray,
-    kept: list[int],
-    family: str,
-    cov_kind: str,
-    small_sample: bool,
+    fit: _Fit,
+    ref: _ReferenceDistribution,
+    *,
     min_level_support: int,
     sep_levels: set[tuple[str, str]],
     alpha: float,
-    fam: sm.families.Family,
-    X: np.ndarray,
     notes: list[str],
 ) -> tuple[pd.DataFrame, list[bool]]:
     """One row per non-reference level; also which levels enter their group's joint test."""
-    pos = {j: i for i, j in enumerate(kept)}
-    zcrit = stats.norm.ppf(1 - alpha / 2)
-    p_cols = d.X.shape[1] - 1
-    rec: dict[str, list] = {c: [] for c in _COEF_COLUMNS}
-    testable: list[bool] = []
-    groups_in_order = list(dict.fromkeys(d.col_group))
-    for col in range(1, p_cols + 1):
-        g, lv = d.names[col - 1]
-        j = groups_in_order.index(g)
-        li = 1 + [n for n in d.names if n[0] == g].index((g, lv))
-        at = d.cell_codes[:, j] == li
-        n_rows = int(d.n[at].sum())
+    d, pos = fit.d, fit.pos
+    rows, testable = [], []
+    for col, g, lv, at in _level_rows(fit):
         n_cl = int(len(np.unique(d.cell_cluster[at]))) if d.cell_cluster is not None else None
-        support = n_cl if n_cl is not None else n_rows
-        vals = dict.fromkeys(_COEF_COLUMNS, np.nan)
-        vals.update(attribute=g, level=lv, n_rows=n_rows, n_clusters=n_cl, aliased=col not in pos)
-        vals["separation"] = False
+        support = n_cl if n_cl is not None else int(d.n[at].sum())
+        row = dict.fromkeys(_COEF_COLUMNS, np.nan)
+        row.update(attribute=g, level=lv, n_rows=int(d.n[at].sum()), n_clusters=n_cl)
+        row.update(aliased=col not in pos, separation=False)
         ok = False
         if col in pos:
-            i = pos[col]
-            coef, s = float(b[i]), float(se[i])
-            nu = np.inf if (cov_kind == "model" or not small_sample) else float(support - 1)
+            ok = _fill_level(row, fit, ref, col, support, min_level_support, alpha, notes)
             # this level, or the group's reference level (not a column), is separated
-            sep = (g, lv) in sep_levels or any(x[0] == g and x not in d.names for x in sep_levels)
-            if abs(coef) > HUGE_COEF and family != "gaussian":
-                sep = True
+            row["separation"] = (g, lv) in sep_levels or any(
+                x[0] == g and x not in d.names for x in sep_levels
+            )
+            if abs(row["coef"]) > HUGE_COEF and fit.family != "gaussian":
+                row["separation"] = True
                 notes.append(
-                    f"The coefficient of {g}={lv} is {coef:.1f} on the link scale: likely "
+                    f"The coefficient of {g}={lv} is {row['coef']:.1f} on the link scale: likely "
                     "(quasi-)separation; its test means nothing."
                 )
-            ame, ame_se = _ame(d, X, pos, b, V, fam, col)
-            vals.update(
-                coef=coef, std_err=s, df_denom=nu, separation=sep, ame=ame, ame_std_err=ame_se
-            )
-            vals.update(ame_ci_low=ame - zcrit * ame_se, ame_ci_high=ame + zcrit * ame_se)
-            if support < max(min_level_support, 2) or s == 0:
-                unit = "clusters" if n_cl is not None else "rows"
-                notes.append(
-                    f"Level {lv!r} of attribute {g!r} occurs in only {support} {unit}, too few "
-                    "for a robust variance; its coefficient gets no p-value and is left out of "
-                    "the group test."
-                )
-            else:
-                ok = True
+        rows.append(row)
         testable.append(ok)
-        for c, v in vals.items():
-            rec[c].append(v)
-    coefs = pd.DataFrame(rec)
-    ok = np.asarray(testable, dtype=bool)
-    coef = coefs["coef"].to_numpy(dtype=float)
-    s = coefs["std_err"].to_numpy(dtype=float)
-    nu = coefs["df_denom"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stat = np.where(ok, coef / s, np.nan)
-    finite = np.isfinite(nu)
-    p = np.where(
-        finite,
-        2 * stats.t.sf(np.abs(stat), np.where(finite, np.maximum(nu, 1), 1)),
-        2 * stats.norm.sf(np.abs(stat)),
-    )
-    crit = np.where(
-        finite, stats.t.ppf(1 - alpha / 2, np.where(finite, np.maximum(nu, 1), 1)), zcrit
-    )
-    coefs["statistic"] = stat
-    coefs["p_value"] = np.where(ok, p, np.nan)
-    coefs["ci_low"] = np.where(ok, coef - crit * s, np.nan)
-    coefs["ci_high"] = np.where(ok, coef + crit * s, np.nan)
-    coefs = _add_effects(coefs, family)
+    coefs = _add_effects(pd.DataFrame(rows, columns=_COEF_COLUMNS), fit.family)
     return coefs.reindex(columns=_COEF_COLUMNS), testable
+
+
+def _fill_level(
+    row: dict,
+    fit: _Fit,
+    ref: _ReferenceDistribution,
+    col: int,
+    support: int,
+    min_level_support: int,
+    alpha: float,
+    notes: list[str],
+) -> bool:
+    """Coefficient, test, CI and AME of one estimated level; True if it enters the group test."""
+    i = fit.pos[col]
+    coef, s = float(fit.b[i]), float(np.sqrt(max(fit.V[i, i], 0.0)))
+    ame, ame_se, grad = _ame(fit, col)
+    row.update(coef=coef, std_err=s, ame=ame, ame_std_err=ame_se)
+    if support < max(min_level_support, 2) or s == 0:
+        unit = "clusters" if row["n_clusters"] is not None else "rows"
+        notes.append(
+            f"Level {row['level']!r} of attribute {row['attribute']!r} occurs in only {support} "
+            f"{unit}, too few for a robust variance; its coefficient gets no p-value and is left "
+            "out of the group test."
+        )
+        return False
+    nu = ref.df(np.eye(len(fit.b))[[i]], support)
+    stat, p, lo, hi = _t_interval(coef, s, nu, alpha)
+    row.update(df_denom=nu, statistic=stat, p_value=p, ci_low=lo, ci_high=hi)
+    ame_nu = ref.df(grad[None, :], support) if ame_se > 0 else nu
+    row.update(zip(("ame_ci_low", "ame_ci_high"), _t_interval(ame, ame_se, ame_nu, alpha)[2:]))
+    if nu < FEW_DF:
+        notes.append(_few_df_note(row["attribute"], f"level {row['level']!r}", nu))
+    return bool(np.isfinite(p))
+
+
+def _few_df_note(attribute: str, what: str, nu: float) -> str:
+    return (
+        f"Attribute {attribute!r}: the test of {what} rests on about {nu:.1f} effective degrees "
+        "of freedom (few or very unequal clusters carry it); its p-value is a small-sample "
+        "approximation, read it with care."
+    )
+
+
+def _group_test(
+    fit: _Fit,
+    ref: _ReferenceDistribution,
+    g: str,
+    n_levels: int,
+    coefs: pd.DataFrame,
+    testable: list[bool],
+    notes: list[str],
+) -> dict:
+    """The joint Wald test that every tested level of group ``g`` equals its reference."""
+    d, pos = fit.d, fit.pos
+    in_g = (coefs["attribute"] == g).to_numpy()
+    ok = np.asarray(testable, dtype=bool)
+    idx = [pos[c] for c in range(1, d.X.shape[1]) if d.names[c - 1][0] == g and testable[c - 1]]
+    rec = {
+        "attribute": g,
+        "n_levels": n_levels,
+        "n_tested": len(idx),
+        "separation": bool(coefs["separation"].to_numpy(dtype=bool)[in_g].any()),
+    }
+    if not idx:
+        notes.append(f"Attribute {g!r} has no testable level; it gets no p-value.")
+        return rec | dict(statistic=np.nan, df=0, df_denom=np.nan, p_value=np.nan, test="none")
+    W, q = wald_statistic(fit.b[idx], fit.V[np.ix_(idx, idx)])
+    rec.update(statistic=W, df=q, p_chi2=float(stats.chi2.sf(W, q)))
+    if ref.mode == "normal":
+        return rec | dict(
+            df_denom=np.inf, f_statistic=W / q, p_value=rec["p_chi2"], test="wald_chi2"
+        )
+    if ref.mode == "htz":
+        F, nu = htz_test(W, q, ref.df(np.eye(len(fit.b))[idx], 0))
+        test = "wald_htz"
+        if not nu >= FEW_DF:
+            notes.append(_few_df_note(g, "the group", nu))
+    else:
+        F, nu = W / q, float(np.nanmin(coefs["df_denom"].to_numpy(dtype=float)[in_g & ok]))
+        test = "wald_F"
+    p = float(stats.f.sf(F, q, nu)) if np.isfinite(nu) else np.nan
+    return rec | dict(df_denom=nu, f_statistic=F, p_value=p, test=test)
 
 
 def wald_statistic(b: np.ndarray, V: np.ndarray) -> tuple[float, int]:
@@ -727,6 +872,7 @@ _COEF_COLUMNS = [
 _TEST_COLUMNS = [
     "attribute",
     "statistic",
+    "f_statistic",
     "df",
     "df_denom",
     "p_value",
@@ -770,18 +916,12 @@ def _add_effects(coefs: pd.DataFrame, family: str) -> pd.DataFrame:
     return coefs
 
 
-def _ame(
-    d: _Design,
-    X: np.ndarray,
-    pos: dict[int, int],
-    b: np.ndarray,
-    V: np.ndarray,
-    fam: sm.families.Family,
-    col: int,
-) -> tuple[float, float]:
+def _ame(fit: _Fit, col: int) -> tuple[float, float, np.ndarray]:
     """Average marginal effect of one level vs its reference on the outcome's own scale: the
     mean over all rows of mu(row at this level) - mu(row at the reference), other attributes as
-    observed; its standard error by the delta method with the robust covariance."""
+    observed; its standard error by the delta method with the robust covariance, and the
+    gradient (the contrast whose degrees of freedom its interval uses)."""
+    d, X, b, fam, pos = fit.d, fit.X, fit.b, fit.fam, fit.pos
     g = d.names[col - 1][0]
     gcols = [pos[c] for c in range(1, d.X.shape[1]) if d.names[c - 1][0] == g and c in pos]
     w = d.n / d.n.sum()
@@ -794,4 +934,4 @@ def _ame(
     dref = np.asarray(fam.link.inverse_deriv(e_ref))
     dlv = np.asarray(fam.link.inverse_deriv(e_lv))
     grad = (w * dlv) @ X_lv - (w * dref) @ X_ref
-    return ame, float(np.sqrt(max(grad @ V @ grad, 0.0)))
+    return ame, float(np.sqrt(max(grad @ fit.V @ grad, 0.0))), grad

@@ -264,3 +264,66 @@ def market_like_schema_toml(*, colour_positive: int = 1) -> str:
             lines.append(f'description = "{g.description}"')
         lines.append("")
     return "\n".join(lines)
+
+
+def simulate_small_cluster_table(
+    n_clusters: int,
+    *,
+    mean_size: float = 6.0,
+    size_sigma: float = 1.0,
+    rare_clusters: int | None = None,
+    within: bool = False,
+    effects: dict[str, float] | None = None,
+    seed: int = 0,
+    cluster_sd: float = 0.8,
+    noise_sd: float = 1.0,
+) -> pd.DataFrame:
+    """A small result table in the regimes a new attribute dataset meets: tens of clusters of
+    very unequal size, a level confined to a few clusters, an attribute that varies within
+    clusters (a switching design). Used to simulate the error rates of the GLM's tests.
+
+    Cluster sizes are lognormal draws with mean ``mean_size``, at least 1: ``max(1,
+    round(LN(log(mean_size) - size_sigma**2 / 2, size_sigma)))`` (``size_sigma=0``: all
+    equal). Groups:
+
+    - ``gender`` (female/male, p = 0.5), ``bag`` (no/yes, p = 0.35): identity level;
+    - ``colour``: 5 levels with probabilities 0.35, 0.25, 0.2, 0.12, 0.08, identity level;
+    - ``rare`` (no/yes): ``yes`` is held by exactly ``rare_clusters`` clusters, the largest
+      ones (the hardest case for the reference distribution); with None, p = 0.3;
+    - ``switch`` (off/on, only with ``within=True``): drawn per row, so it varies within
+      clusters like an expert switched on and off across configurations.
+
+    ``ap = expit(0.5 + u_cluster + e_row + shifts)``; ``effects`` maps a group name to the shift
+    of its second level (``colour``: a ramp from ``-d`` to ``+d`` over its 5 levels).
+    """
+    if n_clusters < 2:
+        raise StudyInputError("simulate_small_cluster_table needs at least 2 clusters.")
+    rng = np.random.default_rng(seed)
+    mu = np.log(mean_size) - size_sigma**2 / 2
+    sizes = np.maximum(1, np.round(rng.lognormal(mu, size_sigma, n_clusters))).astype(int)
+    pid = np.repeat(np.arange(n_clusters), sizes)
+    n = len(pid)
+    effects = effects or {}
+    cols: dict[str, np.ndarray] = {}
+    shift = np.zeros(n)
+
+    def binary(name: str, values: tuple[str, str], state: np.ndarray) -> None:
+        cols[name] = np.asarray(values, dtype=object)[state]
+        shift[:] += effects.get(name, 0.0) * state
+
+    binary("gender", ("female", "male"), (rng.random(n_clusters) < 0.5).astype(int)[pid])
+    binary("bag", ("no", "yes"), (rng.random(n_clusters) < 0.35).astype(int)[pid])
+    if rare_clusters is None:
+        rare = (rng.random(n_clusters) < 0.3).astype(int)
+    else:
+        rare = np.zeros(n_clusters, dtype=int)
+        rare[np.argsort(-sizes, kind="stable")[:rare_clusters]] = 1
+    binary("rare", ("no", "yes"), rare[pid])
+    colour = rng.choice(5, size=n_clusters, p=[0.35, 0.25, 0.2, 0.12, 0.08])[pid]
+    cols["colour"] = np.array(["black", "blue", "grey", "red", "green"], dtype=object)[colour]
+    shift += effects.get("colour", 0.0) * (colour / 2.0 - 1.0)
+    if within:
+        binary("switch", ("off", "on"), (rng.random(n) < 0.5).astype(int))
+    u = rng.normal(0.0, cluster_sd, n_clusters)[pid]
+    ap = expit(0.5 + u + rng.normal(0.0, noise_sd, n) + shift)
+    return pd.DataFrame({"pid": pid, **cols, "ap": ap})

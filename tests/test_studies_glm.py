@@ -115,19 +115,21 @@ def test_hc2_equals_statsmodels_ols_hc2():
 
 
 def _cr2_by_definition(X, y, mu, v, groups):
-    """Bell–McCaffrey CR2 on the rows, straight from its definition: the score of cluster g is
-    X_g' W_g^(1/2) (I - H_gg)^(-1/2) W_g^(-1/2) (y_g - mu_g), H = W^(1/2) X A^-1 X' W^(1/2)."""
-    A = X.T @ (X * v[:, None])
-    Ainv = np.linalg.inv(A)
-    meat = np.zeros_like(A)
+    """CR2 on the rows, straight from clubSandwich's definition for a canonical-link GLM
+    (Pustejovsky & Tipton 2018, eq. 7 with Phi = Theta = diag(v)): the score of cluster g is
+    X_g' A_g (y_g - mu_g), A_g = Theta_g^(1/2) B_g^(-1/2) Theta_g^(1/2),
+    B_g = Theta_g^(1/2) (Theta_g - U_g M U_g') Theta_g^(1/2), U = diag(v) X, M = (X' V X)^-1."""
+    Ainv = np.linalg.inv(X.T @ (X * v[:, None]))
+    meat = np.zeros_like(Ainv)
     for g in np.unique(groups):
         i = groups == g
-        Zg = X[i] * np.sqrt(v[i])[:, None]
-        H = Zg @ Ainv @ Zg.T
-        lam, Q = np.linalg.eigh(np.eye(i.sum()) - H)
-        inv_sqrt = np.where(lam > 1e-8, 1 / np.sqrt(np.clip(lam, 1e-8, None)), 0.0)
-        e = (y[i] - mu[i]) / np.sqrt(v[i])
-        s = Zg.T @ (Q @ (inv_sqrt * (Q.T @ e)))
+        rt = np.sqrt(v[i])
+        U = X[i] * v[i][:, None]
+        B = rt[:, None] * (np.diag(v[i]) - U @ Ainv @ U.T) * rt[None, :]
+        lam, Q = np.linalg.eigh(B)
+        inv_sqrt = np.where(lam > 1e-12, 1 / np.sqrt(np.clip(lam, 1e-12, None)), 0.0)
+        A = rt[:, None] * ((Q * inv_sqrt) @ Q.T) * rt[None, :]
+        s = X[i].T @ (A @ (y[i] - mu[i]))
         meat += np.outer(s, s)
     return Ainv @ meat @ Ainv
 
@@ -146,7 +148,7 @@ def test_cr2_equals_its_definition_on_the_rows(within):
     if within:
         df["cam"] = cam
     frame = build_analysis_frame(df, outcomes="ap", cluster="pid")
-    res = fit_glm(frame, "ap")
+    res = fit_glm(frame, "ap", icc=0.0)  # the definition's working model: independence
     assert "CR2" in res.covariance
     ref = smf.glm(_formula(frame, "ap"), frame.data, family=sm.families.Binomial()).fit()
     X = ref.model.exog
@@ -310,3 +312,60 @@ def test_constant_outcome_is_a_warning_not_a_crash():
     res = fit_glm(build_analysis_frame(df, outcomes="ap"), "ap")
     assert res.group_tests.empty and res.coefficients.empty
     assert any("constant" in w for w in res.warnings)
+
+
+def test_working_icc_recovers_a_known_intra_cluster_correlation():
+    """Gaussian rows with a cluster random effect: ICC = 0.6^2 / (0.6^2 + 0.8^2) = 0.36; and
+    rows without cluster structure give ~0."""
+    from studies.glm import _build_design, working_icc
+
+    rng = np.random.default_rng(8)
+    n_id, per = 400, 8
+    pid = np.repeat(np.arange(n_id), per)
+    bag = rng.integers(0, 2, n_id)[pid]
+    clustered = 0.3 * bag + rng.normal(0, 0.6, n_id)[pid] + rng.normal(0, 0.8, n_id * per)
+    for y, expected, tol in ((clustered, 0.36, 0.04), (rng.normal(size=len(pid)), 0.0, 0.03)):
+        d = _build_design(bag[:, None], ["bag"], {"bag": ["no", "yes"]}, y, pid)
+        beta = np.linalg.lstsq(d.X * np.sqrt(d.n)[:, None], d.sy / np.sqrt(d.n), rcond=None)[0]
+        mu = d.X @ beta
+        assert working_icc(d, mu, np.ones_like(mu), 2) == pytest.approx(expected, abs=tol)
+
+
+def _frame_of(df: pd.DataFrame):
+    return build_analysis_frame(
+        df, outcomes=["ap"], cluster="pid", exclude=OTHER + ["rank1", "first_hit"], spec=SPEC
+    )
+
+
+def test_auto_family_refuses_a_proportion_with_values_outside_0_1():
+    df = simulate_reid_table(600, n_identities=60, seed=2)
+    df.loc[[16, 253], "ap"] = [1.5, 87.0]  # typos in an AP column
+    frame = _frame_of(df)
+    with pytest.raises(StudyInputError, match=r"row 17 = 1\.5, row 254 = 87.*family='gaussian'"):
+        fit_glm(frame, "ap")
+    res = fit_glm(frame, "ap", family="gaussian")  # asked for: modelled as it is
+    assert res.family == "gaussian" and not res.coefficients.empty
+
+
+def test_auto_family_refuses_a_percentage_and_says_when_it_picks_gaussian():
+    df = simulate_reid_table(600, n_identities=60, seed=2)
+    df["ap"] = 100 * df["ap"]
+    with pytest.raises(StudyInputError, match="percentage.*divide it by 100"):
+        fit_glm(_frame_of(df), "ap")
+    df["ap"] = np.log(df["ap"] / 100)  # a genuinely continuous outcome (negative values)
+    res = fit_glm(_frame_of(df), "ap")
+    assert res.family == "gaussian"
+    assert any("Gaussian family" in w for w in res.warnings)
+
+
+def test_ame_interval_uses_the_coefficients_reference_distribution():
+    """AME intervals used z while coefficients used t: with few clusters the AME interval must
+    be as wide as its t quantile says (delta-method SE x t(df of the AME's contrast))."""
+    df = simulate_reid_table(150, n_identities=15, seed=5)
+    frame = _frame_of(df)
+    res = fit_glm(frame, "ap", min_level_support=2)
+    co = res.coefficients[res.coefficients["p_value"].notna()]
+    assert len(co)
+    half = (co["ame_ci_high"] - co["ame_ci_low"]) / 2
+    z_half = stats.norm.ppf(0.975) * co["ame_std_err"]
+    assert (half > z_half * 1.05).all()

@@ -1,0 +1,198 @@
+"""Small-sample cluster-robust inference for GLMs: CR2 and the HTZ Wald test.
+
+The reference is Pustejovsky & Tipton (2018, *Journal of Business & Economic Statistics* 36(4),
+"Small-sample methods for cluster-robust variance estimation and hypothesis testing in fixed
+effects models") as implemented in R's clubSandwich (``vcovCR(type = "CR2")``,
+``coef_test(test = "Satterthwaite")``, ``Wald_test(test = "HTZ")``). We write our own because no
+Python library offers it, and because our GLMs are fitted on collapsed cells (see
+``studies.glm``): every quantity below is computed exactly from cell sums.
+
+How it works, in the notation of clubSandwich's GLM method (response residuals ``e = y - mu``,
+model matrix ``U = diag(dmu/deta) X``, working variance ``Theta = diag(v(mu))``, weights
+``W = Theta^-1``, bread ``M = (U' W U)^-1``):
+
+- **CR2.** Cluster ``j``'s residuals are multiplied by ``A_j = R_j' B_j^(-1/2) R_j`` with
+  ``R_j = Theta_j^(1/2)`` and ``B_j = R_j (Theta_j - U_j M U_j') R_j'``, so that the sandwich is
+  unbiased when the working model holds. ``V = M (sum_j E_j e_j e_j' E_j') M`` with
+  ``E_j = U_j' W_j A_j``. Eigenvalues of ``B_j`` at ~0 (a level seen in one cluster) get a zero
+  inverse square root, as in clubSandwich's ``matrix_power``.
+- **Degrees of freedom.** For a ``q x p`` constraint matrix ``C``, ``C V C'`` is approximated by a
+  scaled Wishart with ``eta`` degrees of freedom chosen to match the total variance of its
+  entries under the working model (normal errors with covariance ``Theta``); the Wald statistic
+  ``Q`` then gives ``F = (eta - q + 1) / (eta q) Q ~ F(q, eta - q + 1)`` (Hotelling's T²). For
+  one coefficient this is the Satterthwaite t test with ``eta`` degrees of freedom. ``eta``
+  accounts for every cluster that informs the contrast -- the reference level's too -- and for
+  unequal cluster sizes and leverage, which a rule like ``t(m - 1)`` ignores.
+
+Collapsed cells: all rows of a cell share ``x`` and ``mu``, so a cluster's row space splits into
+the cell-mean directions and their complement; ``U``, ``Theta`` and ``A_j`` act on the cell-mean
+directions alone (``A_j`` is the identity on the complement, which never reaches the score).
+Each cluster is therefore represented by its cells with ``U_c = sqrt(n_c) dmu/deta x_c``. An
+unclustered table is the special case of one row per cluster (HC2); its rows of one cell are
+identical "clusters", handled with a multiplicity instead of one entry per row.
+
+The variance of the entries of ``C V C'`` needs sums over pairs of clusters; they are expanded
+into sums over single clusters (the tensor ``T`` below), so the cost is linear in the number of
+clusters rather than quadratic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: relative tolerance below which an eigenvalue of ``B_j`` counts as zero
+_EIG_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class ClusterPieces:
+    """What the CR2 covariance and the HTZ degrees of freedom need, per cluster ("unit").
+
+    ``scores``: adjusted score of each cluster, ``E_j e_j`` (units x p); None for one cluster
+    per row, whose HC2 meat needs each row's own squared residual (``studies.glm`` computes it
+    from the cells' sums of squares) -- the pieces then serve the degrees of freedom only.
+    ``G``: ``M E_j R_j`` (``R_j R_j = Theta_j``), padded to ``units x p x width``.
+    ``Y``: ``[M E_j U_j, M E_j Theta_j W_j U_j]`` (units x p x 2p) and ``Q`` (2p x 2p): the
+    covariance of two clusters' contrasts under the working model is
+    ``d_jk G_j G_j' - Y_j Q Y_k'`` -- clubSandwich's three "H arrays" in one product.
+    ``weight``: how many identical units each row stands for (1 when clustered; the rows of a
+    cell when every row is its own cluster).
+    """
+
+    bread: np.ndarray
+    scores: np.ndarray | None
+    G: np.ndarray
+    Y: np.ndarray
+    Q: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """The CR2 covariance ``M (sum_j s_j s_j') M`` (clustered pieces only)."""
+        if self.scores is None:
+            raise ValueError("one-row clusters carry no scores; HC2 is computed from the cells")
+        return self.bread @ (self.scores.T @ self.scores) @ self.bread
+
+
+def _power_psd(B: np.ndarray, power: float) -> np.ndarray:
+    lam, Q = np.linalg.eigh((B + B.T) / 2)
+    tol = _EIG_TOL * max(float(np.abs(lam).max(initial=0.0)), 1e-300)
+    val = np.where(lam > tol, np.clip(lam, tol, None) ** power, 0.0)
+    return (Q * val) @ Q.T
+
+
+def _units(n: np.ndarray, cluster: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The cells of each cluster, and each unit's multiplicity."""
+    if cluster is None:  # every row its own cluster: one unit per cell, counted n_c times
+        return [np.array([c]) for c in range(len(n))], n.astype(float)
+    order = np.argsort(cluster, kind="stable")
+    units = np.split(order, np.flatnonzero(np.diff(cluster[order])) + 1)
+    return units, np.ones(len(units))
+
+
+def _target(v: np.ndarray, n: np.ndarray, icc: float) -> np.ndarray:
+    """Working covariance of one cluster on its cell-mean directions: rows with variance v and
+    exchangeable correlation ``icc`` (the all-ones vector of the rows is sqrt(n) there)."""
+    rt, s = np.sqrt(v), np.sqrt(n)
+    return rt[:, None] * ((1 - icc) * np.eye(len(v)) + icc * np.outer(s, s)) * rt[None, :]
+
+
+def cr2_pieces(
+    X: np.ndarray,
+    n: np.ndarray,
+    v: np.ndarray,
+    d: np.ndarray,
+    residual_sums: np.ndarray,
+    cluster: np.ndarray | None,
+    *,
+    icc: float = 0.0,
+) -> ClusterPieces:
+    """CR2 pieces of a GLM fitted on cells.
+
+    ``X``: cells x p design; ``n``: rows per cell; ``v``: variance function at the cell's mean;
+    ``d``: dmu/deta at the cell's mean (``v`` for a canonical link); ``residual_sums``: the sum
+    of ``y - mu`` over the cell's rows; ``cluster``: the cluster of each cell, or None for one
+    cluster per row. ``icc``: the working model's within-cluster correlation (0: working
+    independence, clubSandwich's default; otherwise its ``target`` of an exchangeable
+    covariance). Rows of one cell within a cluster are then correlated too, but that part lives
+    off the cell-mean directions and never reaches the score.
+    """
+    if cluster is None:
+        icc = 0.0
+    units, weight = _units(n, cluster)
+    scale = np.ones_like(n) if cluster is None else np.sqrt(n)
+    U_all = X * (d * scale)[:, None]  # the model matrix on each unit's cell directions
+    bread = np.linalg.inv((X * (n * d * d / v)[:, None]).T @ X)
+    thetas = [_target(v[idx], n[idx] if cluster is not None else np.ones(1), icc) for idx in units]
+    # M (sum_j U_j' W_j Theta_j W_j U_j) M: the working-model covariance of the estimates
+    # (= M when Theta = W^-1, as for one row per cluster)
+    N_mat = bread
+    if cluster is not None:
+        outer = sum(
+            (U_all[idx] / v[idx, None]).T @ th @ (U_all[idx] / v[idx, None])
+            for idx, th in zip(units, thetas, strict=True)
+        )
+        N_mat = bread @ outer @ bread
+    width = max(len(u) for u in units)
+    p = X.shape[1]
+    scores = None if cluster is None else np.zeros((len(units), p))
+    G = np.zeros((len(units), p, width))
+    Y = np.zeros((len(units), p, 2 * p))
+    for k, (idx, theta) in enumerate(zip(units, thetas, strict=True)):
+        U, w_inv = U_all[idx], 1.0 / v[idx]
+        R = _power_psd(theta, 0.5)
+        H = U @ bread @ (U * w_inv[:, None]).T  # U M U' W
+        K = theta - H @ theta - theta @ H.T + U @ N_mat @ U.T
+        A = R @ _power_psd(R @ K @ R, -0.5) @ R
+        E = (U * w_inv[:, None]).T @ A
+        ME = bread @ E
+        if scores is not None:  # the residual along each cell-mean direction
+            scores[k] = E @ (residual_sums[idx] / np.sqrt(n[idx]))
+        G[k, :, : len(idx)] = ME @ R
+        Y[k, :, :p] = ME @ U
+        Y[k, :, p:] = ME @ theta @ (U * w_inv[:, None])
+    Q = np.block([[N_mat, -bread], [-bread, np.zeros_like(bread)]])
+    return ClusterPieces(bread=bread, scores=scores, G=G, Y=Y, Q=Q, weight=weight)
+
+
+def htz_df(pieces: ClusterPieces, C: np.ndarray) -> float:
+    """Pustejovsky–Tipton's ``eta`` for the constraint ``C`` (q x p): the Wishart degrees of
+    freedom that match the total variance of the entries of ``C V C'`` under the working model.
+    With q = 1 this is the Satterthwaite degrees of freedom of the contrast's t test."""
+    C = np.atleast_2d(np.asarray(C, dtype=float))
+    w = pieces.weight
+    CG = np.einsum("qp,jpw->jqw", C, pieces.G)
+    CY = np.einsum("qp,jpu->jqu", C, pieces.Y)
+    D = np.einsum("jsw,jtw->jst", CG, CG)  # C G_j G_j' C'
+    cross = np.einsum("jsu,uv,jtv->jst", CY, pieces.Q, CY)  # C Y_j Q Y_j' C'
+    root = _power_psd(np.einsum("j,jst->st", w, D + cross), -0.5)
+    if not np.any(root):
+        return float("nan")
+    D = np.einsum("as,jst,tb->jab", root, D, root)
+    Yt = np.einsum("as,jsu->jau", root, CY)
+    Zt = np.einsum("jsu,uv->jsv", Yt, pieces.Q)
+    cross = np.einsum("jsu,jtu->jst", Zt, Yt)
+    T1 = np.einsum("j,jsu,jtw->sutw", w, Yt, Yt)
+    T2 = np.einsum("j,jsu,jtw->sutw", w, Zt, Zt)
+    # sums over pairs of clusters of tr(B_jk B_jk) and (tr B_jk)^2, B_jk = d_jk D_j + Y_j Q Y_k'
+    tr_bb = (
+        np.einsum("j,jst,jts->", w, D, D)
+        + 2 * np.einsum("j,jst,jts->", w, D, cross)
+        + np.einsum("sutw,tusw->", T1, T2)
+    )
+    trD, trC = np.einsum("jss->j", D), np.einsum("jss->j", cross)
+    tr_sq = w @ (trD * trD) + 2 * w @ (trD * trC) + np.einsum("sutw,sutw->", T1, T2)
+    q = C.shape[0]
+    total = tr_bb + tr_sq
+    return float(q * (q + 1) / total) if total > 0 else float("nan")
+
+
+def htz_test(statistic: float, q: int, eta: float) -> tuple[float, float]:
+    """Hotelling's T² approximation: the F statistic and its denominator degrees of freedom
+    (``eta - q + 1``; NaN when not positive, and then no p-value can be given)."""
+    df = eta - q + 1
+    if not np.isfinite(df) or df <= 0:
+        return float("nan"), float("nan")
+    return (df / eta) * statistic / q, df
