@@ -273,3 +273,29 @@ def test_a_group_varying_in_a_few_clusters_only_is_flagged():
     )
     assert imp.table.iloc[0]["permuted"] == WITHIN_CLUSTER
     assert any("'bag' varies within only 2 of 40 pids" in w for w in imp.warnings)
+
+
+def test_rank_tests_warn_when_the_design_moves_groups_together():
+    """A study-like switching design: 'c' does nothing but is switched on with 'a' (full /
+    backbone / only-one rows), so its marginal test is significant; the table warns that the
+    tests are marginal. An independent random design gets no such warning."""
+    rng = np.random.default_rng(8)
+    n_id = 40
+    configs = np.array(
+        [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 0], [0, 0, 1, 1]]
+        + [[1, 0, 1, 1], [0, 1, 0, 0]] * 2
+    )
+    per = len(configs)
+    pid = np.repeat(np.arange(n_id), per)
+    on = np.tile(configs, (n_id, 1))
+    y = 0.4 * on[:, 0] + rng.normal(0, 0.3, n_id)[pid] + rng.normal(0, 0.1, len(pid)) - 5
+    df = pd.DataFrame({g: on[:, j] for j, g in enumerate(GROUPS)} | {"y": y, "pid": pid})
+    from studies.design import build_analysis_frame
+
+    frame = build_analysis_frame(df, outcomes=["y"], cluster="pid")
+    res = group_tests(frame, "y", n_perm=199, n_boot=0).set_index("attribute")
+    assert res.loc["c", "p_value"] < 0.01  # confounded with 'a' by the design
+    assert any("'a' and 'c'" in w and "marginal" in w for w in res.attrs["warnings"])
+    independent = switching_frame(n_clusters=40, per=30, seed=9, same_subsets=False)
+    res = group_tests(independent, "y", n_perm=99, n_boot=0)
+    assert not any("marginal" in w for w in res.attrs["warnings"])
