@@ -518,13 +518,13 @@ def grouped_permutation_importance(
         inside = [g for g, sc in zip(enc.groups, scopes, strict=True) if sc == WITHIN_CLUSTER]
         cl_name = frame.cluster or "cluster"
         warnings.append(
-            f"{name} permutes {', '.join(inside)} within each {cl_name} (they vary within "
-            f"{cl_name}s; moving them across {cl_name}s would leave most rows unchanged); "
-            "the other attributes across clusters. See the table's 'permuted' column."
+            f"{name} permutes {', '.join(inside)} within each {cl_name}, because they vary "
+            f"within {cl_name}s, and the other attributes across {cl_name}s (column 'permuted')."
             if len(inside) < len(enc.groups)
             else f"{name} permutes every attribute within each {cl_name}: they all vary within "
-            f"{cl_name}s (a within-identity design), so an importance is the held-out loss when "
-            f"an attribute is shuffled among one {cl_name}'s rows."
+            f"{cl_name}s (a within-identity design, such as experts switched on and off), so an "
+            f"importance is the held-out loss when an attribute is shuffled among one "
+            f"{cl_name}'s rows."
         )
         for j, g in enumerate(enc.groups):
             note = within_cluster_note(g, int(varying[j]), n_clusters, name, cl_name)
