@@ -718,7 +718,11 @@ def fetch_attribute_file(
                     )
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", None) or e
-                raise DataError(f"Could not download {url} ({reason}).") from None
+                raise DataError(
+                    f"Could not download {url} ({reason}); without a network, fetch "
+                    f"{spec.filename} elsewhere and pass --url file:///path/to/{spec.filename} "
+                    "(or a mirror's URL): the checksum is verified either way."
+                ) from None
         got = digest.hexdigest()
         if got != spec.sha256:
             raise DataError(

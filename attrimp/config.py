@@ -66,8 +66,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "clip:ViT-B-16"
-    #: pretrained tag (e.g. "openai") or a local weights file; None = random initialisation
-    pretrained: str | None = "openai"
+    #: pretrained tag (e.g. "openai"), "default" (the family's default weights: "openai" for
+    #: clip models, timm's default tag for timm ones), or a local weights file; None = random
+    pretrained: str | None = "default"
     img_size: tuple[int, int] = (256, 128)
     #: overlapping patch stride (e.g. 12); None = the patch size
     stride: int | None = None

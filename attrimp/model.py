@@ -36,9 +36,11 @@ class MoSAICConfig:
 
     #: ``family:model`` for `backbones.build`
     backbone: str = "clip:ViT-B-16"
-    #: pretrained tag or weight file for the backbone; None = random init (checkpoints reload
-    #: with None: the weights come from the checkpoint)
-    pretrained: str | None = "openai"
+    #: pretrained tag or weight file for the backbone; "default" = the family's default weights
+    #: ("openai" for clip models, timm's default tag for timm ones, so the default fits every
+    #: family); None = random init (checkpoints reload with None: the weights come from the
+    #: checkpoint)
+    pretrained: str | None = "default"
     img_size: tuple[int, int] = (256, 128)
     #: overlapping patch stride; None = the patch size
     stride: int | None = None

@@ -7,15 +7,81 @@ from pathlib import Path
 
 from attrimp.config import StudyConfig
 from attrimp.data.records import ReIDData
-from attrimp.errors import ConfigError
+from attrimp.errors import AttrimpError, ConfigError
 from attrimp.model import MoSAICConfig, MoSAICReID
 
+#: the real datasets: display name and where their images come from
+REAL_DATASETS = {
+    "market1501": ("Market-1501", "its authors (Zheng et al., ICCV 2015)"),
+    "dukemtmc": ("DukeMTMC-reID", "its authors (Zheng, Zheng and Yang, ICCV 2017)"),
+}
 
-def prepare_data(cfg: StudyConfig, workdir: str | Path, *, progress: bool = False) -> ReIDData:
-    """Load the configured dataset; for ``synthetic``, generate the world first (once)."""
+
+def check_data_paths(cfg: StudyConfig) -> None:
+    """The dataset paths the config names exist; else one sentence naming the key to edit.
+
+    The reference configs ship placeholder paths: a first run without the dataset must say
+    which key (``[data] root``, ``[data] attributes``) to edit and where the files come from.
+    """
+    d = cfg.data
+    here = f"relative paths are read from {str(Path.cwd())!r}"
+    if d.dataset in REAL_DATASETS:
+        title, source = REAL_DATASETS[d.dataset]
+        if not Path(d.root).expanduser().is_dir():
+            raise ConfigError(
+                f"[data] root = {d.root!r} is not a folder ({here}): edit [data] root in the "
+                f"config to point at the unpacked {title} folder (the one holding "
+                f"bounding_box_train/, query/ and bounding_box_test/); attrimp does not download "
+                f"the images, {title} comes from {source} under their terms."
+            )
+        if d.attributes is not None and not Path(d.attributes).expanduser().is_file():
+            raise ConfigError(
+                f"[data] attributes = {d.attributes!r} does not exist ({here}): "
+                f"`attrimp data fetch-attributes {d.dataset} --out DIR` downloads the identity-level "
+                "attribute file (add --url for a mirror or a file:// copy), then set "
+                "[data] attributes to the file in DIR."
+            )
+    elif d.dataset == "manifest" and not Path(d.root).expanduser().is_file():
+        raise ConfigError(
+            f"[data] root = {d.root!r} is not a file ({here}): for a manifest dataset it is the "
+            "manifest CSV (path, pid, camid, split + attribute columns; docs/data.md)."
+        )
+
+
+def check_model(cfg: StudyConfig) -> None:
+    """Everything `backbones.build` would refuse about ``[model]``, found in seconds without a
+    download, so that a bad backbone is reported before a synthetic world is drawn."""
+    import backbones
+
+    m = cfg.model
+    try:
+        backbones.check(
+            m.backbone,
+            pretrained=m.pretrained,
+            img_size=tuple(m.img_size),
+            stride=m.stride,
+            camera_count=1 if m.camera_embedding else 0,
+            adapt=m.adapt,
+            **dict(m.backbone_kwargs),
+        )
+    except AttrimpError as exc:
+        raise ConfigError(f"[model] backbone = {m.backbone!r}: {exc}") from None
+
+
+def prepare_data(
+    cfg: StudyConfig, workdir: str | Path, *, progress: bool = False, model_check: bool = True
+) -> ReIDData:
+    """Load the configured dataset; for ``synthetic``, generate the world first (once).
+
+    The dataset paths and (unless ``model_check=False``: the model comes from a checkpoint) the
+    ``[model]`` section are checked first, so a mistake in either costs seconds, not the world.
+    """
     from attrimp.data import load_manifest, load_reid_dataset, make_synthetic_world
     from attrimp.data.synth import ATTRIBUTE_FILE, DESIGN_FILE
 
+    check_data_paths(cfg)
+    if model_check:
+        check_model(cfg)
     d = cfg.data
     if d.dataset == "synthetic":
         s = d.synthetic

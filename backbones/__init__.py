@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from attrimp.errors import AttrimpError, ConfigError
+from attrimp.errors import AttrimpError, CheckpointError, ConfigError
 from backbones.base import (
     BackboneFamily,
     PretrainedCfg,
@@ -41,6 +41,7 @@ __all__ = [
     "PretrainedCfg",
     "ViTBackbone",
     "build",
+    "check",
     "get_family",
     "list_backbones",
     "list_families",
@@ -61,6 +62,19 @@ _FAMILIES: dict[str, BackboneFamily] = {}
 _discovered = False
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+#: ``pretrained = "default"``: the family's default weights (clip: "openai" where open_clip has
+#: it, timm: timm's default tag), so one default config value fits every family
+DEFAULT_PRETRAINED = "default"
+
+#: seconds to wait for a weight host to answer before calling the network unreachable
+PROBE_TIMEOUT = 5.0
+
+#: how to get out of a failed download, said in every such error
+_WAY_OUT = (
+    'download the weights where there is a network and set pretrained = "<local file>" '
+    "(a .safetensors/.pth file) in [model], or pretrained = false for random weights"
+)
 
 
 def register_family(name: str):
@@ -148,6 +162,12 @@ def list_backbones(family: str | None = None, *, all: bool = False) -> list[str]
 
 
 def _unknown_model(family: BackboneFamily, model: str) -> AttrimpError:
+    reason = family.unsupported_reason(model)
+    if reason is not None:
+        return ConfigError(
+            f"{family.name}:{model} is a known {family.name} model, but not supported because "
+            f"{reason}."
+        )
     known = family.list_models()
     close = difflib.get_close_matches(model, known, n=8, cutoff=0.6)
     shown = close or family.featured_models()
@@ -186,10 +206,13 @@ def _resolve_pretrained(
         return None, pretrained
     tags = family.list_pretrained(model)
     name_tag = model.split(".", 1)[1] if family.name == "timm" and "." in model else None
-    if pretrained is True:
+    if pretrained is True or pretrained == DEFAULT_PRETRAINED:
         if name_tag or tags:
             return name_tag or tags[0], None
-        raise AttrimpError(f"{family.name} model {model!r} has no pretrained weights to load.")
+        raise AttrimpError(
+            f"{family.name} model {model!r} has no pretrained weights to load; set "
+            'pretrained = false (random weights) or pretrained = "<local file>".'
+        )
     if name_tag and pretrained != name_tag:
         raise AttrimpError(
             f"the name {family.name}:{model} already says pretrained tag {name_tag!r} but "
@@ -245,30 +268,31 @@ def build(
         mean, std: override the normalisation recorded in ``backbone.pretrained_cfg``.
         **kwargs: passed to the family's model constructor (user kwargs win over defaults).
     """
-    family_name, model = parse_name(name)
-    family = get_family(family_name)
-    if not family.has_model(model):
-        raise _unknown_model(family, model)
-    if adapt not in ("full", "frozen", "lora"):
-        raise ConfigError(f"unknown adapt mode {adapt!r}; known modes: full, frozen, lora.")
-    size = as_size(img_size)
-    if stride is not None and (not isinstance(stride, int) or stride <= 0):
-        raise ConfigError(f"stride must be a positive int or None, got {stride!r}.")
-    tag, file = _resolve_pretrained(family, model, pretrained)
-    if tiny and tag is not None:
-        raise ConfigError(
-            "tiny=True builds a random tiny architecture; it cannot load hub weights."
+    family, model, size, tag, file = _validated(name, pretrained, img_size, stride, adapt, tiny)
+    if tag is not None:
+        problem = _fetch_problem(family, model, tag)
+        if problem is not None:
+            raise CheckpointError(
+                f"Could not download the {tag!r} weights of {name}: {problem}; {_WAY_OUT}."
+            )
+    try:
+        backbone = family.build(
+            model,
+            tag=tag,
+            img_size=size,
+            stride=stride,
+            camera_count=int(camera_count),
+            tiny=tiny,
+            **kwargs,
         )
-
-    backbone = family.build(
-        model,
-        tag=tag,
-        img_size=size,
-        stride=stride,
-        camera_count=int(camera_count),
-        tiny=tiny,
-        **kwargs,
-    )
+    except AttrimpError:
+        raise
+    except Exception as exc:
+        if tag is None or not _is_network_error(exc):
+            raise
+        raise CheckpointError(
+            f"Could not download the {tag!r} weights of {name} ({_innermost(exc)}); {_WAY_OUT}."
+        ) from None
     if file is not None:
         load_weights(backbone, file, pretrained_grid=pretrained_grid)
         backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(file=str(file))
@@ -284,6 +308,148 @@ def build(
         lora_dropout=lora_dropout,
     )
     return backbone
+
+
+def check(
+    name: str,
+    *,
+    pretrained: str | Path | bool | None = None,
+    img_size: int | tuple[int, int] = (256, 128),
+    stride: int | None = None,
+    camera_count: int = 0,
+    adapt: str = "full",
+    tiny: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Raise the error `build` would raise for these settings, without weights or a download.
+
+    Checks the name (unknown, or known but unsupported), adapt mode, size, stride and pretrained
+    tag or file, then constructs the architecture at the ReID size on the meta device (no memory,
+    no network), so that the class-token, pooling and patch-grid checks run too. Commands call it
+    before long work (a synthetic world, a dataset scan): a bad backbone costs seconds, not that.
+    """
+    import torch
+
+    family, model, size, _, _ = _validated(name, pretrained, img_size, stride, adapt, tiny)
+    with torch.device("meta"):
+        family.build(
+            model,
+            tag=None,
+            img_size=size,
+            stride=stride,
+            camera_count=int(camera_count),
+            tiny=tiny,
+            **kwargs,
+        )
+
+
+def _validated(
+    name: str,
+    pretrained: str | Path | bool | None,
+    img_size: int | tuple[int, int],
+    stride: int | None,
+    adapt: str,
+    tiny: bool,
+) -> tuple[BackboneFamily, str, tuple[int, int], str | None, Path | None]:
+    """``(family, model, size, tag, file)`` after every check that needs no model."""
+    family_name, model = parse_name(name)
+    family = get_family(family_name)
+    if not family.has_model(model):
+        raise _unknown_model(family, model)
+    if adapt not in ("full", "frozen", "lora"):
+        raise ConfigError(f"unknown adapt mode {adapt!r}; known modes: full, frozen, lora.")
+    size = as_size(img_size)
+    if stride is not None and (not isinstance(stride, int) or stride <= 0):
+        raise ConfigError(f"stride must be a positive int or None, got {stride!r}.")
+    tag, file = _resolve_pretrained(family, model, pretrained)
+    if tiny and tag is not None:
+        raise ConfigError(
+            "tiny=True builds a random tiny architecture; it cannot load hub weights "
+            "(set pretrained = false)."
+        )
+    return family, model, size, tag, file
+
+
+# ------------------------------------------------------------------ weights from the network
+
+
+def _fetch_problem(family: BackboneFamily, model: str, tag: str) -> str | None:
+    """Why ``tag``'s weights cannot be fetched now, found in seconds; None: cached or reachable.
+
+    Without it, no network costs a minute of the hub client's retries and ends in a traceback
+    of hundreds of lines.
+    """
+    repo, url = family.weight_source(model, tag)
+    if repo is not None:
+        if _hf_cached(repo):
+            return None
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            return f"HF_HUB_OFFLINE is set and {repo} is not in the local Hugging Face cache"
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+        if not _reachable(endpoint):
+            return f"{endpoint} (for {repo}) cannot be reached"
+        return None
+    if url is not None:
+        if _torch_hub_cached(url):
+            return None
+        if not _reachable(url):
+            return f"{url} cannot be reached"
+    return None
+
+
+def _hf_cached(repo: str) -> bool:
+    """Whether a snapshot of the hub repo ``repo`` is in the local Hugging Face cache."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--")) / "snapshots"
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _torch_hub_cached(url: str) -> bool:
+    import torch
+
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def _reachable(url: str) -> bool:
+    """One HEAD request without retries: any HTTP answer means the host is there."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    root = f"{parts.scheme}://{parts.netloc}/"
+    try:
+        urllib.request.urlopen(urllib.request.Request(root, method="HEAD"), timeout=PROBE_TIMEOUT)
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a failed download."""
+    seen = 0
+    while exc is not None and seen < 20:
+        module = type(exc).__module__
+        if isinstance(exc, OSError) or module.startswith(
+            ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _innermost(exc: BaseException) -> str:
+    """The first line of the deepest exception in the chain (the actual network error)."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
 
 
 def set_adapt_mode(

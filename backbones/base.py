@@ -601,6 +601,22 @@ class BackboneFamily:
     def has_model(self, model: str) -> bool:
         return model in self.list_models()
 
+    def unsupported_reason(self, model: str) -> str | None:
+        """Why a model the library knows cannot be built here (None: unknown to the library).
+
+        Lets `build` say "known, but not supported because ..." instead of "unknown model" with
+        look-alike suggestions for a real model of the wrong kind (a Swin, a ResNet, ...).
+        """
+        return None
+
+    def weight_source(self, model: str, tag: str) -> tuple[str | None, str | None]:
+        """``(hf_hub_repo, url)`` the library fetches ``tag``'s weights from (None: unknown).
+
+        Used only to check, before a download, that the weights are cached or their host is
+        reachable, so that no network fails in seconds instead of a minute of retries.
+        """
+        return None, None
+
     def describe(self, model: str) -> dict[str, Any]:
         """``width``, ``depth``, ``input_size`` (native) and ``tags`` of ``model``, cheaply."""
         return {

@@ -113,6 +113,7 @@ def _is_plain_vit(cfg: dict[str, Any] | None) -> bool:
         isinstance(vision.get("layers"), int)
         and not vision.get("timm_model_name")
         and not vision.get("attentional_pool")
+        and vision.get("pool_type") in (None, "tok")
     )
 
 
@@ -136,6 +137,38 @@ class ClipFamily(BackboneFamily):
         import open_clip
 
         return _is_plain_vit(open_clip.get_model_config(model))
+
+    def unsupported_reason(self, model: str) -> str | None:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            return None
+        vision = (open_clip.get_model_config(model) or {}).get("vision_cfg", {})
+        timm_name = vision.get("timm_model_name")
+        pool = vision.get("pool_type")
+        if timm_name:
+            return (
+                f"its image tower is timm's {timm_name!r}, which the clip family does not wrap "
+                f"(timm:{timm_name} says whether the timm family can)"
+            )
+        if not isinstance(vision.get("layers"), int):
+            return "its image tower is a ResNet, not a ViT"
+        if vision.get("attentional_pool"):
+            return "it pools with attention (CoCa-style) and has no class token to read"
+        if pool not in (None, "tok"):
+            return (
+                f"it pools by averaging its patch tokens (pool_type={pool!r}), not through its "
+                "class token, which attrimp reads as the image embedding; it is refused rather "
+                "than read a token its weights never trained as the output"
+            )
+        return None
+
+    def weight_source(self, model: str, tag: str) -> tuple[str | None, str | None]:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+        hub = [part for part in str(cfg.get("hf_hub") or "").split("/") if part]
+        return ("/".join(hub[:2]) if len(hub) >= 2 else None), (cfg.get("url") or None)
 
     def list_pretrained(self, model: str) -> list[str]:
         import open_clip

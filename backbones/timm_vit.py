@@ -32,6 +32,21 @@ _TIMM_MODULES = ("vision_transformer", "deit", "eva")
 #: milliseconds; the user's own kwargs still win
 TINY_KWARGS = {"depth": 2, "embed_dim": 48, "num_heads": 3}
 
+#: what keeps the models of other timm modules out, for "known, but not supported because ..."
+_NOT_A_PLAIN_VIT = {
+    "swin_transformer": "a hierarchical transformer with windowed attention and no class token",
+    "swin_transformer_v2": "a hierarchical transformer with windowed attention and no class token",
+    "convnext": "a convolutional network",
+    "resnet": "a convolutional network",
+    "efficientnet": "a convolutional network",
+    "beit": "a BEiT whose relative position bias is tied to its square pretraining grid and "
+    "which pools by averaging",
+    "naflexvit": "a NaFlex ViT that runs variable-length patch sequences",
+}
+
+#: pooling modes that read the class token (``""`` = no pooling: the wrapper reads it)
+_CLS_POOLS = ("token", "")
+
 _FEATURED = [
     "vit_base_patch16_clip_224",
     "vit_base_patch16_224",
@@ -65,6 +80,14 @@ class TimmViT(ViTBackbone):
                 f"timm model {cfg.model!r} is a {type(inner).__name__}, not a ViT the timm family "
                 "supports (VisionTransformer, DeiT, Eva)."
             )
+        pool = getattr(inner, "global_pool", "token")
+        if pool not in _CLS_POOLS:
+            how = "with an attention head" if pool == "map" else "by averaging its patch tokens"
+            raise ConfigError(
+                f"timm model {cfg.model!r} pools {how} (global_pool={pool!r}), not through its "
+                "class token, which attrimp reads as the image embedding; it is refused rather "
+                "than read a token its weights never trained as the output."
+            )
         if getattr(inner, "cls_token", None) is None:
             raise ConfigError(
                 f"timm model {cfg.model!r} has no class token, and a ReID backbone reads its CLS token."
@@ -96,6 +119,7 @@ class TimmViT(ViTBackbone):
     def _retarget(self, step: tuple[int, int], grid: tuple[int, int]) -> None:
         """Move the patch embedding and position grid from the native size to ours."""
         pe = self.inner.patch_embed
+        self._check_dynamic_size(step)
         if getattr(pe, "dynamic_img_pad", False) and step != tuple(pe.patch_size):
             raise ConfigError(
                 "an overlapping stride cannot be combined with timm's dynamic_img_pad."
@@ -109,6 +133,32 @@ class TimmViT(ViTBackbone):
         rope = getattr(self.inner, "rope", None)
         if rope is not None and hasattr(rope, "update_feat_shape"):
             rope.update_feat_shape(grid)
+
+    def _check_dynamic_size(self, step: tuple[int, int]) -> None:
+        """timm's dynamic_img_size / dynamic_img_pad need an input that fits the patch grid.
+
+        Otherwise the first forward ends in timm's AssertionError (DINOv2 at 256x128 with patch
+        14: 256 is no multiple of 14) or pads to a grid other than the one the position
+        embedding was resampled to. Refused here with the sizes that fit.
+        """
+        pe = self.inner.patch_embed
+        dynamic = getattr(self.inner, "dynamic_img_size", False) or getattr(
+            pe, "dynamic_img_pad", False
+        )
+        patch = tuple(pe.patch_size)
+        if not dynamic or all((s - p) % st == 0 for s, p, st in zip(self.img_size, patch, step)):
+            return
+        down = [(s - p) // st * st + p for s, p, st in zip(self.img_size, patch, step)]
+        up = [
+            d + st if (s - p) % st else d for d, s, p, st in zip(down, self.img_size, patch, step)
+        ]
+        raise ConfigError(
+            f"timm model {self.pretrained_cfg.model!r} with dynamic_img_size/dynamic_img_pad needs "
+            f"an input that fits its patch grid (patch {patch[0]}, step {step[0]}), and img_size "
+            f"{self.img_size[0]}x{self.img_size[1]} does not: use img_size = {down} or {up}, or "
+            "leave dynamic_img_size off (attrimp runs one fixed size and resamples the position "
+            "embedding itself)."
+        )
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -171,6 +221,33 @@ class TimmFamily(BackboneFamily):
 
         arch = model.split(".", 1)[0]
         return timm.is_model(arch) and arch in self.list_models()
+
+    def unsupported_reason(self, model: str) -> str | None:
+        import timm
+        from timm.models import model_entrypoint
+
+        arch = model.split(".", 1)[0]
+        if not timm.is_model(arch):
+            return None
+        module = model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
+        what = _NOT_A_PLAIN_VIT.get(module, f"a model of timm's {module} module")
+        return (
+            f"it is {what}, and the timm family wraps only plain ViTs (VisionTransformer, DeiT, "
+            "Eva) with a class token and one stack of transformer blocks, which the attribute "
+            "experts and the ReID readout need"
+        )
+
+    def weight_source(self, model: str, tag: str) -> tuple[str | None, str | None]:
+        import timm
+
+        arch = model.split(".", 1)[0]
+        try:
+            cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}", allow_unregistered=False)
+        except Exception:  # timm raises different types across versions
+            return None, None
+        if cfg is None:
+            return None, None
+        return (cfg.hf_hub_id or None), (cfg.url or None)
 
     def list_pretrained(self, model: str) -> list[str]:
         import timm

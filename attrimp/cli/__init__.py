@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from attrimp import __version__
 from attrimp.cli import backbones_cmd, data_cmd, model_cmd, study_cmd, study_run_cmd
@@ -52,7 +53,9 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except (AttrimpError, StudyInputError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(getattr(exc, "exit_code", 2))
 
 

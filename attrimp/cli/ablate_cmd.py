@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 
 
 def ablate_command(
-    config: Path = typer.Argument(..., help="Study TOML: [data], [ablation] and [eval] are used."),
+    config: Path = typer.Argument(
+        ..., help="Study TOML: \\[data], \\[ablation] and \\[eval] are used."
+    ),
     checkpoint: Path = typer.Option(
         ...,
         "--checkpoint",
@@ -33,10 +35,13 @@ def ablate_command(
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     designs: list[str] = typer.Option(
-        None, "--design", help="Override [ablation] designs (repeatable)."
+        None, "--design", help="Override \\[ablation] designs (repeatable)."
     ),
 ) -> None:
-    """Evaluate every ablation condition of CONFIG on a trained checkpoint."""
+    """Evaluate every ablation condition of CONFIG on a trained checkpoint.
+
+    Example: attrimp ablate studies/configs/synthetic_tiny.toml --checkpoint runs/tiny --out runs/ablate
+    """
     import torch
     from rich.console import Console
     from rich.progress import Progress
@@ -64,7 +69,7 @@ def ablate_command(
     dev = resolve_device(device)
     folder = resolve_checkpoint(checkpoint)
     model = load_model(folder, device=dev)
-    data = prepare_data(cfg, out / "work")
+    data = prepare_data(cfg, out / "work", model_check=False)  # the model is the checkpoint's
     if (
         data.schema.n_slots != model.schema.n_slots
         or data.schema.group_names != model.schema.group_names

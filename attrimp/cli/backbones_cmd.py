@@ -30,7 +30,10 @@ def list_cmd(
         False, "--all", help="Every model of the family, not only the featured ones."
     ),
 ) -> None:
-    """List backbones: name, family, pretrained tags, default input size, width, depth."""
+    """List backbones: name, family, pretrained tags, default input size, width, depth.
+
+    Example: attrimp backbones list --family timm --all
+    """
     import backbones
 
     families = [backbones.get_family(family).name] if family else backbones.list_families()

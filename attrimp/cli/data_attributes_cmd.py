@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from attrimp.errors import ConfigError
+from attrimp.errors import ConfigError, DataError
 
 console = Console(soft_wrap=True)
 
@@ -27,7 +27,10 @@ def fetch_attributes(
         help="Download from this URL (a mirror, or file://) instead of the public one.",
     ),
 ) -> None:
-    """Download a dataset's public attribute annotation file and verify its sha256."""
+    """Download a dataset's public attribute annotation file and verify its sha256.
+
+    Example: attrimp data fetch-attributes market1501 --out data/  (offline: --url file:///path/market_attribute.mat)
+    """
     from attrimp.annotations import SOURCES, fetch_attribute_file
 
     path, downloaded = fetch_attribute_file(dataset, out, url=url)
@@ -53,7 +56,10 @@ def priors(
         None, "--schema", help="Schema TOML (required for manifest; overrides a built-in one)."
     ),
 ) -> None:
-    """Prior of every value of every attribute group per split (Figure 4): priors.csv + priors.png."""
+    """Prior of every value of every attribute group per split (Figure 4): priors.csv + priors.png.
+
+    Example: attrimp data priors --dataset market1501 --attributes data/market_attribute.mat --out runs/priors
+    """
     from attrimp.annotations import load_attribute_file, load_manifest_attributes
     from attrimp.priors import write_priors
     from attrimp.schema import load_schema
@@ -63,6 +69,8 @@ def priors(
         raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(PRIOR_DATASETS)}.")
     if key == "manifest" and schema is None:
         raise ConfigError("--dataset manifest needs --schema, the TOML that describes its columns.")
+    if not attributes.is_file():
+        raise DataError(_missing_input(key, attributes))
     chosen = load_schema(schema) if schema is not None else key
     if key == "manifest":
         table = load_manifest_attributes(attributes, chosen)
@@ -72,6 +80,19 @@ def priors(
         console.print(line, highlight=False)
     csv_path, png_path = write_priors(table, out)
     console.print(f"Wrote {csv_path} and {png_path}.", highlight=False)
+
+
+def _missing_input(key: str, path: Path) -> str:
+    """The sentence for a missing --attributes file: which command produces it."""
+    if key == "manifest":
+        return (
+            f"The manifest {str(path)!r} does not exist: it is your CSV of path, pid, camid, split "
+            "and attribute columns (docs/data.md)."
+        )
+    return (
+        f"The attribute file {str(path)!r} does not exist: `attrimp data fetch-attributes {key} "
+        f"--out {str(path.parent)!r}` downloads it (add --url for a mirror or a file:// copy)."
+    )
 
 
 def register(app: typer.Typer) -> None:

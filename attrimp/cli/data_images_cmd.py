@@ -75,7 +75,10 @@ def synth(
     image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing world."),
 ) -> None:
-    """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file."""
+    """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file.
+
+    Example: attrimp data synth --out runs/world --visibility upcolor=0
+    """
     from attrimp.data.synth import DESIGN_FILE, make_synthetic_world
     from attrimp.io import run_output
 
@@ -138,7 +141,10 @@ def summary(
     verify: bool = typer.Option(False, "--verify", help="Decode every image to find broken ones."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON."),
 ) -> None:
-    """Identities, images, cameras, per-split counts, attribute coverage and warnings."""
+    """Identities, images, cameras, per-split counts, attribute coverage and warnings.
+
+    Example: attrimp data summary runs/world --verify
+    """
     from attrimp.data.summary import summarize, verify_images
 
     key = dataset.lower().replace("-", "")

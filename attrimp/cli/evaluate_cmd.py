@@ -77,7 +77,10 @@ def evaluate_command(
         False, "--include-skipped", help="Keep queries without a true match (NaN metrics)."
     ),
 ) -> None:
-    """mAP, CMC, mINP and the per-query table of saved features or of a trained checkpoint."""
+    """mAP, CMC, mINP and the per-query table of saved features or of a trained checkpoint.
+
+    Example: attrimp evaluate --checkpoint runs/tiny --data studies/configs/synthetic_tiny.toml --table runs/tiny/per_query.csv
+    """
     err = Console(stderr=True)
     try:
         if (features is None) == (checkpoint is None):
@@ -91,6 +94,12 @@ def evaluate_command(
         else:
             from attrimp.evaluation import load_features
 
+            if not features.is_file():
+                raise DataError(
+                    f"The feature file {str(features)!r} does not exist: write one with "
+                    "attrimp.evaluation.save_features, or evaluate a trained model directly with "
+                    "`attrimp evaluate --checkpoint RUN --data CONFIG` (RUN from `attrimp train`)."
+                )
             query, gallery = load_features(features)
             name = config or features.stem
         run_evaluation(
@@ -137,7 +146,7 @@ def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
         import tempfile
 
         run_dir = Path(tempfile.mkdtemp(prefix="attrimp-eval-"))
-    ds = prepare_data(cfg, run_dir)
+    ds = prepare_data(cfg, run_dir, model_check=False)  # the model is the checkpoint's
     _, query_set, gallery_set = datasets(model, ds)
     batch = cfg.eval.batch_size
     query = extract_features(

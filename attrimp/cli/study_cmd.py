@@ -77,7 +77,10 @@ def analyze(
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Run the statistical battery on a result table and write report.json/.md/.html + CSVs."""
+    """Run the statistical battery on a result table and write report.json/.md/.html + CSVs.
+
+    Example: attrimp study analyze studies/examples/market_like.csv --outcome ap --cluster pid --exclude query --schema studies/examples/market_like_schema.toml --out runs/example
+    """
     err = Console(stderr=True)
     try:
         _analyze(

@@ -33,7 +33,10 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
-        """Run a study: data, model, training, ablations, statistics battery, report."""
+        """Run a study: data, model, training, ablations, statistics battery, report.
+
+        Example: attrimp study run studies/configs/market1501_clip_vitb16.toml --out runs/market
+        """
         from rich.console import Console
 
         from attrimp.config import config_from_dict, load_config

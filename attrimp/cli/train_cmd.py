@@ -70,7 +70,10 @@ def train_command(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train a model from a study config, evaluate it on query/gallery, write metrics.json."""
+    """Train a model from a study config, evaluate it on query/gallery, write metrics.json.
+
+    Example: attrimp train studies/configs/synthetic_tiny.toml --out runs/tiny
+    """
     err = Console(stderr=True)
     try:
         run_training(
