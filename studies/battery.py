@@ -59,6 +59,9 @@ class BatterySettings:
     alpha: float = 0.05
     seed: int = 0
     models: tuple[str, ...] = ("rf", "xgb")
+    #: the GLM's family: "auto" (never a silent Gaussian, see ``studies.glm``) or one of
+    #: ``studies.glm.FAMILIES``
+    glm_family: str = "auto"
     #: permutation repeats per group and fold
     n_repeats: int = 5
     #: cross-validation folds for the tree models (grouped by cluster when there is one)
@@ -385,6 +388,96 @@ def _shap_score(group_tables: list[pd.DataFrame]) -> pd.Series | None:
     return pd.concat(shares, axis=1).mean(axis=1).rename("shap")
 
 
+# --------------------------------------------------------------------------- direction, evidence
+
+
+def headline_levels(coefficients: pd.DataFrame | None) -> pd.DataFrame:
+    """Per attribute group, the GLM level that carries its story: the tested, non-separated
+    level with the smallest p-value (ties: the largest |coefficient|). Its sign is the group's direction
+    (positive = the level has a higher outcome than the group's reference level)."""
+    cols = ["attribute", "level", "coef", "p_value"]
+    if coefficients is None or coefficients.empty or not set(cols) <= set(coefficients.columns):
+        return pd.DataFrame(columns=cols)
+    df = coefficients[coefficients["attribute"].notna()].copy()
+    if "term_kind" in df.columns:
+        df = df[df["term_kind"].fillna("level") != "intercept"]
+    df["_p"] = pd.to_numeric(df["p_value"], errors="coerce")
+    df["_c"] = pd.to_numeric(df["coef"], errors="coerce").abs()
+    df = df[df["_p"].notna() & df["_c"].notna()]
+    if "separation" in df.columns:  # a separated level's estimate is meaningless
+        df = df[~df["separation"].fillna(False).astype(bool)]
+    df = df.sort_values(["attribute", "_p", "_c"], ascending=[True, True, False], kind="stable")
+    return df.drop_duplicates("attribute").drop(columns=["_p", "_c"]).reset_index(drop=True)
+
+
+def _sign(x: Any) -> float:
+    v = _as_float(x)
+    return float(np.sign(v)) if np.isfinite(v) and v != 0 else np.nan
+
+
+def method_signals(
+    res: OutcomeResult, alpha: float, *, models: tuple[str, ...] = ("rf", "xgb")
+) -> pd.DataFrame:
+    """For every (attribute, method): the direction the method gives the group (+1: its
+    headline level raises the outcome against the reference, -1: lowers it, NaN: the method has
+    no sign — permutation importance, Kruskal-Wallis, a multi-level SHAP group) and whether the
+    method finds the group at all (GLM and rank tests: Holm p < alpha; permutation importance:
+    the CI's lower end above 0; SHAP has no test: NaN). The report's heat map and summary read
+    these, so every page states direction and evidence the same way."""
+    out: list[dict[str, Any]] = []
+    head = headline_levels(res.table("glm_coefficients")).set_index("attribute")
+    gt = res.table("glm_group_tests")
+    if not gt.empty:
+        for row in gt.to_dict("records"):
+            a = row["attribute"]
+            p = _as_float(row.get("p_holm"))
+            out.append(
+                {
+                    "attribute": a,
+                    "method": "glm",
+                    "direction": _sign(head["coef"].get(a)) if a in head.index else np.nan,
+                    "significant": (p < alpha) if np.isfinite(p) else np.nan,
+                }
+            )
+    tests = res.table("tests")
+    if not tests.empty:
+        for row in tests.drop_duplicates("attribute").to_dict("records"):
+            p = _as_float(row.get("p_holm"))
+            signed = row.get("effect_name") == "rank_biserial"
+            out.append(
+                {
+                    "attribute": row["attribute"],
+                    "method": "tests",
+                    "direction": _sign(row.get("effect_size")) if signed else np.nan,
+                    "significant": (p < alpha) if np.isfinite(p) else np.nan,
+                }
+            )
+    imp = res.table("permutation_importance")
+    if not imp.empty:
+        for row in imp.to_dict("records"):
+            if row.get("model") not in models:
+                continue
+            lo = _as_float(row.get("ci_low"))
+            out.append(
+                {
+                    "attribute": row["attribute"],
+                    "method": row["model"],
+                    "direction": np.nan,
+                    "significant": (lo > 0) if np.isfinite(lo) else np.nan,
+                }
+            )
+    lv = res.table("shap_levels")
+    if not lv.empty and "is_reference" in lv.columns:
+        lv = lv[~lv["is_reference"].astype(bool)]
+        for a, part in lv.groupby("attribute", sort=False):
+            per_level = part.groupby("level", sort=False)["mean_shap"].mean()
+            direction = _sign(per_level.iloc[0]) if len(per_level) == 1 else np.nan
+            out.append(
+                {"attribute": a, "method": "shap", "direction": direction, "significant": np.nan}
+            )
+    return pd.DataFrame(out, columns=["attribute", "method", "direction", "significant"])
+
+
 # --------------------------------------------------------------------------- the battery
 
 
@@ -401,9 +494,11 @@ def run_battery(
     n_jobs: int = 1,
     progress: bool | ProgressCallback = True,
     strict: bool = False,
+    glm_family: str = "auto",
 ) -> BatteryResult:
     """Run every analysis on every outcome of ``frame``; same ``seed``, same result."""
     settings = BatterySettings(
+        glm_family=glm_family,
         alpha=alpha,
         seed=seed,
         models=tuple(models),
@@ -464,7 +559,11 @@ def _run_outcome(
 
     # 1. GLM
     glm = run.step(
-        "GLM", "glm", outcome, lambda: glm_mod.fit_glm(frame, outcome, alpha=s.alpha), res
+        "GLM",
+        "glm",
+        outcome,
+        lambda: glm_mod.fit_glm(frame, outcome, alpha=s.alpha, family=s.glm_family),
+        res,
     )
     if glm is not None:
         absorb("glm", glm)
@@ -610,7 +709,10 @@ def _run_outcome(
                     }
                 )
             )
-        res.tables["method_scores"] = _with_outcome(pd.concat(long, ignore_index=True), outcome)
+        table = pd.concat(long, ignore_index=True)
+        signals = method_signals(res, s.alpha, models=s.models)
+        table = table.merge(signals, on=["attribute", "method"], how="left")
+        res.tables["method_scores"] = _with_outcome(table, outcome)
 
     boot = None
     if scores and s.n_bootstrap > 0:

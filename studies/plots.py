@@ -8,6 +8,7 @@ Every function returns a Figure or None when its table is empty; :func:`png_byte
 from __future__ import annotations
 
 import io
+import warnings
 
 import matplotlib
 
@@ -30,6 +31,27 @@ def png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
     # every figure calls tight_layout itself; bbox_inches="tight" would draw it twice
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return buf.getvalue()
+
+
+#: tick labels longer than this are shortened with an ellipsis (the tables carry full names)
+LABEL_CHARS = 32
+
+
+def short_label(text: object, limit: int = LABEL_CHARS) -> str:
+    """A tick label that fits beside a plot: long user names keep their start and end."""
+    s = " ".join(str(text).split())
+    if len(s) <= limit:
+        return s
+    keep = limit - 1
+    return s[: keep - keep // 3] + "…" + s[-(keep // 3) :]
+
+
+def _tight(fig: Figure, **kwargs: object) -> None:
+    """tight_layout without matplotlib's warning when a label is too long for it (the figure is
+    still drawn; library calls stay quiet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout(**kwargs)
 
 
 def _model_color(model: str, i: int) -> str:
@@ -69,11 +91,11 @@ def glm_forest(coefficients: pd.DataFrame, *, title: str = "", xlabel: str = "")
     ax.scatter(coef, y, c=colors, s=18, zorder=3)
     ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_yticklabels([short_label(x) for x in labels], fontsize=7)
     ax.set_xlabel(xlabel or "coefficient (link scale) with 95% CI")
     ax.set_title(title or "GLM coefficients against each attribute's reference level", fontsize=10)
     ax.set_ylim(-1, len(df))
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -107,11 +129,11 @@ def importance_bars(importance: pd.DataFrame, *, title: str = "") -> Figure | No
         )
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.set_yticks(np.arange(len(attrs)))
-    ax.set_yticklabels(attrs, fontsize=8)
+    ax.set_yticklabels([short_label(a) for a in attrs], fontsize=8)
     ax.set_xlabel("drop in held-out score when the whole group is permuted (95% CI)")
     ax.set_title(title or "Grouped permutation importance", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -145,7 +167,7 @@ def shap_summary(
             label=str(m),
         )
     ax.set_yticks(np.arange(len(attrs)))
-    ax.set_yticklabels(attrs, fontsize=8)
+    ax.set_yticklabels([short_label(a) for a in attrs], fontsize=8)
     ax.set_xlabel("mean |SHAP| of the group (sum of its columns per row)")
     ax.set_title(title or "SHAP importance by attribute group", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
@@ -167,37 +189,105 @@ def shap_summary(
         ax2.set_ylim(ax.get_ylim())
         ax2.set_xlabel(f"mean signed SHAP per level ({first}; dot size ~ rows)")
         ax2.set_title("Direction of each level", fontsize=10)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
-def consensus_heatmap(ranks: pd.DataFrame, *, title: str = "") -> Figure | None:
-    """Methods (rows) x attribute groups (columns, consensus order): each method's rank."""
+def consensus_heatmap(
+    ranks: pd.DataFrame,
+    direction: pd.DataFrame | None = None,
+    significant: pd.DataFrame | None = None,
+    *,
+    title: str = "",
+    legend: str = "",
+    positive_label: str = "raises the outcome",
+    negative_label: str = "lowers it",
+) -> Figure | None:
+    """Methods (rows) x attribute groups (columns, consensus order).
+
+    Each cell shows the method's rank of the group (1 = most important) and encodes three
+    things: the hue is the direction the method gives the group (blue: its headline level
+    raises the outcome against the reference, red: lowers it, grey: the method has no sign,
+    e.g. permutation importance), the depth of colour is the rank (deep = near the top), and a
+    star plus a black frame mark the groups the method finds (Holm p < alpha, or an importance
+    CI above 0). ``direction`` and ``significant`` are aligned with ``ranks`` (NaN = none)."""
     if ranks is None or ranks.empty:
         return None
+    from matplotlib.patches import Patch, Rectangle
+
     mat = ranks.to_numpy(float)
-    fig = Figure(figsize=(max(_WIDTH, 0.55 * ranks.shape[1] + 2.0), 1.3 + 0.45 * ranks.shape[0]))
+    n_rows, n_cols = mat.shape
+    dirs = _aligned(direction, ranks)
+    sig = _aligned(significant, ranks)
+    n = max(2.0, float(np.nanmax(mat)) if np.isfinite(mat).any() else 2.0)
+    strength = np.clip((n - mat) / (n - 1.0), 0.0, 1.0)  # 1 = top rank
+    blues, reds, greys = (matplotlib.colormaps[c] for c in ("Blues", "Reds", "Greys"))
+    rgba = np.ones((n_rows, n_cols, 4))
+    for (r, c), s in np.ndenumerate(strength):
+        if not np.isfinite(mat[r, c]):
+            continue
+        level = 0.15 + 0.7 * s
+        d = dirs[r, c]
+        cmap = blues if d > 0 else reds if d < 0 else greys
+        rgba[r, c] = cmap(level * (0.75 if cmap is greys else 1.0))
+    fig = Figure(figsize=(max(_WIDTH, 0.6 * n_cols + 2.5), 1.9 + 0.5 * n_rows))
     ax = fig.subplots()
-    im = ax.imshow(mat, cmap="viridis_r", aspect="auto", vmin=1, vmax=max(2, ranks.shape[1]))
-    ax.set_xticks(np.arange(ranks.shape[1]))
-    ax.set_xticklabels([str(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(np.arange(ranks.shape[0]))
-    ax.set_yticklabels([str(i) for i in ranks.index], fontsize=8)
+    ax.imshow(rgba, aspect="auto", interpolation="nearest")
+    ax.set_xticks(np.arange(n_cols))
+    ax.set_xticklabels([short_label(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(n_rows))
+    ax.set_yticklabels([short_label(i) for i in ranks.index], fontsize=8)
     for (r, c), v in np.ndenumerate(mat):
-        if np.isfinite(v):
-            ax.text(
-                c,
-                r,
-                f"{v:g}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if v <= ranks.shape[1] / 2 else "black",
+        if not np.isfinite(v):
+            continue
+        star = sig[r, c] > 0
+        dark = 0.15 + 0.7 * strength[r, c] > 0.55
+        ax.text(
+            c,
+            r,
+            f"{v:g}{'*' if star else ''}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            fontweight="bold" if star else "normal",
+            color="white" if dark else "black",
+        )
+        if star:
+            ax.add_patch(
+                Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
             )
-    fig.colorbar(im, ax=ax, label="rank (1 = most important)", shrink=0.8)
-    ax.set_title(title or "Rank of each attribute group by method", fontsize=10)
-    fig.tight_layout()
+    handles = [
+        Patch(color=blues(0.7), label=positive_label),
+        Patch(color=reds(0.7), label=negative_label),
+        Patch(color=greys(0.5), label="no direction (unsigned method)"),
+        Patch(facecolor="white", edgecolor="black", label="* found (Holm p < α / CI > 0)"),
+    ]
+    height_in = fig.get_figheight()
+    foot = (0.55 if legend else 0.35) / height_in  # legend (and note) strip, in figure units
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, (0.2 if legend else 0.02) / height_in),
+        ncol=4,
+        fontsize=7,
+        frameon=False,
+    )
+    ax.set_title(
+        title or "Rank of each attribute group by method (number = rank, deeper = higher)",
+        fontsize=10,
+    )
+    if legend:
+        fig.text(0.5, 0.04 / height_in, legend, ha="center", va="bottom", fontsize=7, color="#444")
+    _tight(fig, rect=(0, foot, 1, 1))
     return fig
+
+
+def _aligned(values: pd.DataFrame | None, like: pd.DataFrame) -> np.ndarray:
+    """``values`` reindexed to ``like``'s rows and columns as floats (NaN where missing)."""
+    if values is None or values.empty:
+        return np.full(like.shape, np.nan)
+    v = values.reindex(index=like.index, columns=like.columns)
+    return v.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
 
 
 def prevalence_scatter(prev: pd.DataFrame, *, x: str, y: str, title: str = "") -> Figure | None:
@@ -221,7 +311,7 @@ def prevalence_scatter(prev: pd.DataFrame, *, x: str, y: str, title: str = "") -
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title or "Effect vs. prevalence", fontsize=10)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 

@@ -24,7 +24,7 @@ from studies.battery import METHODS, TABLES, BatteryResult
 from studies.report_md import figure_tag
 
 #: major.minor: a new optional key bumps minor; a renamed/removed key or changed meaning, major
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: tables that go under ``analyses`` in report.json (the consensus ranking is top-level)
 ANALYSES: tuple[str, ...] = tuple(t for t in TABLES if t != "consensus")
@@ -95,6 +95,115 @@ def _versions() -> dict[str, str]:
     return found
 
 
+# --------------------------------------------------------------------------- the answer
+
+
+#: outcomes where a higher value means better re-identification, and where it means worse; the
+#: summary says "helps" / "hurts" only for these, "raises" / "lowers" the outcome for any other
+HIGHER_IS_BETTER = frozenset({"ap", "map", "rank1", "rank5", "rank10", "minp", "inp"})
+LOWER_IS_BETTER = frozenset({"first_hit"})
+
+#: the columns of one ``summary`` record (docs/report-schema.md)
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "outcome",
+    "attribute",
+    "rank",
+    "score",
+    "matters",
+    "p_holm",
+    "p_source",
+    "level",
+    "reference",
+    "direction",
+    "effect",
+    "effect_ci_low",
+    "effect_ci_high",
+    "effect_name",
+    "methods_finding",
+    "methods_testing",
+)
+
+
+def outcome_sense(outcome: str) -> int:
+    """+1 when a higher outcome is better re-identification, -1 when lower is, 0 when unknown."""
+    key = outcome.strip().lower().replace("-", "").replace(" ", "")
+    if key in HIGHER_IS_BETTER:
+        return 1
+    if key in LOWER_IS_BETTER:
+        return -1
+    return 0
+
+
+def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
+    """One record per attribute group per outcome, in consensus order: does the group matter
+    (Holm-adjusted GLM group test, the rank test where there is no GLM), which way (the
+    headline level against the reference), how much (its average marginal effect on the
+    outcome's scale, with CI), and how many of the methods that test find it."""
+    from studies.battery import headline_levels
+
+    alpha = result.settings.alpha
+    rows: list[dict[str, Any]] = []
+    for o in result.outcomes:
+        cons = o.table("consensus")
+        order = list(cons["attribute"]) if not cons.empty else list(result.frame.groups)
+        coefs = o.table("glm_coefficients")
+        head = headline_levels(coefs).set_index("attribute")
+        glm_p = _column(o.table("glm_group_tests"), "p_holm")
+        test_p = _column(o.table("tests"), "p_holm")
+        scores = o.table("method_scores")
+        for a in order:
+            rec: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+            rec.update(outcome=o.outcome, attribute=a)
+            if not cons.empty:
+                c = cons.set_index("attribute").loc[a]
+                rec.update(rank=c.get("rank"), score=c.get("score"))
+            levels = result.frame.levels(a) if a in result.frame.groups else []
+            rec["reference"] = levels[0] if levels else None
+            p, src = glm_p.get(a, np.nan), "glm"
+            if not np.isfinite(p) and np.isfinite(test_p.get(a, np.nan)):
+                p, src = test_p[a], "tests"
+            if np.isfinite(p):
+                rec.update(p_holm=float(p), p_source=src, matters=bool(p < alpha))
+            if a in head.index:
+                h = head.loc[a]
+                use_ame = np.isfinite(_num(h.get("ame")))
+                eff = _num(h.get("ame")) if use_ame else _num(h.get("coef"))
+                lo = _num(h.get("ame_ci_low" if use_ame else "ci_low"))
+                hi = _num(h.get("ame_ci_high" if use_ame else "ci_high"))
+                rec.update(
+                    level=h.get("level"),
+                    effect=eff,
+                    effect_ci_low=lo,
+                    effect_ci_high=hi,
+                    effect_name="average_marginal_effect" if use_ame else "coefficient",
+                    direction="raises" if eff > 0 else "lowers" if eff < 0 else None,
+                )
+            if not scores.empty and "significant" in scores.columns:
+                sig = scores[scores["attribute"] == a]["significant"]
+                tested = sig[sig.notna()]
+                rec.update(
+                    methods_finding=int(sum(bool(v) for v in tested)),
+                    methods_testing=int(len(tested)),
+                )
+            rows.append(rec)
+    return rows
+
+
+def _column(df: pd.DataFrame, col: str) -> dict[str, float]:
+    if df.empty or col not in df.columns:
+        return {}
+    d = df.drop_duplicates("attribute")
+    return {a: _num(v) for a, v in zip(d["attribute"], d[col])}
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
 # --------------------------------------------------------------------------- report.json
 
 
@@ -151,6 +260,7 @@ def build_report(result: BatteryResult, *, input_info: Mapping[str, Any] | None 
         "attribute_levels": levels,
         "excluded_attributes": {str(k): str(v) for k, v in frame.excluded_groups.items()},
         "outcomes": outcomes,
+        "summary": build_summary(result),
         "analyses": {name: records(result.combined(name)) for name in ANALYSES},
         "consensus": records(result.combined("consensus")),
         "warnings": [w.as_dict() for w in result.warnings],
@@ -171,6 +281,7 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
     from studies import plots
 
     figs: dict[str, bytes] = {}
+    summary = pd.DataFrame(build_summary(result), columns=list(SUMMARY_COLUMNS))
     for o in result.outcomes:
         tag = figure_tag(o.outcome)
         family = o.family or ""
@@ -196,8 +307,10 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
                 title=f"SHAP by attribute group ({o.outcome})",
             ),
             "consensus": lambda o=o: plots.consensus_heatmap(
-                _rank_matrix(o.table("method_scores"), o.table("consensus")),
-                title=f"Rank of each attribute group by method ({o.outcome})",
+                *_method_matrices(o.table("method_scores"), o.table("consensus"), summary),
+                title=f"Each method's rank of each attribute group ({o.outcome})",
+                legend=f"consensus row: colour = direction of the GLM's headline level, * = Holm "
+                f"p < {result.settings.alpha:g} in the GLM group test",
             ),
         }
         for name, make in candidates.items():
@@ -207,17 +320,39 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
     return figs
 
 
-def _rank_matrix(method_scores: pd.DataFrame, consensus: pd.DataFrame) -> pd.DataFrame:
+def _method_matrices(
+    method_scores: pd.DataFrame, consensus: pd.DataFrame, summary: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Methods x groups matrices of rank, direction (+1/-1/NaN) and found (1/0/NaN), with the
+    consensus as the last row (its direction and "found" from the summary), groups in
+    consensus order."""
     if method_scores.empty:
-        return pd.DataFrame()
-    mat = method_scores.pivot_table(index="method", columns="attribute", values="rank", sort=False)
-    order = [m for m in METHODS if m in mat.index]
-    mat = mat.reindex(order)
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    ms = method_scores.copy()
+    for col in ("direction", "significant"):
+        ms[col] = pd.to_numeric(ms[col], errors="coerce") if col in ms else np.nan
+        ms[col] = ms[col].astype(float)
+    order = [m for m in METHODS if m in set(ms["method"])]
+    mats = [
+        ms.pivot_table(
+            index="method", columns="attribute", values=v, sort=False, dropna=False
+        ).reindex(order)
+        for v in ("rank", "direction", "significant")
+    ]
     if not consensus.empty:
-        mat.loc["consensus"] = consensus.set_index("attribute")["rank"].reindex(mat.columns)
-        cols = [a for a in consensus["attribute"] if a in mat.columns]
-        mat = mat[cols + [c for c in mat.columns if c not in cols]]
-    return mat
+        cols = [a for a in consensus["attribute"] if a in mats[0].columns]
+        cols += [c for c in mats[0].columns if c not in cols]
+        mats = [m.reindex(columns=cols) for m in mats]
+        mats[0].loc["consensus"] = consensus.set_index("attribute")["rank"].reindex(cols)
+        s = summary[summary["outcome"] == consensus["outcome"].iloc[0]].set_index("attribute")
+        eff = pd.to_numeric(s["effect"], errors="coerce").reindex(cols)
+        mats[1].loc["consensus"] = np.sign(eff).replace(0.0, np.nan)
+        mats[2].loc["consensus"] = (
+            s["matters"]
+            .reindex(cols)
+            .map(lambda v: np.nan if v is None or v != v else float(bool(v)))
+        )
+    return mats[0], mats[1], mats[2]
 
 
 # --------------------------------------------------------------------------- writing

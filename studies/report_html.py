@@ -10,14 +10,20 @@ from html import escape
 from typing import Any
 
 from studies.report_md import (
+    BLANK_P_NOTE,
     CONSENSUS_NOTE,
+    GLOSSARY,
     SECTIONS,
+    answer_text,
     display_columns,
     figure_tag,
     for_outcome,
     format_value,
+    has_blank_p,
     input_facts,
     method_rank_rows,
+    sign_convention,
+    summary_rows,
 )
 
 _CSS = """
@@ -27,7 +33,9 @@ h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td.text{text-align:left}.sig{font-weight:bold;color:#b00}
-.scroll{overflow-x:auto}.warn{background:#fff6e0;border-left:4px solid #e0a000;padding:.5em 1em}
+.scroll{overflow-x:auto;max-width:100%}dd,li,p,h2,h3{overflow-wrap:anywhere}
+td.text{overflow-wrap:anywhere;min-width:5em}
+.answer{background:#eef5fb;border-left:4px solid #1f77b4;padding:.4em 1em;margin:.8em 0}.warn{background:#fff6e0;border-left:4px solid #e0a000;padding:.5em 1em}
 .note{color:#555;font-size:.9em}img{max-width:100%;height:auto;margin:.5em 0}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}
 """
@@ -36,7 +44,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weig
 def _cell(key: str, value: Any, alpha: float) -> str:
     text = escape(format_value(key, value))
     cls = "text" if isinstance(value, str) or value is None else ""
-    if key in ("p_holm", "p_fdr_bh") and isinstance(value, float) and value < alpha:
+    if key in ("p_holm", "p_fdr_bh", "Holm p") and isinstance(value, float) and value < alpha:
         cls = (cls + " sig").strip()
     return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
 
@@ -74,10 +82,31 @@ def render_html(report: Mapping[str, Any], *, figures: Mapping[str, bytes] | Non
         "<title>attrimp study report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>attrimp study report</h1>",
+        "<p>Which attribute groups move the outcome, in which direction and by how much; the "
+        "detail of every analysis follows.</p>",
         f'<p class="note">Report schema {escape(str(report["schema_version"]))}. '
         f"Bold red adjusted p-values are below alpha = {escape(format_value('alpha', alpha))}.</p>",
-        "<h2>Input</h2><dl>",
+        "<h2>Answer</h2>",
     ]
+    for o in report.get("outcomes", []):
+        lead, lines = answer_text(report, o)
+        parts.append(f'<div class="answer"><p><b>{escape(o["outcome"])}.</b> {escape(lead)}</p>')
+        if lines:
+            parts.append("<ul>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>")
+        parts.append("</div>")
+        rows = summary_rows(report, o["outcome"])
+        parts.append(html_table(rows, alpha=alpha))
+        if has_blank_p(rows):
+            parts.append(f'<p class="note">{escape(BLANK_P_NOTE)}</p>')
+        tag = figure_tag(o["outcome"])
+        parts.append(_img(figures, f"{tag}_consensus", f"Ranks by method for {o['outcome']}"))
+    outcome_names = [o["outcome"] for o in report.get("outcomes", [])]
+    parts.append(f"<p>{escape(sign_convention(outcome_names))}</p>")
+    parts.append("<h2>How to read this report</h2><dl>")
+    for term, meaning in GLOSSARY:
+        parts.append(f"<dt>{escape(term)}</dt><dd>{escape(meaning)}</dd>")
+    parts.append("</dl>")
+    parts.append("<h2>Input</h2><dl>")
     for k, v in input_facts(inp):
         parts.append(f"<dt>{escape(k)}</dt><dd>{escape(format_value(k, v))}</dd>")
     for reason, n in (inp.get("rows_dropped") or {}).items():
@@ -133,7 +162,6 @@ def render_html(report: Mapping[str, Any], *, figures: Mapping[str, bytes] | Non
         parts.append("<h3>Consensus ranking (most important first)</h3>")
         parts.append(f'<p class="note">{escape(CONSENSUS_NOTE)}</p>')
         parts.append(html_table(method_rank_rows(report, name), alpha=alpha))
-        parts.append(_img(figures, f"{tag}_consensus", f"Ranks by method for {name}"))
         for key, title, why in SECTIONS:
             rows = for_outcome(report["analyses"].get(key, []), name)
             if not rows:
@@ -148,6 +176,8 @@ def render_html(report: Mapping[str, Any], *, figures: Mapping[str, bytes] | Non
             if fig:
                 parts.append(_img(figures, f"{tag}_{fig}", f"{title} for {name}"))
             parts.append(html_table(rows, display_columns(rows, drop), alpha=alpha))
+            if has_blank_p(rows):
+                parts.append(f'<p class="note">{escape(BLANK_P_NOTE)}</p>')
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p) + "\n"
 

@@ -68,6 +68,7 @@ def test_report_json_has_the_documented_layout(written, frame):
         "attribute_levels",
         "excluded_attributes",
         "outcomes",
+        "summary",
         "analyses",
         "consensus",
         "warnings",
@@ -274,6 +275,7 @@ def test_every_report_key_is_documented(written):
     keys = set(report) | set(report["settings"]) | set(report["input"]) | set(report["analyses"])
     keys |= {k for o in report["outcomes"] for k in o} | {k for w in report["warnings"] for k in w}
     keys |= {k for rows in report["analyses"].values() for r in rows for k in r}
+    keys |= {k for r in report["summary"] for k in r}
     keys |= {k for r in report["consensus"] for k in r if k not in {f"rank_{m}" for m in METHODS}}
     missing = sorted(k for k in keys if f"`{k}`" not in doc)
     assert not missing, f"undocumented report keys: {missing}"

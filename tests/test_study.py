@@ -46,7 +46,7 @@ def test_tiny_study_end_to_end(tmp_path):
     cfg = config_from_dict(TINY)
     result = run_study(cfg, tmp_path, progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["schema_version"] == "attrimp.study-report/1"
+    assert report["schema_version"] == "attrimp.study-report/2"
     groups = report["data"]["groups"]
     assert len(groups) == 12
     configs = pd.read_csv(tmp_path / "tables" / "configs.csv")
