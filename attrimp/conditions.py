@@ -29,6 +29,7 @@ from attrimp.interfaces import Router
 from attrimp.metrics import EvalResult, evaluate, pairwise_distance
 from attrimp.model import MoSAICReID
 from attrimp.schema import AttributeSchema
+from attrimp.threads import cpu_threads, threads_for
 
 
 def build_router(condition: Condition, schema: AttributeSchema, *, query: bool) -> Router:
@@ -123,6 +124,16 @@ class ConditionEvaluator:
             camids = torch.as_tensor([x[2] for x in items], device=self.device)
             yield start, images, camids
 
+    def _threads(self, rows: int) -> int | None:
+        """Intra-op threads for a batch of ``rows`` images through the transformer blocks: one
+        for small work (the built-in study's tiny ViT), the available CPUs for large (see
+        `attrimp.threads`); None off the CPU (leave the setting alone)."""
+        if self.device.type != "cpu":
+            return torch.get_num_threads()
+        bb = self.model.backbone
+        tokens = bb.grid_size[0] * bb.grid_size[1] + bb.num_prefix_tokens
+        return threads_for(rows * tokens * bb.width * bb.width)
+
     def _camids(self, camids: torch.Tensor) -> torch.Tensor | None:
         return camids if self.model.config.camera_count > 0 else None
 
@@ -135,10 +146,12 @@ class ConditionEvaluator:
             names=[r.path.name for r in records],
         )
         split.device_attributes = split.attributes.to(self.device)
+        if self.model.config.camera_count > 0:  # once per split, on the host (not per batch)
+            self.model.check_camids(split.camids)
         if not self.use_prefix:
             return split
         chunks = []
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), cpu_threads(self._threads(self.batch_size)):
             for start, images, camids in self._batches(ds):
                 x, ctx = self.model.backbone.forward_prefix(
                     images, self._camids(camids), stop=self.split_block
@@ -157,7 +170,7 @@ class ConditionEvaluator:
             router.reset()
         split = self.splits[name]
         out = []
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), cpu_threads(self._threads(self.batch_size)):
             if router is None or not self.use_prefix or getattr(router, "needs_features", False):
                 for start, images, camids in self._batches(self.sets[name]):
                     attrs = split.device_attributes[start : start + len(images)]
@@ -184,7 +197,10 @@ class ConditionEvaluator:
             g_router = build_router(condition, self.schema, query=False)
         qf = self.features("query", q_router)
         gf = self.features("gallery", g_router)
-        dist = pairwise_distance(qf, gf, self.metric)
+        work = qf.shape[0] * gf.shape[0] * qf.shape[1]  # one matrix product
+        cpu = self.device.type == "cpu"
+        with cpu_threads(threads_for(work) if cpu else torch.get_num_threads()):
+            dist = pairwise_distance(qf, gf, self.metric)
         q, g = self.splits["query"], self.splits["gallery"]
         result = evaluate(dist, q.pids, g.pids, q.camids, g.camids, max_rank=self.max_rank)
         return result, condition.group_mask(self.schema)

@@ -124,6 +124,10 @@ class TrainConfig:
     center_loss_weight: float = 0.0
     #: "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
     amp: str = "auto"
+    #: the training step (forward + losses + backward): "auto" (compiled with CUDA graphs on a
+    #: single CUDA device, eager elsewhere), "eager", "default" (torch.compile without CUDA
+    #: graphs) or "reduce-overhead" (torch.compile with CUDA graphs)
+    compile: str = "auto"
     grad_clip: float | None = 5.0
     seed: int = 0
     eval_every: int = 0
@@ -208,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "router.norm": ("layer", "batch"),
     "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "off"),
+    "train.compile": ("auto", "eager", "default", "reduce-overhead"),
     "eval.metric": ("euclidean", "cosine"),
     "device": ("auto", "cpu", "cuda"),
 }

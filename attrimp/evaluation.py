@@ -23,6 +23,7 @@ import torch
 
 from attrimp.errors import DataError
 from attrimp.metrics import EvalResult, evaluate, pairwise_distance
+from attrimp.model import MoSAICReID
 
 __all__ = [
     "FeatureSet",
@@ -132,6 +133,8 @@ def extract_features(
             for batch in loader:
                 images, pid, camid, attr, idx = _unpack(batch)
                 images = images.to(device, non_blocking=True)
+                if cams and camid is not None and isinstance(model, MoSAICReID):
+                    model.check_camids(camid)  # on the host, before the copy to the device
                 cam_t = (
                     None if camid is None else torch.as_tensor(camid).to(device, non_blocking=True)
                 )

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from attrimp.errors import ConfigError, SchemaError
+from attrimp.errors import ConfigError, DataError, SchemaError
 from attrimp.experts import DEFAULT_BLOCKS, POOLINGS, SITES, ExpertBank
 from attrimp.interfaces import Backbone, Router
 from attrimp.schema import AttributeSchema, load_schema
@@ -233,6 +233,25 @@ class MoSAICReID(nn.Module):
         features = self.neck(global_features.float())
         logits = self.classifier(features) if self.classifier is not None else None
         return ModelOutput(features, global_features, logits, gates, attr_logits)
+
+    def check_camids(self, camids: Any) -> None:
+        """Raise `DataError` unless every camera id fits the camera table.
+
+        The validation point for camera ids: the training loop calls it once over its training
+        set, the condition sweep once per split, feature extraction per batch on the host. The
+        forward does not read the values of ids on an accelerator (a stream synchronisation
+        per step); ids given as host data are also checked there, at no cost.
+        """
+        count = self.config.camera_count
+        ids = torch.as_tensor(camids).detach().cpu()
+        if count <= 0 or ids.numel() == 0:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= count:
+            raise DataError(
+                f"camera id {hi if hi >= count else lo} is outside the camera table of {count} "
+                f"cameras (ids 0..{count - 1}); set model.camera_count to the number of cameras."
+            )
 
     def _check_feature_router(self, router: Router) -> None:
         if getattr(router, "needs_features", False) and self.experts.block_indices[:1] == (0,):

@@ -277,21 +277,44 @@ class ViTBackbone(Backbone):
         """Blocks ``start`` onwards and the final norm, on tokens from `forward_prefix`."""
         return self._final_norm(self._run_blocks(x, ctx, start, None))
 
+    def check_camids(self, camids: Any) -> None:
+        """Raise `DataError` unless every camera id is in ``0..camera_count - 1``.
+
+        Reading the ids' values is a host read; for ids that live on a GPU that is a stream
+        synchronisation. So the hot paths validate ONCE, on the host, where the ids enter (the
+        training loop over its whole training set, the condition sweep per split, feature
+        extraction per loader batch before the copy to the device), and the forward itself
+        reads no value of ids that are already on an accelerator (see `_add_camera`).
+        """
+        ids = torch.as_tensor(camids).detach().cpu()
+        if ids.numel() == 0 or self.camera_embed is None:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.camera_count:
+            raise DataError(
+                f"camera id {hi if hi >= self.camera_count else lo} is outside the camera "
+                f"table of {self.camera_count} cameras (ids 0..{self.camera_count - 1})."
+            )
+
     def _add_camera(self, x: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
+        """Add each image's camera vector to its tokens.
+
+        The batch size is checked (metadata, free). The ids' values are checked only when they
+        are host data (a CPU tensor, a list): reading them there costs no synchronisation. Ids
+        on an accelerator were validated where they entered (`check_camids`); an id out of range
+        there would otherwise cost two host synchronisations per step to catch.
+        """
         if camids is None or self.camera_embed is None:
             return x
+        on_host = not torch.is_tensor(camids) or camids.device.type == "cpu"
         camids = torch.as_tensor(camids, device=x.device).long().reshape(-1)
         if not torch.compiler.is_compiling():
             if camids.numel() != x.shape[0]:
                 raise DataError(
                     f"got {camids.numel()} camera ids for a batch of {x.shape[0]} images."
                 )
-            lo, hi = int(camids.min()), int(camids.max())
-            if lo < 0 or hi >= self.camera_count:
-                raise DataError(
-                    f"camera id {hi if hi >= self.camera_count else lo} is outside the camera "
-                    f"table of {self.camera_count} cameras (ids 0..{self.camera_count - 1})."
-                )
+            if on_host:
+                self.check_camids(camids)
         return x + self.camera_embed[camids].to(x.dtype).unsqueeze(1)
 
     def expert_site(self, block_index: int, site: str) -> ExpertSite:

@@ -20,9 +20,11 @@ images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
   cold compile time); the first call's time (compilation and warm-up) is shown apart and is
   not in the throughput.
 
-Throughput is the best of ``--repeats`` timed runs, plain and MoSAIC alternating so that drift
-of a shared machine hits both; the ratio column is that of the bests, and next to it the median
-(and range) of the ratios of each alternating pair, which a noisy machine moves less.
+Throughput is the best of ``--repeats`` timed runs, plain and MoSAIC alternating (and which of
+the two goes first alternating too) so that drift of a shared machine hits both. The headline
+ratio is the median (and range) of the ratios of the alternating pairs, which a noisy machine
+moves less than the ratio of the bests, shown beside it. With ``--compile-mode reduce-overhead``
+every step marks a new CUDA-graph step and clones what it returns (see `make_step`).
 
 ``--profile`` adds a table of what one step costs each model: dispatched ATen operations (views
 and allocations left out: roughly one kernel launch each in eager mode) and, on CUDA, the
@@ -162,10 +164,24 @@ def random_attributes(schema, n: int, g: torch.Generator) -> torch.Tensor:
     return attrs
 
 
-def make_step(model: nn.Module, mode: str, x, attrs, labels, device, amp) -> Callable[[], None]:
+def make_step(
+    model: nn.Module, mode: str, x, attrs, labels, device, amp, graphs: bool = False
+) -> Callable[[], torch.Tensor]:
+    """One step of ``mode``; it returns the logits (inference) or the loss (training).
+
+    ``graphs``: the model runs as CUDA graphs (``--compile-mode reduce-overhead``). A graph's
+    outputs live in memory that its next replay overwrites, so each step first tells the
+    graph trees that a new step begins (in training they can infer it from the backward, in
+    inference they cannot: without it the second inference call found the first's outputs
+    still alive and failed with "accessing tensor output of CUDAGraphs that has been
+    overwritten by a subsequent run"), and a returned output is cloned out of the graph's
+    memory, so a caller may keep it.
+    """
     is_mosaic = isinstance(_inner(model), MoSAICReID)
 
     def forward():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, attrs) if is_mosaic else model(x)
         return out[2]  # logits
@@ -174,7 +190,8 @@ def make_step(model: nn.Module, mode: str, x, attrs, labels, device, amp) -> Cal
 
         def step():
             with torch.no_grad():
-                forward()
+                logits = forward()
+                return logits.clone() if graphs else logits
 
         return step
 
@@ -188,9 +205,15 @@ def make_step(model: nn.Module, mode: str, x, attrs, labels, device, amp) -> Cal
         loss = F.cross_entropy(forward().float(), labels)
         loss.backward()
         opt.step()
+        return loss.detach()
 
     step.optimizer = opt  # type: ignore[attr-defined]
     return step
+
+
+def _graphs(run, args) -> bool:
+    """Whether ``run``'s model is replayed as CUDA graphs."""
+    return bool(run.compiled and args.compile_mode == "reduce-overhead")
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -200,7 +223,7 @@ def _inner(model: nn.Module) -> nn.Module:
 def measure(run: Run, model, args, device, x, attrs, labels, memory: Memory, first: bool) -> None:
     model.train(run.mode == "train")
     memory.start()
-    step = make_step(model, run.mode, x, attrs, labels, device, args.amp)
+    step = make_step(model, run.mode, x, attrs, labels, device, args.amp, _graphs(run, args))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     for _ in range(args.warmup):
@@ -275,7 +298,9 @@ def profile_step(prof_run: StepProfile, timed: Run, model, args, device, x, attr
     """Fill ``prof_run`` from ``args.profile_steps`` steps after two warm-up steps; its wall
     time per step is that of the timed run ``timed`` (the best of its repeats)."""
     model.train(prof_run.mode == "train")
-    step = make_step(model, prof_run.mode, x, attrs, labels, device, args.amp)
+    step = make_step(
+        model, prof_run.mode, x, attrs, labels, device, args.amp, _graphs(prof_run, args)
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n = args.profile_steps
     for _ in range(2):  # a fresh optimiser's state is created here, not in the counts
@@ -421,9 +446,11 @@ def main(argv: list[str] | None = None) -> list[Run]:
         sys.exit("error: --device cuda was asked for but torch sees no CUDA device.")
     gpu = device.type == "cuda"
     args.batch = args.batch or (64 if gpu else 2)
-    args.iters = args.iters or (20 if gpu else 2)
+    # launch-bound eager steps at batch 64 are noisy (pair ratios 0.86-1.02 in one run with 3
+    # x 20 steps): 5 alternating pairs of 40 steps each, and the median pair ratio as headline
+    args.iters = args.iters or (40 if gpu else 2)
     args.warmup = args.warmup or (3 if gpu else 1)
-    args.repeats = args.repeats or (3 if gpu else 1)
+    args.repeats = args.repeats or (5 if gpu else 1)
     args.amp = gpu or args.amp  # bf16 autocast on the GPU; float32 on the CPU unless --amp
     args.compile_scope = args.compile_scope or ("blocks" if gpu else "model")
     args.profile_steps = args.profile_steps or (5 if gpu else 2)
@@ -470,7 +497,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
             pair = [Run("plain", mode, compiled), Run("mosaic", mode, compiled)]
             runs += pair
             for rep in range(args.repeats):
-                for run in pair:
+                # alternate which model goes first: a drift (clocks, another job) between the
+                # two halves of a pair then favours each model equally often
+                for run in pair if rep % 2 == 0 else pair[::-1]:
                     if args.budget and time.perf_counter() - started > args.budget:
                         run.skipped = run.skipped or "time budget"
                         continue
@@ -570,13 +599,18 @@ def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, tota
         f"Machine: {machine(device)}; torch {torch.__version__}; "
         f"{'bf16 autocast' if args.amp else 'float32'}; batch {args.batch}, "
         f"torch.compile scope: {args.compile_scope}; "
-        f"{args.iters} timed steps after {args.warmup} warm-up, best of {args.repeats}.",
+        f"{args.iters} timed steps after {args.warmup} warm-up, {args.repeats} alternating "
+        f"pairs{'; torch.compile mode ' + args.compile_mode if args.compile_mode else ''}.",
         f"Experts: {mosaic.schema.name} schema, {mosaic.schema.n_experts} experts, rank {args.rank}, "
         f"blocks {list(mosaic.experts.block_indices)}, pooling {args.pooling}: "
         f"{mosaic.expert_parameter_count():,} parameters = {100 * share:.2f} % of the backbone's "
         f"{mosaic.backbone_parameter_count():,}.",
         "",
-        "| mode | torch.compile | plain img/s | MoSAIC img/s | ratio | pair ratios: median [min, max] | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
+        "MoSAIC / plain throughput: the headline is the median of the ratios of the alternating "
+        "pairs (each pair timed back to back, which a drifting machine moves least); the ratio "
+        "of the best runs is beside it.",
+        "",
+        "| mode | torch.compile | plain img/s (best) | MoSAIC img/s (best) | pair ratios: median [min, max] | ratio of bests | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     by = {(r.model, r.mode, r.compiled): r for r in runs}
@@ -598,7 +632,7 @@ def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, tota
             mratio = b.peak_mb / a.peak_mb if a.peak_mb and b.peak_mb is not None else None
             lines.append(
                 f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.images_per_s, '.3g')} | "
-                f"{fmt(b.images_per_s, '.3g')} | {fmt(ratio, '.3f')} | {spread} | "
+                f"{fmt(b.images_per_s, '.3g')} | **{spread}** | {fmt(ratio, '.3f')} | "
                 f"{fmt(a.peak_mb, '.0f')} | "
                 f"{fmt(b.peak_mb, '.0f')} | {fmt(mratio, '.3f')} | "
                 f"{fmt(a.first_call_s)} / {fmt(b.first_call_s)} |"

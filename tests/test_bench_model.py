@@ -50,3 +50,36 @@ def test_profile_report_ranks_the_kernels_mosaic_adds():
     listed = [line for line in text.splitlines() if line.startswith("- ")]
     assert listed[0].split() == ["-", "+2.000", "gemm_thin"]
     assert listed[1].split() == ["-", "+0.400", "mul"]
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_cuda_graph_steps_mark_each_step_and_return_a_copy(monkeypatch, mode):
+    """The reduce-overhead crash in inference ("accessing tensor output of CUDAGraphs that has
+    been overwritten by a subsequent run"): every step must tell the CUDA-graph trees that a
+    new step begins, and what a step hands back must not be the graph's own output memory."""
+    import torch
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    returned = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            out = self.lin(x)
+            returned.append(out)
+            return out, out, out
+
+    x, labels = torch.randn(2, 4), torch.tensor([0, 2])
+    cpu = torch.device("cpu")
+    step = bench_model.make_step(Net(), mode, x, None, labels, cpu, False, graphs=True)
+    outs = [step() for _ in range(3)]
+    assert len(marks) == 3
+    if mode == "infer":  # a copy, not the (graph-owned) output itself
+        assert all(o.data_ptr() != r.data_ptr() for o, r in zip(outs, returned))
+    plain = bench_model.make_step(Net(), mode, x, None, labels, cpu, False)
+    plain()
+    assert len(marks) == 3  # eager steps mark nothing

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import backbones
 from attrimp.checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
-from attrimp.errors import CheckpointError, ConfigError, SchemaError
+from attrimp.errors import CheckpointError, ConfigError, DataError, SchemaError
 from attrimp.model import ModelOutput, MoSAICConfig, MoSAICReID
 from attrimp.schema import load_schema
 
@@ -346,3 +347,46 @@ def test_no_schema_reaches_a_constant_result_function(monkeypatch):
     model(x, attrs)
     assert seen, "no assume_constant_result function was called: the spy saw nothing"
     assert not [a for a in seen if dataclasses.is_dataclass(a)], seen
+
+
+# ------------------------------------------------------------------------------ camera ids
+
+
+def test_forward_reads_no_camera_id_on_the_device():
+    """Camera ids on an accelerator are not read back by the forward (two stream
+    synchronisations per step, as the old min/max check cost). The meta device stands in for a
+    GPU here: a host read of a meta tensor is impossible, and the dispatch spy sees none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in {"_local_scalar_dense", "is_nonzero", "nonzero"}:
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    from attrimp.model import build_backbone
+
+    cfg = MoSAICConfig.from_dict({**TINY["timm"].to_dict(), "camera_count": 3})
+    with torch.device("meta"):  # the bare backbone: the expert bank's autocast has no meta
+        bb = build_backbone(cfg)
+    x, _ = batch(load_schema("market1501"))
+    cams = torch.tensor([0, 1, 2, 0, 1, 2], device="meta")
+    with Spy():
+        tokens = bb.forward_tokens(x.to("meta"), cams)
+    assert tokens.shape[0] == 6 and tokens.shape[-1] == bb.width
+    assert reads == []
+
+
+def test_a_bad_camera_id_is_one_clear_error_at_the_validation_point():
+    model = tiny_model(camera_count=3)
+    model.check_camids([0, 1, 2])
+    with pytest.raises(DataError, match=r"camera id 3 is outside the camera table of 3"):
+        model.check_camids(np.array([0, 3]))
+    with pytest.raises(DataError, match=r"camera id -1"):
+        model.check_camids(torch.tensor([-1, 0]))
+    x, attrs = batch(model.schema)
+    with pytest.raises(DataError, match="camera id 5"):  # host ids are still checked in forward
+        model(x, attrs, torch.tensor([0, 1, 2, 0, 1, 5]))
+    tiny_model().check_camids([7])  # no camera table: ids are ignored, as in the forward

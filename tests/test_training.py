@@ -338,3 +338,119 @@ def test_group_dropout_blanks_whole_groups_without_reading_the_device():
     assert 0.4 < kept < 0.6  # p = 0.5 over 400 samples
     assert torch.equal(drop_groups(attrs, slot_group, 0.0, len(schema.groups)), attrs)
     assert torch.count_nonzero(drop_groups(attrs, slot_group, 1.0, len(schema.groups))) == 0
+
+
+# --------------------------------------------------------------------------- compiled step
+def _short_run(cfg, data, out, compile_mode: str, steps: int = 3, device: str = "cpu"):
+    cfg = copy.deepcopy(cfg)
+    cfg.train.epochs, cfg.train.max_steps_per_epoch = 1, steps
+    cfg.train.compile = compile_mode
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    result = train(model, datasets(model, data)[0], cfg.train, out, progress=False, device=device)
+    return result.history[0], {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def test_compiled_step_matches_the_eager_step(world, tmp_path, monkeypatch, caplog):
+    """The compiled step (Dynamo capture + AOTAutograd's forward/backward split, here with the
+    code-free aot_eager backend so the test stays fast on a CPU) trains exactly as the eager
+    step: same logged losses, same weights after three optimiser steps."""
+    import attrimp.training as training
+
+    cfg, data = world
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    calls = []
+    original = torch.compile
+
+    def spy(fn, **kwargs):
+        calls.append(kwargs)
+        return original(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    eager, w_eager = _short_run(cfg, data, tmp_path / "eager", "eager")
+    assert calls == []  # eager means eager
+    with caplog.at_level("WARNING", logger="attrimp.training"):
+        compiled, w_compiled = _short_run(cfg, data, tmp_path / "compiled", "default")
+    assert [c["backend"] for c in calls] == ["aot_eager"] and calls[0]["dynamic"] is False
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]  # no eager fallback
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    for key in ("loss", "id_loss", "triplet_loss"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6), key
+    for name, value in w_eager.items():
+        torch.testing.assert_close(w_compiled[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    torch._dynamo.reset()
+
+
+def test_the_training_step_is_one_graph(world):
+    """No graph break in forward + losses: CUDA graphs then cover the whole step."""
+    import attrimp.training as training
+
+    cfg, data = world
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    train_set = datasets(model, data)[0]
+    items = [train_set[i] for i in range(8)]
+    images = torch.stack([x[0] for x in items])
+    labels = torch.as_tensor([x[1] for x in items])
+    attrs = torch.stack([x[3] for x in items]).float()
+    step = training.loss_step(model, model, cfg.train, None, 1.0, torch.device("cpu"))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step)(images, labels, attrs, attrs, None)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+
+
+def test_compile_setting_resolves_per_device():
+    from attrimp.training import resolve_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_compile("auto", cuda) == "reduce-overhead"  # the default on a GPU
+    assert resolve_compile("auto", cuda, world_size=2) == "eager"
+    assert resolve_compile("auto", cpu) == "eager"
+    assert resolve_compile("eager", cuda) == "eager"
+    assert resolve_compile("reduce-overhead", cpu) == "default"  # no CUDA graphs off CUDA
+    with pytest.raises(ConfigError, match="train.compile"):
+        resolve_compile("fast", cpu)
+    with pytest.raises(ConfigError, match="compile"):
+        config_from_dict({**TINY, "train": {**TINY["train"], "compile": "fast"}})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_trains_like_the_eager_step(world, tmp_path):
+    """On CUDA the default step is compiled and replayed as CUDA graphs; it trains as the eager
+    step does (bf16 autocast in both, so to bf16 accuracy)."""
+    cfg, data = world
+    torch._dynamo.reset()
+    eager, w_eager = _short_run(cfg, data, tmp_path / "eager", "eager", steps=4, device="cuda")
+    graphs, w_graphs = _short_run(cfg, data, tmp_path / "graphs", "auto", steps=4, device="cuda")
+    for key in ("loss", "id_loss", "triplet_loss"):
+        assert graphs[key] == pytest.approx(eager[key], rel=0.05, abs=1e-3), key
+    moved = [n for n, v in w_graphs.items() if v.is_floating_point()]
+    for name in moved:
+        torch.testing.assert_close(w_graphs[name], w_eager[name], rtol=0.05, atol=2e-3, msg=name)
+    torch._dynamo.reset()
+
+
+def test_a_bad_camera_id_stops_training_before_the_first_step(world, tmp_path):
+    """Camera ids are validated once, over the whole training set, before the loop (the
+    forward does not read ids on the device); a table too small for the data is one clear
+    error naming the id, and nothing is trained or written."""
+    from attrimp.errors import DataError
+
+    cfg, data = world
+    cfg = copy.deepcopy(cfg)
+    cfg.model.camera_embedding = True
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    n_cams = model.config.camera_count
+    assert n_cams == 3
+    train_set = datasets(model, data)[0]
+    model.config.camera_count = 2  # as if built for another dataset's cameras
+    model.backbone.camera_count = 2
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(DataError, match="camera id 2 is outside the camera table of 2"):
+        train(model, train_set, cfg.train, tmp_path, progress=False)
+    assert forwards == [] and latest_checkpoint(tmp_path) is None
