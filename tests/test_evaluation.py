@@ -264,7 +264,7 @@ def test_cli_evaluate_writes_tables(tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     expected = evaluate_features(q, g, max_rank=5)
-    assert f"{100 * expected.mAP:.2f}" in res.output
+    assert f"{expected.mAP:.4f}" in res.output  # a fraction, as in every command
     table = pd.read_csv(tmp_path / "t.csv")
     assert list(table.columns[:5]) == ["config", "query", "pid", "camid", "gender"]
     assert (table["config"] == "run1").all() and len(table) == expected.num_valid

@@ -259,7 +259,7 @@ def run_evaluation(
     out = Table(title=f"{config}" + (" (re-ranked)" if rerank else ""))
     for col in ("mAP", "rank1", "rank5", "rank10", "mINP"):
         out.add_column(col, justify="right")
-    out.add_row(*(f"{100 * s[c]:.2f}" for c in ("mAP", "rank1", "rank5", "rank10", "mINP")))
+    out.add_row(*(f"{s[c]:.4f}" for c in ("mAP", "rank1", "rank5", "rank10", "mINP")))
     console.print(out)
     console.print(
         f"{result.num_valid} of {result.num_queries} queries evaluated; {result.num_skipped} "

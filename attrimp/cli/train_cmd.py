@@ -282,7 +282,7 @@ def _periodic_evaluation(
                 torch.cuda.set_rng_state_all(cuda_state)
         _append_eval_log(out / EVAL_LOG, epoch, summary)
         console.print(
-            f"epoch {epoch}: mAP {100 * summary['mAP']:.2f}, rank-1 {100 * summary['rank1']:.2f}"
+            f"epoch {epoch}: mAP {summary['mAP']:.4f}, rank-1 {summary['rank1']:.4f}"
         )
 
     return on_epoch_end
@@ -412,7 +412,7 @@ def _print_metrics(console: Console, name: str, m: dict) -> None:
     )
     for col in ("mAP", "rank-1", "rank-5", "rank-10", "mINP"):
         table.add_column(col, justify="right")
-    table.add_row(*(f"{100 * m[k]:.2f}" for k in ("mAP", "rank1", "rank5", "rank10", "mINP")))
+    table.add_row(*(f"{m[k]:.4f}" for k in ("mAP", "rank1", "rank5", "rank10", "mINP")))
     console.print(table)
     if m.get("num_skipped"):
         console.print(
