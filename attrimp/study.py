@@ -113,7 +113,7 @@ def run_study(
     to be a writable folder and locked for the run (`attrimp.io.output_folder`): a second
     study on the same folder stops at once with an `attrimp.io.OutputFolderError`.
     """
-    with run_output(out, flag="the study folder"):
+    with run_output(out):
         return _run_study(
             cfg,
             Path(out),

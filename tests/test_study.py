@@ -283,7 +283,7 @@ def test_manifest_study_priors_count_each_identity_once(tmp_path):
     attrs = pd.read_csv(world / "market_attribute.csv").drop(columns="split")
     data = load_reid_dataset(world, "market1501", world / "market_attribute.mat")
     rows = [
-        {"path": str(r.path), "pid": r.pid, "camid": r.camid, "split": r.split}
+        {"absolute_path": str(r.path), "pid": r.pid, "camid": r.camid, "split": r.split}
         for r in data.train + data.query + data.gallery
     ]
     manifest = pd.DataFrame(rows).merge(attrs, on="pid")
