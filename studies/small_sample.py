@@ -162,29 +162,32 @@ def htz_df(pieces: ClusterPieces, C: np.ndarray) -> float:
     freedom that match the total variance of the entries of ``C V C'`` under the working model.
     With q = 1 this is the Satterthwaite degrees of freedom of the contrast's t test."""
     C = np.atleast_2d(np.asarray(C, dtype=float))
-    w = pieces.weight
-    CG = np.einsum("qp,jpw->jqw", C, pieces.G)
-    CY = np.einsum("qp,jpu->jqu", C, pieces.Y)
-    D = np.einsum("jsw,jtw->jst", CG, CG)  # C G_j G_j' C'
-    cross = np.einsum("jsu,uv,jtv->jst", CY, pieces.Q, CY)  # C Y_j Q Y_j' C'
-    root = _power_psd(np.einsum("j,jst->st", w, D + cross), -0.5)
+    q, w = C.shape[0], pieces.weight
+    CG = C @ pieces.G  # units x q x width
+    CY = C @ pieces.Y  # units x q x 2p
+    D = CG @ CG.transpose(0, 2, 1)  # C G_j G_j' C'
+    cross = (CY @ pieces.Q) @ CY.transpose(0, 2, 1)  # C Y_j Q Y_j' C'
+    root = _power_psd(np.tensordot(w, D + cross, axes=1), -0.5)
     if not np.any(root):
         return float("nan")
-    D = np.einsum("as,jst,tb->jab", root, D, root)
-    Yt = np.einsum("as,jsu->jau", root, CY)
-    Zt = np.einsum("jsu,uv->jsv", Yt, pieces.Q)
-    cross = np.einsum("jsu,jtu->jst", Zt, Yt)
-    T1 = np.einsum("j,jsu,jtw->sutw", w, Yt, Yt)
-    T2 = np.einsum("j,jsu,jtw->sutw", w, Zt, Zt)
+    D = root @ D @ root
+    Yt = root @ CY
+    Zt = Yt @ pieces.Q
+    cross = Zt @ Yt.transpose(0, 2, 1)
+    # T1 = sum_j Y_j (x) Y_j and T2 = sum_j Z_j (x) Z_j as (q r) x (q r) matrices (r = 2p)
+    flat_y = Yt.reshape(len(w), -1)
+    flat_z = Zt.reshape(len(w), -1)
+    r = Yt.shape[2]
+    T1 = ((flat_y * w[:, None]).T @ flat_y).reshape(q, r, q, r)
+    T2 = ((flat_z * w[:, None]).T @ flat_z).reshape(q, r, q, r)
     # sums over pairs of clusters of tr(B_jk B_jk) and (tr B_jk)^2, B_jk = d_jk D_j + Y_j Q Y_k'
     tr_bb = (
         np.einsum("j,jst,jts->", w, D, D)
         + 2 * np.einsum("j,jst,jts->", w, D, cross)
         + np.einsum("sutw,tusw->", T1, T2)
     )
-    trD, trC = np.einsum("jss->j", D), np.einsum("jss->j", cross)
-    tr_sq = w @ (trD * trD) + 2 * w @ (trD * trC) + np.einsum("sutw,sutw->", T1, T2)
-    q = C.shape[0]
+    trD, trC = np.trace(D, axis1=1, axis2=2), np.trace(cross, axis1=1, axis2=2)
+    tr_sq = w @ (trD * trD) + 2 * w @ (trD * trC) + float((T1 * T2).sum())
     total = tr_bb + tr_sq
     return float(q * (q + 1) / total) if total > 0 else float("nan")
 
