@@ -166,7 +166,9 @@ def config_differences(info: CheckpointInfo, model: MoSAICReID) -> list[str]:
             continue
         a, b = _comparable(saved[key]), _comparable(target.get(key))
         if a != b:
-            out.append(f"{key} {saved[key]!r} in the checkpoint but {target.get(key)!r} in the model")
+            out.append(
+                f"{key} {saved[key]!r} in the checkpoint but {target.get(key)!r} in the model"
+            )
     if info.schema.to_dict() != model.schema.to_dict():
         out.append(
             f"schema {info.schema.name!r} ({info.schema.n_experts} experts) in the checkpoint but "
