@@ -123,6 +123,9 @@ class OutcomeResult:
     family: str | None = None
     kendall_w: float | None = None
     kendall_w_p: float | None = None
+    #: consensus methods left out of the consensus because their scores rank nothing
+    #: (method -> reason; studies.consensus)
+    excluded_methods: dict[str, str] = field(default_factory=dict)
     #: wall seconds per step, and CPU seconds of the process during it (threads included)
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
@@ -749,6 +752,7 @@ def _run_outcome(
             ranking = cons.ranking.sort_values("rank", kind="stable").reset_index(drop=True)
             res.tables["consensus"] = _with_outcome(ranking, outcome)
             res.tables["method_agreement"] = _with_outcome(cons.agreement, outcome)
+            res.excluded_methods = dict(getattr(cons, "excluded", None) or {})
             res.kendall_w = _float_or_none(cons.kendall_w)
             res.kendall_w_p = _float_or_none(cons.kendall_w_p)
     else:

@@ -138,7 +138,8 @@ def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
     """One record per attribute group per outcome, in consensus order: does the group matter
     (Holm-adjusted GLM group test, the rank test where there is no GLM), which way (the
     headline level against the reference), how much (its average marginal effect on the
-    outcome's scale, with CI), and how many of the methods that test find it."""
+    outcome's scale, with CI), and how many of the methods that test find it (a method left out
+    of the consensus because its scores rank nothing is left out of that count too)."""
     from studies.battery import headline_levels
 
     alpha = result.settings.alpha
@@ -179,7 +180,8 @@ def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
                     direction="raises" if eff > 0 else "lowers" if eff < 0 else None,
                 )
             if not scores.empty and "significant" in scores.columns:
-                sig = scores[scores["attribute"] == a]["significant"]
+                keep = (scores["attribute"] == a) & ~scores["method"].isin(o.excluded_methods)
+                sig = scores[keep]["significant"]
                 tested = sig[sig.notna()]
                 rec.update(
                     methods_finding=int(sum(bool(v) for v in tested)),
@@ -242,6 +244,7 @@ def build_report(result: BatteryResult, *, input_info: Mapping[str, Any] | None 
             "outcome": o.outcome,
             "family": o.family,
             "methods": [m for m in METHODS if m in set(o.table("method_scores").get("method", []))],
+            "excluded_methods": dict(o.excluded_methods),
             "kendall_w": o.kendall_w,
             "kendall_w_p": o.kendall_w_p,
         }
@@ -307,7 +310,9 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
                 title=f"SHAP by attribute group ({o.outcome})",
             ),
             "consensus": lambda o=o: plots.consensus_heatmap(
-                *_method_matrices(o.table("method_scores"), o.table("consensus"), summary),
+                *_method_matrices(
+                    o.table("method_scores"), o.table("consensus"), summary, o.excluded_methods
+                ),
                 title=f"Each method's rank of each attribute group ({o.outcome})",
                 legend=f"consensus row: colour = direction of the GLM's headline level, * = Holm "
                 f"p < {result.settings.alpha:g} in the GLM group test",
@@ -321,11 +326,14 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
 
 
 def _method_matrices(
-    method_scores: pd.DataFrame, consensus: pd.DataFrame, summary: pd.DataFrame
+    method_scores: pd.DataFrame,
+    consensus: pd.DataFrame,
+    summary: pd.DataFrame,
+    excluded: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Methods x groups matrices of rank, direction (+1/-1/NaN) and found (1/0/NaN), with the
     consensus as the last row (its direction and "found" from the summary), groups in
-    consensus order."""
+    consensus order; a method left out of the consensus is labelled so."""
     if method_scores.empty:
         return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     ms = method_scores.copy()
@@ -352,7 +360,8 @@ def _method_matrices(
             .reindex(cols)
             .map(lambda v: np.nan if v is None or v != v else float(bool(v)))
         )
-    return mats[0], mats[1], mats[2]
+    labels = {m: f"{m} (left out)" for m in excluded or {}}
+    return tuple(m.rename(index=labels) for m in mats)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- writing

@@ -325,7 +325,8 @@ def answer_text(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> tuple[
         )
     else:
         lead = f"No attribute group of {name} could be tested (see the warnings)."
-    methods = [_METHOD_NAMES.get(m, m) for m in outcome.get("methods", [])]
+    excluded = outcome.get("excluded_methods") or {}
+    methods = [_METHOD_NAMES.get(m, m) for m in outcome.get("methods", []) if m not in excluded]
     w = outcome.get("kendall_w")
     if w is not None and len(methods) >= 2:
         lead += (
@@ -335,6 +336,12 @@ def answer_text(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> tuple[
         )
     else:
         lead += " Agreement between methods is not measured (fewer than two methods ranked)."
+    if excluded:
+        names = ", ".join(_METHOD_NAMES.get(m, m) for m in excluded)
+        lead += (
+            f" Left out of the consensus and of the counts below: {names} (their scores rank "
+            "nothing; see the warnings)."
+        )
     sense = outcome_sense(name)
     lines = []
     for r in found:

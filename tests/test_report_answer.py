@@ -211,3 +211,21 @@ def test_headline_level_skips_separated_and_untested_levels():
     )
     head = headline_levels(coefs)
     assert head.set_index("attribute").loc["c", "level"] == "real"
+
+
+def test_a_method_left_out_of_the_consensus_is_left_out_of_the_counts(result):
+    import copy
+
+    before = {r["attribute"]: r for r in build_summary(result)}
+    res = copy.copy(result)
+    res.outcomes = [copy.copy(result.outcomes[0])]
+    res.outcomes[0].excluded_methods = {"rf": "it gives all attributes the same score"}
+    after = {r["attribute"]: r for r in build_summary(res)}
+    assert after["gender"]["methods_testing"] == before["gender"]["methods_testing"] - 1
+    report = _report(p_value=0.001)
+    report["outcomes"][0].update(
+        methods=["glm", "tests", "rf"], kendall_w=0.8, excluded_methods={"rf": "ties"}
+    )
+    lead, _ = answer_text(report, report["outcomes"][0])
+    assert "The 2 methods (GLM, rank tests) agree strongly" in lead
+    assert "Left out of the consensus and of the counts below: random forest" in lead
