@@ -783,6 +783,8 @@ def _fill_level(
     stat, p, lo, hi = _t_interval(coef, s, nu, alpha)
     row.update(df_denom=nu, statistic=stat, p_value=p, ci_low=lo, ci_high=hi)
     ame_nu = ref.df(grad[None, :], support) if ame_se > 0 else nu
+    if not ame_nu > 0:  # a degenerate gradient (separation): the coefficient's df
+        ame_nu = nu
     row.update(zip(("ame_ci_low", "ame_ci_high"), _t_interval(ame, ame_se, ame_nu, alpha)[2:]))
     if nu < FEW_DF:
         notes.append(_few_df_note(row["attribute"], f"level {row['level']!r}", nu))

@@ -361,9 +361,11 @@ def test_auto_family_refuses_a_percentage_and_says_when_it_picks_gaussian():
 def test_ame_interval_uses_the_coefficients_reference_distribution():
     """AME intervals used z while coefficients used t: with few clusters the AME interval must
     be as wide as its t quantile says (delta-method SE x t(df of the AME's contrast))."""
-    df = simulate_reid_table(150, n_identities=15, seed=5)
-    frame = _frame_of(df)
-    res = fit_glm(frame, "ap", min_level_support=2)
+    from studies.simulate import simulate_small_cluster_table
+
+    df = simulate_small_cluster_table(14, size_sigma=1.0, effects={"bag": 0.5}, seed=5)
+    frame = build_analysis_frame(df, outcomes="ap", cluster="pid")
+    res = fit_glm(frame, "ap", min_level_support=3)
     co = res.coefficients[res.coefficients["p_value"].notna()]
     assert len(co)
     half = (co["ame_ci_high"] - co["ame_ci_low"]) / 2
