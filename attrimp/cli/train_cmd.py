@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attrimp.errors import AttrimpError, ConfigError
-from attrimp.io import run_output
+from attrimp.io import atomic_write_json, run_output
 
 T = TypeVar("T")
 
@@ -422,6 +422,4 @@ def _print_metrics(console: Console, name: str, m: dict) -> None:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, document, default=str)
