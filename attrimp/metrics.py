@@ -29,7 +29,9 @@ delegated to numpy, which is ~10x faster than ``torch.sort`` there.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from attrimp.errors import ConfigError, DataError
-from attrimp.threads import cpu_threads
+from attrimp.threads import cpu_threads, default_threads
 
 #: Identity of junk images (Market-1501): never a match, never a distractor, ignored.
 JUNK_PID = -1
@@ -328,14 +330,18 @@ def evaluate(
     ``cmc`` always has ``max_rank`` entries.  Raises `DataError` on mismatched shapes,
     non-finite distances, or when no query has a true match in the gallery.
 
-    ``threads``: torch intra-op threads for the CPU work, restored afterwards. The default, 1,
-    is deliberate: the work is memory-bound gathers and scans between single-threaded numpy
-    sorts, where more threads gain little on a quiet machine and lose several-fold on a busy
-    one (every op waits at a barrier for threads the scheduler gave away; `attrimp.threads`).
+    ``threads``: CPU threads for the work (default: `attrimp.threads.default_threads`, the CPUs
+    this process may use, at most torch's setting, so ``OMP_NUM_THREADS`` caps it). They are
+    *independent workers*, each taking whole blocks of query rows with torch held to one
+    intra-op thread: a torch op spread over every core waits at its end for all of them, and
+    on a busy machine the scheduler has given some of those cores away (measured at Market size
+    on a loaded 2-core box: 3-5 s with two intra-op threads, 1.2-1.8 s with one). A worker
+    that loses its core delays only its own block; the others keep taking blocks.
     """
-    with cpu_threads(1 if threads is None else threads):
+    workers = default_threads() if threads is None else max(1, int(threads))
+    with cpu_threads(1):
         return _evaluate(
-            distmat, q_pids, g_pids, q_camids, g_camids, max_rank, device, chunk_elements
+            distmat, q_pids, g_pids, q_camids, g_camids, max_rank, device, chunk_elements, workers
         )
 
 
@@ -348,6 +354,7 @@ def _evaluate(
     max_rank: int,
     device: str | torch.device | None,
     chunk_elements: int | None,
+    workers: int = 1,
 ) -> EvalResult:
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ConfigError(f"max_rank must be a positive integer; got {max_rank!r}.")
@@ -389,24 +396,45 @@ def _evaluate(
     if chunk_elements is None:
         chunk_elements = DEFAULT_CHUNK_ELEMENTS if dev.type == "cpu" else DEFAULT_CHUNK_ELEMENTS_GPU
     rows = max(1, int(chunk_elements) // max(1, ng))
-    buffer = None
-    if dev.type == "cpu" and ng:
-        buffer = np.empty(
-            min(rows, nq) * ng, dtype=np.float64 if dm.dtype == torch.float64 else np.float32
-        )
-    for s in range(0, nq if ng else 0, rows):
-        block = dm[s : s + rows].to(dev).contiguous()
-        srt = _sort_rows(block, buffer)
-        # NaN sorts last and -inf first, so the two end columns tell whether all are finite
-        if not bool(torch.isfinite(srt[:, 0]).all() & torch.isfinite(srt[:, -1]).all()):
-            bad = int((~torch.isfinite(block)).sum())
-            raise DataError(
-                f"distmat has {bad} non-finite distance(s) (NaN or inf) in query rows "
-                f"{s}..{s + block.shape[0] - 1}; check the features."
+    starts = list(range(0, nq if ng else 0, rows))
+    if dev.type != "cpu":
+        workers = 1  # one stream of GPU work; the host only queues it
+    workers = max(1, min(workers, len(starts)))
+    buffers: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+    for _ in range(workers):  # one reusable sort buffer per worker
+        buffers.put(
+            np.empty(
+                min(rows, nq) * ng, dtype=np.float64 if dm.dtype == torch.float64 else np.float32
             )
-        sl = slice(s, s + block.shape[0])
-        out = _chunk_metrics(block, srt, t(qp[sl]), t(qc[sl]), t(slot_np[sl]), g)
-        ap[sl], first[sl], last[sl], nhit[sl] = (x.cpu().numpy() for x in out)
+            if dev.type == "cpu" and ng
+            else None
+        )
+
+    def block_metrics(s: int) -> None:
+        buffer = buffers.get()
+        try:
+            block = dm[s : s + rows].to(dev).contiguous()
+            srt = _sort_rows(block, buffer)
+            # NaN sorts last and -inf first, so the two end columns tell whether all are finite
+            if not bool(torch.isfinite(srt[:, 0]).all() & torch.isfinite(srt[:, -1]).all()):
+                bad = int((~torch.isfinite(block)).sum())
+                raise DataError(
+                    f"distmat has {bad} non-finite distance(s) (NaN or inf) in query rows "
+                    f"{s}..{s + block.shape[0] - 1}; check the features."
+                )
+            sl = slice(s, s + block.shape[0])
+            out = _chunk_metrics(block, srt, t(qp[sl]), t(qc[sl]), t(slot_np[sl]), g)
+            ap[sl], first[sl], last[sl], nhit[sl] = (x.cpu().numpy() for x in out)
+        finally:
+            buffers.put(buffer)
+
+    if workers == 1:
+        for s in starts:
+            block_metrics(s)
+    else:  # blocks write disjoint rows; numpy's sort and torch's ops release the GIL
+        with ThreadPoolExecutor(workers, thread_name_prefix="attrimp-eval") as pool:
+            for _ in pool.map(block_metrics, starts):  # re-raises the first block's error
+                pass
 
     valid = nhit > 0
     num_valid = int(valid.sum())

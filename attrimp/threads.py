@@ -8,9 +8,10 @@ every op waits for the slowest one: measured on a 2-core box with other work run
 
 So the choice is explicit:
 
-* small or memory-bound ops (the ranking metrics: gathers, cumulative sums and searches between
-  single-threaded numpy sorts) run on ONE thread, with `cpu_threads(1)`: more threads buy
-  little there on a quiet machine and cost several times over on a busy one;
+* small or memory-bound ops run on ONE intra-op thread, with `cpu_threads(1)`. The ranking
+  metrics go further: `attrimp.metrics.evaluate` gives blocks of query rows to independent
+  workers (one per available CPU), each single-threaded, so a worker whose core is taken
+  delays only its own block instead of every op waiting at a barrier for every core;
 * large matrix products (the sweep's expert blocks, the distance matrix) run on
   `default_threads()`: the CPUs this process may actually use (``os.sched_getaffinity``, which
   honours ``taskset``, cgroups' cpusets and Slurm's binding, unlike ``os.cpu_count``), capped

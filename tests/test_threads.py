@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import attrimp.metrics as metrics
+from attrimp.errors import DataError
 from attrimp.threads import SMALL_WORK, available_cpus, cpu_threads, default_threads, threads_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,20 +60,36 @@ def _problem(seed=0, nq=40, ng=300):
     return rng.random((nq, ng)).astype(np.float32), qp, gp, qc, gc
 
 
-def test_evaluate_runs_single_threaded_by_default_and_restores(monkeypatch):
+def test_evaluate_uses_independent_single_threaded_workers_and_restores(monkeypatch):
+    """Each worker runs torch on one intra-op thread (no barrier shared between cores); the
+    number of workers follows the available CPUs, capped by the user's setting."""
     seen = []
     inner = metrics._evaluate
 
     def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), args[-1]))
         return inner(*args, **kwargs)
 
     monkeypatch.setattr(metrics, "_evaluate", spy)
     d, qp, gp, qc, gc = _problem()
     with cpu_threads(2):  # a process set to 2 threads (as torch's default on 2 cores)
-        one = metrics.evaluate(d, qp, gp, qc, gc, max_rank=10)
+        metrics.evaluate(d, qp, gp, qc, gc, max_rank=10)
         assert torch.get_num_threads() == 2  # restored
-        two = metrics.evaluate(d, qp, gp, qc, gc, max_rank=10, threads=2)
-    assert seen == [1, 2]
-    np.testing.assert_array_equal(one.ap, two.ap)
-    np.testing.assert_array_equal(one.cmc, two.cmc)
+        metrics.evaluate(d, qp, gp, qc, gc, max_rank=10, threads=3)
+    with cpu_threads(1):  # OMP_NUM_THREADS=1: one worker
+        metrics.evaluate(d, qp, gp, qc, gc, max_rank=10)
+    assert seen == [(1, min(2, available_cpus())), (1, 3), (1, 1)]
+
+
+def test_parallel_blocks_give_the_sequential_numbers_and_the_first_error():
+    d, qp, gp, qc, gc = _problem(seed=3, nq=97, ng=211)
+    small = 211 * 5  # 5 query rows per block: 20 blocks
+    one = metrics.evaluate(d, qp, gp, qc, gc, max_rank=10, chunk_elements=small, threads=1)
+    three = metrics.evaluate(d, qp, gp, qc, gc, max_rank=10, chunk_elements=small, threads=3)
+    for key in ("ap", "inp", "first_hit", "valid", "cmc"):
+        np.testing.assert_array_equal(one[key], three[key], err_msg=key)
+    assert one.mAP == three.mAP and one.mINP == three.mINP
+    bad = d.copy()
+    bad[61, 7] = np.nan  # in block 12 of 20
+    with pytest.raises(DataError, match=r"query rows 60\.\.64"):
+        metrics.evaluate(bad, qp, gp, qc, gc, chunk_elements=small, threads=3)
