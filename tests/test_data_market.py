@@ -262,3 +262,42 @@ def test_torch_dataset_names_an_undecodable_image(market):
     ds = ReIDImageDataset(load_reid_dataset(root, "market1501", attrs).query)
     with pytest.raises(DataError, match="0003_c1s1_000100_00.jpg"):
         ds[0]
+
+
+def test_loader_reads_a_market_preset_world_as_it_reads_the_real_folder(tmp_path):
+    """The synthetic world of `--preset market1501` (scaled down, small images: the same code
+    path as the full preset) has the real folder's layout: the loader finds the planned counts,
+    cameras c1..c6, junk (-1) dropped and counted, distractors (0000) kept in the gallery only
+    and unannotated, every query matched in another camera."""
+    from attrimp.data.records import DISTRACTOR_PID
+    from attrimp.data.synth import make_synthetic_world, preset_world
+
+    preset = {**preset_world("market1501", 0.01), "size": (64, 32)}
+    sizes = preset["split_sizes"]
+    root = make_synthetic_world(tmp_path / "w", **preset)
+    files = {
+        f: sorted(p.name for p in (root / f).iterdir())
+        for f in ("bounding_box_train", "query", "bounding_box_test")
+    }
+    assert sum(n.startswith("-1_") for n in files["bounding_box_test"]) == preset["junk"]
+    assert len(files["bounding_box_test"]) == sizes.gallery + preset["distractors"] + preset["junk"]
+    data = load_reid_dataset(root, "market1501", root / "market_attribute.mat")
+    assert (len(data.train), len(data.query)) == (sizes.train, sizes.query)
+    assert len(data.gallery) == sizes.gallery + preset["distractors"]
+    assert data.report.counts == {
+        "junk_images_gallery": preset["junk"],
+        "distractor_images": preset["distractors"],
+    }
+    assert data.report.warnings == []  # every query has a gallery match in another camera
+    assert data.num_train_pids == sizes.train_identities
+    assert sorted(data.pid_to_label.values()) == list(range(sizes.train_identities))
+    test_ids = set(range(sizes.train_identities + 1, preset["n_identities"] + 1))
+    assert {r.pid for r in data.query} == test_ids
+    assert {r.pid for r in data.gallery} == test_ids | {DISTRACTOR_PID}
+    for split in (data.train, data.query, data.gallery):
+        assert {r.camid for r in split} <= set(range(6))
+    assert {r.camid for r in data.all_records()} == set(range(6))
+    distractors = [r for r in data.gallery if r.pid == DISTRACTOR_PID]
+    assert len(distractors) == preset["distractors"]
+    assert all(not r.attributes.any() for r in distractors)
+    assert all(r.attributes.any() for r in data.query)

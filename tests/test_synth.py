@@ -198,3 +198,94 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     synth.make_synthetic_world(world, seed=2, overwrite=True, **SMALL)
     assert json.loads((world / synth.DESIGN_FILE).read_text())["seed"] == 2
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+
+
+# --- the Market-1501 preset --------------------------------------------------------------------
+def test_market_preset_plans_exactly_markets_published_counts():
+    """Pure arithmetic: the full preset's planned images are Market-1501's split sizes
+    (Zheng et al. 2015: 751 / 12,936 train, 750 ids with 3,368 query and 19,732 gallery files,
+    2,793 of them distractors and 3,819 junk, 6 cameras)."""
+    p = synth.preset_world("market1501")
+    assert (p["n_identities"], p["n_cameras"], tuple(p["size"])) == (1501, 6, (256, 128))
+    assert (p["distractors"], p["junk"]) == (2793, 3819)
+    cells = synth.plan_images(p["n_identities"], p["n_cameras"], p["split_sizes"])
+    totals = {s: sum(n for _, _, split, n in cells if split == s) for s in ("train", "query")}
+    totals["gallery"] = sum(n for _, _, split, n in cells if split == "gallery")
+    assert totals == {"train": 12936, "query": 3368, "gallery": 13120}
+    assert totals["gallery"] + p["distractors"] == 15913  # what the protocol keeps
+    assert totals["gallery"] + p["distractors"] + p["junk"] == 19732  # files on disk
+    ids = {s: {pid for pid, _, split, _ in cells if split == s} for s in ("train", "query")}
+    assert len(ids["train"]) == 751 and len(ids["query"]) == 750
+    assert ids["train"].isdisjoint(ids["query"])
+    assert {cam for _, cam, _, _ in cells} == set(range(6))
+    # one query per identity and camera, and a gallery match in another camera for each
+    queries = [(pid, cam) for pid, cam, split, _ in cells if split == "query"]
+    assert len(queries) == len(set(queries))
+    gallery = {}
+    for pid, cam, split, n in cells:
+        if split == "gallery" and n > 0:
+            gallery.setdefault(pid, set()).add(cam)
+    assert all(gallery[pid] - {cam} for pid, cam in queries)
+
+
+def test_preset_scale_keeps_markets_shape():
+    p = synth.preset_world("market1501", 0.1)
+    s = p["split_sizes"]
+    assert (p["n_identities"], s.train_identities) == (150, 75)
+    assert s.train / s.train_identities == pytest.approx(12936 / 751, rel=0.01)
+    assert s.query / (150 - 75) == pytest.approx(3368 / 750, rel=0.01)
+    assert (p["distractors"], p["junk"]) == (279, 382)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: synth.preset_world("duke"), "Unknown preset 'duke'"),
+        (lambda: synth.preset_world("market1501", 0), "must lie in (0, 1]"),
+        (
+            lambda: synth.plan_images(10, 2, synth.SplitSizes(5, 10, 20, 40)),
+            "20 query images do not fit 5 test identities",
+        ),
+        (
+            lambda: synth.plan_images(10, 6, synth.SplitSizes(5, 10, 10, 5)),
+            "5 gallery images are too few",
+        ),
+        (
+            lambda: synth.plan_images(10, 6, synth.SplitSizes(5, 3, 10, 50)),
+            "3 training images cannot give each of 5 identities one",
+        ),
+    ],
+)
+def test_preset_and_plan_mistakes_are_one_sentence(call, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_synth_cli_preset_writes_the_scaled_market_world(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from attrimp.cli import main
+
+    out = tmp_path / "w"
+    argv = ["attrimp", "data", "synth", "--preset", "market1501", "--scale", "0.01"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--size", "64x32", "--out", str(out)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main()
+    printed = capsys.readouterr()
+    assert (e.value.code or 0) == 0, printed.err
+    p = synth.preset_world("market1501", 0.01)
+    s = p["split_sizes"]
+    gallery = s.gallery + p["distractors"]
+    assert (
+        f"15 identities × 6 cameras, {s.train} train / {s.query} query / {gallery} gallery "
+        f"images (+ {p['junk']} junk)" in printed.out
+    )
+    design = json.loads((out / "synth.json").read_text())
+    assert design["split_sizes"]["train"] == s.train and design["junk"] == p["junk"]
+    assert design["size"] == [64, 32]
+    # --scale without --preset is a one-sentence mistake
+    monkeypatch.setattr(sys, "argv", ["attrimp", "data", "synth", "--scale", "0.5", "--out", "x"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and "--scale applies to a --preset" in capsys.readouterr().err

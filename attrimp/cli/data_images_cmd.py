@@ -57,12 +57,31 @@ def synth(
     out: Path = typer.Option(
         ..., "--out", help="Folder to write the world into.", show_default=False
     ),
-    identities: int = typer.Option(80, "--identities", help="Number of identities (half train)."),
-    cameras: int = typer.Option(4, "--cameras", help="Number of cameras (2-9)."),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="market1501: Market-1501's layout and exact counts (1,501 identities, 6 cameras, "
+        "12,936 train / 3,368 query / 15,913 gallery images incl. 2,793 distractors, + 3,819 "
+        "junk; 256x128).",
+    ),
+    scale: float = typer.Option(
+        1.0, "--scale", help="With --preset: keep this fraction of the identities (0-1]."
+    ),
+    identities: int | None = typer.Option(
+        None,
+        "--identities",
+        help="Number of identities, half train \\[default: 80].",
+        show_default=False,
+    ),
+    cameras: int | None = typer.Option(
+        None, "--cameras", help="Number of cameras (2-9) \\[default: 4].", show_default=False
+    ),
     images_per_camera: int = typer.Option(
         3, "--images-per-camera", help="Images of each identity in each camera."
     ),
-    size: str = typer.Option("128x64", "--size", help="Image size HEIGHTxWIDTH."),
+    size: str | None = typer.Option(
+        None, "--size", help="Image size HEIGHTxWIDTH \\[default: 128x64].", show_default=False
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     visibility: list[str] = typer.Option(
         [],
@@ -71,32 +90,55 @@ def synth(
         "or one number for every group.",
     ),
     priors: str = typer.Option("market", "--priors", help="market (Market-1501's) or uniform."),
-    distractors: int = typer.Option(0, "--distractors", help="Unannotated gallery images (0000)."),
+    distractors: int | None = typer.Option(
+        None,
+        "--distractors",
+        help="Unannotated gallery images (0000) \\[default: 0].",
+        show_default=False,
+    ),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing world."),
 ) -> None:
     """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file.
 
     Example: attrimp data synth --out runs/world --visibility upcolor=0
+
+    Full size: attrimp data synth --preset market1501 --out runs/market-synth
     """
-    from attrimp.data.synth import DESIGN_FILE, make_synthetic_world
+    from attrimp.data.synth import DESIGN_FILE, make_synthetic_world, preset_world
     from attrimp.io import run_output
 
     start = time.perf_counter()
-    size_hw = _parse_size(size)
+    if preset is None:
+        if scale != 1.0:
+            raise ConfigError("--scale applies to a --preset; pass --preset market1501 with it.")
+        world = {"n_identities": 80, "n_cameras": 4, "size": (128, 64), "distractors": 0}
+    else:
+        if images_per_camera != 3:
+            raise ConfigError(
+                f"--preset {preset} sets the images of every identity itself; drop "
+                "--images-per-camera."
+            )
+        world = preset_world(preset, scale)
+    # options given beside a preset win over it (e.g. a smaller --size for a quick look)
+    for key, value in (
+        ("n_identities", identities),
+        ("n_cameras", cameras),
+        ("size", None if size is None else _parse_size(size)),
+        ("distractors", distractors),
+    ):
+        if value is not None:
+            world[key] = value
     vis = _parse_visibility(visibility) if visibility else 1.0
     # the world replaces --out in one rename, so its lock lives beside it
     with run_output(out, replaced_whole=True):
         root = make_synthetic_world(
             out,
-            n_identities=identities,
-            n_cameras=cameras,
+            **world,
             images_per_identity_per_camera=images_per_camera,
-            size=size_hw,
             seed=seed,
             visibility=vis,
             priors=priors,
-            distractors=distractors,
             image_format=image_format,
             overwrite=overwrite,
             progress=True,
@@ -105,9 +147,10 @@ def synth(
     c = design["counts"]
     hidden = {g: v for g, v in design["visibility"].items() if v < 1.0}
     console.print(
-        f"Wrote {root}: {identities} identities × {cameras} cameras, {c['train']} train / "
-        f"{c['query']} query / {c['gallery']} gallery images in "
-        f"{time.perf_counter() - start:.1f} s.",
+        f"Wrote {root}: {design['n_identities']} identities × {design['n_cameras']} cameras, "
+        f"{c['train']} train / {c['query']} query / {c['gallery']} gallery images"
+        + (f" (+ {c['junk_images']} junk)" if c.get("junk_images") else "")
+        + f" in {time.perf_counter() - start:.1f} s.",
         highlight=False,
     )
     if hidden:

@@ -45,7 +45,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +174,134 @@ DESIGN_FILE = "synth.json"
 PRIORS = ("market", "uniform")
 IMAGE_FORMATS = ("jpg", "png")
 _FORMAT_VERSION = 1
+#: File-name code of junk images (bad detections), which the standard protocol excludes.
+JUNK_PID = -1
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Exact image counts, for a world laid out like a real dataset rather than a grid.
+
+    ``gallery`` counts the gallery images of annotated (test) identities; distractors (0000)
+    and junk (-1) come on top, from `make_synthetic_world`'s ``distractors`` and ``junk``.
+    """
+
+    train_identities: int
+    train: int
+    query: int
+    gallery: int
+
+
+#: Market-1501 as its authors released it (Zheng et al., ICCV 2015; the counts torchreid and
+#: every paper report): 751 train identities / 12,936 images, 750 test identities with 3,368
+#: query and 13,120 gallery images, 2,793 distractor (0000) and 3,819 junk (-1) images in
+#: bounding_box_test (19,732 files; 15,913 after the protocol drops the junk), 6 cameras.
+MARKET1501_FULL = {
+    "n_identities": 1501,
+    "n_cameras": 6,
+    "size": (256, 128),
+    "distractors": 2793,
+    "junk": 3819,
+    "split_sizes": SplitSizes(train_identities=751, train=12936, query=3368, gallery=13120),
+}
+PRESETS = ("market1501",)
+
+
+def preset_world(name: str, scale: float = 1.0) -> dict:
+    """`make_synthetic_world` keyword arguments of a named preset, optionally scaled down.
+
+    ``scale`` multiplies the number of identities (and distractors and junk); the images per
+    identity stay Market's averages, so a scaled world has Market's shape at a fraction of its
+    size (tests use ``scale=0.02``: 30 identities, ~700 images, in seconds). ``scale=1`` gives
+    the exact published counts.
+    """
+    if name not in PRESETS:
+        raise DataError(f"Unknown preset {name!r}; the presets are {', '.join(PRESETS)}.")
+    if not 0.0 < scale <= 1.0:
+        raise DataError(f"The preset scale is {scale}; it must lie in (0, 1].")
+    full = MARKET1501_FULL
+    sizes: SplitSizes = full["split_sizes"]
+    n_ids = max(4, round(full["n_identities"] * scale))
+    n_train = min(n_ids - 2, max(2, round(sizes.train_identities * scale)))
+    n_test = n_ids - n_train
+    full_test = full["n_identities"] - sizes.train_identities
+    return {
+        "n_identities": n_ids,
+        "n_cameras": full["n_cameras"],
+        "size": full["size"],
+        "distractors": round(full["distractors"] * scale),
+        "junk": round(full["junk"] * scale),
+        "split_sizes": SplitSizes(
+            train_identities=n_train,
+            train=round(sizes.train * n_train / sizes.train_identities),
+            query=round(sizes.query * n_test / full_test),
+            gallery=round(sizes.gallery * n_test / full_test),
+        ),
+    }
+
+
+def spread(total: int, n: int) -> list[int]:
+    """``total`` split into ``n`` integers that differ by at most one, the larger ones spaced
+    evenly (not all first), so identities and cameras share the remainder fairly."""
+    base, extra = divmod(total, n)
+    return [base + ((i + 1) * extra // n - i * extra // n) for i in range(n)]
+
+
+def plan_images(
+    n_identities: int, n_cameras: int, sizes: SplitSizes
+) -> list[tuple[int, int, str, int]]:
+    """Where every image of a `SplitSizes` world goes: ``(pid, camera, split, count)`` cells.
+
+    Identities ``1..train_identities`` are training identities. Each identity's images are
+    spread evenly over its images per split (`spread`), and each identity appears in a run of
+    cameras starting at ``pid % n_cameras``: a training identity in ``min(n_cameras, images)``
+    of them; a test identity in ``max(2, queries)`` (at most ``n_cameras``) with one query in
+    each of its first ``queries`` cameras (Market's one query per identity and camera) and its
+    gallery images spread over all of them, so every query has a match in another camera.
+    Pure arithmetic (no image is drawn): a test checks the full preset against Market's counts.
+    """
+    n_train, n_test = sizes.train_identities, n_identities - sizes.train_identities
+    if not 1 <= n_train < n_identities:
+        raise DataError(
+            f"train_identities {n_train} leaves no train or no test identity of {n_identities}."
+        )
+    if sizes.train < n_train:
+        raise DataError(
+            f"{sizes.train} training images cannot give each of {n_train} identities one."
+        )
+    if not n_test <= sizes.query <= n_test * n_cameras:
+        raise DataError(
+            f"{sizes.query} query images do not fit {n_test} test identities with one query "
+            f"per identity and camera ({n_test} to {n_test * n_cameras} with {n_cameras} cameras)."
+        )
+    cells: list[tuple[int, int, str, int]] = []
+    for i, t in enumerate(spread(sizes.train, n_train)):
+        pid = i + 1
+        cams = min(n_cameras, t)
+        for j, c in enumerate(spread(t, cams)):
+            cells.append((pid, (pid + j) % n_cameras, "train", c))
+    for i, (q, g) in enumerate(
+        zip(spread(sizes.query, n_test), spread(sizes.gallery, n_test), strict=True)
+    ):
+        pid = n_train + i + 1
+        cams = min(n_cameras, max(2, q))
+        if g < cams:
+            raise DataError(
+                f"{sizes.gallery} gallery images are too few for {n_test} test identities: each "
+                f"needs one in every camera it is queried from or matched in ({cams})."
+            )
+        for j, c in enumerate(spread(g, cams)):
+            cam = (pid + j) % n_cameras
+            if j < q:
+                cells.append((pid, cam, "query", 1))
+            cells.append((pid, cam, "gallery", c))
+    worst = max(c for *_, c in cells)
+    if worst > 98:
+        raise DataError(
+            f"The planned world puts {worst} images of one identity in one camera; file names "
+            "hold at most 98: use more identities or cameras."
+        )
+    return cells
 
 
 # --- the planted quantities ------------------------------------------------------------------
@@ -586,6 +714,8 @@ def make_synthetic_world(
     priors: str = "market",
     train_fraction: float = 0.5,
     distractors: int = 0,
+    junk: int = 0,
+    split_sizes: SplitSizes | None = None,
     image_format: str = "jpg",
     overwrite: bool = False,
     progress: bool = False,
@@ -597,7 +727,13 @@ def make_synthetic_world(
     with ``images_per_identity_per_camera`` images. For a test identity the first image of each
     camera goes to ``query/`` and the rest to ``bounding_box_test/`` (with one image per camera,
     only the camera ``pid % n_cameras`` contributes a query, so every query has a match in
-    another camera). ``distractors`` adds that many unannotated gallery images of identity 0000.
+    another camera). ``distractors`` adds that many unannotated gallery images of identity 0000,
+    ``junk`` that many gallery images of identity -1 (bad detections: a person cut by the frame
+    edge), which the Market protocol drops.
+
+    ``split_sizes`` replaces the grid by exact per-split counts (`plan_images`; then
+    ``train_fraction`` and ``images_per_identity_per_camera`` are not used): `preset_world`
+    gives Market-1501's (``attrimp data synth --preset market1501``).
     Every random draw is keyed by ``(seed, what, pid, camera, image)``, so the same arguments
     give the same bytes and changing a visibility changes only that group's pixels.
     """
@@ -611,7 +747,9 @@ def make_synthetic_world(
         priors,
         train_fraction,
         distractors,
+        junk,
     )
+    cells = plan_images(n_identities, n_cameras, split_sizes) if split_sizes else None
     if image_format not in IMAGE_FORMATS:
         raise DataError(
             f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}."
@@ -641,6 +779,8 @@ def make_synthetic_world(
             priors,
             train_fraction,
             distractors,
+            junk,
+            cells,
             image_format,
             progress,
         )
@@ -657,6 +797,8 @@ def make_synthetic_world(
             "priors": priors,
             "train_fraction": train_fraction,
             "distractors": distractors,
+            "junk": junk,
+            "split_sizes": None if split_sizes is None else vars(split_sizes),
             "visibility": vis,
             "neutral": NEUTRAL,
             "counts": counts,
@@ -684,7 +826,7 @@ def load_synthetic_world(root: str | Path):
     return load_reid_dataset(root, "market1501", root / design["attribute_file"])
 
 
-def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors) -> None:
+def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors, junk) -> None:
     if n_ids < 2:
         raise DataError(f"The synthetic world needs at least 2 identities, not {n_ids}.")
     if n_ids > 9999:
@@ -704,6 +846,8 @@ def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors)
         )
     if not 0 <= distractors <= 9999:
         raise DataError(f"distractors must be 0 to 9999, not {distractors}.")
+    if not 0 <= junk <= 9999:
+        raise DataError(f"junk must be 0 to 9999, not {junk}.")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -718,7 +862,20 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _write_world(
-    root, n_ids, n_cams, n_img, size, seed, vis, priors, train_fraction, distractors, fmt, progress
+    root,
+    n_ids,
+    n_cams,
+    n_img,
+    size,
+    seed,
+    vis,
+    priors,
+    train_fraction,
+    distractors,
+    junk,
+    cells,
+    fmt,
+    progress,
 ) -> dict[str, int]:
     folders = {
         s: root / f
@@ -731,6 +888,8 @@ def _write_world(
     for f in folders.values():
         f.mkdir()
     n_train = round(n_ids * train_fraction)
+    if cells is not None:
+        n_train = max(pid for pid, _, split, _ in cells if split == "train")
     cameras = [draw_camera(np.random.default_rng([seed, 2, c])) for c in range(n_cams)]
     groups = list(GROUPS)
     counts = {
@@ -740,9 +899,11 @@ def _write_world(
         "query": 0,
         "gallery": 0,
         "distractor_images": distractors,
+        "junk_images": junk,
     }
     rows: list[tuple[int, str, dict[str, int]]] = []
-    total = n_ids * n_cams * n_img + distractors
+    grid = n_ids * n_cams * n_img if cells is None else sum(c for *_, c in cells)
+    total = grid + distractors + junk
 
     def one(pid, attrs, detail, cam, k, key):
         rng = np.random.default_rng([seed, 3, *key])
@@ -751,12 +912,29 @@ def _write_world(
         visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
         return render_person(attrs, detail, pose, cameras[cam], visible, size)
 
+    by_pid: dict[int, list[tuple[int, str, int]]] = {}
+    for pid, cam, dest, count in cells or ():
+        by_pid.setdefault(pid, []).append((cam, dest, count))
+
+    def save(arr, dest, pid, cam, k):
+        name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
+        _save(arr, folders[dest] / name)
+        counts[dest] += 1
+
     with _progress(progress, total) as advance:
         for pid in range(1, n_ids + 1):
             attrs = draw_attributes(np.random.default_rng([seed, 0, pid]), priors)
             detail = draw_identity_detail(np.random.default_rng([seed, 1, pid]))
             split = "train" if pid <= n_train else "test"
             rows.append((pid, split, attrs))
+            for cam, dest, count in by_pid.get(pid, ()):
+                # the query is image 0 of its camera, gallery images 1..count
+                first = 0 if dest in ("train", "query") else 1
+                for k in range(first, first + count):
+                    save(one(pid, attrs, detail, cam, k, (pid, cam, k)), dest, pid, cam, k)
+                    advance()
+            if cells is not None:
+                continue
             for cam in range(n_cams):
                 for k in range(n_img):
                     arr = one(pid, attrs, detail, cam, k, (pid, cam, k))
@@ -766,9 +944,7 @@ def _write_world(
                         dest = "query" if k == 0 else "gallery"
                     else:
                         dest = "query" if cam == pid % n_cams else "gallery"
-                    name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
-                    _save(arr, folders[dest] / name)
-                    counts[dest] += 1
+                    save(arr, dest, pid, cam, k)
                     advance()
         for i in range(distractors):
             rng = np.random.default_rng([seed, 5, i])
@@ -778,6 +954,18 @@ def _write_world(
             arr = one(0, attrs, detail, cam, i, (0, cam, i))
             _save(arr, folders["gallery"] / f"0000_c{cam + 1}s1_{990000 + i:06d}_00.{fmt}")
             counts["gallery"] += 1
+            advance()
+        for i in range(junk):
+            rng = np.random.default_rng([seed, 6, i])
+            attrs = draw_attributes(rng, priors)
+            detail = draw_identity_detail(rng)
+            cam = int(rng.integers(n_cams))
+            # a bad detection: the person half out of the box, as Market's junk boxes are
+            pose = replace(draw_pose(rng), dx=float(rng.choice([-0.45, 0.45])))
+            visible = dict.fromkeys(groups, True)
+            arr = render_person(attrs, detail, pose, cameras[cam], visible, size)
+            name = f"-1_c{cam + 1}s1_{970000 + i:06d}_00.{fmt}"
+            _save(arr, folders["gallery"] / name)
             advance()
     _write_attribute_files(root, rows)
     return counts
