@@ -170,8 +170,9 @@ def _figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dict[str
         fig = consensus_heatmap(
             *mats,
             title="Rank of each group per reliance analysis",
-            legend=f"* = found (leave-one-out: Holm p < {alpha:g}; batteries: Holm p < {alpha:g} "
-            "in their GLM group test)",
+            legend=f"* = found (leave-one-out: paired Wilcoxon Holm p < {alpha:g}; batteries: "
+            f"Holm p < {alpha:g} in their GLM group test). Consensus row: colour = the "
+            "leave-one-out direction where its CI excludes 0, grey where it is unclear.",
             positive_label="switching it on helps",
             negative_label="hurts",
         )
@@ -193,11 +194,8 @@ def _prior_figures(priors: pd.DataFrame) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for split in dict.fromkeys(priors["split"]):
-            path = plot_priors(
-                priors[priors["split"] == split],
-                Path(tmp) / "priors.png",
-                title=f"Attribute priors: {split}",
-            )
+            # no suptitle: the panel's own title names the split and its identities
+            path = plot_priors(priors[priors["split"] == split], Path(tmp) / "priors.png")
             figs[f"priors_{split}"] = path.read_bytes()
     return figs
 
@@ -474,7 +472,7 @@ def answer_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for g in (report.get("answer") or {}).get("groups", []):
         ci = (
-            f"{g['delta_map']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]"
+            f"{g['delta_map']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
             if g.get("delta_map") is not None and g.get("ci_low") is not None
             else ""
         )
@@ -746,7 +744,9 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, column: str = "") -> str:
+    """A table cell: p-values to 3 decimals or scientific below 0.001, other numbers to 4
+    decimals (so a column of ΔmAP or CI bounds reads alike), integers as integers."""
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return ""
     if isinstance(v, (bool, np.bool_)):
@@ -754,17 +754,21 @@ def _cell(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         if float(v).is_integer() and abs(v) < 1e6:
             return str(int(v))
-        return f"{v:.1e}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
+        if column.startswith("p_") or column.startswith("Holm p"):
+            return _p(float(v))
+        return f"{v:.4f}"
     return str(v)
 
 
 def _rows(table: Any) -> tuple[list[str], list[list[str]]]:
     if isinstance(table, pd.DataFrame):
         cols = [str(c) for c in table.columns]
-        return cols, [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+        return cols, [
+            [_cell(v, c) for v, c in zip(row, cols)] for row in table.itertuples(index=False)
+        ]
     rows = list(table)
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    return cols, [[_cell(r.get(c)) for c in cols] for r in rows]
+    return cols, [[_cell(r.get(c), c) for c in cols] for r in rows]
 
 
 def _md_table(table: Any) -> str:
