@@ -39,6 +39,15 @@ class StudyAnalyses:
     warnings: list[str] = field(default_factory=list)
 
 
+def on_off(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
+    """Group-on indicators (0/1) as the levels "off" / "on", so the batteries' reports read
+    "on instead of off (the reference)" rather than "1 instead of 0"."""
+    out = table.copy()
+    for g in groups:
+        out[g] = np.where(out[g].astype(bool), "on", "off")
+    return out
+
+
 def _battery(frame, cfg: StudyConfig, progress: bool, **overrides):
     from studies.battery import run_battery
 
@@ -87,6 +96,7 @@ def run_study_analyses(
         table = switching[["pid", "ap"] + [f"on_{g}" for g in groups]].rename(
             columns={f"on_{g}": g for g in groups}
         )
+        table = on_off(table, groups)
         record(
             "switching",
             lambda: build_analysis_frame(
@@ -117,7 +127,7 @@ def run_study_analyses(
         record(
             "configurations",
             lambda: build_analysis_frame(
-                cfg_rows[["mAP", "rank1"] + groups],
+                on_off(cfg_rows[["mAP", "rank1"] + groups], groups),
                 outcomes=["mAP", "rank1"],
                 source="study table 'configurations'",
             ),

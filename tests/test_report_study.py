@@ -209,3 +209,14 @@ def test_prior_bars_are_drawn_one_split_per_page_wide_figure():
         width = mpimg.imread(io.BytesIO(png), format="png").shape[1]
         # the page is 1100 px wide: a figure no wider is shown at full size, labels readable
         assert width <= 1100, width
+
+
+def test_group_on_indicators_read_on_and_off_in_the_batteries():
+    from attrimp.study_analyses import on_off
+
+    table = pd.DataFrame({"ap": [0.5, 0.7, 0.6], "hat": [0, 1, 1], "bag": [True, False, True]})
+    out = on_off(table, ["hat", "bag"])
+    assert out["hat"].tolist() == ["off", "on", "on"] and out["bag"].tolist() == ["on", "off", "on"]
+    assert table["hat"].tolist() == [0, 1, 1]  # the caller's table is left alone
+    assert sr._on_direction({"level": "on", "reference": "off", "effect": 0.1}) == 1.0
+    assert sr._on_direction({"level": "off", "reference": "on", "effect": 0.1}) == -1.0
