@@ -410,10 +410,21 @@ def answer_text(report: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 def _found_text(g: Mapping[str, Any]) -> str:
+    """How many reliance analyses find the group, and which of them that find it point the
+    other way (a real disagreement the reader should see, e.g. switching vs leave-one-out)."""
     sig = g.get("signals", {})
     tested = [k for k, v in sig.items() if v.get("found") is not None]
     hits = [k for k in tested if sig[k]["found"]]
-    return f"found by {len(hits)} of the {len(tested)} reliance analyses that test it"
+    text = f"found by {len(hits)} of the {len(tested)} reliance analyses that test it"
+    own = np.sign(g.get("delta_map") or 0.0)
+    against = [
+        ANALYSIS_NAMES.get(k, k)
+        for k in hits
+        if k != "leave_one_out" and own and sig[k].get("direction") == -own
+    ]
+    if against:
+        text += f", but the {' and the '.join(against)} finds the opposite direction"
+    return text
 
 
 def planted_sentence(planted: Mapping[str, Any] | None) -> str | None:

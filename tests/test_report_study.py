@@ -127,6 +127,13 @@ def test_answer_names_who_helps_who_hurts_with_ci_and_holm_p():
         "reliance analyses that test it."
     )
     assert lines[1].startswith("clothes hurts: switching its experts off gains 0.036 mAP")
+    assert "opposite" not in lines[1]  # switching agrees: clothes hurts there too
+    report["answer"]["groups"][1]["signals"]["switching"]["direction"] = 1.0
+    _, lines = sr.answer_text(report)
+    assert lines[1].endswith(
+        "found by 2 of the 2 reliance analyses that test it, but the per-query switching "
+        "battery finds the opposite direction."
+    )
 
 
 def test_on_direction_follows_which_level_is_the_reference():
