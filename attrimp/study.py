@@ -13,16 +13,21 @@ Stages (each cached, so a killed run resumes without redoing finished work):
 6. **report** — report.json / report.md / report.html (+ CSV tables and PNG figures).
 
 Every file is written to a temporary name and moved into place, so a kill -9 at any point leaves
-either the old file or the new one. The report holds no timestamps or timings: the same config
-gives the same report whether the run was interrupted or not.
+either the old file or the new one. Apart from its ``timings`` section (each stage's wall time and
+peak memory, printed as the run goes: `StageClock`) the report holds no timestamps or timings: the
+same config gives the same report whether the run was interrupted or not.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,91 @@ class StudyResult:
     cached: dict[str, int] = field(default_factory=dict)
 
 
+def _status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (``VmHWM``, ``VmRSS``) in MB; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's resident high-water mark (Linux: ``/proc/self/clear_refs``), so a
+    stage's peak is its own; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class StageClock:
+    """Wall seconds and peak memory of each stage of a run, in the order they ran.
+
+    Why: at full size the question is always "which stage is slow, which one is big", and the
+    answer must come from the run itself, not from a rerun under a profiler. Peak resident
+    memory is the stage's own where the OS lets us reset the high-water mark (Linux); elsewhere
+    it is the process's peak so far (``peak_rss_scope = "process"``). Nested stages (each battery
+    inside the analyses) report their own peak and still count in their parent's. On CUDA the
+    peak GPU memory torch allocated during the stage is kept as well.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        #: stages still open: [record, peak of finished nested stages, scoped, cuda, start]
+        self._open: list[list[Any]] = []
+
+    def begin(self, stage: str, **info: Any) -> dict[str, Any]:
+        """Start timing ``stage``; returns its record (add counts to it); `end` closes it."""
+        record: dict[str, Any] = {"stage": stage, **info}
+        before = _status_mb("VmHWM")
+        if self._open and before is not None:
+            self._open[-1][1] = max(self._open[-1][1], before)
+        scoped = _reset_peak_rss()
+        torch = sys.modules.get("torch")
+        cuda = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._open.append([record, 0.0, scoped, cuda, time.perf_counter()])
+        return record
+
+    def end(self) -> dict[str, Any]:
+        """Close the innermost open stage and return its finished record."""
+        record, nested_peak, scoped, cuda, start = self._open.pop()
+        record["seconds"] = time.perf_counter() - start
+        if cuda:
+            record["peak_gpu_mb"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**20
+        hwm = _status_mb("VmHWM") if scoped else None
+        if hwm is None:
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record["peak_rss_mb"] = max(hwm, nested_peak)
+        record["peak_rss_scope"] = "stage" if scoped else "process"
+        if self._open:
+            self._open[-1][1] = max(self._open[-1][1], record["peak_rss_mb"])
+        self.records.append(record)
+        return record
+
+    @contextmanager
+    def __call__(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
+        record = self.begin(stage, **info)
+        try:
+            yield record
+        finally:
+            self.end()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``timings`` section of report.json (stages in the order they finished)."""
+        return {
+            "total_seconds": sum(r["seconds"] for r in self.records if "." not in r["stage"]),
+            "stages": [dict(r) for r in self.records],
+        }
+
+
 class _Stages:
     """Progress + a log of what each stage did (computed or taken from the cache)."""
 
@@ -68,6 +158,23 @@ class _Stages:
         self.enabled = progress
         self.console = console or Console(stderr=True)
         self.cached: dict[str, int] = {}
+        self.clock = StageClock()
+
+    def begin(self, stage: str, **info: Any) -> dict[str, Any]:
+        """Start timing ``stage`` (`StageClock`); `end` closes it and prints its cost."""
+        return self.clock.begin(stage, **info)
+
+    def end(self) -> dict[str, Any]:
+        record = self.clock.end()
+        gpu = f", GPU peak {record['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in record else ""
+        note = f" ({record['note']})" if record.get("note") else ""
+        stage, _, part = record["stage"].partition(".")
+        self.say(
+            stage,
+            f"[dim]{part + ': ' if part else ''}{record['seconds']:.1f} s, peak RSS "
+            f"{record['peak_rss_mb']:.0f} MB{gpu}{note}[/]",
+        )
+        return record
 
     def say(self, stage: str, message: str) -> None:
         if self.enabled:
@@ -158,6 +265,7 @@ def _run_study(
 
     # 1. data ---------------------------------------------------------------------------------
     stages.say("data", f"{cfg.data.dataset} → {out / 'work'}")
+    stages.begin("data")
     if not dist.is_main:  # rank 0 generates a synthetic world first; the others read it
         _barrier(dist)
     data = prepare_data(cfg, out / "work", progress=progress and dist.is_main)
@@ -171,11 +279,17 @@ def _run_study(
     )
     if dist.is_main:
         _write_priors(data, cfg, out)
+    record = stages.end()
+    record.update(train_images=len(data.train), query_images=len(data.query))
+    record["gallery_images"] = len(data.gallery)
     if stop_after == "data":
         return None
 
     # 2. train --------------------------------------------------------------------------------
+    stages.begin("train")
     model, train_key = _trained_model(cfg, data, out, device, stages, progress, dist)
+    record = stages.end()
+    record["cached"] = bool(stages.cached.get("train"))
     if stop_after == "train":
         return None
 
@@ -193,6 +307,7 @@ def _run_study(
     _, query_set, gallery_set = datasets(model, data)
     evaluator = None
     if todo or dist.is_main:  # rank 0 also needs it for the baselines
+        stages.begin("prefix_cache", images=len(query_set) + len(gallery_set))
         with stages.bar("prefix") as bar:
             task = bar.add_task(
                 "caching the shared backbone prefix", total=len(query_set) + len(gallery_set)
@@ -206,6 +321,10 @@ def _run_study(
             evaluator = ConditionEvaluator.from_config(
                 model, query_set, gallery_set, cfg.eval, device=device, progress=advance
             )
+        stages.end().update(evaluator.prefix_info())
+    sweep = stages.begin(
+        "sweep", conditions=len(todo), cached_conditions=len(conditions) - len(todo)
+    )
     with stages.bar("conditions") as bar:
         task = bar.add_task("", total=len(todo))
         for i, cond in enumerate(todo):
@@ -217,12 +336,20 @@ def _run_study(
             bar.advance(task)
             if on_condition is not None:
                 on_condition(i, cond.name)
+    sweep["note"] = f"{len(todo)} conditions evaluated"
+    stages.end()
+    sweep["seconds_per_condition"] = sweep["seconds"] / len(todo) if todo else None
+    if cfg.ablation.retrain:
+        stages.begin("retrain")
     retrained = _retrained_conditions(cfg, data, out, train_key, device, stages, progress, dist)
+    if cfg.ablation.retrain:
+        stages.end()["models"] = len(retrained)
     _barrier(dist)  # every rank's conditions are on disk before rank 0 merges them
     if not dist.is_main or stop_after == "conditions":
         return None
 
     # 4. tables -------------------------------------------------------------------------------
+    tables_record = stages.begin("tables")
     per_query = pd.concat(
         [pd.read_parquet(cond_dir / f"{c.key()}.parquet") for c in conditions]
         + [pd.read_parquet(path) for path in retrained],
@@ -259,6 +386,8 @@ def _run_study(
     learned = _learned_router_accuracy(model, evaluator, data)
     if learned is not None:
         atomic_write_text(tables / "learned_router.json", json.dumps(learned, indent=2))
+    stages.end()
+    tables_record["per_query_rows"] = len(per_query)
     if stop_after == "tables":
         return None
 
@@ -268,15 +397,18 @@ def _run_study(
     stages.say(
         "analyses", "statistics battery on the per-query, subset, configuration and Δ tables"
     )
+    stages.begin("analyses")
     analyses = run_study_analyses(
-        per_query, configs, data.schema, cfg, out / "analyses", progress=progress
+        per_query, configs, data.schema, cfg, out / "analyses", progress=progress, clock=stages
     )
+    stages.end()
 
     # 6. report -------------------------------------------------------------------------------
     from attrimp.study_report import write_study_report
 
     design_file = Path(data.root) / "synth.json"
     planted = json.loads(design_file.read_text()) if design_file.exists() else None
+    stages.begin("report")
     report = write_study_report(
         out,
         cfg=cfg,
@@ -290,7 +422,13 @@ def _run_study(
         planted=planted,
         model_info=_model_info(model),
     )
-    stages.say("report", f"{out / 'report.html'}")
+    stages.end()
+    # the timings go in last, so that they include the report's own stage
+    report["timings"] = stages.clock.to_dict()
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    stages.say(
+        "report", f"{out / 'report.html'} (total {report['timings']['total_seconds']:.1f} s)"
+    )
     return StudyResult(out, configs, per_query, deltas, importance, report, stages.cached)
 
 

@@ -69,7 +69,10 @@ def run_study_analyses(
     out: Path,
     *,
     progress: bool = True,
+    clock=None,
 ) -> StudyAnalyses:
+    """The battery on each table; ``clock`` (the study's stage clock, with ``begin``/``end``)
+    times each battery and the paired tests as nested stages (``analyses.<name>``)."""
     from studies.consensus import consensus_ranking
     from studies.design import build_analysis_frame
     from studies.errors import StudyInputError
@@ -81,14 +84,20 @@ def run_study_analyses(
     valid = per_query[per_query["valid"]]
 
     def record(name: str, frame_fn, **battery_kwargs) -> None:
+        timing = clock.begin(f"analyses.{name}") if clock is not None else {}
         try:
-            frame = frame_fn()
-            battery = _battery(frame, cfg, progress, **battery_kwargs)
-        except StudyInputError as e:  # degenerate design (e.g. one configuration): say so
-            result.warnings.append(f"{name}: not analysed: {e}")
-            return
-        result.batteries[name] = battery
-        write_report(battery, out / name, input_info={"path": f"study table '{name}'"})
+            try:
+                frame = frame_fn()
+                timing["rows"] = frame.rows_used
+                battery = _battery(frame, cfg, progress, **battery_kwargs)
+            except StudyInputError as e:  # degenerate design (e.g. one configuration): say so
+                result.warnings.append(f"{name}: not analysed: {e}")
+                return
+            result.batteries[name] = battery
+            write_report(battery, out / name, input_info={"path": f"study table '{name}'"})
+        finally:
+            if clock is not None:
+                clock.end()
 
     # switching: per query x configuration, group-on indicators as the attributes.
     switching = valid[valid["design"].isin(SWITCHING_DESIGNS)]
@@ -107,6 +116,8 @@ def run_study_analyses(
     # paired leave-one-group-out tests (clustered by identity).
     loo = valid[valid["config"].isin(["full"] + [f"without:{g}" for g in groups])]
     if loo["config"].nunique() > 1:
+        if clock is not None:
+            clock.begin("analyses.paired", rows=len(loo))
         frame = build_analysis_frame(
             loo[["query", "pid", "config", "ap"]],
             outcomes=["ap"],
@@ -120,6 +131,8 @@ def run_study_analyses(
         result.paired = paired.reset_index(drop=True)
         out.mkdir(parents=True, exist_ok=True)
         result.paired.to_csv(out / "paired_tests.csv", index=False, lineterminator="\n")
+        if clock is not None:
+            clock.end()
 
     # configuration level: mAP / rank-1 on the group-on indicators.
     cfg_rows = configs[configs["design"].isin(SWITCHING_DESIGNS)]

@@ -73,6 +73,32 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "data:image/png;base64," in html and "Leave-one-group-out" in html
     assert (tmp_path / "figures" / "priors.png").exists()
     assert (tmp_path / "analyses" / "switching" / "report.json").exists()
+    _check_stage_timings(report["timings"], report["data"], n_conditions=len(configs))
+
+
+def _check_stage_timings(timings, data, *, n_conditions):
+    """Every stage's wall time and peak memory are in report.json, in the order they ran."""
+    stages = {r["stage"]: r for r in timings["stages"]}
+    top = ["data", "train", "prefix_cache", "sweep", "tables", "analyses", "report"]
+    batteries = ["analyses.switching", "analyses.paired", "analyses.configurations"]
+    assert [r["stage"] for r in timings["stages"] if "." not in r["stage"]] == top
+    assert set(batteries + ["analyses.attributes"]) <= set(stages)
+    for r in timings["stages"]:
+        assert r["seconds"] >= 0 and r["peak_rss_mb"] > 0, r
+    assert timings["total_seconds"] == pytest.approx(sum(stages[s]["seconds"] for s in top))
+    nested = sum(r["seconds"] for s, r in stages.items() if s.startswith("analyses."))
+    assert nested <= stages["analyses"]["seconds"]
+    # a nested stage's peak counts in its parent's
+    assert stages["analyses"]["peak_rss_mb"] >= max(stages[b]["peak_rss_mb"] for b in batteries)
+    assert stages["sweep"]["conditions"] == n_conditions
+    assert stages["sweep"]["seconds_per_condition"] == pytest.approx(
+        stages["sweep"]["seconds"] / n_conditions
+    )
+    assert stages["analyses.switching"]["rows"] > stages["analyses.attributes"]["rows"] > 0
+    prefix = stages["prefix_cache"]
+    images = data["query_images"] + data["gallery_images"]
+    assert prefix["images"] == images and prefix["prefix_dtype"] == "float32"
+    assert prefix["prefix_bytes"] == images * prefix["prefix_tokens"] * prefix["prefix_width"] * 4
 
 
 KILLER = textwrap.dedent(
@@ -107,10 +133,16 @@ def test_killed_study_resumes_without_redoing_work_and_gives_the_same_report(tmp
     assert resumed.cached["conditions"] == 4  # conditions 0..3 were written before the kill
     straight = run_study(config_from_dict(cfg_dict), tmp_path / "straight", progress=False)
     assert "train" not in straight.cached and straight.cached["conditions"] == 0
-    for name in ("report.json", "tables/configs.csv", "tables/leave_one_out_importance.csv"):
+    for name in ("tables/configs.csv", "tables/leave_one_out_importance.csv"):
         assert (tmp_path / "run" / name).read_bytes() == (
             tmp_path / "straight" / name
         ).read_bytes(), name
+    # the same report, apart from the wall times and memory of this run's stages
+    reports = [json.loads((tmp_path / r / "report.json").read_text()) for r in ("run", "straight")]
+    assert "timings" in reports[0] and "timings" in reports[1]
+    assert {k: v for k, v in reports[0].items() if k != "timings"} == {
+        k: v for k, v in reports[1].items() if k != "timings"
+    }
 
 
 def test_study_cli_bad_config_is_one_sentence(tmp_path):

@@ -98,6 +98,9 @@ def synth(
     ),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing world."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes drawing images (same bytes for any number)."
+    ),
 ) -> None:
     """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file.
 
@@ -142,6 +145,7 @@ def synth(
             image_format=image_format,
             overwrite=overwrite,
             progress=True,
+            workers=workers,
         )
     design = json.loads((root / DESIGN_FILE).read_text(encoding="utf-8"))
     c = design["counts"]

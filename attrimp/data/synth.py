@@ -719,6 +719,7 @@ def make_synthetic_world(
     image_format: str = "jpg",
     overwrite: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic world to ``out`` and return ``out``.
 
@@ -733,7 +734,8 @@ def make_synthetic_world(
 
     ``split_sizes`` replaces the grid by exact per-split counts (`plan_images`; then
     ``train_fraction`` and ``images_per_identity_per_camera`` are not used): `preset_world`
-    gives Market-1501's (``attrimp data synth --preset market1501``).
+    gives Market-1501's (``attrimp data synth --preset market1501``). ``workers`` > 1 draws the
+    images in that many processes (the same bytes: every draw is keyed by the image).
     Every random draw is keyed by ``(seed, what, pid, camera, image)``, so the same arguments
     give the same bytes and changing a visibility changes only that group's pixels.
     """
@@ -783,6 +785,7 @@ def make_synthetic_world(
             cells,
             image_format,
             progress,
+            workers,
         )
         design = {
             "format": "attrimp-synth",
@@ -876,99 +879,114 @@ def _write_world(
     cells,
     fmt,
     progress,
+    workers=1,
 ) -> dict[str, int]:
-    folders = {
-        s: root / f
-        for s, f in (
-            ("train", "bounding_box_train"),
-            ("query", "query"),
-            ("gallery", "bounding_box_test"),
-        )
-    }
-    for f in folders.values():
-        f.mkdir()
+    for f in FOLDERS.values():
+        (root / f).mkdir()
     n_train = round(n_ids * train_fraction)
     if cells is not None:
         n_train = max(pid for pid, _, split, _ in cells if split == "train")
-    cameras = [draw_camera(np.random.default_rng([seed, 2, c])) for c in range(n_cams)]
-    groups = list(GROUPS)
+    rows = [
+        (pid, "train" if pid <= n_train else "test", _identity(seed, priors, pid)[0])
+        for pid in range(1, n_ids + 1)
+    ]
+    jobs = _image_jobs(n_ids, n_cams, n_img, n_train, distractors, junk, cells)
     counts = {
         "train_identities": n_train,
         "test_identities": n_ids - n_train,
-        "train": 0,
-        "query": 0,
-        "gallery": 0,
+        "train": sum(j[0] == "train" for j in jobs),
+        "query": sum(j[0] == "query" for j in jobs),
+        "gallery": sum(j[0] == "gallery" for j in jobs),
         "distractor_images": distractors,
         "junk_images": junk,
     }
-    rows: list[tuple[int, str, dict[str, int]]] = []
-    grid = n_ids * n_cams * n_img if cells is None else sum(c for *_, c in cells)
-    total = grid + distractors + junk
+    world = (str(root), seed, n_cams, size, tuple(vis.items()), priors, fmt)
+    chunk = 256
+    parts = [(world, jobs[i : i + chunk]) for i in range(0, len(jobs), chunk)]
+    with _progress(progress, len(jobs)) as advance:
+        if workers <= 1 or len(parts) <= 1:
+            for part in parts:
+                advance(_draw_images(part))
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    def one(pid, attrs, detail, cam, k, key):
-        rng = np.random.default_rng([seed, 3, *key])
-        pose = draw_pose(rng)
-        u = rng.random(len(groups))
-        visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
-        return render_person(attrs, detail, pose, cameras[cam], visible, size)
+            with ProcessPoolExecutor(min(workers, len(parts))) as pool:
+                for done in as_completed([pool.submit(_draw_images, p) for p in parts]):
+                    advance(done.result())
+    _write_attribute_files(root, rows)
+    return counts
 
-    by_pid: dict[int, list[tuple[int, str, int]]] = {}
-    for pid, cam, dest, count in cells or ():
-        by_pid.setdefault(pid, []).append((cam, dest, count))
 
-    def save(arr, dest, pid, cam, k):
-        name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
-        _save(arr, folders[dest] / name)
-        counts[dest] += 1
+#: the split folders of the Market layout
+FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
-    with _progress(progress, total) as advance:
+
+def _image_jobs(n_ids, n_cams, n_img, n_train, distractors, junk, cells) -> list[tuple]:
+    """Every image to draw as ``(dest, kind, pid, camera, k)``; kind: person / distractor /
+    junk (for those two, ``k`` is the image's index among them and ``camera`` is drawn)."""
+    jobs: list[tuple] = []
+    if cells is not None:
+        for pid, cam, dest, count in cells:
+            # the query is image 0 of its camera, gallery images 1..count
+            first = 0 if dest in ("train", "query") else 1
+            jobs += [(dest, "person", pid, cam, k) for k in range(first, first + count)]
+    else:
         for pid in range(1, n_ids + 1):
-            attrs = draw_attributes(np.random.default_rng([seed, 0, pid]), priors)
-            detail = draw_identity_detail(np.random.default_rng([seed, 1, pid]))
-            split = "train" if pid <= n_train else "test"
-            rows.append((pid, split, attrs))
-            for cam, dest, count in by_pid.get(pid, ()):
-                # the query is image 0 of its camera, gallery images 1..count
-                first = 0 if dest in ("train", "query") else 1
-                for k in range(first, first + count):
-                    save(one(pid, attrs, detail, cam, k, (pid, cam, k)), dest, pid, cam, k)
-                    advance()
-            if cells is not None:
-                continue
             for cam in range(n_cams):
                 for k in range(n_img):
-                    arr = one(pid, attrs, detail, cam, k, (pid, cam, k))
-                    if split == "train":
+                    if pid <= n_train:
                         dest = "train"
                     elif n_img > 1:
                         dest = "query" if k == 0 else "gallery"
                     else:
                         dest = "query" if cam == pid % n_cams else "gallery"
-                    save(arr, dest, pid, cam, k)
-                    advance()
-        for i in range(distractors):
-            rng = np.random.default_rng([seed, 5, i])
-            attrs = draw_attributes(rng, priors)
-            detail = draw_identity_detail(rng)
+                    jobs.append((dest, "person", pid, cam, k))
+    jobs += [("gallery", "distractor", 0, None, i) for i in range(distractors)]
+    jobs += [("junk", "junk", -1, None, i) for i in range(junk)]
+    return jobs
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(seed: int, priors: str, pid: int) -> tuple[dict[str, int], IdentityDetail]:
+    return (
+        draw_attributes(np.random.default_rng([seed, 0, pid]), priors),
+        draw_identity_detail(np.random.default_rng([seed, 1, pid])),
+    )
+
+
+def _draw_images(part) -> int:
+    """Draw and save one chunk of jobs (in this process or a worker): every draw is keyed by
+    the job, so the bytes do not depend on how the jobs are split between workers."""
+    (root, seed, n_cams, size, vis_items, priors, fmt), jobs = part
+    root, vis, groups = Path(root), dict(vis_items), list(GROUPS)
+    cameras = [draw_camera(np.random.default_rng([seed, 2, c])) for c in range(n_cams)]
+    for dest, kind, pid, cam, k in jobs:
+        if kind == "person":
+            attrs, detail = _identity(seed, priors, pid)
+            rng = np.random.default_rng([seed, 3, pid, cam, k])
+            pose = draw_pose(rng)
+            u = rng.random(len(groups))
+            visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
+            name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
+        elif kind == "distractor":
+            rng = np.random.default_rng([seed, 5, k])
+            attrs, detail = draw_attributes(rng, priors), draw_identity_detail(rng)
             cam = int(rng.integers(n_cams))
-            arr = one(0, attrs, detail, cam, i, (0, cam, i))
-            _save(arr, folders["gallery"] / f"0000_c{cam + 1}s1_{990000 + i:06d}_00.{fmt}")
-            counts["gallery"] += 1
-            advance()
-        for i in range(junk):
-            rng = np.random.default_rng([seed, 6, i])
-            attrs = draw_attributes(rng, priors)
-            detail = draw_identity_detail(rng)
+            rng = np.random.default_rng([seed, 3, 0, cam, k])
+            pose = draw_pose(rng)
+            u = rng.random(len(groups))
+            visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
+            name = f"0000_c{cam + 1}s1_{990000 + k:06d}_00.{fmt}"
+        else:  # junk: a bad detection, the person half out of the box as in Market's junk
+            rng = np.random.default_rng([seed, 6, k])
+            attrs, detail = draw_attributes(rng, priors), draw_identity_detail(rng)
             cam = int(rng.integers(n_cams))
-            # a bad detection: the person half out of the box, as Market's junk boxes are
             pose = replace(draw_pose(rng), dx=float(rng.choice([-0.45, 0.45])))
             visible = dict.fromkeys(groups, True)
-            arr = render_person(attrs, detail, pose, cameras[cam], visible, size)
-            name = f"-1_c{cam + 1}s1_{970000 + i:06d}_00.{fmt}"
-            _save(arr, folders["gallery"] / name)
-            advance()
-    _write_attribute_files(root, rows)
-    return counts
+            name = f"-1_c{cam + 1}s1_{970000 + k:06d}_00.{fmt}"
+        arr = render_person(attrs, detail, pose, cameras[cam], visible, size)
+        _save(arr, root / FOLDERS["gallery" if dest == "junk" else dest] / name)
+    return len(jobs)
 
 
 def _save(arr: np.ndarray, path: Path) -> None:
@@ -988,13 +1006,13 @@ class _progress:
 
     def __enter__(self):
         if not self.show:
-            return lambda: None
+            return lambda n=1: None
         from rich.progress import Progress
 
         self._bar = Progress(transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("drawing the synthetic world", total=self.total)
-        return lambda: self._bar.advance(task)
+        return lambda n=1: self._bar.advance(task, n)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
