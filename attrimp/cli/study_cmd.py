@@ -49,6 +49,13 @@ def analyze(
         None, "--condition", help="Paired designs: the column naming the condition."
     ),
     alpha: float = typer.Option(0.05, "--alpha", help="Family-wise / FDR level."),
+    family: str = typer.Option(
+        "auto",
+        "--family",
+        help="GLM family: auto (0/1 -> logit, [0, 1] -> fractional_logit, counts -> poisson; "
+        "an outcome that looks like a proportion but is not one is refused), or one of "
+        "logit, fractional_logit, poisson, negative_binomial, gaussian.",
+    ),
     seed: int = typer.Option(
         0, "--seed", help="Seed of every random step (same seed, same report)."
     ),
@@ -92,6 +99,7 @@ def analyze(
             paired_by=paired_by,
             condition=condition,
             alpha=alpha,
+            family=family,
             seed=seed,
             out=out,
             overrides={
@@ -121,6 +129,7 @@ def _analyze(
     paired_by,
     condition,
     alpha,
+    family,
     seed,
     out,
     overrides,
@@ -137,6 +146,10 @@ def _analyze(
         raise StudyInputError(f"{given} needs {missing} as well: a paired design names both.")
     if not 0.0 < alpha < 1.0:
         raise StudyInputError(f"--alpha must lie strictly between 0 and 1, not {alpha}.")
+    from studies.glm import FAMILIES
+
+    if family not in ("auto", *FAMILIES):
+        raise StudyInputError(f"--family {family!r} is unknown; use auto or one of {FAMILIES}.")
     for name, value in overrides.items():
         if value is not None and value < (0 if name == "n_bootstrap" else 1):
             raise StudyInputError(f"The option for {name} cannot be {value}.")
@@ -172,6 +185,7 @@ def _analyze(
             models=tuple(dict.fromkeys(models)),
             n_jobs=jobs,
             progress=progress,
+            glm_family=family,
             **settings,
         )
         files = write_report(
