@@ -8,12 +8,13 @@ is exact: the prefix does not depend on the gates. Backbones without `forward_pr
 to full forward passes.
 
 Where the prefix lives and what it costs: one tensor per split ``[images, tokens, width]`` on the
-evaluation device, in the dtype the prefix blocks return (float32: under CUDA autocast the blocks
-compute in bf16 but the residual stream stays float32). It is filled in place batch by batch,
-so the peak is the cache itself, not the cache plus a list of batches to concatenate. At
-Market-1501 size with ViT-B/16 at 256×128 that is (3,368 + 15,913) × 129 × 768 × 4 bytes =
-7.6 GB (`prefix_bytes`); it fits an 80 GB GPU and a 24 GB CPU machine, so it is neither chunked to
-disk nor rounded to bf16 (which would make the sweep differ from a full forward).
+evaluation device, in the dtype the prefix blocks return (float32 on the CPU; under CUDA's bf16
+autocast CLIP's residual stream comes out in bf16, timm's stays float32). It is filled in place
+batch by batch, so the peak is the cache itself, not the cache plus a list of batches to
+concatenate. At Market-1501 size with ViT-B/16 at 256×128 that is (3,368 + 15,913) × 129 × 768
+× 4 bytes = 7.6 GB in float32, 3.8 GB in bf16 (`prefix_info`); it fits an 80 GB GPU and a 24 GB
+CPU machine, so it is neither chunked to disk nor rounded further (which would make the sweep
+differ from a full forward).
 
 Which samples each router bends (documented in docs/study.md):
 - masks (backbone, leave-one-out, only-one, random subsets) and noise apply to query AND gallery
