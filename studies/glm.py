@@ -652,6 +652,8 @@ class _Fit:
 
 #: below this many effective degrees of freedom a test's p-value gets a warning
 FEW_DF = 4.0
+#: below this many, a level gets no p-value or interval at all
+MIN_DF = 1.0
 
 
 @dataclass
@@ -780,10 +782,19 @@ def _fill_level(
         )
         return False
     nu = ref.df(np.eye(len(fit.b))[[i]], support)
+    if not nu >= MIN_DF:  # a t on less than one df: p-values and intervals mean nothing
+        notes.append(
+            f"Level {row['level']!r} of attribute {row['attribute']!r}: its contrast rests on "
+            f"{nu:.2g} effective degrees of freedom, less than one (a level the clusters barely "
+            "inform, or separation); it gets no p-value or interval and is left out of the "
+            "group test."
+        )
+        row["df_denom"] = nu
+        return False
     stat, p, lo, hi = _t_interval(coef, s, nu, alpha)
     row.update(df_denom=nu, statistic=stat, p_value=p, ci_low=lo, ci_high=hi)
     ame_nu = ref.df(grad[None, :], support) if ame_se > 0 else nu
-    if not ame_nu > 0:  # a degenerate gradient (separation): the coefficient's df
+    if not ame_nu >= MIN_DF:  # a degenerate gradient (separation): the coefficient's df
         ame_nu = nu
     row.update(zip(("ame_ci_low", "ame_ci_high"), _t_interval(ame, ame_se, ame_nu, alpha)[2:]))
     if nu < FEW_DF:
@@ -831,7 +842,13 @@ def _group_test(
     if ref.mode == "htz":
         F, nu = htz_test(W, q, ref.df(np.eye(len(fit.b))[idx], 0))
         test = "wald_htz"
-        if not nu >= FEW_DF:
+        if not nu >= MIN_DF:
+            F, nu = np.nan, np.nan
+            notes.append(
+                f"Attribute {g!r}: its group test rests on less than one effective "
+                "degree of freedom; it gets no p-value."
+            )
+        elif nu < FEW_DF:
             notes.append(_few_df_note(g, "the group", nu))
     else:
         F, nu = W / q, float(np.nanmin(coefs["df_denom"].to_numpy(dtype=float)[in_g & ok]))
@@ -906,9 +923,10 @@ def _add_effects(coefs: pd.DataFrame, family: str) -> pd.DataFrame:
         if c not in coefs:
             coefs[c] = np.nan
     if family in ("logit", "fractional_logit", "poisson", "negative_binomial"):
-        coefs["effect"] = np.exp(coefs["coef"])
-        coefs["effect_ci_low"] = np.exp(coefs["ci_low"])
-        coefs["effect_ci_high"] = np.exp(coefs["ci_high"])
+        with np.errstate(over="ignore"):  # a separated level's bound is +inf, said elsewhere
+            coefs["effect"] = np.exp(coefs["coef"])
+            coefs["effect_ci_low"] = np.exp(coefs["ci_low"])
+            coefs["effect_ci_high"] = np.exp(coefs["ci_high"])
         coefs["effect_name"] = (
             "odds_ratio" if family in ("logit", "fractional_logit") else "rate_ratio"
         )

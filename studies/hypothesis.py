@@ -193,13 +193,16 @@ def _independent_test(y: np.ndarray, g: np.ndarray, k: int, alpha: float, n_boot
             ci_high=hi,
         )
     samples = [y[g == j] for j in range(k)]
-    res = stats.kruskal(*samples)
-    eps = float(res.statistic) / (n - 1)
-    lo, hi = epsilon_squared_ci(float(res.statistic), n, k, alpha)
+    h, p = 0.0, 1.0  # every outcome tied: no evidence (scipy would divide 0 by 0)
+    if not np.all(y == y[0]):
+        res = stats.kruskal(*samples)
+        h, p = float(res.statistic), float(res.pvalue)
+    eps = h / (n - 1)
+    lo, hi = epsilon_squared_ci(h, n, k, alpha)
     return dict(
         test="kruskal_wallis",
-        statistic=float(res.statistic),
-        p_value=float(res.pvalue),
+        statistic=h,
+        p_value=p,
         effect_size=eps,
         effect_name="epsilon_squared",
         ci_low=lo,

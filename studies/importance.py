@@ -625,6 +625,8 @@ def grouped_permutation_importance(
         "scored_rows": [len(f.codes) for f in folds],
     }
     q_boot = np.array([f.baseline_boot for f in folds if np.isfinite(f.baseline)])
+    # replicates where every fold is NaN (tiny tables, a rare 0/1 outcome) have no mean
+    q_boot = q_boot[:, np.isfinite(q_boot).any(axis=0)] if q_boot.size else q_boot
     if q_boot.size:
         qb = np.nanmean(q_boot, axis=0)
         quality["ci_low"] = float(np.nanquantile(qb, (1 - ci) / 2))
