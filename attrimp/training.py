@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,6 +407,13 @@ def compile_step(fn: Callable[..., torch.Tensor], mode: str) -> Callable[..., to
     cannot trace), the step falls back to eager with a warning instead of ending the run."""
     if mode == "eager":
         return fn
+    # A copy of the function with its own code object: Dynamo caches compiled graphs per code
+    # object, so without it every train() of a process (a study's retrained configurations)
+    # would add a recompilation to one shared cache, and past torch's recompile limit (8) the
+    # step would silently run eagerly; the old graphs would also stay alive with that cache.
+    fn = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
     backend = COMPILE_BACKEND
     compiled = torch.compile(
         fn,

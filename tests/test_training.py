@@ -454,3 +454,26 @@ def test_a_bad_camera_id_stops_training_before_the_first_step(world, tmp_path):
     with pytest.raises(DataError, match="camera id 2 is outside the camera table of 2"):
         train(model, train_set, cfg.train, tmp_path, progress=False)
     assert forwards == [] and latest_checkpoint(tmp_path) is None
+
+
+def test_each_training_run_compiles_its_own_step(monkeypatch):
+    """A study that retrains many configurations in one process compiles each run's step
+    afresh: with one shared cache the ninth run would pass torch's recompile limit and train
+    eagerly without a word."""
+    import attrimp.training as training
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+
+    def make(k):
+        def step(x):
+            return x * k
+
+        return step
+
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for k in range(10):
+        step = training.compile_step(make(k), "default")
+        assert step(torch.ones(2))[0].item() == k
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 10
+    torch._dynamo.reset()
