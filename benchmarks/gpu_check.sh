@@ -33,3 +33,14 @@ python benchmarks/bench_model.py "${dev[@]}" --compile eager --profile --budget 
 python benchmarks/bench_model.py "${dev[@]}" --compile compiled \
     --compile-mode reduce-overhead --compile-scope model --budget 240 \
     --json "$out/bench_model_cudagraphs.json" | tee "$out/bench_model_cudagraphs.md"
+# 4. the reference study end to end at Market-1501 size (issue 9): the synthetic preset world
+#    (drawn on every CPU), CLIP ViT-B/16 at 256x128, bf16, the compiled step, every default
+#    design, the battery and the report; a stage table (training img/s, prefix cache, seconds
+#    per condition, each battery). REF_EPOCHS=60 is the full reference recipe (goal: the whole
+#    study <= 20 min); REFERENCE=0 skips it. On SMOKE=1 the tiny size runs on the CPU instead.
+if [ "${REFERENCE:-1}" = "1" ]; then
+    if [ "${SMOKE:-0}" = "1" ]; then ref=(--size tiny); else ref=(--size gpu --epochs "${REF_EPOCHS:-2}"); fi
+    timeout "${REF_BUDGET:-480}" python benchmarks/bench_reference_study.py "${ref[@]}" \
+        --out "$out/reference_study" --work "${TMPDIR:-/tmp}/attrimp_reference_study" 2>&1 \
+        | tee "$out/reference_study.md"
+fi
