@@ -164,19 +164,26 @@ def _run(cmd: list[str], log: Path) -> dict[str, float]:
     }
 
 
-def draw_world(world: Path, size: str, out: Path) -> dict[str, Any]:
+def draw_world(world: Path, size: str, out: Path, scale: float | None = None) -> dict[str, Any]:
     """The preset world (reused when ``world`` already holds the one this size asks for)."""
+    from attrimp.data.synth import preset_world
+
     spec = SIZES[size]
+    scale = spec["scale"] if scale is None else scale
     design_file = world / "synth.json"
     if design_file.is_file():
         design = json.loads(design_file.read_text(encoding="utf-8"))
-        want = (
-            None if spec["image_size"] is None else [int(x) for x in spec["image_size"].split("x")]
-        )
-        if design.get("split_sizes") and (want is None or design["size"] == want):
+        want = preset_world("market1501", scale)
+        if spec["image_size"] is not None:
+            want["size"] = tuple(int(x) for x in spec["image_size"].split("x"))
+        if (
+            design.get("split_sizes") == vars(want["split_sizes"])
+            and design["n_identities"] == want["n_identities"]
+            and design["size"] == list(want["size"])
+        ):
             return {"reused": True, "images": _world_images(design), "design": design}
     cmd = [sys.executable, "-m", "attrimp", "data", "synth", "--preset", "market1501"]
-    cmd += ["--scale", str(spec["scale"]), "--out", str(world), "--overwrite"]
+    cmd += ["--scale", str(scale), "--out", str(world), "--overwrite"]
     cmd += ["--workers", str(len(os.sched_getaffinity(0)))]
     if spec["image_size"]:
         cmd += ["--size", spec["image_size"]]
@@ -197,6 +204,7 @@ def run_reference(
     world: Path | None = None,
     epochs: int | None = None,
     work: Path | None = None,
+    scale: float | None = None,
 ):
     """Draw the world, run the study, return everything the table needs.
 
@@ -207,7 +215,7 @@ def run_reference(
     work = work or out
     work.mkdir(parents=True, exist_ok=True)
     world = world or work / "world"
-    world_info = draw_world(world, size, out)
+    world_info = draw_world(world, size, out, scale)
     cfg = study_config(size, world, epochs)
     config_path = out / "config.toml"
     config_path.write_text(to_toml(cfg), encoding="utf-8")
@@ -217,7 +225,11 @@ def run_reference(
     report = json.loads((study_out / "report.json").read_text(encoding="utf-8"))
     result = {
         "size": size,
-        "command": " ".join(["python", "benchmarks/bench_reference_study.py", "--size", size]),
+        "command": " ".join(
+            ["python", "benchmarks/bench_reference_study.py", "--size", size]
+            + ([] if scale is None else ["--scale", str(scale)])
+            + ([] if epochs is None else ["--epochs", str(epochs)])
+        ),
         "machine": machine(),
         "world": {k: v for k, v in world_info.items() if k != "design"},
         "world_counts": world_info["design"]["counts"],
@@ -339,7 +351,7 @@ def stage_table(r: dict[str, Any]) -> str:
     )
     head = "| stage | wall s | work | rate | peak memory |\n| --- | ---: | --- | ---: | ---: |\n"
     body = "".join(f"| {' | '.join(row)} |\n" for row in rows)
-    return f"Size `{r['size']}` on {r['machine']}:\n\n" + head + body
+    return f"`{r['command']}` on {r['machine']}:\n\n" + head + body
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,11 +363,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--work", type=Path, default=None, help="world and study folders (default: --out)"
     )
+    parser.add_argument(
+        "--scale", type=float, default=None, help="world scale instead of the size's (0-1]"
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix=f"bench-ref-{args.size}-"))
     _, table = run_reference(
-        args.size, args.out, world=args.world, epochs=args.epochs, work=args.work
+        args.size, args.out, world=args.world, epochs=args.epochs, work=args.work, scale=args.scale
     )
     print(table)
     print(f"(tables and logs in {args.out})", file=sys.stderr)
