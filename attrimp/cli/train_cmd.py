@@ -281,9 +281,7 @@ def _periodic_evaluation(
             if cuda_state is not None:
                 torch.cuda.set_rng_state_all(cuda_state)
         _append_eval_log(out / EVAL_LOG, epoch, summary)
-        console.print(
-            f"epoch {epoch}: mAP {summary['mAP']:.4f}, rank-1 {summary['rank1']:.4f}"
-        )
+        console.print(f"epoch {epoch}: mAP {summary['mAP']:.4f}, rank-1 {summary['rank1']:.4f}")
 
     return on_epoch_end
 
