@@ -14,8 +14,8 @@ Sizes (``--size``):
   training step (``device = "auto"``), random weights (a GPU box has no network; speed does not
   depend on the weights), 60 epochs unless ``--epochs``. ``benchmarks/gpu_check.sh`` runs it.
 - ``cpu``: the full-size data (the same world, every image, every condition, every battery) with
-  a small random ViT (4 blocks, width 96) at 128×64 and 2 epochs: what a 2-core machine can do
-  in about an hour.
+  a small random ViT (4 blocks, width 64, experts of rank 4 in the last 2) at 128×64 and 2
+  epochs: what a 2-core machine can do in about an hour.
 - ``tiny``: a 2 % world at 64×32 and the tests' 2-block ViT for 1 epoch: a minutes-scale smoke
   run of the same code path (``tests/test_bench_reference_study.py``).
 
@@ -63,8 +63,11 @@ SIZES: dict[str, dict[str, Any]] = {
                 "backbone": "timm:vit_tiny_patch16_224",
                 "pretrained": False,
                 "img_size": [128, 64],
-                "backbone_kwargs": {"tiny": True, "depth": 4, "embed_dim": 96, "num_heads": 3},
+                "backbone_kwargs": {"tiny": True, "depth": 4, "embed_dim": 64, "num_heads": 2},
             },
+            # rank 4: with 35 experts at the reference rank 8 the experts cost as much as the
+            # whole width-64 block, and the sweep runs the 2 expert blocks 84 times
+            "experts": {"rank": 4, "alpha": 8.0},
             "train": {"lr": 1e-3, "expert_lr_scale": 1.0, "warmup_epochs": 1, "amp": "off"},
             "eval": {"batch_size": 128},
         },
