@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 import urllib.error
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.errors import DataError, SchemaError
+from attrimp.io import atomic_write_bytes, sha256_file
 from attrimp.schema import (
     BUILTIN_SCHEMAS,
     MULTIPLE,
@@ -643,36 +645,22 @@ def save_attribute_file(
 
 
 def _umask_mode() -> int:
-    # mkstemp creates 0600 files; the final file gets the usual permissions instead.
+    # mkstemp creates 0600 files; the downloaded file gets the usual permissions instead.
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
 
 
 def _atomic_write(path: Path, write, *, binary: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """``write(file)`` into memory, then `attrimp.io.atomic_write_bytes` (one atomic writer)."""
+    buffer = io.BytesIO() if binary else io.StringIO(newline="")
+    write(buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data if binary else data.encode("utf-8"))
     return path
 
 
 # ----- downloading ------------------------------------------------------------------------------
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_attribute_file(
@@ -697,7 +685,7 @@ def fetch_attribute_file(
     spec = SOURCES[key]
     out_dir = Path(out_dir)
     target = out_dir / spec.filename
-    if target.is_file() and sha256_of(target) == spec.sha256:
+    if target.is_file() and sha256_file(target) == spec.sha256:
         return target, False
     url = url or spec.url
     try:
