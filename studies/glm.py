@@ -276,6 +276,11 @@ def _independent_columns(X: np.ndarray, w: np.ndarray) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 # Fit
 # ----------------------------------------------------------------------------------------------
+def _cell_rss(d: _Design, mu: np.ndarray) -> np.ndarray:
+    """Sum over each cell's rows of (y - mu_c)^2, from the cell's sums: syy - 2 mu sy + n mu^2."""
+    return d.syy - 2.0 * mu * d.sy + d.n * mu * mu
+
+
 def _sandwich(
     d: _Design, X: np.ndarray, mu: np.ndarray, fam: sm.families.Family, kind: str, n_obs: int
 ) -> np.ndarray:
@@ -307,7 +312,7 @@ def _sandwich(
         corr = n_g / (n_g - 1.0) * (n_obs - 1.0) / (n_obs - k) if n_g > 1 else 1.0
         return corr * (Ainv @ (S.T @ S) @ Ainv)
     if kind in ("HC0", "HC2"):
-        rss = np.maximum(d.syy - 2.0 * mu * d.sy + d.n * mu * mu, 0.0)
+        rss = np.maximum(_cell_rss(d, mu), 0.0)
         if kind == "HC2":
             h_row = v * np.einsum("ij,jk,ik->i", X, Ainv, X)
             rss = rss / np.maximum(1.0 - h_row, 1e-12)
@@ -315,7 +320,7 @@ def _sandwich(
         return Ainv @ M @ Ainv
     # model-based: dispersion 1 for binomial / Poisson, Pearson for Gaussian
     if isinstance(fam, sm.families.Gaussian):
-        rss = np.maximum(d.syy - 2.0 * mu * d.sy + d.n * mu * mu, 0.0)
+        rss = np.maximum(_cell_rss(d, mu), 0.0)
         return Ainv * (rss.sum() / max(n_obs - k, 1))
     return Ainv
 
@@ -360,7 +365,7 @@ def working_icc(d: _Design, mu: np.ndarray, v: np.ndarray, n_params: int) -> flo
     g = d.cell_cluster
     n_g = np.bincount(g, weights=d.n)
     s_g = np.bincount(g, weights=(d.sy - d.n * mu) / np.sqrt(v))
-    ss_g = np.bincount(g, weights=(d.syy - 2.0 * mu * d.sy + d.n * mu * mu) / v)
+    ss_g = np.bincount(g, weights=_cell_rss(d, mu) / v)
     scale = float(ss_g.sum()) / max(float(n_g.sum()) - n_params, 1.0)
     several = n_g > 1
     if not several.any() or scale <= 0:
@@ -563,7 +568,7 @@ def _fit_glm(
     dispersion = float("nan")
     if family in ("poisson", "negative_binomial", "gaussian"):
         v = np.maximum(np.asarray(fam.variance(mu)), 1e-300)
-        pearson = (d.syy - 2.0 * mu * d.sy + d.n * mu * mu) / v
+        pearson = _cell_rss(d, mu) / v
         dispersion = float(pearson.sum() / max(n_obs - X.shape[1], 1))
         if family == "poisson" and dispersion > 1.5:
             notes.append(
