@@ -82,7 +82,7 @@ class ModelConfig:
 @dataclass
 class ExpertConfig:
     #: last K blocks carry experts; 2 keeps ViT-B/16 + Market experts at rank 8 near 1% of the
-    #: backbone (4 blocks would reach the 2% budget; see attrimp/experts.py)
+    #: backbone (4 blocks would reach the 2% budget; see attrimp/model/experts.py)
     blocks: int = 2
     rank: int = 8
     alpha: float = 16.0

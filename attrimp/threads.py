@@ -4,12 +4,12 @@ torch runs each CPU op on a pool of intra-op threads (by default one per core) a
 ends at a barrier that waits for all of them. On a machine that is busy with other work (a
 shared cluster node, a laptop, CI) the scheduler hands some of those threads' cores away, and
 every op waits for the slowest one: measured on a 2-core box with other work running,
-`attrimp.metrics.evaluate` took 3-5 s with 2 threads and 1.2-1.8 s with 1.
+`attrimp.evaluate.metrics.evaluate` took 3-5 s with 2 threads and 1.2-1.8 s with 1.
 
 So the choice is explicit:
 
 * small or memory-bound ops run on ONE intra-op thread, with `cpu_threads(1)`. The ranking
-  metrics go further: `attrimp.metrics.evaluate` gives blocks of query rows to independent
+  metrics go further: `attrimp.evaluate.metrics.evaluate` gives blocks of query rows to independent
   workers (one per available CPU), each single-threaded, so a worker whose core is taken
   delays only its own block instead of every op waiting at a barrier for every core;
 * large matrix products (the sweep's expert blocks, the distance matrix) run on

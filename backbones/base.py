@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from attrimp.errors import CheckpointError, ConfigError, DataError
-from attrimp.interfaces import Backbone, ExpertSite
+from attrimp.model.interfaces import Backbone, ExpertSite
 
 #: normalisation constants: OpenAI CLIP's and ImageNet's (what the weights were trained with)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -177,6 +177,7 @@ class ViTBackbone(Backbone):
     """
 
     family: str = "?"
+    splits_forward = True  # forward_prefix / forward_suffix below
     #: module-name suffixes of the linears that LoRA-on-the-backbone targets, per kind
     lora_targets: dict[str, tuple[str, ...]] = {}
 

@@ -1,4 +1,4 @@
-"""Speed of `attrimp.metrics.evaluate` at Market-1501 size against the per-query reference.
+"""Speed of `attrimp.evaluate.metrics.evaluate` at Market-1501 size against the per-query reference.
 
     python benchmarks/bench_eval.py                    # CPU, Market size, quiet and busy
     python benchmarks/bench_eval.py --busy 0           # no busy phase
@@ -58,8 +58,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import attrimp.metrics as metrics
-from attrimp.metrics import evaluate, pairwise_distance
+import attrimp.evaluate.metrics as metrics
+from attrimp.evaluate.metrics import evaluate, pairwise_distance
 from attrimp.threads import available_cpus, cpu_threads
 
 # --------------------------------------------------------------------------------------------
@@ -296,12 +296,12 @@ def main() -> None:
     # on a shared machine hit every implementation alike.
     impls = [
         (
-            "attrimp.metrics.evaluate",
+            "attrimp.evaluate.metrics.evaluate",
             "3368 x 15913 (junk dropped)",
             lambda: evaluate(d, qp, gpk, qc, gck, max_rank=50),
         ),
         (
-            "attrimp.metrics.evaluate",
+            "attrimp.evaluate.metrics.evaluate",
             "3368 x 19732 (junk inside)",
             lambda: evaluate(d_full, qp, gp, qc, gc, max_rank=50),
         ),
@@ -309,7 +309,7 @@ def main() -> None:
     if cpus > 1:
         impls.append(
             (
-                "attrimp.metrics.evaluate(threads=1) (one worker)",
+                "attrimp.evaluate.metrics.evaluate(threads=1) (one worker)",
                 "3368 x 15913 (junk dropped)",
                 lambda: evaluate(d, qp, gpk, qc, gck, max_rank=50, threads=1),
             )
@@ -404,14 +404,28 @@ def main() -> None:
             evaluate(dg, qp, gpk, qc, gck)  # warm-up (CUDA context, kernels)
             med, best, r = timed(lambda: evaluate(dg, qp, gpk, qc, gck), args.repeats)
             rows.append(
-                ("gpu", -1, "attrimp.metrics.evaluate, CUDA tensor", "3368 x 15913", med, best)
+                (
+                    "gpu",
+                    -1,
+                    "attrimp.evaluate.metrics.evaluate, CUDA tensor",
+                    "3368 x 15913",
+                    med,
+                    best,
+                )
             )
             results["attrimp (cuda)"] = (r.cmc, r.mAP, r.mINP)
             med, best, r = timed(
                 lambda: evaluate(d_full, qp, gp, qc, gc, device="cuda"), args.repeats
             )
             rows.append(
-                ("gpu", -1, "attrimp.metrics.evaluate, numpy -> CUDA", "3368 x 19732", med, best)
+                (
+                    "gpu",
+                    -1,
+                    "attrimp.evaluate.metrics.evaluate, numpy -> CUDA",
+                    "3368 x 19732",
+                    med,
+                    best,
+                )
             )
             results["attrimp (numpy -> cuda)"] = (r.cmc, r.mAP, r.mINP)
             qg, gg = torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()

@@ -59,8 +59,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import backbones
-from attrimp.model import MoSAICConfig, MoSAICReID
-from attrimp.schema import load_schema
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
+from attrimp.model.schema import load_schema
 
 NUM_CLASSES = 751
 

@@ -6,10 +6,10 @@ ablation design.
     python benchmarks/bench_study.py --small                  # a CPU-sized smoke version
 
 Images are random tensors held in memory (no decoding), so the numbers are the model-side cost
-of each stage of `attrimp study run`: training steps (the real `attrimp.training.train`, with
+of each stage of `attrimp study run`: training steps (the real `attrimp.train.training.train`, with
 its per-epoch checkpoint), the cached backbone prefix over query + gallery, and the condition
 sweep (expert blocks + BNNeck + distances + Market-protocol evaluation per condition, the real
-`attrimp.conditions.ConditionEvaluator`). The statistics battery runs on the CPU and is
+`attrimp.evaluate.conditions.ConditionEvaluator`). The statistics battery runs on the CPU and is
 measured by benchmarks/bench_studies.py.
 """
 
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrimp.ablation import make_conditions
-from attrimp.conditions import ConditionEvaluator
 from attrimp.config import TrainConfig
 from attrimp.data.records import ImageRecord
-from attrimp.model import MoSAICConfig, MoSAICReID
-from attrimp.schema import load_schema
-from attrimp.training import train
+from attrimp.evaluate.ablation import make_conditions
+from attrimp.evaluate.conditions import ConditionEvaluator
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
+from attrimp.model.schema import load_schema
+from attrimp.train.training import train
 
 
 class RandomImages(torch.utils.data.Dataset):

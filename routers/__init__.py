@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from attrimp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from attrimp.interfaces import Router
+    from attrimp.model.interfaces import Router
 
 _TARGETS: dict[str, str | type] = {
     "oracle": "routers.oracle:OracleRouter",
@@ -112,8 +112,8 @@ def build_router(name: str, **kwargs: Any) -> Router:
 
 
 def __getattr__(name: str):
-    if name == "Router":  # re-exported lazily: attrimp.interfaces imports torch
-        from attrimp.interfaces import Router
+    if name == "Router":  # re-exported lazily: attrimp.model.interfaces imports torch
+        from attrimp.model.interfaces import Router
 
         return Router
     raise AttributeError(name)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from attrimp.errors import SchemaError
-from attrimp.interfaces import Router
-from attrimp.schema import UNKNOWN, AttributeSchema
+from attrimp.model.interfaces import Router
+from attrimp.model.schema import UNKNOWN, AttributeSchema
 from routers.oracle import OracleRouter, check_attributes
 
 

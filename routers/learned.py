@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attrimp.errors import ConfigError
-from attrimp.interfaces import Router
-from attrimp.schema import AttributeSchema, GroupKind
+from attrimp.model.interfaces import Router
+from attrimp.model.schema import AttributeSchema, GroupKind
 
 GATE_MODES = ("hard", "soft")
 #: the normalisation before the heads: per token (LayerNorm) or per channel across images

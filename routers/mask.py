@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from attrimp.errors import SchemaError
-from attrimp.interfaces import Router
-from attrimp.schema import AttributeSchema
+from attrimp.model.interfaces import Router
+from attrimp.model.schema import AttributeSchema
 from routers.oracle import OracleRouter, check_attributes, expert_group
 
 GroupSpec = Iterable[str] | str | np.ndarray | torch.Tensor

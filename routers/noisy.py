@@ -21,8 +21,8 @@ from functools import lru_cache
 import torch
 
 from attrimp.errors import ConfigError
-from attrimp.interfaces import Router
-from attrimp.schema import AttributeSchema
+from attrimp.model.interfaces import Router
+from attrimp.model.schema import AttributeSchema
 from routers.oracle import OracleRouter, check_attributes, slot_group
 
 

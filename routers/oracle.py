@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from attrimp.errors import SchemaError
-from attrimp.interfaces import Router
-from attrimp.schema import AttributeSchema
+from attrimp.model.interfaces import Router
+from attrimp.model.schema import AttributeSchema
 
 
 def check_attributes(attributes, schema: AttributeSchema) -> torch.Tensor:

@@ -27,14 +27,14 @@ def digest(named_tensors) -> str:
 
 
 def install(out: Path) -> None:
-    """Wrap the PK sampler's iterator and `attrimp.training.train` with recorders."""
-    import attrimp.training
+    """Wrap the PK sampler's iterator and `attrimp.train.training.train` with recorders."""
+    import attrimp.train.training
     from attrimp.data.sampler import PKSampler
 
     rank = int(os.environ.get("RANK", "0"))
     record: dict = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     record["batches"] = {}
-    sampler_iter, train = PKSampler.__iter__, attrimp.training.train
+    sampler_iter, train = PKSampler.__iter__, attrimp.train.training.train
 
     def recording_iter(self):
         for batch in sampler_iter(self):
@@ -49,7 +49,7 @@ def install(out: Path) -> None:
         return result
 
     PKSampler.__iter__ = recording_iter
-    attrimp.training.train = recording_train
+    attrimp.train.training.train = recording_train
 
 
 if __name__ == "__main__":

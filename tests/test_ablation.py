@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attrimp.ablation import balanced_subsets, make_conditions
 from attrimp.errors import ConfigError
-from attrimp.schema import load_schema
+from attrimp.evaluate.ablation import balanced_subsets, make_conditions
+from attrimp.model.schema import load_schema
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from attrimp.annotations import (
+from attrimp.data.annotations import (
     AttributeTable,
     load_attribute_file,
     load_manifest_attributes,
     save_attribute_file,
 )
 from attrimp.errors import DataError, SchemaError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 
 FILES = {
     "market1501": ("market_attribute.mat", "market_attribute"),

@@ -16,7 +16,7 @@ from torch import nn
 
 import backbones
 from attrimp.errors import AttrimpError, CheckpointError, ConfigError, DataError
-from attrimp.interfaces import Backbone
+from attrimp.model.interfaces import Backbone
 from backbones.base import (
     CLIP_MEAN,
     infer_grid,

@@ -8,17 +8,17 @@ import pytest
 import torch
 
 import backbones
-from attrimp.ablation import Condition, make_conditions
-from attrimp.conditions import (
+from attrimp.data.dataset import ReIDImageDataset, build_transforms
+from attrimp.data.records import ImageRecord
+from attrimp.evaluate.ablation import Condition, make_conditions
+from attrimp.evaluate.conditions import (
     ConditionEvaluator,
     SplitTensors,
     attribute_only_baseline,
     build_router,
 )
-from attrimp.data.dataset import ReIDImageDataset, build_transforms
-from attrimp.data.records import ImageRecord
-from attrimp.model import MoSAICConfig, MoSAICReID
-from attrimp.schema import load_schema
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
+from attrimp.model.schema import load_schema
 
 
 @pytest.mark.parametrize(

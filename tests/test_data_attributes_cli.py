@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from attrimp.annotations import SOURCES
 from attrimp.cli import main
+from attrimp.data.annotations import SOURCES
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -247,8 +247,8 @@ def test_priors_match_the_raw_file(
 
 def test_priors_known_quirk_rows(shared_data):
     """The Python API behind the command: Duke's quirks are values of their own."""
-    from attrimp.annotations import load_attribute_file
-    from attrimp.priors import compute_priors
+    from attrimp.data.annotations import load_attribute_file
+    from attrimp.data.priors import compute_priors
 
     table = load_attribute_file(shared_data / "duke_attribute.mat", "dukemtmc")
     p = compute_priors(table).set_index(["split", "attribute", "value"])

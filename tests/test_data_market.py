@@ -12,7 +12,7 @@ from PIL import Image
 from attrimp.data.market import load_reid_dataset, parse_image_name
 from attrimp.data.records import load_image
 from attrimp.errors import AttrimpError, DataError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 
 MARKET = load_schema("market1501")
 DUKE = load_schema("dukemtmc")

@@ -15,11 +15,11 @@ import os
 import subprocess
 import sys
 
-from attrimp.checkpoint import load_model
 from attrimp.config import load_config
 from attrimp.data.sampler import PKSampler
-from attrimp.pipeline import prepare_data
-from attrimp.training import latest_checkpoint
+from attrimp.model.checkpoint import load_model
+from attrimp.train.pipeline import prepare_data
+from attrimp.train.training import latest_checkpoint
 from tests.conftest import REPO
 from tests.ddp_probe import digest
 

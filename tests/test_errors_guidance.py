@@ -16,8 +16,8 @@ import backbones
 from attrimp.cli import main
 from attrimp.config import ModelConfig, config_from_dict
 from attrimp.errors import CheckpointError, ConfigError
-from attrimp.model import MoSAICConfig
-from attrimp.pipeline import check_model
+from attrimp.model.mosaic import MoSAICConfig
+from attrimp.train.pipeline import check_model
 from tests.conftest import REPO
 
 REFERENCE = REPO / "studies" / "configs" / "market1501_clip_vitb16.toml"

@@ -1,4 +1,4 @@
-"""`attrimp.evaluation` (feature extraction, result tables, feature files) and `attrimp evaluate`."""
+"""`attrimp.evaluate.evaluation` (feature extraction, result tables, feature files) and `attrimp evaluate`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from attrimp.cli import app
 from attrimp.errors import DataError
-from attrimp.evaluation import (
+from attrimp.evaluate.evaluation import (
     FeatureSet,
     attribute_frame,
     config_table,
@@ -25,8 +25,8 @@ from attrimp.evaluation import (
     per_query_table,
     save_features,
 )
-from attrimp.metrics import evaluate
-from attrimp.schema import load_schema
+from attrimp.evaluate.metrics import evaluate
+from attrimp.model.schema import load_schema
 from tests.test_metrics import HAND_D, HAND_GC, HAND_GP, HAND_QC, HAND_QP
 
 

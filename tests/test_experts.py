@@ -9,7 +9,7 @@ import torch
 
 import backbones
 from attrimp.errors import ConfigError
-from attrimp.experts import ExpertBank, ExpertSiteWrapper, GatedLoRA
+from attrimp.model.experts import ExpertBank, ExpertSiteWrapper, GatedLoRA
 
 IMG = (32, 16)
 FAMILIES = {

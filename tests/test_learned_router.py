@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attrimp.checkpoint import load_model, save_checkpoint
 from attrimp.config import config_from_dict, load_config
 from attrimp.errors import ConfigError
-from attrimp.model import MoSAICConfig, MoSAICReID
-from attrimp.pipeline import model_config
-from attrimp.schema import load_schema
+from attrimp.model.checkpoint import load_model, save_checkpoint
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
+from attrimp.model.schema import load_schema
+from attrimp.train.pipeline import model_config
 from routers.learned import LearnedRouter, attribute_accuracy
 
 MARKET = load_schema("market1501")

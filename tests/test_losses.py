@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attrimp.errors import ConfigError
-from attrimp.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
-from attrimp.optim import build_optimizer, warmup_cosine
+from attrimp.train.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
+from attrimp.train.optim import build_optimizer, warmup_cosine
 
 
 def _loop_triplet(x, y, margin):

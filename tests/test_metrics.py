@@ -1,8 +1,8 @@
-"""`attrimp.metrics`: agreement with the community protocol (torchreid's ``evaluate_rank``).
+"""`attrimp.evaluate.metrics`: agreement with the community protocol (torchreid's ``evaluate_rank``).
 
 torchreid itself cannot be a test dependency (its PyPI sdist ships neither the Cython source nor
 a usable package for this Python), so `reference_eval` below re-derives its protocol step by
-step, one query at a time, in the plainest numpy possible; `attrimp.metrics.evaluate` is a
+step, one query at a time, in the plainest numpy possible; `attrimp.evaluate.metrics.evaluate` is a
 completely different (sort-by-value + binary-search) algorithm, so agreement is meaningful.
 The hand-worked fixture pins the numbers independently of both.
 """
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
 from attrimp.errors import ConfigError, DataError
-from attrimp.metrics import EvalResult, evaluate, pairwise_distance
+from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
 
 # --------------------------------------------------------------------------------------------
 # An independent, loop-based reference following torchreid's eval_market1501 protocol.
@@ -196,9 +196,9 @@ def test_chunking_and_inputs_do_not_change_results():
 
 def test_torch_sort_path_used_on_gpus_agrees(monkeypatch):
     """On a GPU the sorts are torch's, not numpy's: run that code path here on the CPU."""
-    import attrimp.metrics
+    import attrimp.evaluate.metrics
 
-    monkeypatch.setattr(attrimp.metrics, "_NUMPY_SORT_ON_CPU", False)
+    monkeypatch.setattr(attrimp.evaluate.metrics, "_NUMPY_SORT_ON_CPU", False)
     rng = np.random.default_rng(6)
     for ties in (False, True):
         d, qp, gp, qc, gc = market_like(rng, ties=ties)

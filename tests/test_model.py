@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import backbones
-from attrimp.checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from attrimp.errors import CheckpointError, ConfigError, DataError, SchemaError
-from attrimp.model import ModelOutput, MoSAICConfig, MoSAICReID
-from attrimp.schema import load_schema
+from attrimp.model.checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
+from attrimp.model.mosaic import ModelOutput, MoSAICConfig, MoSAICReID
+from attrimp.model.schema import load_schema
 
 IMG = (32, 16)
 TINY = {
@@ -366,7 +366,7 @@ def test_forward_reads_no_camera_id_on_the_device():
                 reads.append(func)
             return func(*args, **(kwargs or {}))
 
-    from attrimp.model import build_backbone
+    from attrimp.model.mosaic import build_backbone
 
     cfg = MoSAICConfig.from_dict({**TINY["timm"].to_dict(), "camera_count": 3})
     with torch.device("meta"):  # the bare backbone: the expert bank's autocast has no meta

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import backbones
-from attrimp.checkpoint import load_weights, save_checkpoint
 from attrimp.config import config_from_dict
 from attrimp.errors import CheckpointError
-from attrimp.pipeline import build_model, datasets, prepare_data
-from attrimp.training import (
+from attrimp.model.checkpoint import load_weights, save_checkpoint
+from attrimp.train.pipeline import build_model, datasets, prepare_data
+from attrimp.train.training import (
     STATE_JSON,
     STATE_WEIGHTS,
     latest_checkpoint,
@@ -136,7 +136,7 @@ def test_latest_pointing_nowhere_falls_back_and_deletes_nothing(run, tmp_path, c
     cfg, data, out = _copy(run, tmp_path)
     root = out / "checkpoints"
     (root / "latest").write_text("epoch-0009")
-    with caplog.at_level(logging.WARNING, logger="attrimp.training"):
+    with caplog.at_level(logging.WARNING, logger="attrimp.train.training"):
         found = latest_checkpoint(out)
     assert found == root / "epoch-0001"
     assert "names 'epoch-0009', which is missing or incomplete" in caplog.text
@@ -264,7 +264,7 @@ def test_mosaic_checkpoint_seeds_a_backbone_at_another_size(tmp_path, family):
         if k != key:
             assert torch.equal(v, plain[k]), k
     # and as the seed of a whole model at that size
-    from attrimp.model import MoSAICReID
+    from attrimp.model.mosaic import MoSAICReID
 
     bigger = MoSAICReID(
         model.config.__class__.from_dict(

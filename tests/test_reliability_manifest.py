@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from attrimp.annotations import load_manifest_attributes
+from attrimp.data.annotations import load_manifest_attributes
 from attrimp.data.manifest import load_manifest
 from attrimp.errors import DataError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 from tests.test_data_manifest import SCHEMA, _img
 
 ROWS = [

@@ -177,11 +177,11 @@ def test_unwritable_out_is_one_sentence_before_any_work(
 
     monkeypatch.setattr(aio.tempfile, "mkstemp", read_only)
     import attrimp.data.synth
-    import attrimp.pipeline
+    import attrimp.train.pipeline
     import studies.battery
 
     monkeypatch.setattr(studies.battery, "run_battery", never)
-    monkeypatch.setattr(attrimp.pipeline, "prepare_data", never)
+    monkeypatch.setattr(attrimp.train.pipeline, "prepare_data", never)
     monkeypatch.setattr(attrimp.data.synth, "make_synthetic_world", never)
     out = tmp_path / "out"
     out.mkdir()

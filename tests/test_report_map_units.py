@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from attrimp.cli import app
 from attrimp.cli.train_cmd import _print_metrics
-from attrimp.evaluation import evaluate_features, save_features
+from attrimp.evaluate.evaluation import evaluate_features, save_features
 from tests.test_evaluation import _sets
 
 

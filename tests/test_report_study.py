@@ -1,4 +1,4 @@
-"""The built-in study's report (attrimp.study_report) reads top to bottom: the answer first in
+"""The built-in study's report (attrimp.study.report) reads top to bottom: the answer first in
 plain words with one sign convention (positive ΔmAP = the attribute helps), terms explained
 once (mINP, share_hurt, Kendall's W, BH), blank p-values explained where they appear, the
 batteries' own reports linked, the planted design as a sentence, prior bars readable at page
@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from attrimp import study_report as sr
+from attrimp.study import report as sr
 from tests.test_report_html import report_html_problems
 
 GROUPS = ["upcolor", "clothes", "hat", "gender"]
@@ -219,7 +219,7 @@ def test_prior_bars_are_drawn_one_split_per_page_wide_figure():
 
 
 def test_group_on_indicators_read_on_and_off_in_the_batteries():
-    from attrimp.study_analyses import on_off
+    from attrimp.study.analyses import on_off
 
     table = pd.DataFrame({"ap": [0.5, 0.7, 0.6], "hat": [0, 1, 1], "bag": [True, False, True]})
     out = on_off(table, ["hat", "bag"])

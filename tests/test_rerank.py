@@ -11,13 +11,13 @@ import torch
 from scipy.spatial.distance import cdist
 
 from attrimp.errors import ConfigError, DataError
-from attrimp.metrics import evaluate
-from attrimp.rerank import k_reciprocal_rerank, rerank_features
+from attrimp.evaluate.metrics import evaluate
+from attrimp.evaluate.rerank import k_reciprocal_rerank, rerank_features
 
 
 def loop_rerank(qg, qq, gg, k1, k2, lam):
     """Zhong et al. 2017, equation by equation, with Python sets (conventions as documented in
-    attrimp/rerank.py: row-max scaling, N(p, k) = k+1 nearest incl. p, paper's >= 2/3)."""
+    attrimp/evaluate/rerank.py: row-max scaling, N(p, k) = k+1 nearest incl. p, paper's >= 2/3)."""
     nq, ng = qg.shape
     d = np.block([[qq, qg], [qg.T, gg]]).astype(np.float64)
     n = nq + ng

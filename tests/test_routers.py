@@ -11,9 +11,9 @@ import pytest
 import scipy.io
 import torch
 
-from attrimp.annotations import load_attribute_file
+from attrimp.data.annotations import load_attribute_file
 from attrimp.errors import ConfigError, SchemaError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 from routers import ROUTERS, build_router
 from routers.counterfactual import CounterfactualRouter
 from routers.mask import MaskRouter

@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 
 from attrimp.errors import SchemaError
-from attrimp.schema import (
+from attrimp.model.schema import (
     AttributeSchema,
     GroupKind,
     MissingPolicy,

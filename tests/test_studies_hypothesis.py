@@ -325,7 +325,7 @@ def test_paired_tests_say_positive_when_the_attribute_helps():
     """A planted helping group: AP drops by 0.1 when its experts are off. The paired tests'
     difference, statistic, effect and CI are positive, and equal the study's leave-one-out
     ΔmAP (full - without) with its sign."""
-    from attrimp.study import leave_one_out_importance
+    from attrimp.study.run import leave_one_out_importance
 
     rng = np.random.default_rng(2)
     n_id, per = 30, 4

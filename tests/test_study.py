@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from attrimp.cli import app
 from attrimp.config import config_from_dict
-from attrimp.study import run_study
+from attrimp.study.run import run_study
 from tests.conftest import REPO
 
 TINY = tomllib.loads((REPO / "studies" / "configs" / "synthetic_tiny.toml").read_text())
@@ -46,7 +46,7 @@ def test_tiny_study_end_to_end(tmp_path):
     cfg = config_from_dict(TINY)
     result = run_study(cfg, tmp_path, progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["schema_version"] == "attrimp.study-report/2"
+    assert report["schema_version"] == "attrimp.study.run-report/2"
     groups = report["data"]["groups"]
     assert len(groups) == 12
     configs = pd.read_csv(tmp_path / "tables" / "configs.csv")
@@ -105,7 +105,7 @@ KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     from attrimp.config import config_from_dict
-    from attrimp.study import run_study
+    from attrimp.study.run import run_study
 
     def die(i, name):
         if i == 3:

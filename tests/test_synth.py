@@ -13,7 +13,7 @@ from PIL import Image
 from attrimp.data import synth
 from attrimp.data.market import load_reid_dataset
 from attrimp.errors import DataError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 
 SMALL = dict(n_identities=6, n_cameras=2, images_per_identity_per_camera=2, size=(64, 32))
 

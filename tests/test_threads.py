@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import attrimp.metrics as metrics
+import attrimp.evaluate.metrics as metrics
 from attrimp.errors import DataError
 from attrimp.threads import SMALL_WORK, available_cpus, cpu_threads, default_threads, threads_for
 

@@ -2,7 +2,7 @@
 
 The training runs use studies/configs/synthetic_tiny.toml as shipped (a random 2-block ViT on a
 16-identity synthetic world), so they also check that config. The metrics the command reports
-are recomputed here from the saved checkpoint with a plain loop and `attrimp.metrics.evaluate`
+are recomputed here from the saved checkpoint with a plain loop and `attrimp.evaluate.metrics.evaluate`
 (itself checked against torchreid in test_metrics.py): the numbers in metrics.json must be the
 numbers of the checkpoint it names.
 """
@@ -19,12 +19,12 @@ import torch
 from typer.testing import CliRunner
 
 import backbones
-from attrimp.checkpoint import load_model
 from attrimp.cli import app
 from attrimp.config import load_config
-from attrimp.metrics import evaluate, pairwise_distance
-from attrimp.pipeline import datasets, prepare_data
-from attrimp.training import latest_checkpoint
+from attrimp.evaluate.metrics import evaluate, pairwise_distance
+from attrimp.model.checkpoint import load_model
+from attrimp.train.pipeline import datasets, prepare_data
+from attrimp.train.training import latest_checkpoint
 from tests.conftest import REPO
 
 CONFIGS = REPO / "studies" / "configs"
@@ -49,7 +49,7 @@ def _features(model, dataset, use_cams: bool):
 
 
 def _recomputed_map(out, metric: str) -> float:
-    """mAP of the checkpoint in ``out``, computed without attrimp.evaluation or the command."""
+    """mAP of the checkpoint in ``out``, computed without attrimp.evaluate.evaluation or the command."""
     cfg = load_config(TINY)
     data = prepare_data(cfg, out)
     model = load_model(latest_checkpoint(out))

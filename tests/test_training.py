@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from attrimp.config import config_from_dict
 from attrimp.errors import ConfigError
-from attrimp.metrics import evaluate, pairwise_distance
-from attrimp.pipeline import build_model, datasets, prepare_data
-from attrimp.schema import load_schema
-from attrimp.training import drop_groups, latest_checkpoint, train
+from attrimp.evaluate.metrics import evaluate, pairwise_distance
+from attrimp.model.schema import load_schema
+from attrimp.train.pipeline import build_model, datasets, prepare_data
+from attrimp.train.training import drop_groups, latest_checkpoint, train
 from tests.conftest import REPO
 
 TINY = {
@@ -98,8 +98,8 @@ KILLER = textwrap.dedent(
     import json, os, signal, sys
     import torch
     from attrimp.config import config_from_dict
-    from attrimp.pipeline import build_model, datasets, prepare_data
-    from attrimp.training import train
+    from attrimp.train.pipeline import build_model, datasets, prepare_data
+    from attrimp.train.training import train
 
     cfg = config_from_dict(json.loads(sys.argv[1]))
     data = prepare_data(cfg, sys.argv[2])
@@ -184,7 +184,7 @@ def test_loop_reads_losses_to_the_host_only_every_log_every_steps(world, tmp_pat
     per epoch, and the epoch statistics are still exactly the mean of the per-step values."""
     import inspect
 
-    import attrimp.training as training
+    import attrimp.train.training as training
 
     cfg, data = world
     cfg.train.epochs = 2
@@ -257,9 +257,9 @@ DDP_WORKER = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     import torch
-    import attrimp.training as training
+    import attrimp.train.training as training
     from attrimp.config import config_from_dict
-    from attrimp.pipeline import build_model, datasets, prepare_data
+    from attrimp.train.pipeline import build_model, datasets, prepare_data
     from tests.test_training import _record_losses
 
     class Patch:  # the bit of pytest's monkeypatch that _record_losses uses
@@ -355,7 +355,7 @@ def test_compiled_step_matches_the_eager_step(world, tmp_path, monkeypatch, capl
     """The compiled step (Dynamo capture + AOTAutograd's forward/backward split, here with the
     code-free aot_eager backend so the test stays fast on a CPU) trains exactly as the eager
     step: same logged losses, same weights after three optimiser steps."""
-    import attrimp.training as training
+    import attrimp.train.training as training
 
     cfg, data = world
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
@@ -370,7 +370,7 @@ def test_compiled_step_matches_the_eager_step(world, tmp_path, monkeypatch, capl
     torch._dynamo.reset()
     eager, w_eager = _short_run(cfg, data, tmp_path / "eager", "eager")
     assert calls == []  # eager means eager
-    with caplog.at_level("WARNING", logger="attrimp.training"):
+    with caplog.at_level("WARNING", logger="attrimp.train.training"):
         compiled, w_compiled = _short_run(cfg, data, tmp_path / "compiled", "default")
     assert [c["backend"] for c in calls] == ["aot_eager"] and calls[0]["dynamic"] is False
     assert not [r for r in caplog.records if "failed" in r.getMessage()]  # no eager fallback
@@ -384,7 +384,7 @@ def test_compiled_step_matches_the_eager_step(world, tmp_path, monkeypatch, capl
 
 def test_the_training_step_is_one_graph(world):
     """No graph break in forward + losses: CUDA graphs then cover the whole step."""
-    import attrimp.training as training
+    import attrimp.train.training as training
 
     cfg, data = world
     torch.manual_seed(0)
@@ -402,7 +402,7 @@ def test_the_training_step_is_one_graph(world):
 
 
 def test_compile_setting_resolves_per_device():
-    from attrimp.training import resolve_compile
+    from attrimp.train.training import resolve_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_compile("auto", cuda) == "reduce-overhead"  # the default on a GPU
@@ -460,7 +460,7 @@ def test_each_training_run_compiles_its_own_step(monkeypatch):
     """A study that retrains many configurations in one process compiles each run's step
     afresh: with one shared cache the ninth run would pass torch's recompile limit and train
     eagerly without a word."""
-    import attrimp.training as training
+    import attrimp.train.training as training
 
     monkeypatch.setattr(training, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()

@@ -46,19 +46,19 @@ def ablate_command(
     from rich.console import Console
     from rich.progress import Progress
 
-    from attrimp.checkpoint import load_model
-    from attrimp.conditions import ConditionEvaluator
     from attrimp.config import config_from_dict, load_config
     from attrimp.errors import CheckpointError
-    from attrimp.pipeline import datasets, prepare_data
-    from attrimp.study import (
+    from attrimp.evaluate.conditions import ConditionEvaluator
+    from attrimp.model.checkpoint import load_model
+    from attrimp.study.run import (
         atomic_write_frame,
         config_table,
         delta_table,
         leave_one_out_importance,
         study_conditions,
     )
-    from attrimp.training import resolve_checkpoint, resolve_device
+    from attrimp.train.pipeline import datasets, prepare_data
+    from attrimp.train.training import resolve_checkpoint, resolve_device
 
     cfg = load_config(config)
     if designs:

@@ -31,7 +31,7 @@ def fetch_attributes(
 
     Example: attrimp data fetch-attributes market1501 --out data/  (offline: --url file:///path/market_attribute.mat)
     """
-    from attrimp.annotations import SOURCES, fetch_attribute_file
+    from attrimp.data.annotations import SOURCES, fetch_attribute_file
 
     path, downloaded = fetch_attribute_file(dataset, out, url=url)
     spec = SOURCES[dataset.lower().replace("-", "")]
@@ -60,9 +60,9 @@ def priors(
 
     Example: attrimp data priors --dataset market1501 --attributes data/market_attribute.mat --out runs/priors
     """
-    from attrimp.annotations import load_attribute_file, load_manifest_attributes
-    from attrimp.priors import write_priors
-    from attrimp.schema import load_schema
+    from attrimp.data.annotations import load_attribute_file, load_manifest_attributes
+    from attrimp.data.priors import write_priors
+    from attrimp.model.schema import load_schema
 
     key = dataset.lower().replace("-", "")
     if key not in PRIOR_DATASETS:

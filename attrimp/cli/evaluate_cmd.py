@@ -6,10 +6,10 @@ trained checkpoint on a config's query/gallery.
 
 The feature file holds ``query_features``, ``query_pids``, ``query_camids`` and the same for
 ``gallery_`` (optionally ``*_attributes`` multi-hot and, in ``.npz``, ``*_ids``); write one with
-`attrimp.evaluation.save_features`.
+`attrimp.evaluate.evaluation.save_features`.
 
 Hook for the checkpoint + dataset mode: build the two `FeatureSet`s with
-`attrimp.evaluation.extract_features` (model + query/gallery loaders) and hand them to
+`attrimp.evaluate.evaluation.extract_features` (model + query/gallery loaders) and hand them to
 `run_evaluation` exactly as `evaluate_command` does after `load_features`; everything after
 that (metrics, re-ranking, tables, printing) is shared.
 """
@@ -92,12 +92,12 @@ def evaluate_command(
             schema = schema if schema is not None or attributes is not None else schema_name
             name = config or checkpoint.name
         else:
-            from attrimp.evaluation import load_features
+            from attrimp.evaluate.evaluation import load_features
 
             if not features.is_file():
                 raise DataError(
                     f"The feature file {str(features)!r} does not exist: write one with "
-                    "attrimp.evaluation.save_features, or evaluate a trained model directly with "
+                    "attrimp.evaluate.evaluation.save_features, or evaluate a trained model directly with "
                     "`attrimp evaluate --checkpoint RUN --data CONFIG` (RUN from `attrimp train`)."
                 )
             query, gallery = load_features(features)
@@ -128,12 +128,12 @@ def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
     """Query and gallery `FeatureSet`s of a trained model on a config's dataset."""
     from torch.utils.data import DataLoader
 
-    from attrimp.checkpoint import load_model
     from attrimp.config import load_config
-    from attrimp.evaluation import extract_features
-    from attrimp.pipeline import datasets, prepare_data
-    from attrimp.schema import BUILTIN_SCHEMAS
-    from attrimp.training import resolve_checkpoint
+    from attrimp.evaluate.evaluation import extract_features
+    from attrimp.model.checkpoint import load_model
+    from attrimp.model.schema import BUILTIN_SCHEMAS
+    from attrimp.train.pipeline import datasets, prepare_data
+    from attrimp.train.training import resolve_checkpoint
 
     cfg = load_config(data)
     dev = _device(device)
@@ -234,7 +234,7 @@ def run_evaluation(
     `EvalResult` (shared by every way of obtaining features)."""
     from rich.table import Table
 
-    from attrimp.evaluation import (
+    from attrimp.evaluate.evaluation import (
         attribute_frame,
         config_table,
         evaluate_features,
@@ -271,7 +271,7 @@ def run_evaluation(
         if schema is not None:
             if query.attributes is None:
                 raise DataError("--schema needs query_attributes in the feature file; it has none.")
-            from attrimp.schema import load_schema
+            from attrimp.model.schema import load_schema
 
             sch = load_schema(schema)
             if query.attributes.shape[1] != sch.n_slots:

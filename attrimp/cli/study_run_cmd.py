@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from attrimp.config import config_from_dict, load_config
-        from attrimp.study import run_study
+        from attrimp.study.run import run_study
 
         if config is None:
             import tomllib

@@ -122,8 +122,8 @@ def _train_locked(
 ) -> dict[str, Any] | None:
     import torch
 
-    from attrimp.pipeline import build_model, datasets, prepare_data
-    from attrimp.training import init_distributed, latest_checkpoint, train
+    from attrimp.train.pipeline import build_model, datasets, prepare_data
+    from attrimp.train.training import init_distributed, latest_checkpoint, train
 
     dev = _device(device or cfg.device)
     dist = init_distributed(dev)
@@ -190,7 +190,7 @@ def _device(name: str):
     """The device of this process: under torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``."""
     import torch
 
-    from attrimp.training import resolve_device
+    from attrimp.train.training import resolve_device
 
     dev = resolve_device(name)
     if dev.type == "cuda" and dev.index is None:
@@ -324,7 +324,7 @@ def _check_run_folder(out: Path, cfg, found: Path | None, is_main: bool, console
                 "to replace that run."
             )
     if found is None and is_main:
-        from attrimp.training import latest_checkpoint
+        from attrimp.train.training import latest_checkpoint
 
         old_ckpt = latest_checkpoint(out)
         if old_ckpt is not None:
@@ -345,7 +345,7 @@ def _evaluate(model, query, gallery, cfg, device, num_workers: int, progress: bo
     """Standard-protocol mAP / CMC / mINP of the trained model (its own, oracle, router)."""
     from torch.utils.data import DataLoader
 
-    from attrimp.evaluation import evaluate_features, extract_features
+    from attrimp.evaluate.evaluation import evaluate_features, extract_features
 
     def features(dataset, what: str):
         loader = DataLoader(

@@ -14,7 +14,7 @@ import numpy as np
 
 from attrimp.data.records import DISTRACTOR_PID, JUNK_PID, DataReport, describe_ids
 from attrimp.errors import DataError
-from attrimp.schema import AttributeSchema
+from attrimp.model.schema import AttributeSchema
 
 MISSING_POLICIES = ("error", "skip")
 
@@ -33,7 +33,7 @@ class IdentityAttributes:
 def read_identity_attributes(path: str | Path, dataset: str) -> IdentityAttributes:
     """Read an identity-level attribute file (.mat as released, or CSV) through the annotations
     loader, which owns every format quirk; here we only need pid, split and multi-hot."""
-    from attrimp.annotations import load_attribute_file
+    from attrimp.data.annotations import load_attribute_file
 
     path = Path(path)
     table = load_attribute_file(path, dataset=dataset)

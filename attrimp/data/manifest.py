@@ -25,7 +25,7 @@ import pandas as pd
 from attrimp.data.market import _check_query_matches
 from attrimp.data.records import JUNK_PID, SPLITS, DataReport, ImageRecord, ReIDData
 from attrimp.errors import DataError, SchemaError
-from attrimp.schema import AttributeSchema, MissingPolicy, load_schema
+from attrimp.model.schema import AttributeSchema, MissingPolicy, load_schema
 
 REQUIRED = ("path", "pid", "camid", "split")
 #: the path column of a manifest that opts in to absolute image paths (instead of ``path``)

@@ -37,7 +37,7 @@ from attrimp.data.records import (
     describe_ids,
 )
 from attrimp.errors import DataError
-from attrimp.schema import load_schema
+from attrimp.model.schema import load_schema
 
 DATASETS = ("market1501", "dukemtmc")
 FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attrimp.errors import DataError
-from attrimp.schema import AttributeSchema
+from attrimp.model.schema import AttributeSchema
 
 SPLITS = ("train", "query", "gallery")
 #: Identity code of Market/Duke "distractor" images: kept in the gallery, never annotated.

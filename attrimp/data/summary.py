@@ -10,7 +10,7 @@ import numpy as np
 
 from attrimp.data.records import DISTRACTOR_PID, SPLITS, ReIDData, load_image
 from attrimp.errors import DataError
-from attrimp.schema import MULTIPLE, UNKNOWN
+from attrimp.model.schema import MULTIPLE, UNKNOWN
 
 
 @dataclass

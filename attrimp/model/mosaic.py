@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from attrimp.errors import ConfigError, DataError, SchemaError
-from attrimp.experts import DEFAULT_BLOCKS, POOLINGS, SITES, ExpertBank
-from attrimp.interfaces import Backbone, Router
-from attrimp.schema import AttributeSchema, load_schema
+from attrimp.model.experts import DEFAULT_BLOCKS, POOLINGS, SITES, ExpertBank
+from attrimp.model.interfaces import Backbone, Router
+from attrimp.model.schema import AttributeSchema, load_schema
 
 
 @dataclass
@@ -201,13 +201,13 @@ class MoSAICReID(nn.Module):
                     f"Attributes of shape {list(attributes.shape)} do not fit schema "
                     f"{self.schema.name!r}, which needs [batch, {self.schema.n_slots}]."
                 )
-        feature_router = gates is None and bool(getattr(router, "needs_features", False))
+        feature_router = gates is None and router.needs_features
         if feature_router:
             self._check_feature_router(router)
         if gates is None and not feature_router:
             if attributes is None:
                 raise ConfigError(
-                    f"The {getattr(router, 'name', type(router).__name__)!r} router needs the "
+                    f"The {router.name!r} router needs the "
                     "attribute annotations; pass attributes= or use a router that reads the image "
                     "(e.g. 'learned')."
                 )
@@ -254,9 +254,9 @@ class MoSAICReID(nn.Module):
             )
 
     def _check_feature_router(self, router: Router) -> None:
-        if getattr(router, "needs_features", False) and self.experts.block_indices[:1] == (0,):
+        if router.needs_features and self.experts.block_indices[:1] == (0,):
             raise ConfigError(
-                f"The {getattr(router, 'name', 'feature')!r} router reads the CLS token at the "
+                f"The {router.name!r} router reads the CLS token at the "
                 "input of the first expert block, but the experts start at block 0 where that "
                 "token has not seen the image yet; use fewer expert blocks than the backbone has."
             )

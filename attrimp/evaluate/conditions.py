@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attrimp.ablation import Condition
-from attrimp.interfaces import Router
-from attrimp.metrics import EvalResult, evaluate, pairwise_distance
-from attrimp.model import MoSAICReID
-from attrimp.schema import AttributeSchema
+from attrimp.evaluate.ablation import Condition
+from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
+from attrimp.model.interfaces import Router
+from attrimp.model.mosaic import MoSAICReID
+from attrimp.model.schema import AttributeSchema
 from attrimp.threads import cpu_threads, threads_for
 
 
@@ -101,7 +101,7 @@ class ConditionEvaluator:
         self.sets = {"query": query_set, "gallery": gallery_set}
         blocks = model.experts.block_indices
         self.split_block = blocks[0] if blocks else len(model.backbone.blocks)
-        self.use_prefix = hasattr(model.backbone, "forward_prefix")
+        self.use_prefix = model.backbone.splits_forward
         self.splits = {name: self._prepare(name, ds) for name, ds in self.sets.items()}
 
     @classmethod
@@ -189,12 +189,12 @@ class ConditionEvaluator:
     # ------------------------------------------------------------------ features
     def features(self, name: str, router: Router | None, *, reset: bool = True) -> torch.Tensor:
         """BNNeck features of split ``name`` under ``router`` (None = the model's own router)."""
-        if reset and hasattr(router, "reset"):
+        if reset and router is not None:
             router.reset()
         split = self.splits[name]
         out = []
         with torch.no_grad(), self._autocast(), cpu_threads(self._threads(self.batch_size)):
-            if router is None or not self.use_prefix or getattr(router, "needs_features", False):
+            if router is None or not self.use_prefix or router.needs_features:
                 for start, images, camids in self._batches(self.sets[name]):
                     attrs = split.device_attributes[start : start + len(images)]
                     feats = self.model(images, attrs, self._camids(camids), router=router).features

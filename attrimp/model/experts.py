@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attrimp.errors import ConfigError
-from attrimp.interfaces import Backbone
+from attrimp.model.interfaces import Backbone
 
 POOLINGS = ("mean", "max", "sum")
 SITES = ("mlp", "attn")

@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 import attrimp
 from attrimp.errors import AttrimpError, CheckpointError
 from attrimp.io import atomic_write_text, sha256_file, tmp_name
-from attrimp.model import MoSAICConfig, MoSAICReID
-from attrimp.schema import AttributeSchema
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
+from attrimp.model.schema import AttributeSchema
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -87,7 +87,7 @@ def save_checkpoint(
         "attrimp_version": attrimp.__version__,
         "model": model.config.to_dict(),
         "schema": model.schema.to_dict(),
-        "router": getattr(model.router, "name", type(model.router).__name__),
+        "router": model.router.name,
         "weights": {"file": WEIGHTS_FILE, "sha256": digest},
         "metadata": meta_json,
     }

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from attrimp.errors import ConfigError, DataError
-from attrimp.metrics import pairwise_distance
+from attrimp.evaluate.metrics import pairwise_distance
 
 __all__ = ["k_reciprocal_rerank", "rerank_features"]
 
@@ -61,8 +61,8 @@ def k_reciprocal_rerank(
 ) -> torch.Tensor:
     """Re-ranked ``[n_query, n_gallery]`` distances from the three distance blocks.
 
-    Pass the distances you would rank by (e.g. `attrimp.metrics.pairwise_distance`); the result
-    is on ``device`` (default: that of ``q_g_dist``) and feeds `attrimp.metrics.evaluate`.
+    Pass the distances you would rank by (e.g. `attrimp.evaluate.metrics.pairwise_distance`); the result
+    is on ``device`` (default: that of ``q_g_dist``) and feeds `attrimp.evaluate.metrics.evaluate`.
     """
     qg = torch.as_tensor(q_g_dist)
     dev = torch.device(device) if device is not None else qg.device

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from attrimp.errors import ConfigError
-from attrimp.schema import AttributeSchema
+from attrimp.model.schema import AttributeSchema
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import StudyConfig
-from attrimp.schema import AttributeSchema
+from attrimp.model.schema import AttributeSchema
 
 SWITCHING_DESIGNS = ("full", "backbone", "leave_one_out", "only_one", "random_subsets")
 

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import DESIGNS, StudyConfig
-from attrimp.study_analyses import StudyAnalyses
+from attrimp.study.analyses import StudyAnalyses
 from studies.report import clean_value, records
 from studies.report_md import md_escape as _md_escape
 
 #: /2 added ``answer`` (the plain-words answer as data) and ``battery_warnings``
-SCHEMA_VERSION = "attrimp.study-report/2"
+SCHEMA_VERSION = "attrimp.study.run-report/2"
 
 DESIGN_ORDER = DESIGNS
 
@@ -38,7 +38,7 @@ ANALYSIS_NAMES = {
     "configurations": "configuration-level battery",
 }
 
-#: what each battery under analyses/ asks (attrimp.study_analyses)
+#: what each battery under analyses/ asks (attrimp.study.analyses)
 BATTERY_ABOUT = {
     "switching": "per query × configuration, AP on the group-on indicators, clustered by "
     "identity: which experts the model relies on, query by query",
@@ -184,12 +184,12 @@ def _figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dict[str
 
 
 def _prior_figures(priors: pd.DataFrame) -> dict[str, bytes]:
-    """One prior-bar figure per split (attrimp.priors draws the splits side by side: 17 inches
+    """One prior-bar figure per split (attrimp.data.priors draws the splits side by side: 17 inches
     wide, its segment labels shrink to ~3 pt at page width; one split per figure is drawn at
     about the page's own width, so every label stays readable)."""
     import tempfile
 
-    from attrimp.priors import plot_priors
+    from attrimp.data.priors import plot_priors
 
     figs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -524,7 +524,7 @@ def write_study_report(
     planted: dict[str, Any] | None,
     model_info: dict[str, Any],
 ) -> dict[str, Any]:
-    from attrimp.study import atomic_write_bytes, atomic_write_text
+    from attrimp.study.run import atomic_write_bytes, atomic_write_text
 
     full = configs.loc[configs["config"] == "full"]
     learned_row = configs.loc[configs["config"] == "learned"]

@@ -31,7 +31,7 @@ import pandas as pd
 
 from attrimp.errors import DataError, SchemaError
 from attrimp.io import atomic_write_bytes, sha256_file
-from attrimp.schema import (
+from attrimp.model.schema import (
     BUILTIN_SCHEMAS,
     MULTIPLE,
     UNKNOWN,

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attrimp.annotations import NO_SPLIT, SPLITS, AttributeTable, value_names
-from attrimp.schema import MULTIPLE, UNKNOWN
+from attrimp.data.annotations import NO_SPLIT, SPLITS, AttributeTable, value_names
+from attrimp.model.schema import MULTIPLE, UNKNOWN
 
 PRIOR_COLUMNS = ["split", "attribute", "value", "count", "probability"]
 

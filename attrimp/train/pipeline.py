@@ -8,7 +8,7 @@ from pathlib import Path
 from attrimp.config import StudyConfig
 from attrimp.data.records import ReIDData
 from attrimp.errors import AttrimpError, ConfigError
-from attrimp.model import MoSAICConfig, MoSAICReID
+from attrimp.model.mosaic import MoSAICConfig, MoSAICReID
 
 #: the real datasets: display name and where their images come from
 REAL_DATASETS = {

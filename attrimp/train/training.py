@@ -1,7 +1,7 @@
 """ReID training of a MoSAIC model: PK batches, ID + triplet (+ centre, + attribute) losses.
 
 The loop is deliberately plain: one epoch = one pass of the PK sampler; a checkpoint after every
-epoch holds the model (``attrimp.checkpoint`` format) *and* the trainer state (optimiser moments,
+epoch holds the model (``attrimp.model.checkpoint`` format) *and* the trainer state (optimiser moments,
 scheduler position, RNG states, log), all safetensors + JSON, so a run killed at any point
 resumes from the last finished epoch and continues bit for bit as if it had never stopped.
 
@@ -32,15 +32,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attrimp.checkpoint import load_weights, save_checkpoint
 from attrimp.config import TrainConfig
 from attrimp.data.dataset import ReIDImageDataset
 from attrimp.data.sampler import PKSampler
 from attrimp.errors import CheckpointError, ConfigError
 from attrimp.io import sha256_file
-from attrimp.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
-from attrimp.model import MoSAICReID
-from attrimp.optim import build_optimizer, warmup_cosine
+from attrimp.model.checkpoint import load_weights, save_checkpoint
+from attrimp.model.mosaic import MoSAICReID
+from attrimp.train.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
+from attrimp.train.optim import build_optimizer, warmup_cosine
 
 LOG_FIELDS = [
     "epoch",
@@ -367,7 +367,7 @@ def loss_step(
     center_loss_weight = 0 does), so its parameters get no gradient at all rather than a zero
     one that AdamW would still decay; its logged value is 0.
     """
-    learned = getattr(model.router, "needs_features", False)
+    learned = model.router.needs_features
 
     def step(
         images: torch.Tensor,
@@ -476,7 +476,7 @@ def train(
         raise ConfigError("The training set must yield classifier labels (target='label').")
     if model.classifier is None:
         raise ConfigError("The model has no identity classifier: build it with num_classes > 0.")
-    if config.weighted_losses_off() and not getattr(model.router, "needs_features", False):
+    if config.weighted_losses_off() and not model.router.needs_features:
         # nothing would train the model: every step a zero loss, and no gradient
         raise ConfigError(
             "Every training loss is switched off: set train.id_loss_weight or "

@@ -2,7 +2,7 @@
 
 * `extract_features` runs a model over a loader (no grad, bf16 autocast on CUDA, progress bar);
 * `evaluate_features` turns query/gallery features into an `EvalResult` (distances, optional
-  k-reciprocal re-ranking, the Market-1501 protocol of `attrimp.metrics.evaluate`);
+  k-reciprocal re-ranking, the Market-1501 protocol of `attrimp.evaluate.metrics.evaluate`);
 * `per_query_table` / `config_table` write the two tables the studies battery reads;
 * `save_features` / `load_features` keep features in a file (``.npz`` or ``.safetensors``) so
   that evaluation can be rerun, re-ranked or re-tabulated without the model.
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from attrimp.errors import DataError
-from attrimp.metrics import EvalResult, evaluate, pairwise_distance
-from attrimp.model import MoSAICReID
+from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
+from attrimp.model.mosaic import MoSAICReID
 
 __all__ = [
     "FeatureSet",
@@ -188,7 +188,7 @@ def evaluate_features(
 ) -> EvalResult:
     """Distances (optionally k-reciprocal re-ranked) and the Market-1501 protocol metrics."""
     if rerank:
-        from attrimp.rerank import rerank_features
+        from attrimp.evaluate.rerank import rerank_features
 
         dist = rerank_features(
             query.features,

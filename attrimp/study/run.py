@@ -5,8 +5,8 @@ Stages (each cached, so a killed run resumes without redoing finished work):
 1. **data** — the configured dataset, or the synthetic world generated once into ``work/``;
    the attribute priors (the paper's Figure 4).
 2. **train** — one MoSAIC model; its folder is keyed by a hash of the data, model, expert,
-   router and training settings, and `attrimp.training` resumes inside an epoch sequence.
-3. **conditions** — every test-time configuration of `attrimp.ablation` evaluated on the trained
+   router and training settings, and `attrimp.train.training` resumes inside an epoch sequence.
+3. **conditions** — every test-time configuration of `attrimp.evaluate.ablation` evaluated on the trained
    model; one Parquet file per condition, keyed by the condition and the model's hash.
 4. **tables** — the per-query long table, the configuration-level table, the paired Δ table.
 5. **analyses** — the studies battery on each table with the design it calls for.
@@ -244,9 +244,9 @@ def _run_study(
 ) -> StudyResult | None:
     import torch
 
-    from attrimp.conditions import ConditionEvaluator, attribute_only_baseline
-    from attrimp.pipeline import datasets, prepare_data
-    from attrimp.training import init_distributed, resolve_device
+    from attrimp.evaluate.conditions import ConditionEvaluator, attribute_only_baseline
+    from attrimp.train.pipeline import datasets, prepare_data
+    from attrimp.train.training import init_distributed, resolve_device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,7 +295,7 @@ def _run_study(
 
     # 3. conditions ---------------------------------------------------------------------------
     conditions = study_conditions(cfg, data.schema, model)
-    if "learned" in cfg.ablation.designs and not getattr(model.router, "needs_features", False):
+    if "learned" in cfg.ablation.designs and not model.router.needs_features:
         stages.say(
             "conditions", "the model was trained with the oracle router: no learned-router run"
         )
@@ -392,7 +392,7 @@ def _run_study(
         return None
 
     # 5. analyses -----------------------------------------------------------------------------
-    from attrimp.study_analyses import run_study_analyses
+    from attrimp.study.analyses import run_study_analyses
 
     stages.say(
         "analyses", "statistics battery on the per-query, subset, configuration and Δ tables"
@@ -404,7 +404,7 @@ def _run_study(
     stages.end()
 
     # 6. report -------------------------------------------------------------------------------
-    from attrimp.study_report import write_study_report
+    from attrimp.study.report import write_study_report
 
     design_file = Path(data.root) / "synth.json"
     planted = json.loads(design_file.read_text()) if design_file.exists() else None
@@ -434,9 +434,9 @@ def _run_study(
 
 # --------------------------------------------------------------------------- stages
 def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
-    """The paper's Figure 4 from the dataset's own annotation file (attrimp.priors)."""
-    from attrimp.annotations import load_attribute_file, load_manifest_attributes
-    from attrimp.priors import compute_priors, plot_priors
+    """The paper's Figure 4 from the dataset's own annotation file (attrimp.data.priors)."""
+    from attrimp.data.annotations import load_attribute_file, load_manifest_attributes
+    from attrimp.data.priors import compute_priors, plot_priors
 
     # A manifest's `attribute_source` is the image-level manifest itself: read it per identity.
     if cfg.data.dataset == "manifest":
@@ -454,9 +454,9 @@ def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
 def study_conditions(cfg: StudyConfig, schema, model) -> list:
     """The test-time conditions of ``cfg.ablation.designs`` that ``model`` can run (a learned-
     router condition needs a model trained with the learned router)."""
-    from attrimp.ablation import make_conditions
+    from attrimp.evaluate.ablation import make_conditions
 
-    learned = getattr(model.router, "needs_features", False)
+    learned = model.router.needs_features
     return [
         c
         for c in make_conditions(
@@ -482,9 +482,9 @@ def _trained_model(
 ):
     import torch
 
-    from attrimp.checkpoint import load_model
-    from attrimp.pipeline import build_model, datasets
-    from attrimp.training import latest_checkpoint, train
+    from attrimp.model.checkpoint import load_model
+    from attrimp.train.pipeline import build_model, datasets
+    from attrimp.train.training import latest_checkpoint, train
 
     key = cfg.fingerprint("data", "model", "experts", "router", "train")
     folder = out / "cache" / f"train-{key}"
@@ -535,7 +535,7 @@ def _model_info(model) -> dict[str, Any]:
         "expert_parameters": model.expert_parameter_count(),
         "backbone_parameters": model.backbone_parameter_count(),
         "expert_share": model.expert_parameter_share(),
-        "router": getattr(model.router, "name", type(model.router).__name__),
+        "router": model.router.name,
     }
 
 
@@ -544,7 +544,7 @@ def _learned_router_accuracy(model, evaluator, data) -> dict[str, Any] | None:
     import torch
 
     router = model.router
-    if not getattr(router, "needs_features", False):
+    if not router.needs_features:
         return None
     from routers.learned import attribute_accuracy
 
@@ -571,11 +571,11 @@ def _retrained_conditions(
     model's per-query table is cached like a test-time condition; returns their paths."""
     import torch
 
-    from attrimp.ablation import make_conditions
-    from attrimp.conditions import ConditionEvaluator, build_router
-    from attrimp.model import MoSAICReID
-    from attrimp.pipeline import datasets, model_config
-    from attrimp.training import train
+    from attrimp.evaluate.ablation import make_conditions
+    from attrimp.evaluate.conditions import ConditionEvaluator, build_router
+    from attrimp.model.mosaic import MoSAICReID
+    from attrimp.train.pipeline import datasets, model_config
+    from attrimp.train.training import train
 
     if not cfg.ablation.retrain:
         return []
