@@ -356,8 +356,22 @@ def _evaluate(
     chunk_elements: int | None,
     workers: int = 1,
 ) -> EvalResult:
+    """`evaluate` inside its thread setting: check the inputs, rank the blocks of query rows
+    (in ``workers`` threads on the CPU), and average the per-query numbers."""
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ConfigError(f"max_rank must be a positive integer; got {max_rank!r}.")
+    dm = _as_distmat(distmat)
+    qp, gp, qc, gc = _checked_ids(dm, q_pids, g_pids, q_camids, g_camids)
+    dev = torch.device(device) if device is not None else dm.device
+    if chunk_elements is None:
+        chunk_elements = DEFAULT_CHUNK_ELEMENTS if dev.type == "cpu" else DEFAULT_CHUNK_ELEMENTS_GPU
+    rows = max(1, int(chunk_elements) // max(1, dm.shape[1]))
+    per_query = _rank_blocks(dm, qp, qc, gp, gc, dev, rows, workers)
+    return _summarise(per_query, int(max_rank), num_junk=int((gp == JUNK_PID).sum()))
+
+
+def _as_distmat(distmat: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The distance matrix as a 2-D float32/float64 tensor (numpy input shares its memory)."""
     if isinstance(distmat, torch.Tensor):
         dm = distmat.detach()
     else:
@@ -369,6 +383,13 @@ def _evaluate(
         raise DataError(f"distmat must be a 2-D matrix; got shape {tuple(dm.shape)}.")
     if not dm.is_floating_point() or dm.dtype in (torch.float16, torch.bfloat16):
         dm = dm.float()
+    return dm
+
+
+def _checked_ids(
+    dm: torch.Tensor, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Identities and cameras as int64 arrays whose lengths match ``dm``: (qp, gp, qc, gc)."""
     qp, gp = _as_ids(q_pids, "q_pids"), _as_ids(g_pids, "g_pids")
     qc, gc = _as_ids(q_camids, "q_camids"), _as_ids(g_camids, "g_camids")
     nq, ng = dm.shape
@@ -377,66 +398,129 @@ def _evaluate(
             f"distmat is {nq} x {ng} but there are {len(qp)} query pids, {len(qc)} query "
             f"camids, {len(gp)} gallery pids and {len(gc)} gallery camids."
         )
-    dev = torch.device(device) if device is not None else dm.device
+    return qp, gp, qc, gc
 
-    num_junk = int((gp == JUNK_PID).sum())
-    upids, members_np = _pid_members(gp, qp[qp != JUNK_PID])
-    slot_np = np.full(nq, -1, dtype=np.int64)  # row of the query's identity in `members_np`
+
+def _on(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).to(dev)
+
+
+def _gallery_index(
+    qp: np.ndarray, gp: np.ndarray, gc: np.ndarray, dev: torch.device
+) -> tuple[_Gallery, np.ndarray]:
+    """The gallery on ``dev``, and each query's row in its member matrix (-1: the query's
+    identity is junk or absent from the gallery)."""
+    upids, members = _pid_members(gp, qp[qp != JUNK_PID])
+    slots = np.full(len(qp), -1, dtype=np.int64)
     if len(upids):
         at = np.minimum(np.searchsorted(upids, qp), len(upids) - 1)
         found = (upids[at] == qp) & (qp != JUNK_PID)
-        slot_np[found] = at[found]
+        slots[found] = at[found]
+    gallery = _Gallery(
+        _on(gp, dev), _on(gc, dev), _on(members, dev), _on(np.flatnonzero(gp == JUNK_PID), dev)
+    )
+    return gallery, slots
 
-    t = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
-    g = _Gallery(t(gp), t(gc), t(members_np), t(np.flatnonzero(gp == JUNK_PID)))
-    ap = np.full(nq, np.nan)
-    first = np.zeros(nq, dtype=np.int64)
-    last = np.zeros(nq, dtype=np.int64)
-    nhit = np.zeros(nq, dtype=np.int64)
-    if chunk_elements is None:
-        chunk_elements = DEFAULT_CHUNK_ELEMENTS if dev.type == "cpu" else DEFAULT_CHUNK_ELEMENTS_GPU
-    rows = max(1, int(chunk_elements) // max(1, ng))
-    starts = list(range(0, nq if ng else 0, rows))
-    if dev.type != "cpu":
-        workers = 1  # one stream of GPU work; the host only queues it
-    workers = max(1, min(workers, len(starts)))
-    buffers: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
-    for _ in range(workers):  # one reusable sort buffer per worker
-        buffers.put(
-            np.empty(
-                min(rows, nq) * ng, dtype=np.float64 if dm.dtype == torch.float64 else np.float32
-            )
-            if dev.type == "cpu" and ng
-            else None
+
+@dataclass(frozen=True)
+class _PerQuery:
+    """Per-query results, filled block by block: AP, first- and hardest-hit rank, #matches."""
+
+    ap: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    nhit: np.ndarray
+
+    @classmethod
+    def empty(cls, nq: int) -> _PerQuery:
+        def zeros() -> np.ndarray:
+            return np.zeros(nq, dtype=np.int64)
+
+        return cls(np.full(nq, np.nan), zeros(), zeros(), zeros())
+
+
+@dataclass(frozen=True)
+class _BlockJob:
+    """What a worker needs to rank one block of ``rows`` query rows starting at a given row;
+    blocks write disjoint rows of ``out``.  ``buffers`` holds one reusable sort buffer per
+    worker (None: no buffer)."""
+
+    dm: torch.Tensor
+    rows: int
+    dev: torch.device
+    qp: np.ndarray
+    qc: np.ndarray
+    slots: np.ndarray
+    gallery: _Gallery
+    buffers: queue.SimpleQueue[np.ndarray | None]
+    out: _PerQuery
+
+    def __call__(self, s: int) -> None:
+        buffer = self.buffers.get()
+        try:
+            block = self.dm[s : s + self.rows].to(self.dev).contiguous()
+            srt = _sort_rows(block, buffer)
+            _check_finite(block, srt, s)
+            sl = slice(s, s + block.shape[0])
+            q = (_on(self.qp[sl], self.dev), _on(self.qc[sl], self.dev))
+            res = _chunk_metrics(block, srt, *q, _on(self.slots[sl], self.dev), self.gallery)
+            o = self.out
+            o.ap[sl], o.first[sl], o.last[sl], o.nhit[sl] = (x.cpu().numpy() for x in res)
+        finally:
+            self.buffers.put(buffer)
+
+
+def _check_finite(block: torch.Tensor, srt: torch.Tensor, start: int) -> None:
+    """NaN sorts last and -inf first, so the two end columns of the sorted rows tell whether
+    every distance of the block is finite."""
+    if not bool(torch.isfinite(srt[:, 0]).all() & torch.isfinite(srt[:, -1]).all()):
+        bad = int((~torch.isfinite(block)).sum())
+        raise DataError(
+            f"distmat has {bad} non-finite distance(s) (NaN or inf) in query rows "
+            f"{start}..{start + block.shape[0] - 1}; check the features."
         )
 
-    def block_metrics(s: int) -> None:
-        buffer = buffers.get()
-        try:
-            block = dm[s : s + rows].to(dev).contiguous()
-            srt = _sort_rows(block, buffer)
-            # NaN sorts last and -inf first, so the two end columns tell whether all are finite
-            if not bool(torch.isfinite(srt[:, 0]).all() & torch.isfinite(srt[:, -1]).all()):
-                bad = int((~torch.isfinite(block)).sum())
-                raise DataError(
-                    f"distmat has {bad} non-finite distance(s) (NaN or inf) in query rows "
-                    f"{s}..{s + block.shape[0] - 1}; check the features."
-                )
-            sl = slice(s, s + block.shape[0])
-            out = _chunk_metrics(block, srt, t(qp[sl]), t(qc[sl]), t(slot_np[sl]), g)
-            ap[sl], first[sl], last[sl], nhit[sl] = (x.cpu().numpy() for x in out)
-        finally:
-            buffers.put(buffer)
 
+def _rank_blocks(
+    dm: torch.Tensor,
+    qp: np.ndarray,
+    qc: np.ndarray,
+    gp: np.ndarray,
+    gc: np.ndarray,
+    dev: torch.device,
+    rows: int,
+    workers: int,
+) -> _PerQuery:
+    """Per-query metrics, ``rows`` query rows at a time; on the CPU the blocks are shared
+    between ``workers`` threads (numpy's sort and torch's ops release the GIL), on a GPU one
+    thread queues them all."""
+    nq, ng = dm.shape
+    gallery, slots = _gallery_index(qp, gp, gc, dev)
+    out = _PerQuery.empty(nq)
+    starts = list(range(0, nq if ng else 0, rows))
+    if dev.type != "cpu":
+        workers = 1
+    workers = max(1, min(workers, len(starts)))
+    buffers: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+    dtype = np.float64 if dm.dtype == torch.float64 else np.float32
+    for _ in range(workers):
+        buffers.put(np.empty(min(rows, nq) * ng, dtype) if dev.type == "cpu" and ng else None)
+    job = _BlockJob(dm, rows, dev, qp, qc, slots, gallery, buffers, out)
     if workers == 1:
         for s in starts:
-            block_metrics(s)
-    else:  # blocks write disjoint rows; numpy's sort and torch's ops release the GIL
+            job(s)
+    else:
         with ThreadPoolExecutor(workers, thread_name_prefix="attrimp-eval") as pool:
-            for _ in pool.map(block_metrics, starts):  # re-raises the first block's error
+            for _ in pool.map(job, starts):  # re-raises the first block's error
                 pass
+    return out
 
-    valid = nhit > 0
+
+def _summarise(r: _PerQuery, max_rank: int, *, num_junk: int) -> EvalResult:
+    """mAP, mINP and the CMC curve over the queries that have a true match; raises when none
+    has."""
+    nq = len(r.ap)
+    valid = r.nhit > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise DataError(
@@ -444,9 +528,9 @@ def _evaluate(
             "camera); check that query and gallery come from the same split and use the same "
             "identity numbering."
         )
-    ap = np.where(valid, ap, np.nan)
-    first = np.where(valid, first, 0)
-    inp = np.where(valid, nhit / np.maximum(last, 1), np.nan)
+    ap = np.where(valid, r.ap, np.nan)
+    first = np.where(valid, r.first, 0)
+    inp = np.where(valid, r.nhit / np.maximum(r.last, 1), np.nan)
     hits = np.bincount(np.minimum(first[valid], max_rank + 1), minlength=max_rank + 2)
     cmc = np.cumsum(hits[1 : max_rank + 1]) / num_valid
     return EvalResult(
@@ -458,7 +542,7 @@ def _evaluate(
         first_hit=first,
         rank1=((first == 1) & valid).astype(np.int64),
         valid=valid,
-        max_rank=int(max_rank),
+        max_rank=max_rank,
         num_queries=int(nq),
         num_valid=num_valid,
         num_skipped=int(nq - num_valid),
