@@ -64,6 +64,26 @@ def k_reciprocal_rerank(
     Pass the distances you would rank by (e.g. `attrimp.evaluate.metrics.pairwise_distance`); the result
     is on ``device`` (default: that of ``q_g_dist``) and feeds `attrimp.evaluate.metrics.evaluate`.
     """
+    qg, qq, gg = _checked_blocks(q_g_dist, q_q_dist, g_g_dist, device)
+    nq = qg.shape[0]
+    _check_options(nq + qg.shape[1], k1, k2, lambda_value)
+    dist = _joint_distances(qg, qq, gg)
+    kh = int(round(k1 / 2))  # Python's round is half-to-even, like the authors' np.around
+    nn = _nearest(dist, max(k1 + 1, k2))
+    v = _k_reciprocal_weights(dist, nn, k1, kh, dtype=qg.dtype)
+    if k2 > 1:
+        v = _expand_queries(v, nn, k2)
+    return (1.0 - lambda_value) * _jaccard_distance(v, nq) + lambda_value * dist[:nq, nq:]
+
+
+def _checked_blocks(
+    q_g_dist: torch.Tensor | np.ndarray,
+    q_q_dist: torch.Tensor | np.ndarray,
+    g_g_dist: torch.Tensor | np.ndarray,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three blocks as float tensors on ``device`` (default: that of ``q_g_dist``), their
+    shapes checked against each other."""
     qg = torch.as_tensor(q_g_dist)
     dev = torch.device(device) if device is not None else qg.device
     qg, qq, gg = _t(qg, dev), _t(q_q_dist, dev), _t(g_g_dist, dev)
@@ -73,33 +93,49 @@ def k_reciprocal_rerank(
             f"Re-ranking needs query-gallery {nq} x {ng}, query-query {nq} x {nq} and "
             f"gallery-gallery {ng} x {ng} distances; got {tuple(qq.shape)} and {tuple(gg.shape)}."
         )
-    n = nq + ng
+    return qg, qq, gg
+
+
+def _joint_distances(qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
+    """The ``(Q + G) x (Q + G)`` distances, each row scaled by its maximum so that they mix
+    with the Jaccard distance on the same [0, 1] scale."""
+    dist = torch.cat([torch.cat([qq, qg], 1), torch.cat([qg.T, gg], 1)], 0)
+    if not bool(torch.isfinite(dist).all()):
+        raise DataError("The distances given for re-ranking contain NaN or inf values.")
+    dist /= dist.amax(1, keepdim=True).clamp(min=torch.finfo(qg.dtype).tiny)
+    return dist
+
+
+def _check_options(n: int, k1: int, k2: int, lambda_value: float) -> None:
     if not (1 <= k1 < n) or not (1 <= k2 <= n):
         raise ConfigError(
             f"k1={k1} and k2={k2} must be at least 1 and below the {n} query + gallery images."
         )
     if not 0.0 <= lambda_value <= 1.0:
         raise ConfigError(f"lambda_value must lie in [0, 1]; got {lambda_value}.")
-    dtype = qg.dtype
-    dist = torch.cat([torch.cat([qq, qg], 1), torch.cat([qg.T, gg], 1)], 0)
-    if not bool(torch.isfinite(dist).all()):
-        raise DataError("The distances given for re-ranking contain NaN or inf values.")
-    dist /= dist.amax(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
 
-    kh = int(round(k1 / 2))  # Python's round is half-to-even, like the authors' np.around
-    k_nn = max(k1 + 1, k2)
-    rows = max(1, _BUDGET // n)
-    nn = torch.cat(
+
+def _nearest(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each sample's ``k`` nearest samples (itself first), in row blocks."""
+    rows = max(1, _BUDGET // dist.shape[0])
+    return torch.cat(
         [
-            torch.topk(dist[s : s + rows], k_nn, dim=1, largest=False, sorted=True).indices
-            for s in range(0, n, rows)
+            torch.topk(dist[s : s + rows], k, dim=1, largest=False, sorted=True).indices
+            for s in range(0, dist.shape[0], rows)
         ]
     )
+
+
+def _k_reciprocal_weights(
+    dist: torch.Tensor, nn: torch.Tensor, k1: int, kh: int, *, dtype: torch.dtype
+) -> torch.Tensor:
+    """``V`` (Eq. 7) on ``R*(i)``: ``R(i, k1)`` plus ``R(c, k1/2)`` of the candidates ``c`` in
+    ``R(i, k1)`` that overlap it enough (Eq. 6); rows normalised to sum 1; in ``dtype`` (that
+    of the query-gallery block)."""
+    n = dist.shape[0]
     r_idx, r_ok = _reciprocal(nn, k1)  # [N, k1+1]
     h_idx, h_ok = _reciprocal(nn, kh)  # [N, kh+1]
-
-    # R*(i): R(i) plus R(c, k1/2) of the candidates c in R(i) that overlap it enough (Eq. 6)
-    v = torch.zeros(n, n, dtype=dtype, device=dev)
+    v = torch.zeros(n, n, dtype=dtype, device=dist.device)
     step = max(1, _BUDGET // ((k1 + 1) ** 2 * (kh + 1)))
     for s in range(0, n, step):
         ri, ro = r_idx[s : s + step], r_ok[s : s + step]  # [c, K1]
@@ -114,27 +150,34 @@ def k_reciprocal_rerank(
         # a sample listed twice carries the same weight; 'amax' also ignores the masked zeros
         v[s : s + step].scatter_reduce_(1, members, w, reduce="amax")
     v /= v.sum(1, keepdim=True)
+    return v
 
-    if k2 > 1:  # local query expansion (Eq. 11)
-        vq = torch.empty_like(v)
-        for s in range(0, n, rows):
-            vq[s : s + rows] = v[nn[s : s + rows, :k2]].mean(1)
-        v = vq
 
-    # Jaccard distance between each query and each gallery sample (Eq. 10), over the query's
-    # support only: min(a, b) = 0 wherever a = 0, and sum(max) = sum(a) + sum(b) - sum(min).
+def _expand_queries(v: torch.Tensor, nn: torch.Tensor, k2: int) -> torch.Tensor:
+    """Local query expansion (Eq. 11): ``V`` averaged over each sample's ``k2`` nearest."""
+    rows = max(1, _BUDGET // v.shape[0])
+    vq = torch.empty_like(v)
+    for s in range(0, v.shape[0], rows):
+        vq[s : s + rows] = v[nn[s : s + rows, :k2]].mean(1)
+    return vq
+
+
+def _jaccard_distance(v: torch.Tensor, nq: int) -> torch.Tensor:
+    """Jaccard distance between each query and each gallery sample (Eq. 10), over the query's
+    support only: min(a, b) = 0 wherever a = 0, and sum(max) = sum(a) + sum(b) - sum(min)."""
     vg = v[nq:]
+    ng = vg.shape[0]
     vg_sum = vg.sum(1)
     support = int((v[:nq] > 0).sum(1).max())
     c = max(1, _BUDGET // (ng * support))
-    jac = torch.empty(nq, ng, dtype=dtype, device=dev)
+    jac = torch.empty(nq, ng, dtype=v.dtype, device=v.device)
     for s in range(0, nq, c):
         vqr = v[s : min(s + c, nq)]
         val, idx = torch.topk(vqr, support, dim=1)  # each query's support (zeros pad)
         b = vg[:, idx.flatten()].view(ng, vqr.shape[0], support)
         mins = torch.minimum(b, val[None]).sum(2).T  # [c, G]
         jac[s : s + c] = 1.0 - mins / (vqr.sum(1, keepdim=True) + vg_sum[None] - mins)
-    return (1.0 - lambda_value) * jac + lambda_value * dist[:nq, nq:]
+    return jac
 
 
 def rerank_features(
