@@ -9,6 +9,7 @@ Heavy imports (pandas, statsmodels, scikit-learn, ...) happen inside the command
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,68 +22,106 @@ from studies.errors import StudyInputError
 
 app = typer.Typer(no_args_is_help=True)
 
-#: settings of --quick: a first look in seconds (fewer repeats, folds, SHAP rows, bootstraps)
-QUICK = {"n_repeats": 2, "cv": 3, "shap_rows": 5000, "n_bootstrap": 20}
-
-
-@app.command("analyze")
-def analyze(
-    table: Path = typer.Argument(
-        ..., help="Result table: .csv, .tsv, .parquet or .jsonl (.gz ok)."
-    ),
-    outcome: list[str] = typer.Option(
-        ..., "--outcome", "-y", help="Outcome column (repeatable), e.g. ap, rank1, first_hit."
-    ),
-    cluster: str | None = typer.Option(
-        None, "--cluster", help="Rows sharing this column are not independent (ReID: pid)."
-    ),
-    exclude: list[str] = typer.Option(
-        [], "--exclude", help="Column that is neither outcome nor attribute (repeatable)."
-    ),
-    schema: Path | None = typer.Option(
-        None, "--schema", help="Grouping TOML (e.g. one-hot colour columns -> one group)."
-    ),
-    paired_by: str | None = typer.Option(
-        None, "--paired-by", help="Paired designs: the unit measured under every condition."
-    ),
-    condition: str | None = typer.Option(
-        None, "--condition", help="Paired designs: the column naming the condition."
-    ),
-    alpha: float = typer.Option(0.05, "--alpha", help="Family-wise / FDR level."),
-    family: str = typer.Option(
-        "auto",
+# The options of `study analyze`, one line each in the command's signature below.
+_Table = Annotated[
+    Path, typer.Argument(help="Result table: .csv, .tsv, .parquet or .jsonl (.gz ok).")
+]
+_Outcome = Annotated[
+    list[str],
+    typer.Option("--outcome", "-y", help="Outcome column (repeatable), e.g. ap, rank1, first_hit."),
+]
+_Cluster = Annotated[
+    str | None,
+    typer.Option("--cluster", help="Rows sharing this column are not independent (ReID: pid)."),
+]
+_Exclude = Annotated[
+    list[str],
+    typer.Option("--exclude", help="Column that is neither outcome nor attribute (repeatable)."),
+]
+_Schema = Annotated[
+    Path | None,
+    typer.Option("--schema", help="Grouping TOML (e.g. one-hot colour columns -> one group)."),
+]
+_PairedBy = Annotated[
+    str | None,
+    typer.Option("--paired-by", help="Paired designs: the unit measured under every condition."),
+]
+_Condition = Annotated[
+    str | None,
+    typer.Option("--condition", help="Paired designs: the column naming the condition."),
+]
+_Alpha = Annotated[float, typer.Option("--alpha", help="Family-wise / FDR level.")]
+_Family = Annotated[
+    str,
+    typer.Option(
         "--family",
         help="GLM family: auto (0/1 -> logit, [0, 1] -> fractional_logit, counts -> poisson; "
         "an outcome that looks like a proportion but is not one is refused), or one of "
         "logit, fractional_logit, poisson, negative_binomial, gaussian.",
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of every random step (same seed, same report)."
+]
+_Seed = Annotated[
+    int, typer.Option("--seed", help="Seed of every random step (same seed, same report).")
+]
+_Out = Annotated[Path, typer.Option("--out", help="Folder for the report.")]
+_Repeats = Annotated[
+    int | None,
+    typer.Option(
+        "--repeats", help="Permutation repeats per group and fold (default 5; --quick 2)."
     ),
-    out: Path = typer.Option(Path("runs/analyze"), "--out", help="Folder for the report."),
-    repeats: int | None = typer.Option(
-        None, "--repeats", help="Permutation repeats per group and fold (default 5; --quick 2)."
+]
+_Folds = Annotated[
+    int | None,
+    typer.Option(
+        "--folds", help="Cross-validation folds of the tree models (default 5; --quick 3)."
     ),
-    folds: int | None = typer.Option(
-        None, "--folds", help="Cross-validation folds of the tree models (default 5; --quick 3)."
-    ),
-    shap_rows: int | None = typer.Option(
-        None,
+]
+_ShapRows = Annotated[
+    int | None,
+    typer.Option(
         "--shap-rows",
         help="SHAP explains at most this many distinct attribute rows (default 20000).",
     ),
-    bootstrap: int | None = typer.Option(
-        None, "--bootstrap", help="Cluster-bootstrap replicates for rank stability (default 50)."
+]
+_Bootstrap = Annotated[
+    int | None,
+    typer.Option(
+        "--bootstrap", help="Cluster-bootstrap replicates for rank stability (default 50)."
     ),
-    model: list[str] = typer.Option(
-        ["rf", "xgb"], "--model", help="Tree model(s) for importance and SHAP: rf, xgb."
-    ),
-    quick: bool = typer.Option(
-        False, "--quick", help="Fewer repeats/folds/bootstraps: a fast first look."
-    ),
-    jobs: int = typer.Option(1, "--jobs", help="Threads for the tree models' folds."),
-    no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+]
+_Model = Annotated[
+    list[str], typer.Option("--model", help="Tree model(s) for importance and SHAP: rf, xgb.")
+]
+_Quick = Annotated[
+    bool, typer.Option("--quick", help="Fewer repeats/folds/bootstraps: a fast first look.")
+]
+_Jobs = Annotated[int, typer.Option("--jobs", help="Threads for the tree models' folds.")]
+_NoFigures = Annotated[bool, typer.Option("--no-figures", help="Skip the PNG figures.")]
+_Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+@app.command("analyze")
+def analyze(
+    table: _Table,
+    outcome: _Outcome,
+    cluster: _Cluster = None,
+    exclude: _Exclude = [],  # noqa: B006 (typer reads the default; it is never mutated)
+    schema: _Schema = None,
+    paired_by: _PairedBy = None,
+    condition: _Condition = None,
+    alpha: _Alpha = 0.05,
+    family: _Family = "auto",
+    seed: _Seed = 0,
+    out: _Out = Path("runs/analyze"),
+    repeats: _Repeats = None,
+    folds: _Folds = None,
+    shap_rows: _ShapRows = None,
+    bootstrap: _Bootstrap = None,
+    model: _Model = ["rf", "xgb"],  # noqa: B006
+    quick: _Quick = False,
+    jobs: _Jobs = 1,
+    no_figures: _NoFigures = False,
+    progress: _Progress = True,
 ) -> None:
     """Run the statistical battery on a result table and write report.json/.md/.html + CSVs.
 
@@ -90,55 +129,39 @@ def analyze(
     """
     err = Console(stderr=True)
     try:
-        _analyze(
-            table=table,
-            outcomes=outcome,
+        _check_flags(paired_by, condition, alpha, family)
+        options = dict(
+            outcome=outcome,
             cluster=cluster,
-            exclude=exclude,
             schema=schema,
+            exclude=exclude,
             paired_by=paired_by,
             condition=condition,
             alpha=alpha,
-            family=family,
             seed=seed,
-            out=out,
-            overrides={
-                "n_repeats": repeats,
-                "cv": folds,
-                "shap_rows": shap_rows,
-                "n_bootstrap": bootstrap,
-            },
+            family=family,
             models=model,
+            n_repeats=repeats,
+            cv=folds,
+            shap_rows=shap_rows,
+            n_bootstrap=bootstrap,
             quick=quick,
-            jobs=jobs,
+            n_jobs=jobs,
             figures=not no_figures,
             progress=progress,
         )
+        _analyze(table, out, options)
     except (StudyInputError, AttrimpError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
 
 
-def _analyze(
-    *,
-    table,
-    outcomes,
-    cluster,
-    exclude,
-    schema,
-    paired_by,
-    condition,
-    alpha,
-    family,
-    seed,
-    out,
-    overrides,
-    models,
-    quick,
-    jobs,
-    figures,
-    progress,
-) -> None:
+def _check_flags(paired_by, condition, alpha: float, family: str) -> None:
+    """The flags that need no table, in the command line's words (``studies.analyze`` checks
+    them again in Python's): a paired design names both columns, alpha in (0, 1), a known
+    GLM family."""
+    from studies.glm import FAMILIES
+
     if (paired_by is None) != (condition is None):
         given, missing = (
             ("--paired-by", "--condition") if paired_by else ("--condition", "--paired-by")
@@ -146,60 +169,29 @@ def _analyze(
         raise StudyInputError(f"{given} needs {missing} as well: a paired design names both.")
     if not 0.0 < alpha < 1.0:
         raise StudyInputError(f"--alpha must lie strictly between 0 and 1, not {alpha}.")
-    from studies.glm import FAMILIES
-
     if family not in ("auto", *FAMILIES):
         raise StudyInputError(f"--family {family!r} is unknown; use auto or one of {FAMILIES}.")
-    for name, value in overrides.items():
-        if value is not None and value < (0 if name == "n_bootstrap" else 1):
-            raise StudyInputError(f"The option for {name} cannot be {value}.")
 
-    from studies.battery import run_battery
-    from studies.design import build_analysis_frame, load_group_spec
-    from studies.io import read_table, table_format
-    from studies.report import write_report
 
+def _analyze(table: Path, out: Path, options: dict) -> None:
+    """``studies.analyze(table, **options).save(out)`` — the Python API itself, so the command
+    and the API cannot drift — with --out checked and locked before the table is read, then
+    the summary printed."""
+    import studies
+
+    with run_output(out):
+        report = studies.analyze(table, **options)
+        files = report.save(out)
+    _print_summary(report, files)
+
+
+def _print_summary(report, files) -> None:
+    """The consensus table(s), the row and warning counts, and where the report is."""
     console = Console()
     if not console.is_terminal:  # piped or captured: no terminal width to respect
         console = Console(width=120)
-    df = read_table(table)
-    spec = load_group_spec(schema) if schema is not None else None
-    frame = build_analysis_frame(
-        df,
-        outcomes=outcomes,
-        cluster=cluster,
-        exclude=exclude,
-        spec=spec,
-        paired_by=paired_by,
-        condition=condition,
-        source=str(table),
-    )
-    settings = dict(QUICK) if quick else {}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    # --out is checked and locked once the input is known good, before the battery (minutes)
-    with run_output(out):
-        result = run_battery(
-            frame,
-            alpha=alpha,
-            seed=seed,
-            models=tuple(dict.fromkeys(models)),
-            n_jobs=jobs,
-            progress=progress,
-            glm_family=family,
-            **settings,
-        )
-        files = write_report(
-            result,
-            out,
-            input_info={
-                "path": str(table),
-                "format": table_format(table),
-                "excluded": list(exclude),
-                "schema": str(schema) if schema is not None else None,
-            },
-            figures=figures,
-        )
-    _summary(console, result, alpha)
+    result, frame = report.result, report.result.frame
+    _summary(console, result, result.settings.alpha)
     n_warn = len(result.warnings)
     console.print(
         f"{frame.rows_used} of {frame.rows_read} rows used, {len(frame.groups)} attribute groups, "
