@@ -2,8 +2,9 @@
 
 Every analysis reads the same frame, so the decisions that change answers are made here, once:
 
-- **Grouping.** A schema / grouping TOML (``load_group_spec``) says which columns form one
-  attribute group. A ``column`` group is one coded column (``codes`` mapped to ``values`` names;
+- **Grouping.** An attribute schema (``attrimp.model.schema.AttributeSchema``, read by the one
+  schema parser; ``load_group_spec`` wraps it) says which columns form one attribute group; a
+  grouping may leave out the ``kind`` and ``values`` an engine schema needs. A ``column`` group is one coded column (``codes`` mapped to ``values`` names;
   ``missing_codes`` become the level ``unknown``). A ``columns`` group is one-hot columns
   collapsed into one factor: the marked column's value name, ``unknown`` when none is marked,
   ``multiple`` when several are. Collapsing matters: 8 colour dummies tested one by one are 8
@@ -30,179 +31,57 @@ Every analysis reads the same frame, so the decisions that change answers are ma
 from __future__ import annotations
 
 import math
-import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
+from attrimp.errors import SchemaError
+from attrimp.model.schema import MULTIPLE, UNKNOWN, AttributeGroup, AttributeSchema, load_schema
 from studies.errors import StudyInputError
 from studies.frame import AnalysisFrame
 
-UNKNOWN = "unknown"
-MULTIPLE = "multiple"
 #: a level with fewer rows (or clusters, when clustered) than this gets a warning
 FEW = 5
 #: names of ReID outcome columns; one found among the attributes gets a warning
 OUTCOME_LIKE = {"ap", "map", "rank1", "rank5", "rank10", "first_hit", "inp", "minp", "cmc"}
-#: where attrimp's built-in schema files live (same distribution; studies must not import attrimp)
-_BUILTIN_SCHEMAS = Path(__file__).resolve().parents[1] / "attrimp" / "schemas"
+
+#: The grouping of a table is an attribute schema, read by attrimp's one parser; these names stay
+#: for code written against the former studies-only parser.
+GroupDef = AttributeGroup
+GroupSpec = AttributeSchema
+
+_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------------------------
-# Group specs
+# Group specs: attrimp's schema, read by its parser, mistakes raised as StudyInputError
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroupDef:
-    """One attribute group: either one coded ``column`` or several one-hot ``columns``."""
-
-    name: str
-    column: str | None = None
-    #: raw codes of ``column``, one per value (None: the raw values are the level names)
-    codes: tuple | None = None
-    columns: tuple[str, ...] | None = None
-    #: level names (of ``codes`` or of ``columns``); None: the codes / column names themselves
-    values: tuple[str, ...] | None = None
-    #: the code that marks a one-hot column as set
-    positive: object = 1
-    #: codes of ``column`` that mean "not annotated" -> level ``unknown``
-    missing_codes: tuple = ()
-    kind: str | None = None
-    description: str = ""
-
-    @property
-    def source_columns(self) -> tuple[str, ...]:
-        return (self.column,) if self.column is not None else tuple(self.columns or ())
-
-    @property
-    def value_names(self) -> tuple[str, ...]:
-        """Level names in declared order (before ``unknown`` / ``multiple``)."""
-        if self.values is not None:
-            return self.values
-        if self.columns is not None:
-            return self.columns
-        return tuple(_level_name(c) for c in self.codes or ())
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    groups: tuple[GroupDef, ...]
-    name: str = ""
-    source: str = "grouping"
-
-    @property
-    def group_names(self) -> list[str]:
-        return [g.name for g in self.groups]
-
-
-def _spec_error(where: str, msg: str) -> StudyInputError:
-    return StudyInputError(f"{where}: {msg}")
-
-
-def _parse_group(raw: dict, i: int, where: str) -> GroupDef:
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise _spec_error(where, f"group number {i + 1} has no `name`.")
-    name = str(raw["name"])
-    at = f"group {name!r}"
-    column, columns = raw.get("column"), raw.get("columns")
-    if (column is None) == (columns is None):
-        raise _spec_error(where, f"{at} needs either `column` (one coded column) or `columns`.")
-    values = raw.get("values")
-    if values is not None:
-        if not isinstance(values, list) or not values:
-            raise _spec_error(where, f"{at} has `values` that is not a non-empty list.")
-        values = tuple(str(v) for v in values)
-        if len(set(values)) != len(values):
-            raise _spec_error(where, f"{at} lists a value twice: {list(values)}.")
-        if {UNKNOWN, MULTIPLE} & set(values):
-            raise _spec_error(where, f"{at} may not name a value {UNKNOWN!r} or {MULTIPLE!r}.")
-    codes = raw.get("codes")
-    missing = tuple(raw.get("missing_codes", ()))
-    if column is not None:
-        if not isinstance(column, str):
-            raise _spec_error(where, f"{at} has a `column` that is not a column name.")
-        if codes is not None:
-            codes = tuple(codes)
-            if len(set(codes)) != len(codes):
-                raise _spec_error(where, f"{at} lists a code twice: {list(codes)}.")
-            if values is not None and len(values) != len(codes):
-                raise _spec_error(where, f"{at} needs one code per value in `codes`.")
-            if set(codes) & set(missing):
-                raise _spec_error(where, f"{at} uses a code both as a value and as missing.")
-        elif values is not None:
-            raise _spec_error(where, f"{at} names `values` but gives no `codes` to map them from.")
-    else:
-        if (
-            not isinstance(columns, list)
-            or not columns
-            or not all(isinstance(c, str) for c in columns)
-        ):
-            raise _spec_error(where, f"{at} has `columns` that is not a list of column names.")
-        columns = tuple(columns)
-        if len(set(columns)) != len(columns):
-            raise _spec_error(where, f"{at} lists a column twice: {list(columns)}.")
-        if values is not None and len(values) != len(columns):
-            raise _spec_error(where, f"{at} needs one value per column in `columns`.")
-        if codes is not None:
-            raise _spec_error(where, f"{at} has one-hot `columns`; use `positive`, not `codes`.")
-    return GroupDef(
-        name=name,
-        column=column,
-        codes=codes,
-        columns=columns,
-        values=values,
-        positive=raw.get("positive", 1),
-        missing_codes=missing,
-        kind=raw.get("kind"),
-        description=str(raw.get("description", "")),
-    )
-
-
-def load_group_spec(path: str | Path) -> GroupSpec:
-    """Read a grouping TOML: attrimp's schema format (``[[groups]]`` with ``name`` and either
-    ``column`` + ``codes`` + ``values`` or ``columns`` + ``positive`` + ``values``) or its minimal
-    form (``name`` + ``columns``). A bare name (``market1501``, ``dukemtmc``) reads attrimp's
-    built-in schema of that name."""
-    p = Path(path)
-    if not p.exists() and p.suffix == "" and (_BUILTIN_SCHEMAS / f"{p.name}.toml").exists():
-        p = _BUILTIN_SCHEMAS / f"{p.name}.toml"
-    if not p.is_file():
-        raise StudyInputError(f"The schema file {str(path)!r} does not exist.")
+def _study_error(read: Callable[[], _T]) -> _T:
+    """Run ``read``; a schema mistake becomes this layer's error with the same sentence."""
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise StudyInputError(f"The schema file {str(p)!r} cannot be read ({e}).") from None
-    except tomllib.TOMLDecodeError as e:
-        raise StudyInputError(f"The schema file {str(p)!r} is not valid TOML ({e}).") from None
-    return parse_group_spec(raw, source=str(p))
+        return read()
+    except SchemaError as e:
+        raise StudyInputError(str(e)) from None
 
 
-def parse_group_spec(raw: dict, *, source: str = "grouping") -> GroupSpec:
-    """A :class:`GroupSpec` from an already-parsed TOML mapping (see :func:`load_group_spec`)."""
-    groups_raw = raw.get("groups")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise StudyInputError(f"The schema {source!r} has no [[groups]] entries.")
-    groups = tuple(_parse_group(g, i, f"The schema {source!r}") for i, g in enumerate(groups_raw))
-    names = [g.name for g in groups]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise StudyInputError(f"The schema {source!r} defines the group {dup[0]!r} twice.")
-    used = [c for g in groups for c in g.source_columns]
-    dupc = sorted({c for c in used if used.count(c) > 1})
-    if dupc:
-        raise StudyInputError(f"The schema {source!r} puts the column {dupc[0]!r} in two groups.")
-    return GroupSpec(groups=groups, name=str(raw.get("name", "")), source=source)
+def load_group_spec(path: str | Path) -> AttributeSchema:
+    """A grouping TOML (attrimp's schema format; ``kind`` / ``values`` optional) or, by bare
+    name (``market1501``, ``dukemtmc``), a built-in schema."""
+    return _study_error(lambda: load_schema(path, experts=False))
 
 
-def spec_from_toml(text: str, *, source: str = "grouping") -> GroupSpec:
-    """A :class:`GroupSpec` from TOML text (e.g. ``studies.simulate.market_like_schema_toml()``)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise StudyInputError(f"The schema {source!r} is not valid TOML ({e}).") from None
-    return parse_group_spec(raw, source=source)
+def parse_group_spec(raw: dict, *, source: str = "grouping") -> AttributeSchema:
+    """A grouping from an already-parsed TOML mapping (see :func:`load_group_spec`)."""
+    return _study_error(lambda: AttributeSchema.from_dict(raw, source=source))
+
+
+def spec_from_toml(text: str, *, source: str = "grouping") -> AttributeSchema:
+    """A grouping from TOML text (e.g. ``studies.simulate.market_like_schema_toml()``)."""
+    return _study_error(lambda: AttributeSchema.from_toml_text(text, source=source))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +123,7 @@ class _Coded:
     nan_column: np.ndarray | None  # per row, index into source columns of the first NaN (or -1)
 
 
-def _code_column(df: pd.DataFrame, g: GroupDef, where: str) -> _Coded:
+def _code_column(df: pd.DataFrame, g: AttributeGroup, where: str) -> _Coded:
     col = df[g.column]
     codes, uniques = pd.factorize(col, use_na_sentinel=True)
     nan = codes < 0
@@ -255,7 +134,7 @@ def _code_column(df: pd.DataFrame, g: GroupDef, where: str) -> _Coded:
         lut = np.array([pos[n] for n in raw_names], dtype=np.int64)
         names = order
     else:
-        names = list(g.value_names)
+        names = list(g.level_names or ())
         has_unknown = False
         lut = np.empty(len(uniques), dtype=np.int64)
         for j, u in enumerate(uniques):
@@ -278,7 +157,7 @@ def _code_column(df: pd.DataFrame, g: GroupDef, where: str) -> _Coded:
     return _Coded(out, names, np.where(nan, 0, -1))
 
 
-def _code_onehot(df: pd.DataFrame, g: GroupDef, where: str, warnings: list[str]) -> _Coded:
+def _code_onehot(df: pd.DataFrame, g: AttributeGroup, where: str, warnings: list[str]) -> _Coded:
     cols = list(g.columns or ())
     n = len(df)
     marks = np.zeros((n, len(cols)), dtype=bool)
@@ -309,7 +188,7 @@ def _code_onehot(df: pd.DataFrame, g: GroupDef, where: str, warnings: list[str])
                     f"(duplicate one-hot columns); those rows fall in the level {MULTIPLE!r}."
                 )
     count = marks.sum(axis=1)
-    names = list(g.value_names) + [UNKNOWN, MULTIPLE]
+    names = list(g.level_names or ()) + [UNKNOWN, MULTIPLE]
     codes = np.where(
         count == 1, marks.argmax(axis=1), np.where(count == 0, len(cols), len(cols) + 1)
     )
@@ -318,7 +197,14 @@ def _code_onehot(df: pd.DataFrame, g: GroupDef, where: str, warnings: list[str])
     return _Coded(codes, names, nan_first)
 
 
-def _auto_group(df: pd.DataFrame, col: str, max_levels: int) -> GroupDef:
+def _code_group(df: pd.DataFrame, g: AttributeGroup, where: str, warnings: list[str]) -> _Coded:
+    """One group as level codes: a coded column, or one-hot columns collapsed into one factor."""
+    if g.column is not None:
+        return _code_column(df, g, where)
+    return _code_onehot(df, g, where, warnings)
+
+
+def _auto_group(df: pd.DataFrame, col: str, max_levels: int) -> AttributeGroup:
     s = df[col]
     nunique = s.nunique(dropna=True)
     kind = s.dtype.kind
@@ -341,7 +227,7 @@ def _auto_group(df: pd.DataFrame, col: str, max_levels: int) -> GroupDef:
             f"(it looks like an identifier or a measurement); exclude it with --exclude {col} or "
             "give a --schema naming the attribute columns."
         )
-    return GroupDef(name=col, column=col)
+    return _study_error(lambda: AttributeGroup(name=col, column=col))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +274,7 @@ def build_analysis_frame(
     outcomes: str | Sequence[str],
     cluster: str | None = None,
     exclude: Iterable[str] = (),
-    spec: GroupSpec | str | Path | None = None,
+    spec: AttributeSchema | str | Path | None = None,
     paired_by: str | None = None,
     condition: str | None = None,
     source: str = "table",
@@ -396,21 +282,76 @@ def build_analysis_frame(
 ) -> AnalysisFrame:
     """Validate a result table and build the frame every analysis reads (see module docstring).
 
-    Raises :class:`StudyInputError` (one sentence naming the column / value) for a user mistake:
-    a missing or duplicated column, a non-numeric or all-NaN outcome, an attribute that cannot
-    be categorical, a value a schema does not define, fewer usable rows than parameters.
+    ``spec`` is an attribute schema or grouping (an `AttributeSchema`, a TOML path or a built-in
+    name). Raises :class:`StudyInputError` (one sentence naming the column / value) for a user
+    mistake: a missing or duplicated column, a non-numeric or all-NaN outcome, an attribute that
+    cannot be categorical, a value a schema does not define, fewer usable rows than parameters.
     """
+    df = _with_unique_columns(df, source)
+    outcomes = _as_list(outcomes)
+    if not outcomes:
+        raise StudyInputError(f"{source}: name at least one outcome column.")
+    roles = _column_roles(df, outcomes, cluster, paired_by, condition, _as_list(exclude), source)
+    if isinstance(spec, (str, Path)):
+        spec = load_group_spec(spec)
+    warnings: list[str] = []
+    defs = _attribute_groups(df, spec, roles, max_levels, source, warnings)
+    coded = {g.name: _code_group(df, g, source, warnings) for g in defs}
+    out_values = {o: _numeric_outcome(df, o, source) for o in outcomes}
+    keep, dropped = _rows_to_keep(df, out_values, (cluster, paired_by, condition), defs, coded)
+    idx = np.flatnonzero(keep)
+    clus = pd.factorize(df[cluster].to_numpy()[idx])[0] if cluster is not None else None
+    factors = {g.name: _factor(g, coded[g.name], idx, clus, warnings) for g in defs}
+    data: dict[str, object] = {o: out_values[o].to_numpy()[idx] for o in outcomes}
+    data.update({name: f.values for name, f in factors.items()})
+    data.update(
+        {c: df[c].to_numpy()[idx] for c in (cluster, paired_by, condition) if c is not None}
+    )
+    groups = [g.name for g in defs if factors[g.name].excluded is None]
+    excluded = {name: f.excluded for name, f in factors.items() if f.excluded is not None}
+    out = pd.DataFrame(data)
+    # group names may equal their column; a leftover excluded group column must not confuse anyone
+    out = out.drop(columns=[g for g in excluded if g in out.columns and g not in groups])
+    frame = AnalysisFrame(
+        data=out,
+        outcomes=outcomes,
+        groups=groups,
+        group_columns={g.name: list(g.source_columns) for g in defs if g.name in groups},
+        cluster=cluster,
+        paired_by=paired_by,
+        condition=condition,
+        rows_read=len(df),
+        rows_dropped=dropped,
+        warnings=warnings,
+        source=source,
+    )
+    frame.excluded_groups.update(excluded)
+    _collinearity_warnings(frame)
+    _check_enough_rows(frame)
+    return frame
+
+
+def _with_unique_columns(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The table with string column names; a name given twice is refused."""
     if not isinstance(df, pd.DataFrame):
         raise StudyInputError(f"{source}: expected a table (pandas DataFrame).")
     cols = [str(c) for c in df.columns]
     dup = sorted({c for c in cols if cols.count(c) > 1})
     if dup:
         raise StudyInputError(f"{source}: the column name {dup[0]!r} appears more than once.")
-    df = df.set_axis(cols, axis=1)
-    outcomes = _as_list(outcomes)
-    exclude = _as_list(exclude)
-    if not outcomes:
-        raise StudyInputError(f"{source}: name at least one outcome column.")
+    return df.set_axis(cols, axis=1)
+
+
+def _column_roles(
+    df: pd.DataFrame,
+    outcomes: list[str],
+    cluster: str | None,
+    paired_by: str | None,
+    condition: str | None,
+    exclude: list[str],
+    source: str,
+) -> dict[str, str]:
+    """Column -> its role (outcome, cluster, ...); each must exist and have one role only."""
     roles: dict[str, str] = {}
     for role, names in (
         ("outcome", outcomes),
@@ -429,37 +370,19 @@ def build_analysis_frame(
             roles[c] = role
     if (paired_by is None) != (condition is None):
         raise StudyInputError("A paired design needs both --paired-by and --condition.")
-    if isinstance(spec, (str, Path)):
-        spec = load_group_spec(spec)
+    return roles
 
-    warnings: list[str] = []
-    where = f"{source}"
-    # --- groups --------------------------------------------------------------------------------
-    if spec is not None:
-        defs = list(spec.groups)
-        for g in defs:
-            for c in g.source_columns:
-                if c not in df.columns:
-                    raise StudyInputError(
-                        f"{source} has no column {c!r}, which group {g.name!r} of the schema "
-                        f"{spec.source!r} needs."
-                    )
-                if c in roles:
-                    raise StudyInputError(
-                        f"Column {c!r} is given as the {roles[c]} column but the schema "
-                        f"{spec.source!r} makes it an attribute."
-                    )
-            if g.name in roles:
-                raise StudyInputError(
-                    f"The schema group {g.name!r} has the same name as the {roles[g.name]} column."
-                )
-        used = {c for g in defs for c in g.source_columns} | set(roles)
-        unused = [c for c in df.columns if c not in used]
-        if unused:
-            warnings.append(
-                f"Columns not in the schema are not analysed: {', '.join(map(repr, unused))}."
-            )
-    else:
+
+def _attribute_groups(
+    df: pd.DataFrame,
+    spec: AttributeSchema | None,
+    roles: dict[str, str],
+    max_levels: int,
+    source: str,
+    warnings: list[str],
+) -> list[AttributeGroup]:
+    """The schema's groups (checked against the table), or one group per remaining column."""
+    if spec is None:
         defs = [_auto_group(df, c, max_levels) for c in df.columns if c not in roles]
         for g in defs:
             if g.name.lower() in OUTCOME_LIKE:
@@ -467,126 +390,153 @@ def build_analysis_frame(
                     f"Column {g.name!r} looks like an outcome but is analysed as an attribute; "
                     "name it as an outcome or exclude it."
                 )
-    coded: dict[str, _Coded] = {}
-    for g in defs:
-        if g.column is not None:
-            coded[g.name] = _code_column(df, g, where)
-        else:
-            coded[g.name] = _code_onehot(df, g, where, warnings)
+        return defs
+    named = spec.source or f"schema {spec.name!r}"
+    for g in spec.groups:
+        for c in g.source_columns:
+            if c not in df.columns:
+                raise StudyInputError(
+                    f"{source} has no column {c!r}, which group {g.name!r} of the {named} needs."
+                )
+            if c in roles:
+                raise StudyInputError(
+                    f"Column {c!r} is given as the {roles[c]} column but the {named} makes it "
+                    "an attribute."
+                )
+        if g.name in roles:
+            raise StudyInputError(
+                f"The schema group {g.name!r} has the same name as the {roles[g.name]} column."
+            )
+    used = set(spec.source_columns) | set(roles)
+    unused = [c for c in df.columns if c not in used]
+    if unused:
+        warnings.append(
+            f"Columns not in the schema are not analysed: {', '.join(map(repr, unused))}."
+        )
+    return list(spec.groups)
 
-    # --- rows to drop, by first reason ---------------------------------------------------------
-    n = len(df)
-    keep = np.ones(n, dtype=bool)
+
+def _rows_to_keep(
+    df: pd.DataFrame,
+    out_values: dict[str, pd.Series],
+    design_columns: tuple[str | None, str | None, str | None],
+    defs: list[AttributeGroup],
+    coded: dict[str, _Coded],
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows without NaN in an outcome, cluster / paired-by / condition or attribute column,
+    and the count dropped for each reason (the first reason found, in that order)."""
+    keep = np.ones(len(df), dtype=bool)
     dropped: dict[str, int] = {}
 
     def drop(mask: np.ndarray, reason: str) -> None:
         new = mask & keep
-        k = int(new.sum())
-        if k:
-            dropped[reason] = dropped.get(reason, 0) + k
+        if new.any():
+            dropped[reason] = dropped.get(reason, 0) + int(new.sum())
             keep[new] = False
 
-    out_values = {o: _numeric_outcome(df, o, source) for o in outcomes}
-    for o in outcomes:
-        drop(out_values[o].isna().to_numpy(), f"NaN in outcome {o!r}")
-    for role, c in (("cluster", cluster), ("paired-by", paired_by), ("condition", condition)):
+    for o, values in out_values.items():
+        drop(values.isna().to_numpy(), f"NaN in outcome {o!r}")
+    for role, c in zip(("cluster", "paired-by", "condition"), design_columns):
         if c is not None:
             drop(df[c].isna().to_numpy(), f"NaN in {role} column {c!r}")
     for g in defs:
         cg = coded[g.name]
         bad = cg.codes < 0
         if bad.any():
-            src = g.source_columns
-            for j, c in enumerate(src):
+            for j, c in enumerate(g.source_columns):
                 drop(bad & (cg.nan_column == j), f"NaN in attribute column {c!r}")
+    return keep, dropped
 
-    # --- assemble ----------------------------------------------------------------------------
-    idx = np.flatnonzero(keep)
-    data: dict[str, object] = {o: out_values[o].to_numpy()[idx] for o in outcomes}
-    groups: list[str] = []
-    group_columns: dict[str, list[str]] = {}
-    excluded: dict[str, str] = {}
-    clus = df[cluster].to_numpy()[idx] if cluster is not None else None
-    clus_codes = pd.factorize(clus)[0] if clus is not None else None
-    for g in defs:
-        cg = coded[g.name]
-        codes = cg.codes[idx]
-        counts = (
-            np.bincount(codes, minlength=len(cg.names))
-            if len(codes)
-            else np.zeros(len(cg.names), int)
-        )
-        observed = [k for k in range(len(cg.names)) if counts[k] > 0]
-        declared = (g.values is not None) or (g.columns is not None)
-        for k in range(len(cg.names)):
-            if counts[k] == 0 and declared and cg.names[k] not in (UNKNOWN, MULTIPLE):
-                warnings.append(f"Attribute {g.name!r} has no row with the value {cg.names[k]!r}.")
-        if not observed:
-            order = []
-        else:
-            # the reference anchors every contrast of its group: with clusters, the level seen
-            # in the most clusters (a level of a few giant clusters makes every contrast noisy)
-            support = counts if clus_codes is None else _clusters_per_level(codes, clus_codes)
-            ref = max(observed, key=lambda k: (support[k], counts[k], -k))
-            order = [ref] + [k for k in observed if k != ref]
-        names = [cg.names[k] for k in order]
-        if len(names) < 2:
-            reason = (
-                f"it has the single value {names[0]!r} in every used row" if names else "no rows"
-            )
-            excluded[g.name] = reason
-            warnings.append(f"Attribute {g.name!r} is left out of the analyses: {reason}.")
-        else:
-            groups.append(g.name)
-            group_columns[g.name] = list(g.source_columns)
-            if MULTIPLE in names and names[0] == MULTIPLE:
-                warnings.append(
-                    f"Most rows mark several columns of group {g.name!r}; check its `positive` code."
-                )
-            for k in order[1:]:
-                few = counts[k] < FEW
-                msg = f"{int(counts[k])} rows"
-                if clus_codes is not None:
-                    nc = len(np.unique(clus_codes[codes == k]))
-                    few = few or nc < FEW
-                    msg += f" in {nc} clusters"
-                if few:
-                    warnings.append(
-                        f"Level {cg.names[k]!r} of attribute {g.name!r} has only {msg}; its "
-                        "estimates are unreliable."
-                    )
-        remap = np.full(len(cg.names), -1, dtype=np.int64)
-        remap[order] = np.arange(len(order))
-        data[g.name] = pd.Categorical.from_codes(remap[codes], categories=names) if names else codes
-    for c in (cluster, paired_by, condition):
-        if c is not None:
-            data[c] = df[c].to_numpy()[idx]
-    out = pd.DataFrame(data)
-    # group names may equal their column; a leftover excluded group column must not confuse anyone
-    out = out.drop(columns=[g for g in excluded if g in out.columns and g not in groups])
 
-    frame = AnalysisFrame(
-        data=out,
-        outcomes=outcomes,
-        groups=groups,
-        group_columns=group_columns,
-        cluster=cluster,
-        paired_by=paired_by,
-        condition=condition,
-        rows_read=n,
-        rows_dropped=dropped,
-        warnings=warnings,
-        source=source,
+@dataclass
+class _Factor:
+    """One group over the kept rows: its levels (reference first) and the reason it is left out."""
+
+    names: list[str]
+    values: object  # a pd.Categorical of ``names`` (the raw codes when no level is left)
+    excluded: str | None
+
+
+def _factor(
+    g: AttributeGroup,
+    cg: _Coded,
+    idx: np.ndarray,
+    clus_codes: np.ndarray | None,
+    warnings: list[str],
+) -> _Factor:
+    """The group's factor on the kept rows ``idx``, with its level warnings."""
+    codes = cg.codes[idx]
+    counts = (
+        np.bincount(codes, minlength=len(cg.names)) if len(codes) else np.zeros(len(cg.names), int)
     )
-    frame.excluded_groups.update(excluded)
-    _collinearity_warnings(frame)
+    if g.values is not None or g.columns is not None:  # declared levels: say which are empty
+        for k, name in enumerate(cg.names):
+            if counts[k] == 0 and name not in (UNKNOWN, MULTIPLE):
+                warnings.append(f"Attribute {g.name!r} has no row with the value {name!r}.")
+    order = _level_order(codes, counts, clus_codes)
+    names = [cg.names[k] for k in order]
+    excluded = None
+    if len(names) < 2:
+        excluded = f"it has the single value {names[0]!r} in every used row" if names else "no rows"
+        warnings.append(f"Attribute {g.name!r} is left out of the analyses: {excluded}.")
+    else:
+        _level_warnings(g, cg.names, order, codes, counts, clus_codes, warnings)
+    remap = np.full(len(cg.names), -1, dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    values = pd.Categorical.from_codes(remap[codes], categories=names) if names else codes
+    return _Factor(names, values, excluded)
+
+
+def _level_order(codes: np.ndarray, counts: np.ndarray, clus_codes: np.ndarray | None) -> list[int]:
+    """Observed level codes, reference first.
+
+    The reference anchors every contrast of its group: with clusters, the level seen in the most
+    clusters (a level of a few giant clusters makes every contrast noisy), then in the most rows
+    (ties: the first in declared / natural order).
+    """
+    observed = [k for k in range(len(counts)) if counts[k] > 0]
+    if not observed:
+        return []
+    support = counts if clus_codes is None else _clusters_per_level(codes, clus_codes)
+    ref = max(observed, key=lambda k: (support[k], counts[k], -k))
+    return [ref] + [k for k in observed if k != ref]
+
+
+def _level_warnings(
+    g: AttributeGroup,
+    names: list[str],
+    order: list[int],
+    codes: np.ndarray,
+    counts: np.ndarray,
+    clus_codes: np.ndarray | None,
+    warnings: list[str],
+) -> None:
+    """A suspicious reference (``multiple``) and levels too rare to estimate."""
+    if names[order[0]] == MULTIPLE:
+        warnings.append(
+            f"Most rows mark several columns of group {g.name!r}; check its `positive` code."
+        )
+    for k in order[1:]:
+        few = counts[k] < FEW
+        msg = f"{int(counts[k])} rows"
+        if clus_codes is not None:
+            nc = len(np.unique(clus_codes[codes == k]))
+            few = few or nc < FEW
+            msg += f" in {nc} clusters"
+        if few:
+            warnings.append(
+                f"Level {names[k]!r} of attribute {g.name!r} has only {msg}; its estimates are "
+                "unreliable."
+            )
+
+
+def _check_enough_rows(frame: AnalysisFrame) -> None:
     k = n_parameters(frame)
     if frame.rows_used <= k:
         raise StudyInputError(
-            f"{source}: only {frame.rows_used} usable rows for a model with {k} parameters "
-            f"({sum(dropped.values())} rows dropped for NaN)."
+            f"{frame.source}: only {frame.rows_used} usable rows for a model with {k} parameters "
+            f"({sum(frame.rows_dropped.values())} rows dropped for NaN)."
         )
-    return frame
 
 
 def _collinearity_warnings(frame: AnalysisFrame) -> None:

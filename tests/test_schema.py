@@ -13,6 +13,7 @@ from attrimp.model.schema import (
     GroupKind,
     MissingPolicy,
     MultiplePolicy,
+    builtin_schemas,
     load_schema,
 )
 
@@ -363,3 +364,50 @@ columns = ["c_backpack", "c_messenger", "c_nothing"]
         {"age": [2, -1], "c_backpack": [1, 1], "c_messenger": [0, 1], "c_nothing": [0, 0]}
     )
     np.testing.assert_array_equal(got, [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]])
+
+
+def test_builtins_are_found_by_name_as_package_resources():
+    assert builtin_schemas() == ("dukemtmc", "market1501")
+    s = load_schema("Market-1501")
+    assert s == load_schema("market1501") and s.source == "built-in schema 'market1501'"
+    assert s.n_groups == 12 and s.n_experts == 35
+
+
+def test_a_grouping_without_kinds_owns_no_experts(tmp_path):
+    """The one parser also reads the groupings `study analyze --schema` accepts: a group may
+    leave out kind and values (levels from the columns or the data); the engine refuses it."""
+    path = _write(
+        tmp_path,
+        '[[groups]]\nname = "colour"\ncolumns = ["red", "blue"]\npositive = 3\n'
+        '[[groups]]\nname = "shoe size"\ncolumn = "size"\n'
+        '[[groups]]\nname = "hat"\ncolumn = "hat"\ncodes = [1, 2]\nmissing_codes = [0]\n',
+    )
+    g = load_schema(path, experts=False)
+    assert not g.has_experts and g.group_names == ["colour", "shoe size", "hat"]
+    assert [x.level_names for x in g.groups] == [("red", "blue"), None, ("1", "2")]
+    assert g.groups[0].negative is None  # no "not marked" code: any other code is "not marked"
+    assert AttributeSchema.from_dict(g.to_dict()) == g
+    with pytest.raises(SchemaError, match=r"bad\.toml.*group 'colour' has no `kind`"):
+        load_schema(path)
+    with pytest.raises(SchemaError, match="group 'colour' has no `kind`"):
+        g.n_experts  # noqa: B018
+    with pytest.raises(SchemaError, match="group 'colour' has no `kind`"):
+        g.encode({"red": [1], "blue": [0], "size": [3], "hat": [1]})
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ('[[groups]]\nname = "g"\nkind = "dual"\ncolumn = "g"\ncodes = [1, 2]\n',
+         r"has kind 'dual' but no `values`"),
+        ('[[groups]]\nname = "g h"\nkind = "dual"\ncolumn = "g"\nvalues = ["a", "b"]\ncodes = [1, 2]\n',
+         r"needs a name made of letters, digits and underscores"),
+        ('[[groups]]\nname = "g"\ncolumn = "g"\nvalues = ["a", "b"]\n',
+         r"needs one code per value in `codes` \(2 values, 0 codes\)"),
+        ('[[groups]]\nname = "g"\ncolumn = "g"\ncodes = [1.5, 2]\n',
+         r"`codes` must be a list of integers \(or strings\)"),
+    ],
+)  # fmt: skip
+def test_expert_groups_need_what_a_grouping_may_leave_out(tmp_path, text, pattern):
+    with pytest.raises(SchemaError, match=pattern):
+        load_schema(_write(tmp_path, text), experts=False)

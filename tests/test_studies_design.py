@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -9,16 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from attrimp.model.schema import AttributeSchema, load_schema
 from studies.design import (
     build_analysis_frame,
     group_codes,
     load_group_spec,
     n_parameters,
+    spec_from_toml,
 )
 from studies.errors import StudyInputError
 from studies.simulate import (
     ATTRIBUTE_COLUMNS,
     GROUP_NAMES,
+    market_like_schema_toml,
     simulate_reid_table,
 )
 
@@ -103,6 +109,44 @@ def test_simulated_table_matches_the_builtin_schema_when_coded_1_2():
     assert spec.group_names == list(GROUP_NAMES)
 
 
+def test_studies_reads_the_engine_schema_objects():
+    """One schema model and one parser: the grouping studies reads *is* attrimp's schema."""
+    assert load_group_spec("market1501") == load_schema("market1501")
+    assert load_group_spec(MARKET_SCHEMA) == load_schema(MARKET_SCHEMA)
+    simulated = spec_from_toml(market_like_schema_toml(), source="simulated")
+    assert isinstance(simulated, AttributeSchema) and simulated.has_experts
+    assert simulated.group_names == list(GROUP_NAMES)
+    # the studies layer does not read TOML or attrimp's schema folder itself
+    text = (REPO / "studies" / "design.py").read_text()
+    assert "tomllib" not in text and "schemas" + "/" not in text
+
+
+def test_importing_studies_and_analysing_a_table_never_imports_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, _Block())
+        import studies
+        from studies.design import build_analysis_frame
+        from studies.simulate import simulate_reid_table
+        df = simulate_reid_table(400, n_identities=40, seed=0, colour_positive=2)
+        frame = build_analysis_frame(df, outcomes="ap", cluster="pid", spec="market1501",
+                                     exclude=["query", "camid", "rank1", "first_hit"])
+        assert "torch" not in sys.modules and "attrimp.model.schema" in sys.modules
+        print(len(frame.groups) + len(frame.excluded_groups))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(GROUP_NAMES))]
+
+
 # ----------------------------------------------------------------------------------------------
 # grouping
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +203,28 @@ def test_coded_column_maps_codes_and_refuses_undefined_values(tmp_path):
     )
     with pytest.raises(StudyInputError, match="column 'hat' holds the value '0'"):
         build_analysis_frame(df, outcomes="ap", spec=p)
+
+
+def test_string_codes_and_a_grouping_without_kinds(tmp_path):
+    df = pd.DataFrame({"ap": np.linspace(0, 1, 8), "sex": ["M", "F", "F", "M", "?", "M", "F", "M"]})
+    p = tmp_path / "s.toml"
+    p.write_text(
+        '[[groups]]\nname = "sex"\ncolumn = "sex"\nvalues = ["male", "female"]\n'
+        'codes = ["M", "F"]\nmissing_codes = ["?"]\n'
+    )
+    frame = build_analysis_frame(df, outcomes="ap", spec=p)
+    assert frame.data["sex"].astype(str).tolist()[:5] == [
+        "male",
+        "female",
+        "female",
+        "male",
+        "unknown",
+    ]
+    # a grouping (no kind) is fine here; the engine asks for kinds, naming the file and group
+    from attrimp.errors import SchemaError
+
+    with pytest.raises(SchemaError, match=r"s\.toml.*group 'sex' has no `kind`"):
+        load_schema(p)
 
 
 def test_without_spec_strings_bools_and_small_ints_are_categorical():
@@ -271,8 +337,14 @@ def test_schema_problems_name_the_file_and_column(tmp_path):
     twice.write_text(
         '[[groups]]\nname = "a"\ncolumn = "g"\n[[groups]]\nname = "a"\ncolumn = "pid"\n'
     )
-    with pytest.raises(StudyInputError, match="group 'a' twice"):
+    with pytest.raises(StudyInputError, match="twice.toml.*group 'a' twice"):
         load_group_spec(twice)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[groups]]\nname = "a"\ncolumn = "g"\ncodse = [1, 2]\n')
+    with pytest.raises(
+        StudyInputError, match=r"typo.toml.*group 0 \('a'\) has unknown key 'codse'"
+    ):
+        load_group_spec(typo)
     gone = tmp_path / "gone.toml"
     gone.write_text('[[groups]]\nname = "x"\ncolumns = ["red", "blue"]\n')
     with pytest.raises(StudyInputError, match="no column 'red'.*group 'x'"):

@@ -16,7 +16,14 @@ schema's ``missing`` / ``multiple`` policies and each group's ``missing_codes`` 
 case an explicit decision (see docs/schemas.md) rather than an accident of field order. Any code
 the schema does not declare is an error naming the column and the code, never a silent "no".
 
-This module is numpy-only so that data tooling can use it without torch.
+The same model, read by the same parser, groups the columns of any result table for
+``studies/`` (``attrimp study analyze --schema``). There a group may leave out ``kind`` and
+``values`` (the levels are then the column names of a one-hot group, the codes of a coded column,
+or, without ``codes``, the values found in the column); such a *grouping* names columns but owns
+no experts, so the engine (`load_schema`, the slot / expert layout) asks for a kind and values in
+every group.
+
+This module is numpy-only so that data tooling and ``studies/`` can use it without torch.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ UNKNOWN = "unknown"
 MULTIPLE = "multiple"
 #: Value names that `decode` uses for "no value" / "several values"; no group may use them.
 RESERVED_VALUES = (UNKNOWN, MULTIPLE)
+#: a code in an annotation file or result table (TOML integers or strings)
+Code = int | str
 
 
 class GroupKind(str, Enum):
@@ -68,24 +77,50 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AttributeGroup:
+    """One group: its value names and the annotation / table columns that code them.
+
+    ``kind`` and ``values`` make it an *expert group* (what the engine needs); a group without a
+    ``kind`` is a grouping of result-table columns for ``studies/`` and owns no expert.
+    """
+
     name: str
-    kind: GroupKind
-    values: tuple[str, ...]
+    kind: GroupKind | None = None
+    values: tuple[str, ...] | None = None
     column: str | None = None  # one coded column ...
-    codes: tuple[int, ...] | None = None  # ... with one code per value
+    codes: tuple[Code, ...] | None = None  # ... with one code per value
     columns: tuple[str, ...] | None = None  # or one binary column per value ...
-    positive: int = 1  # ... marked by this code
-    missing_codes: tuple[int, ...] = ()  # codes that explicitly mean "not annotated"
+    positive: Code = 1  # ... marked by this code
+    missing_codes: tuple[Code, ...] = ()  # codes that explicitly mean "not annotated"
     description: str = ""
     #: the "not marked" code of binary columns; ``None`` -> 0 when positive is 1, 1 when it is 2
-    negative: int | None = None
+    #: (and, in a grouping without a kind, any other code)
+    negative: Code | None = None
 
     def __post_init__(self) -> None:
         where = f"attribute group {self.name!r}"
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise SchemaError(f"The {where} needs a name made of letters, digits and underscores.")
-        if not isinstance(self.kind, GroupKind):
+        if not isinstance(self.name, str) or not self.name:
+            raise SchemaError(f"The {where} needs a non-empty name.")
+        if self.kind is not None and not isinstance(self.kind, GroupKind):
             raise SchemaError(f"The {where} has kind {self.kind!r}; use {_kinds()}.")
+        if self.values is not None:
+            self._check_values(where)
+        if self.kind is not None:
+            self._check_expert_group(where)
+        if (self.column is None) == (self.columns is None):
+            raise SchemaError(f"The {where} needs either `column` (with `codes`) or `columns`.")
+        if len(set(self.missing_codes)) != len(self.missing_codes):
+            raise SchemaError(
+                f"The {where} lists a missing code twice: {list(self.missing_codes)}."
+            )
+        if self.column is not None:
+            self._check_coded_column(where)
+        else:
+            self._check_binary_columns(where)
+
+    def _check_values(self, where: str) -> None:
+        assert self.values is not None
+        if not self.values:
+            raise SchemaError(f"The {where} has an empty `values` list.")
         if len(set(self.values)) != len(self.values):
             raise SchemaError(f"The {where} lists a value twice: {list(self.values)}.")
         reserved = [v for v in self.values if v in RESERVED_VALUES]
@@ -94,6 +129,16 @@ class AttributeGroup:
                 f"The {where} uses the reserved value name {reserved[0]!r} "
                 f"({' and '.join(RESERVED_VALUES)} mean no value / several values)."
             )
+
+    def _check_expert_group(self, where: str) -> None:
+        """What an expert group needs beyond a grouping: a plain name, values that fit its kind."""
+        if not self.name.isidentifier():
+            raise SchemaError(f"The {where} needs a name made of letters, digits and underscores.")
+        if self.values is None:
+            raise SchemaError(
+                f"The {where} has kind {self.kind.value!r} but no `values`; an expert group names "
+                "its values."
+            )
         if self.kind in (GroupKind.SINGLE, GroupKind.DUAL) and len(self.values) != 2:
             raise SchemaError(
                 f"The {where} is of kind {self.kind.value!r} and needs exactly 2 values, "
@@ -101,61 +146,80 @@ class AttributeGroup:
             )
         if self.kind is GroupKind.MULTICLASS and len(self.values) < 2:
             raise SchemaError(f"The {where} is multiclass and needs at least 2 values.")
-        if (self.column is None) == (self.columns is None):
-            raise SchemaError(f"The {where} needs either `column` (with `codes`) or `columns`.")
-        if len(set(self.missing_codes)) != len(self.missing_codes):
+
+    def _check_coded_column(self, where: str) -> None:
+        if self.values is not None and (self.codes is None or len(self.codes) != len(self.values)):
             raise SchemaError(
-                f"The {where} lists a missing code twice: {list(self.missing_codes)}."
+                f"The {where} needs one code per value in `codes` ({len(self.values)} values, "
+                f"{0 if self.codes is None else len(self.codes)} codes)."
             )
-        if self.column is not None:
-            if self.codes is None or len(self.codes) != len(self.values):
-                raise SchemaError(
-                    f"The {where} needs one code per value in `codes` ({len(self.values)} values, "
-                    f"{0 if self.codes is None else len(self.codes)} codes)."
-                )
-            if len(set(self.codes)) != len(self.codes):
-                raise SchemaError(
-                    f"The {where} gives two values the same code: codes {list(self.codes)}."
-                )
-            clash = sorted(set(self.codes) & set(self.missing_codes))
-            if clash:
-                raise SchemaError(
-                    f"The {where} uses the code {clash[0]} both for a value and as a missing code."
-                )
-        else:
-            assert self.columns is not None
-            if self.codes is not None:
-                raise SchemaError(f"The {where} has one column per value, so `codes` has no use.")
-            if len(self.columns) != len(self.values):
-                raise SchemaError(
-                    f"The {where} needs one column per value in `columns` ({len(self.values)} "
-                    f"values, {len(self.columns)} columns)."
-                )
-            if len(set(self.columns)) != len(self.columns):
-                raise SchemaError(f"The {where} lists a column twice: {list(self.columns)}.")
-            negative = self.negative
-            if negative is None:
-                if self.positive not in (1, 2):
-                    raise SchemaError(
-                        f"The {where} marks values with code {self.positive}; declare its "
-                        '`negative` ("not marked") code too.'
-                    )
-                negative = self.positive - 1
-                object.__setattr__(self, "negative", negative)
-            if negative == self.positive:
-                raise SchemaError(
-                    f"The {where} uses the code {negative} as both positive and negative."
-                )
-            clash = sorted({self.positive, negative} & set(self.missing_codes))
-            if clash:
-                raise SchemaError(
-                    f"The {where} uses the code {clash[0]} both as a mark and as a missing code."
-                )
+        if self.codes is None:
+            return  # a grouping: the column's own values are the levels
+        if len(set(self.codes)) != len(self.codes):
+            raise SchemaError(
+                f"The {where} gives two values the same code: codes {list(self.codes)}."
+            )
+        clash = sorted(set(self.codes) & set(self.missing_codes), key=str)
+        if clash:
+            raise SchemaError(
+                f"The {where} uses the code {clash[0]} both for a value and as a missing code."
+            )
+
+    def _check_binary_columns(self, where: str) -> None:
+        assert self.columns is not None
+        if self.codes is not None:
+            raise SchemaError(f"The {where} has one column per value, so `codes` has no use.")
+        if not self.columns:
+            raise SchemaError(f"The {where} has an empty `columns` list.")
+        if self.values is not None and len(self.columns) != len(self.values):
+            raise SchemaError(
+                f"The {where} needs one column per value in `columns` ({len(self.values)} "
+                f"values, {len(self.columns)} columns)."
+            )
+        if len(set(self.columns)) != len(self.columns):
+            raise SchemaError(f"The {where} lists a column twice: {list(self.columns)}.")
+        negative = self.negative
+        if negative is None and self.positive in (1, 2) and not isinstance(self.positive, bool):
+            negative = self.positive - 1
+            object.__setattr__(self, "negative", negative)
+        if negative is None and self.kind is not None:
+            # the engine checks every code of an annotation file, so it must know "not marked"
+            raise SchemaError(
+                f"The {where} marks values with code {self.positive}; declare its "
+                '`negative` ("not marked") code too.'
+            )
+        if negative is not None and negative == self.positive:
+            raise SchemaError(
+                f"The {where} uses the code {negative} as both positive and negative."
+            )
+        marks = {self.positive} if negative is None else {self.positive, negative}
+        clash = sorted(marks & set(self.missing_codes), key=str)
+        if clash:
+            raise SchemaError(
+                f"The {where} uses the code {clash[0]} both as a mark and as a missing code."
+            )
+
+    @property
+    def is_expert_group(self) -> bool:
+        """Whether the group owns experts (has a kind and values), not only groups columns."""
+        return self.kind is not None
 
     @property
     def expert_values(self) -> tuple[str, ...]:
         """Values that own an expert: only ``present`` for a single-state group."""
+        if self.kind is None or self.values is None:
+            return ()
         return self.values[1:] if self.kind is GroupKind.SINGLE else self.values
+
+    @property
+    def level_names(self) -> tuple[str, ...] | None:
+        """Level names in declared order: ``values``, else the one-hot column names, else the
+        codes as text; None when the levels are whatever values a coded column holds."""
+        if self.values is not None:
+            return self.values
+        if self.columns is not None:
+            return self.columns
+        return None if self.codes is None else tuple(str(c) for c in self.codes)
 
     @property
     def source_columns(self) -> tuple[str, ...]:
@@ -183,8 +247,8 @@ class AttributeSchema:
     missing: MissingPolicy = MissingPolicy.OFF
     multiple: MultiplePolicy = MultiplePolicy.ALL
     description: str = ""
-    # Derived layout, filled in __post_init__.
-    _slot_offsets: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    #: where the schema was read from (``schema file '...'``, ``built-in schema '...'``), for errors
+    source: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -202,11 +266,37 @@ class AttributeSchema:
                         f"{seen[c]!r} and group {g.name!r}."
                     )
                 seen[c] = g.name
+
+    @property
+    def has_experts(self) -> bool:
+        """Whether every group is an expert group (has a kind and values), as the engine needs."""
+        return all(g.is_expert_group for g in self.groups)
+
+    def require_experts(self) -> AttributeSchema:
+        """This schema, or a SchemaError naming the first group without a ``kind``.
+
+        A grouping of result-table columns (``studies/``) may leave kinds and values out; the
+        slot and expert layout cannot, so every layout property asks for this first.
+        """
+        for g in self.groups:
+            if not g.is_expert_group:
+                where = self.source or f"schema {self.name!r}"
+                raise SchemaError(
+                    f"{where}: group {g.name!r} has no `kind`, so it owns no expert; the engine "
+                    "needs a kind and values in every group (a grouping without them serves "
+                    "`attrimp study analyze` only)."
+                )
+        return self
+
+    @cached_property
+    def _slot_offsets(self) -> tuple[int, ...]:
+        """First slot of every group (the multi-hot layout); only expert schemas have one."""
+        self.require_experts()
         offsets, total = [], 0
         for g in self.groups:
             offsets.append(total)
-            total += len(g.values)
-        object.__setattr__(self, "_slot_offsets", tuple(offsets))
+            total += len(g.values or ())
+        return tuple(offsets)
 
     # ----- layout ---------------------------------------------------------------------------
     @property
@@ -219,7 +309,7 @@ class AttributeSchema:
 
     @property
     def n_slots(self) -> int:
-        return sum(len(g.values) for g in self.groups)
+        return self._slot_offsets[-1] + len(self.groups[-1].values or ())
 
     @property
     def n_attributes(self) -> int:
@@ -243,16 +333,15 @@ class AttributeSchema:
         return self.group_names.index(self.group(name).name)
 
     def slot(self, group: str, value: str) -> int:
-        g = self.group(group)
-        if value not in g.values:
-            raise SchemaError(f"Group {group!r} has no value {value!r}; it has {list(g.values)}.")
-        return self._slot_offsets[self.group_index(group)] + g.values.index(value)
+        offsets, g = self._slot_offsets, self.group(group)
+        values = g.values or ()
+        if value not in values:
+            raise SchemaError(f"Group {group!r} has no value {value!r}; it has {list(values)}.")
+        return offsets[self.group_index(group)] + values.index(value)
 
     def group_slots(self, group: str) -> list[int]:
-        i = self.group_index(group)
-        return list(
-            range(self._slot_offsets[i], self._slot_offsets[i] + len(self.groups[i].values))
-        )
+        offsets, i = self._slot_offsets, self.group_index(group)
+        return list(range(offsets[i], offsets[i] + len(self.groups[i].values or ())))
 
     def group_mask(self, groups_on: Iterable[str]) -> np.ndarray:
         """``bool [n_groups]``: True for the named groups (an unknown name is an error)."""
@@ -268,15 +357,17 @@ class AttributeSchema:
     @cached_property
     def slot_group(self) -> np.ndarray:
         """Group index of every slot, shape ``[n_slots]`` (read-only)."""
+        self.require_experts()
         return _readonly(
             np.concatenate(
-                [np.full(len(g.values), i, dtype=np.int64) for i, g in enumerate(self.groups)]
+                [np.full(len(g.values or ()), i, dtype=np.int64) for i, g in enumerate(self.groups)]
             )
         )
 
     @cached_property
     def expert_slots(self) -> np.ndarray:
         """Slot index of every expert (the bank's row order), shape ``[n_experts]`` (read-only)."""
+        self.require_experts()
         return _readonly(
             np.array(
                 [self.slot(g.name, v) for g in self.groups for v in g.expert_values], dtype=np.int64
@@ -285,6 +376,7 @@ class AttributeSchema:
 
     @property
     def expert_names(self) -> list[str]:
+        self.require_experts()
         return [f"{g.name}={v}" for g in self.groups for v in g.expert_values]
 
     @property
@@ -383,31 +475,18 @@ class AttributeSchema:
 
     # ----- I/O ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        groups = []
-        for g in self.groups:
-            d: dict = {"name": g.name, "kind": g.kind.value, "values": list(g.values)}
-            if g.column is not None:
-                d["column"] = g.column
-                d["codes"] = list(g.codes or ())
-            else:
-                d["columns"] = list(g.columns or ())
-                d["positive"] = g.positive
-                d["negative"] = g.negative
-            if g.missing_codes:
-                d["missing_codes"] = list(g.missing_codes)
-            if g.description:
-                d["description"] = g.description
-            groups.append(d)
+        """The TOML / JSON form; `from_dict` reads it back to an equal schema."""
         return {
             "name": self.name,
             "description": self.description,
             "missing": self.missing.value,
             "multiple": self.multiple.value,
-            "groups": groups,
+            "groups": [_group_to_dict(g) for g in self.groups],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping, *, source: str = "schema") -> AttributeSchema:
+        """A schema from parsed TOML / JSON; every mistake is a SchemaError naming ``source``."""
         if not isinstance(data, Mapping):
             raise SchemaError(
                 f"{source}: a schema must be a table of keys, not {type(data).__name__}."
@@ -432,22 +511,57 @@ class AttributeSchema:
                 missing=missing,
                 multiple=multiple,
                 description=str(data.get("description", "")),
+                source=source,
             )
         except SchemaError as e:
             raise SchemaError(f"{source}: {e}") from None
 
     @classmethod
+    def from_toml_text(cls, text: str, *, source: str = "schema") -> AttributeSchema:
+        """A schema from TOML text; invalid TOML is one sentence naming ``source``."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SchemaError(f"{_capital(source)} is not valid TOML: {e}.") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> AttributeSchema:
+        """A schema file; an absent, unreadable or invalid file is one sentence naming it."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise SchemaError(f"Schema file {str(path)!r} does not exist.") from None
         except (IsADirectoryError, UnicodeDecodeError):
             raise SchemaError(f"Schema file {str(path)!r} is not a readable text file.") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SchemaError(f"Schema file {str(path)!r} is not valid TOML: {e}.") from None
-        return cls.from_dict(data, source=f"schema file {str(path)!r}")
+        return cls.from_toml_text(text, source=f"schema file {str(path)!r}")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _group_to_dict(g: AttributeGroup) -> dict:
+    d: dict = {"name": g.name}
+    if g.kind is not None:
+        d["kind"] = g.kind.value
+    if g.values is not None:
+        d["values"] = list(g.values)
+    if g.column is not None:
+        d["column"] = g.column
+        if g.codes is not None:
+            d["codes"] = list(g.codes)
+    else:
+        d["columns"] = list(g.columns or ())
+        d["positive"] = g.positive
+        if g.negative is not None:
+            d["negative"] = g.negative
+    if g.missing_codes:
+        d["missing_codes"] = list(g.missing_codes)
+    if g.description:
+        d["description"] = g.description
+    return d
 
 
 _TOP_KEYS = {"name", "description", "missing", "multiple", "groups"}
@@ -489,12 +603,16 @@ def _policy(enum: type[Enum], value, key: str, source: str):
         raise SchemaError(f"{source}: `{key}` is {value!r}; use one of {allowed}.") from None
 
 
-def _int_list(g: Mapping, key: str, where: str) -> tuple[int, ...]:
+def _is_code(v: object) -> bool:
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
+def _code_list(g: Mapping, key: str, where: str) -> tuple[Code, ...]:
     value = g[key]
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise SchemaError(f"{where}: `{key}` must be a list of integers, not {value!r}.")
+    if not isinstance(value, list) or not all(_is_code(v) for v in value):
+        raise SchemaError(
+            f"{where}: `{key}` must be a list of integers (or strings), not {value!r}."
+        )
     return tuple(value)
 
 
@@ -505,39 +623,45 @@ def _str_list(g: Mapping, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _group_from_dict(g: Mapping, i: int, source: str) -> AttributeGroup:
-    where = f"{source}: group {i} ({g.get('name', '?')!r})"
+def _check_group_keys(g: Mapping, where: str) -> GroupKind | None:
+    """The checks a group's keys need before it is built; returns its kind (None: a grouping)."""
     unknown = set(g) - _GROUP_KEYS
     if unknown:
         raise SchemaError(f"{where} has unknown key {sorted(unknown)[0]!r}.")
-    for key in ("name", "kind", "values"):
-        if key not in g:
-            raise SchemaError(f"{where} lacks the required key {key!r}.")
-    try:
-        kind = GroupKind(g["kind"])
-    except ValueError:
-        raise SchemaError(f"{where} has kind {g['kind']!r}; use {_kinds()}.") from None
+    if "name" not in g:
+        raise SchemaError(f"{where} lacks the required key 'name'.")
     if "column" in g and ("columns" in g or "positive" in g or "negative" in g):
         raise SchemaError(
             f"{where} mixes `column` (one coded column) with `columns`/`positive`/`negative` "
             "(one binary column per value); pick one."
         )
     for key in ("positive", "negative"):
-        if key in g and (not isinstance(g[key], int) or isinstance(g[key], bool)):
-            raise SchemaError(f"{where}: `{key}` must be an integer, not {g[key]!r}.")
+        if key in g and not _is_code(g[key]):
+            raise SchemaError(f"{where}: `{key}` must be an integer (or a string), not {g[key]!r}.")
     if "column" in g and not isinstance(g["column"], str):
         raise SchemaError(f"{where}: `column` must be a string, not {g['column']!r}.")
+    if "kind" not in g:
+        return None
+    try:
+        return GroupKind(g["kind"])
+    except ValueError:
+        raise SchemaError(f"{where} has kind {g['kind']!r}; use {_kinds()}.") from None
+
+
+def _group_from_dict(g: Mapping, i: int, source: str) -> AttributeGroup:
+    where = f"{source}: group {i} ({g.get('name', '?')!r})"
+    kind = _check_group_keys(g, where)
     try:
         return AttributeGroup(
             name=str(g["name"]),
             kind=kind,
-            values=_str_list(g, "values", where),
+            values=_str_list(g, "values", where) if "values" in g else None,
             column=g.get("column"),
-            codes=_int_list(g, "codes", where) if "codes" in g else None,
+            codes=_code_list(g, "codes", where) if "codes" in g else None,
             columns=_str_list(g, "columns", where) if "columns" in g else None,
-            positive=int(g.get("positive", 1)),
-            negative=int(g["negative"]) if "negative" in g else None,
-            missing_codes=_int_list(g, "missing_codes", where) if "missing_codes" in g else (),
+            positive=g.get("positive", 1),
+            negative=g.get("negative"),
+            missing_codes=_code_list(g, "missing_codes", where) if "missing_codes" in g else (),
             description=str(g.get("description", "")),
         )
     except SchemaError as e:
@@ -546,19 +670,35 @@ def _group_from_dict(g: Mapping, i: int, source: str) -> AttributeGroup:
         raise SchemaError(f"{source}: {e}") from None
 
 
-BUILTIN_SCHEMAS = ("market1501", "dukemtmc")
+def builtin_schemas() -> tuple[str, ...]:
+    """Names of the schemas shipped with attrimp (the ``attrimp/schemas/*.toml`` resources)."""
+    folder = resources.files("attrimp").joinpath("schemas")
+    return tuple(
+        sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    )
 
 
-def load_schema(name_or_path: str | Path) -> AttributeSchema:
-    """A built-in schema by name (``market1501``, ``dukemtmc``) or a TOML schema file."""
+#: the built-in schema names (`builtin_schemas()` at import time)
+BUILTIN_SCHEMAS = builtin_schemas()
+
+
+def load_schema(name_or_path: str | Path, *, experts: bool = True) -> AttributeSchema:
+    """A built-in schema by name (``market1501``, ``dukemtmc``) or a TOML schema file.
+
+    Built-ins are package resources found by name (`importlib.resources`), so they load from a
+    wheel, a zip or a checkout alike. ``experts=False`` also accepts a *grouping* whose groups
+    leave out ``kind`` / ``values`` (what ``studies/`` reads); the engine keeps the default.
+    """
     key = str(name_or_path).lower().replace("-", "")
     if key in BUILTIN_SCHEMAS:
         text = resources.files("attrimp").joinpath(f"schemas/{key}.toml").read_text("utf-8")
-        return AttributeSchema.from_dict(tomllib.loads(text), source=f"built-in schema {key!r}")
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        raise SchemaError(
-            f"{str(name_or_path)!r} is neither a built-in schema ({', '.join(BUILTIN_SCHEMAS)}) "
-            "nor a schema file."
-        )
-    return AttributeSchema.from_toml(path)
+        schema = AttributeSchema.from_toml_text(text, source=f"built-in schema {key!r}")
+    else:
+        path = Path(name_or_path)
+        if not path.suffix and not path.exists():
+            raise SchemaError(
+                f"{str(name_or_path)!r} is neither a built-in schema "
+                f"({', '.join(BUILTIN_SCHEMAS)}) nor a schema file."
+            )
+        schema = AttributeSchema.from_toml(path)
+    return schema.require_experts() if experts else schema
