@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,6 +24,7 @@ from attrimp.evaluate.evaluation import (
     save_features,
 )
 from attrimp.evaluate.metrics import evaluate
+from attrimp.model.mosaic import ModelOutput, MoSAICConfig, MoSAICReID
 from attrimp.model.schema import load_schema
 from tests.test_metrics import HAND_D, HAND_GC, HAND_GP, HAND_QC, HAND_QP
 
@@ -128,10 +127,6 @@ def test_config_table(hand):
 # features
 
 
-class Out(NamedTuple):
-    features: torch.Tensor
-
-
 class TinyModel(torch.nn.Module):
     """Records what it was called with; its feature is linear in the image (+ attributes)."""
 
@@ -145,7 +140,7 @@ class TinyModel(torch.nn.Module):
         f = self.lin(images.flatten(1))
         if attributes is not None:
             f = f + attributes.sum(1, keepdim=True)
-        return Out(f)
+        return ModelOutput(f, f, None, f.new_zeros(len(f), 0), None)
 
 
 def test_extract_features_from_tuple_and_dict_batches():
@@ -183,10 +178,41 @@ def test_extract_features_from_tuple_and_dict_batches():
 
 
 def test_extract_features_skips_camids_for_a_camera_free_model():
-    model = TinyModel()
-    model.config = type("Cfg", (), {"camera_count": 0})()
-    extract_features(model, [(torch.randn(2, 3, 2, 2), [1, 2], [0, 1])], "cpu", progress=False)
-    assert model.calls[0][3] is None
+    calls = []
+
+    def mosaic(camera_count: int) -> MoSAICReID:
+        cfg = MoSAICConfig(
+            backbone="timm:vit_tiny_patch16_224",
+            pretrained=None,
+            img_size=(32, 16),
+            backbone_kwargs={"tiny": True, "depth": 2},
+            camera_count=camera_count,
+        )
+        model = MoSAICReID(cfg)
+        model.register_forward_pre_hook(lambda m, args: calls.append(args[2]))
+        return model
+
+    free, with_cameras = mosaic(0), mosaic(2)
+    no_attributes = torch.zeros(2, free.schema.n_slots)  # every group missing: gates off
+    batches = [(torch.randn(2, 3, 32, 16), [1, 2], [0, 1], no_attributes)]
+    fs = extract_features(free, batches, "cpu")
+    assert calls[-1] is None and fs.features.shape[0] == 2
+    extract_features(with_cameras, batches, "cpu")
+    assert calls[-1].tolist() == [0, 1]
+
+
+class PlainExtractor(torch.nn.Module):
+    """Not a MoSAICReID: returns a bare feature tensor and is given the camera ids."""
+
+    def forward(self, images, attributes=None, camids=None):
+        self.camids = camids
+        return images.flatten(1)[:, :4]
+
+
+def test_extract_features_of_a_plain_feature_extractor():
+    model = PlainExtractor()
+    fs = extract_features(model, [(torch.randn(2, 3, 2, 2), [1, 2], [0, 1])], "cpu")
+    assert fs.features.shape == (2, 4) and model.camids.tolist() == [0, 1]
 
 
 def _sets(rng, nq=12, ng=40):

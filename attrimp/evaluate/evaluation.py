@@ -1,6 +1,7 @@
 """From a model (or saved features) to the ReID result tables of ``DESIGN.md``.
 
-* `extract_features` runs a model over a loader (no grad, bf16 autocast on CUDA, progress bar);
+* `extract_features` runs a model over a loader (no grad, bf16 autocast on CUDA; a progress
+  bar when asked, as the CLI does);
 * `evaluate_features` turns query/gallery features into an `EvalResult` (distances, optional
   k-reciprocal re-ranking, the Market-1501 protocol of `attrimp.evaluate.metrics.evaluate`);
 * `per_query_table` / `config_table` write the two tables the studies battery reads;
@@ -13,8 +14,10 @@ can feed the studies battery.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+import logging
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from functools import partial
+from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,7 +26,7 @@ import torch
 
 from attrimp.errors import DataError
 from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
-from attrimp.model.mosaic import MoSAICReID
+from attrimp.model.mosaic import ModelOutput, MoSAICReID
 
 __all__ = [
     "FeatureSet",
@@ -42,6 +45,8 @@ __all__ = [
 PER_QUERY_COLUMNS = ("config", "query", "pid", "camid")
 METRIC_COLUMNS = ("ap", "rank1", "first_hit", "inp")
 CONFIG_COLUMNS = ("config", "mAP", "rank1", "rank5", "rank10", "mINP")
+
+logger = logging.getLogger(__name__)
 
 
 class FeatureSet(NamedTuple):
@@ -86,14 +91,105 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any, Any, Any]:
 
 
 def _uses_cameras(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "camera_count", 1) > 0
+    """Whether the model is given camera ids: every model except a `MoSAICReID` built without
+    camera embeddings (``camera_count = 0``)."""
+    return not isinstance(model, MoSAICReID) or model.config.camera_count > 0
 
 
 def _ids(x: Any) -> list[str]:
     if isinstance(x, torch.Tensor):
         x = x.tolist()
-    return [str(getattr(v, "name", v)) for v in x]
+    return [str(v.name if isinstance(v, PurePath) else v) for v in x]
+
+
+def _features_of(out: Any) -> torch.Tensor:
+    """The retrieval feature of a forward's output: a `ModelOutput`'s ``features``, or the
+    tensor a plain feature extractor returns."""
+    if isinstance(out, ModelOutput):
+        return out.features
+    if isinstance(out, torch.Tensor):
+        return out
+    raise TypeError(
+        f"The model returned a {type(out).__name__}; extract_features needs a ModelOutput "
+        "or a feature tensor."
+    )
+
+
+def _to(x: Any, device: torch.device) -> torch.Tensor | None:
+    return None if x is None else torch.as_tensor(x).to(device, non_blocking=True)
+
+
+class _Batch(NamedTuple):
+    """What one forward pass contributes, already on the host."""
+
+    features: torch.Tensor  # [B, D] float32
+    pids: np.ndarray  # [B] int64
+    camids: np.ndarray  # [B] int64
+    attributes: np.ndarray | None  # [B, n_slots] float32
+    ids: list[str] | None
+
+
+def _host_ints(x: Any) -> np.ndarray:
+    return np.asarray(torch.as_tensor(x).cpu(), dtype=np.int64)
+
+
+def _forward_batch(
+    model: torch.nn.Module,
+    batch: Any,
+    device: torch.device,
+    *,
+    cameras: bool,
+    autocast: bool,
+    model_kwargs: Mapping[str, Any],
+) -> _Batch:
+    """One forward pass (bf16 autocast on CUDA when ``autocast``); everything back on the host."""
+    images, pid, camid, attr, idx = _unpack(batch)
+    images = images.to(device, non_blocking=True)
+    if cameras and camid is not None and isinstance(model, MoSAICReID):
+        model.check_camids(camid)  # on the host, before the copy to the device
+    cam_t, attr_t = _to(camid, device), _to(attr, device)
+    with torch.autocast(
+        device_type=device.type,
+        dtype=torch.bfloat16,
+        enabled=autocast and device.type == "cuda",
+    ):
+        out = model(images, attr_t, cam_t if cameras else None, **model_kwargs)
+    return _Batch(
+        features=_features_of(out).float().cpu(),
+        pids=_host_ints(pid),
+        camids=_host_ints(camid),
+        attributes=None if attr is None else torch.as_tensor(attr).float().cpu().numpy(),
+        ids=None if idx is None else _ids(idx),
+    )
+
+
+def _collect(batches: Sequence[_Batch]) -> FeatureSet:
+    """One `FeatureSet` from the batches; attributes and ids only when every batch had them."""
+    if not batches:
+        raise DataError("The loader yielded no batch: there is nothing to evaluate.")
+    attrs = [b.attributes for b in batches if b.attributes is not None]
+    ids = [i for b in batches if b.ids is not None for i in b.ids]
+    n = sum(len(b.features) for b in batches)
+    return FeatureSet(
+        features=torch.cat([b.features for b in batches]),
+        pids=np.concatenate([b.pids for b in batches]),
+        camids=np.concatenate([b.camids for b in batches]),
+        attributes=np.concatenate(attrs) if len(attrs) == len(batches) else None,
+        ids=ids if len(ids) == n else None,
+    )
+
+
+def _progress_bar(progress: bool) -> Any:
+    """A transient rich progress bar (``progress=False``: a disabled one that draws nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, disable=not progress, transient=True)
 
 
 @torch.no_grad()
@@ -103,71 +199,42 @@ def extract_features(
     device: str | torch.device,
     *,
     autocast: bool = True,
-    progress: bool = True,
+    progress: bool = False,
     description: str = "features",
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> FeatureSet:
-    """Run ``model(images, attributes, camids)`` over ``loader`` and collect ``.features``.
+    """Run ``model(images, attributes, camids)`` over ``loader`` and collect the features.
 
-    The model is put in eval mode for the pass (BNNeck uses its running statistics) and its
-    previous mode is restored.  On CUDA the forward runs under bf16 autocast; features are
-    returned in float32 on the CPU.  ``model_kwargs`` go to every call (e.g. ``router=``).
+    The model returns a `ModelOutput` (its ``features`` are kept) or a feature tensor.  It is
+    put in eval mode for the pass (BNNeck uses its running statistics) and its previous mode is
+    restored.  On CUDA the forward runs under bf16 autocast; features are returned in float32
+    on the CPU.  ``model_kwargs`` go to every call (e.g. ``router=``).  Quiet by default (a
+    library call); ``progress=True`` shows a progress bar, as the CLI does.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     device = torch.device(device)
+    total = len(loader) if isinstance(loader, Sized) else None
+    step = partial(
+        _forward_batch,
+        model,
+        device=device,
+        cameras=_uses_cameras(model),
+        autocast=autocast,
+        model_kwargs=dict(model_kwargs or {}),
+    )
     was_training = model.training
     model.eval()
-    feats, pids, camids, attrs, ids = [], [], [], [], []
-    total = len(loader) if hasattr(loader, "__len__") else None
-    cams = _uses_cameras(model)
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
+    batches: list[_Batch] = []
     try:
-        with Progress(*columns, disable=not progress, transient=True) as bar:
+        with _progress_bar(progress) as bar:
             task = bar.add_task(description, total=total)
             for batch in loader:
-                images, pid, camid, attr, idx = _unpack(batch)
-                images = images.to(device, non_blocking=True)
-                if cams and camid is not None and isinstance(model, MoSAICReID):
-                    model.check_camids(camid)  # on the host, before the copy to the device
-                cam_t = (
-                    None if camid is None else torch.as_tensor(camid).to(device, non_blocking=True)
-                )
-                attr_t = (
-                    None if attr is None else torch.as_tensor(attr).to(device, non_blocking=True)
-                )
-                with torch.autocast(
-                    device_type=device.type,
-                    dtype=torch.bfloat16,
-                    enabled=autocast and device.type == "cuda",
-                ):
-                    out = model(images, attr_t, cam_t if cams else None, **dict(model_kwargs or {}))
-                f = getattr(out, "features", out)
-                feats.append(f.float().cpu())
-                pids.append(np.asarray(torch.as_tensor(pid).cpu(), dtype=np.int64))
-                camids.append(np.asarray(torch.as_tensor(camid).cpu(), dtype=np.int64))
-                if attr is not None:
-                    attrs.append(torch.as_tensor(attr).float().cpu().numpy())
-                if idx is not None:
-                    ids.extend(_ids(idx))
+                batches.append(step(batch))
                 bar.advance(task)
     finally:
         model.train(was_training)
-    if not feats:
-        raise DataError("The loader yielded no batch: there is nothing to evaluate.")
-    n = sum(len(f) for f in feats)
-    return FeatureSet(
-        features=torch.cat(feats),
-        pids=np.concatenate(pids),
-        camids=np.concatenate(camids),
-        attributes=np.concatenate(attrs) if len(attrs) == len(feats) else None,
-        ids=ids if len(ids) == n else None,
-    )
+    result = _collect(batches)
+    logger.info("%s: %d images, %d-dimensional features", description, *result.features.shape)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,57 +432,66 @@ def save_features(path: str | Path, query: FeatureSet, gallery: FeatureSet) -> P
 def load_features(path: str | Path) -> tuple[FeatureSet, FeatureSet]:
     """Read a file written by `save_features` (or by hand with the same keys); never unpickles."""
     path = Path(path)
+    arrays = _read_arrays(path)
+    query, gallery = (_feature_set(arrays, side, path) for side in ("query", "gallery"))
+    return query, gallery
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` or ``.safetensors`` file, or a `DataError` saying why not."""
     if not path.is_file():
         raise DataError(f"The feature file {str(path)!r} does not exist.")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        elif path.suffix == ".safetensors":
+                return {k: z[k] for k in z.files}
+        if path.suffix == ".safetensors":
             from safetensors.numpy import load_file
 
-            arrays = load_file(str(path))
-        else:
-            raise DataError(f"Feature file {str(path)!r} must end in .npz or .safetensors.")
-    except DataError:
-        raise
+            return load_file(str(path))
     except Exception as e:  # corrupt zip / header / pickled object arrays
         raise DataError(f"The feature file {str(path)!r} cannot be read ({e}).") from None
-    sets = []
-    for side in ("query", "gallery"):
-        missing = [f"{side}_{k}" for k in _KEYS if f"{side}_{k}" not in arrays]
-        if missing:
-            raise DataError(
-                f"The feature file {str(path)!r} lacks {missing[0]!r}; it needs query_/gallery_ "
-                f"features, pids and camids (it has {sorted(arrays)})."
-            )
-        f = arrays[f"{side}_features"]
-        n = len(f)
-        for k in ("pids", "camids", "attributes", "ids"):
-            a = arrays.get(f"{side}_{k}")
-            if a is not None and len(a) != n:
-                raise DataError(
-                    f"In {str(path)!r}, {side}_{k} has {len(a)} entries but {side}_features "
-                    f"has {n} rows."
-                )
-        if f.ndim != 2 or not np.issubdtype(f.dtype, np.floating):
-            raise DataError(f"In {str(path)!r}, {side}_features must be a 2-D float matrix.")
-        for k in ("pids", "camids"):
-            a = arrays[f"{side}_{k}"]
-            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-                raise DataError(
-                    f"In {str(path)!r}, {side}_{k} must be a 1-D integer array (got {a.dtype})."
-                )
-        if f.dtype != np.float64:
-            f = f.astype(np.float32)  # half precision: upcast for the distance computation
-        ids = arrays.get(f"{side}_ids")
-        sets.append(
-            FeatureSet(
-                features=torch.from_numpy(np.ascontiguousarray(f)),
-                pids=arrays[f"{side}_pids"].astype(np.int64),
-                camids=arrays[f"{side}_camids"].astype(np.int64),
-                attributes=arrays.get(f"{side}_attributes"),
-                ids=[str(x) for x in ids] if ids is not None else None,
-            )
+    raise DataError(f"Feature file {str(path)!r} must end in .npz or .safetensors.")
+
+
+def _feature_set(arrays: Mapping[str, np.ndarray], side: str, path: Path) -> FeatureSet:
+    """The ``query`` or ``gallery`` `FeatureSet` of a feature file, its arrays checked."""
+    _check_side(arrays, side, path)
+    f = arrays[f"{side}_features"]
+    if f.dtype != np.float64:
+        f = f.astype(np.float32)  # half precision: upcast for the distance computation
+    ids = arrays.get(f"{side}_ids")
+    return FeatureSet(
+        features=torch.from_numpy(np.ascontiguousarray(f)),
+        pids=arrays[f"{side}_pids"].astype(np.int64),
+        camids=arrays[f"{side}_camids"].astype(np.int64),
+        attributes=arrays.get(f"{side}_attributes"),
+        ids=[str(x) for x in ids] if ids is not None else None,
+    )
+
+
+def _check_side(arrays: Mapping[str, np.ndarray], side: str, path: Path) -> None:
+    """The keys, lengths and dtypes one side of a feature file must have."""
+    missing = [f"{side}_{k}" for k in _KEYS if f"{side}_{k}" not in arrays]
+    if missing:
+        raise DataError(
+            f"The feature file {str(path)!r} lacks {missing[0]!r}; it needs query_/gallery_ "
+            f"features, pids and camids (it has {sorted(arrays)})."
         )
-    return sets[0], sets[1]
+    f = arrays[f"{side}_features"]
+    n = len(f)
+    for k in ("pids", "camids", "attributes", "ids"):
+        a = arrays.get(f"{side}_{k}")
+        if a is not None and len(a) != n:
+            raise DataError(
+                f"In {str(path)!r}, {side}_{k} has {len(a)} entries but {side}_features "
+                f"has {n} rows."
+            )
+    if f.ndim != 2 or not np.issubdtype(f.dtype, np.floating):
+        raise DataError(f"In {str(path)!r}, {side}_features must be a 2-D float matrix.")
+    for k in ("pids", "camids"):
+        a = arrays[f"{side}_{k}"]
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            raise DataError(
+                f"In {str(path)!r}, {side}_{k} must be a 1-D integer array (got {a.dtype})."
+            )
