@@ -267,15 +267,12 @@ def _check_options(paired_by: str | None, condition: str | None, alpha: float, f
 
     if (paired_by is None) != (condition is None):
         given, missing = ("paired_by", "condition") if paired_by else ("condition", "paired_by")
-        raise StudyInputError(
-            f"{given} needs {missing} as well (--{given.replace('_', '-')} needs "
-            f"--{missing.replace('_', '-')}): a paired design names both."
-        )
+        raise StudyInputError(f"{given} needs {missing} as well: a paired design names both.")
     if not 0.0 < alpha < 1.0:
-        raise StudyInputError(f"alpha (--alpha) must lie strictly between 0 and 1, not {alpha}.")
+        raise StudyInputError(f"alpha must lie strictly between 0 and 1, not {alpha}.")
     if family not in ("auto", *FAMILIES):
         raise StudyInputError(
-            f"The GLM family (--family) {family!r} is unknown; use auto or one of {FAMILIES}."
+            f"The GLM family {family!r} is unknown; use auto or one of {FAMILIES}."
         )
 
 
