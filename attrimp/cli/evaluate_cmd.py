@@ -30,77 +30,81 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_command)
 
 
+# The options of `attrimp evaluate`, named here so the command's signature reads as a list.
+_FEATURES = typer.Argument(
+    None,
+    help="Feature file (.npz or .safetensors) with query_/gallery_ features, pids, camids; "
+    "or leave it out and give --checkpoint and --data.",
+    show_default=False,
+)
+_CHECKPOINT = typer.Option(
+    None,
+    "--checkpoint",
+    help="Evaluate this checkpoint folder (or run folder with checkpoints/latest) ...",
+)
+_DATA = typer.Option(
+    None, "--data", help="... on the query/gallery of this study / training config."
+)
+_METRIC = typer.Option("euclidean", "--metric", help="euclidean, sqeuclidean or cosine.")
+_RERANK = typer.Option(False, "--rerank", help="k-reciprocal re-ranking (Zhong 2017).")
+_K1 = typer.Option(20, "--k1", help="Re-ranking: k of the k-reciprocal sets.")
+_K2 = typer.Option(6, "--k2", help="Re-ranking: neighbours of the query expansion.")
+_LAMBDA = typer.Option(0.3, "--lambda", help="Re-ranking: weight of the original distance.")
+_MAX_RANK = typer.Option(50, "--max-rank", help="Length of the CMC curve.")
+_DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ... or auto.")
+_CONFIG = typer.Option(
+    None, "--config", help="Name of this configuration in the tables (default: file stem)."
+)
+_SCHEMA = typer.Option(
+    None,
+    "--schema",
+    help="Schema (market1501, dukemtmc or a TOML) to decode query_attributes into columns.",
+)
+_ATTRIBUTES = typer.Option(
+    None,
+    "--attributes",
+    help="CSV with a 'pid' column + attribute columns, joined to the queries by identity.",
+)
+_TABLE = typer.Option(None, "--table", help="Write the per-query result table (.csv or .parquet).")
+_SUMMARY = typer.Option(
+    None, "--summary", help="Write the config-level row (.csv, .parquet or .json)."
+)
+_INCLUDE_SKIPPED = typer.Option(
+    False, "--include-skipped", help="Keep queries without a true match (NaN metrics)."
+)
+
+
 def evaluate_command(
-    features: Path = typer.Argument(
-        None,
-        help="Feature file (.npz or .safetensors) with query_/gallery_ features, pids, camids; "
-        "or leave it out and give --checkpoint and --data.",
-        show_default=False,
-    ),
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        help="Evaluate this checkpoint folder (or run folder with checkpoints/latest) ...",
-    ),
-    data: Path | None = typer.Option(
-        None, "--data", help="... on the query/gallery of this study / training config."
-    ),
-    metric: str = typer.Option("euclidean", "--metric", help="euclidean, sqeuclidean or cosine."),
-    rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking (Zhong 2017)."),
-    k1: int = typer.Option(20, "--k1", help="Re-ranking: k of the k-reciprocal sets."),
-    k2: int = typer.Option(6, "--k2", help="Re-ranking: neighbours of the query expansion."),
-    lambda_value: float = typer.Option(
-        0.3, "--lambda", help="Re-ranking: weight of the original distance."
-    ),
-    max_rank: int = typer.Option(50, "--max-rank", help="Length of the CMC curve."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ... or auto."),
-    config: str | None = typer.Option(
-        None, "--config", help="Name of this configuration in the tables (default: file stem)."
-    ),
-    schema: str | None = typer.Option(
-        None,
-        "--schema",
-        help="Schema (market1501, dukemtmc or a TOML) to decode query_attributes into columns.",
-    ),
-    attributes: Path | None = typer.Option(
-        None,
-        "--attributes",
-        help="CSV with a 'pid' column + attribute columns, joined to the queries by identity.",
-    ),
-    table: Path | None = typer.Option(
-        None, "--table", help="Write the per-query result table (.csv or .parquet)."
-    ),
-    summary: Path | None = typer.Option(
-        None, "--summary", help="Write the config-level row (.csv, .parquet or .json)."
-    ),
-    include_skipped: bool = typer.Option(
-        False, "--include-skipped", help="Keep queries without a true match (NaN metrics)."
-    ),
+    features: Path = _FEATURES,
+    checkpoint: Path | None = _CHECKPOINT,
+    data: Path | None = _DATA,
+    metric: str = _METRIC,
+    rerank: bool = _RERANK,
+    k1: int = _K1,
+    k2: int = _K2,
+    lambda_value: float = _LAMBDA,
+    max_rank: int = _MAX_RANK,
+    device: str = _DEVICE,
+    config: str | None = _CONFIG,
+    schema: str | None = _SCHEMA,
+    attributes: Path | None = _ATTRIBUTES,
+    table: Path | None = _TABLE,
+    summary: Path | None = _SUMMARY,
+    include_skipped: bool = _INCLUDE_SKIPPED,
 ) -> None:
     """mAP, CMC, mINP and the per-query table of saved features or of a trained checkpoint.
 
     Example: attrimp evaluate --checkpoint runs/tiny --data studies/configs/synthetic_tiny.toml --table runs/tiny/per_query.csv
     """
-    err = Console(stderr=True)
     try:
         if (features is None) == (checkpoint is None):
             raise DataError("Give either a feature file or --checkpoint (with --data), not both.")
         if checkpoint is not None:
-            if data is None:
-                raise DataError("--checkpoint needs --data CONFIG: the dataset to evaluate on.")
             query, gallery, schema_name = _features_of_checkpoint(checkpoint, data, device)
             schema = schema if schema is not None or attributes is not None else schema_name
             name = config or checkpoint.name
         else:
-            from attrimp.evaluate.evaluation import load_features
-
-            if not features.is_file():
-                raise DataError(
-                    f"The feature file {str(features)!r} does not exist: write one with "
-                    "attrimp.evaluate.evaluation.save_features, or evaluate a trained model directly with "
-                    "`attrimp evaluate --checkpoint RUN --data CONFIG` (RUN from `attrimp train`)."
-                )
-            query, gallery = load_features(features)
+            query, gallery = _features_of_file(features)
             name = config or features.stem
         run_evaluation(
             query,
@@ -120,12 +124,27 @@ def evaluate_command(
             include_skipped=include_skipped,
         )
     except AttrimpError as exc:
+        err = Console(stderr=True)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
 
 
-def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
-    """Query and gallery `FeatureSet`s of a trained model on a config's dataset."""
+def _features_of_file(features: Path):
+    """Query and gallery `FeatureSet`s of a feature file, or a sentence on how to make one."""
+    from attrimp.evaluate.evaluation import load_features
+
+    if not features.is_file():
+        raise DataError(
+            f"The feature file {str(features)!r} does not exist: write one with "
+            "attrimp.evaluate.evaluation.save_features, or evaluate a trained model directly with "
+            "`attrimp evaluate --checkpoint RUN --data CONFIG` (RUN from `attrimp train`)."
+        )
+    return load_features(features)
+
+
+def _features_of_checkpoint(checkpoint: Path, data: Path | None, device: str):
+    """Query and gallery `FeatureSet`s of a trained model on a config's dataset (with progress
+    bars), and the model's schema name when it is a built-in one."""
     from torch.utils.data import DataLoader
 
     from attrimp.config import load_config
@@ -135,6 +154,8 @@ def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
     from attrimp.train.pipeline import datasets, prepare_data
     from attrimp.train.training import resolve_checkpoint
 
+    if data is None:
+        raise DataError("--checkpoint needs --data CONFIG: the dataset to evaluate on.")
     cfg = load_config(data)
     dev = _device(device)
     folder = resolve_checkpoint(checkpoint)
@@ -149,11 +170,11 @@ def _features_of_checkpoint(checkpoint: Path, data: Path, device: str):
     ds = prepare_data(cfg, run_dir, model_check=False)  # the model is the checkpoint's
     _, query_set, gallery_set = datasets(model, ds)
     batch = cfg.eval.batch_size
-    query = extract_features(
-        model, DataLoader(query_set, batch_size=batch), dev, description="query"
-    )
-    gallery = extract_features(
-        model, DataLoader(gallery_set, batch_size=batch), dev, description="gallery"
+    query, gallery = (
+        extract_features(
+            model, DataLoader(split, batch_size=batch), dev, progress=True, description=what
+        )
+        for split, what in ((query_set, "query"), (gallery_set, "gallery"))
     )
     name = model.schema.name if model.schema.name in BUILTIN_SCHEMAS else None
     return query, gallery, name
@@ -232,14 +253,7 @@ def run_evaluation(
 ):
     """Metrics + tables for two `FeatureSet`s; prints the headline numbers. Returns the
     `EvalResult` (shared by every way of obtaining features)."""
-    from rich.table import Table
-
-    from attrimp.evaluate.evaluation import (
-        attribute_frame,
-        config_table,
-        evaluate_features,
-        per_query_table,
-    )
+    from attrimp.evaluate.evaluation import config_table, evaluate_features, per_query_table
 
     console = console or Console()
     if schema is not None and attributes is not None:
@@ -255,39 +269,14 @@ def run_evaluation(
         max_rank=max_rank,
         device=_device(device),
     )
-    s = result.summary()
-    out = Table(title=f"{config}" + (" (re-ranked)" if rerank else ""))
-    for col in ("mAP", "rank1", "rank5", "rank10", "mINP"):
-        out.add_column(col, justify="right")
-    out.add_row(*(f"{s[c]:.4f}" for c in ("mAP", "rank1", "rank5", "rank10", "mINP")))
-    console.print(out)
-    console.print(
-        f"{result.num_valid} of {result.num_queries} queries evaluated; {result.num_skipped} "
-        f"skipped (no true match in the gallery); {result.num_junk_gallery} junk gallery "
-        "images ignored."
-    )
+    _print_headline(result, config + (" (re-ranked)" if rerank else ""), console)
     if table is not None:
-        attrs = None
-        if schema is not None:
-            if query.attributes is None:
-                raise DataError("--schema needs query_attributes in the feature file; it has none.")
-            from attrimp.model.schema import load_schema
-
-            sch = load_schema(schema)
-            if query.attributes.shape[1] != sch.n_slots:
-                raise DataError(
-                    f"query_attributes has {query.attributes.shape[1]} slots but schema "
-                    f"{sch.name!r} has {sch.n_slots}."
-                )
-            attrs = attribute_frame(query.attributes, sch)
-        elif attributes is not None:
-            attrs = _identity_attributes(attributes, query.pids)
         frame = per_query_table(
             result,
             query_ids=query.ids,
             q_pids=query.pids,
             q_camids=query.camids,
-            attributes=attrs,
+            attributes=_query_attributes(query, schema, attributes),
             config=config,
             include_skipped=include_skipped,
         )
@@ -297,3 +286,42 @@ def run_evaluation(
         _write(config_table(result, config=config, extra={"reranked": int(rerank)}), summary)
         console.print(f"summary: {summary}")
     return result
+
+
+def _print_headline(result, title: str, console: Console) -> None:
+    """mAP, rank-1/5/10 and mINP as a table, and how many queries counted."""
+    from rich.table import Table
+
+    s = result.summary()
+    out = Table(title=title)
+    for col in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        out.add_column(col, justify="right")
+    out.add_row(*(f"{s[c]:.4f}" for c in ("mAP", "rank1", "rank5", "rank10", "mINP")))
+    console.print(out)
+    console.print(
+        f"{result.num_valid} of {result.num_queries} queries evaluated; {result.num_skipped} "
+        f"skipped (no true match in the gallery); {result.num_junk_gallery} junk gallery "
+        "images ignored."
+    )
+
+
+def _query_attributes(query, schema: str | None, attributes: Path | None):
+    """The per-query attribute columns: decoded from the feature file's multi-hot with
+    ``schema``, joined from an identity-level CSV, or None."""
+    from attrimp.evaluate.evaluation import attribute_frame
+
+    if schema is not None:
+        if query.attributes is None:
+            raise DataError("--schema needs query_attributes in the feature file; it has none.")
+        from attrimp.model.schema import load_schema
+
+        sch = load_schema(schema)
+        if query.attributes.shape[1] != sch.n_slots:
+            raise DataError(
+                f"query_attributes has {query.attributes.shape[1]} slots but schema "
+                f"{sch.name!r} has {sch.n_slots}."
+            )
+        return attribute_frame(query.attributes, sch)
+    if attributes is not None:
+        return _identity_attributes(attributes, query.pids)
+    return None
