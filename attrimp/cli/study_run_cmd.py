@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import typer
-
-BUILTIN = "synthetic_study.toml"
-
-
-def builtin_config_text() -> str:
-    return resources.files("studies").joinpath(f"configs/{BUILTIN}").read_text("utf-8")
 
 
 def register(app: typer.Typer) -> None:
@@ -39,17 +32,12 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from attrimp.config import config_from_dict, load_config
+        from attrimp.api import study_config
         from attrimp.study.run import run_study
 
-        if config is None:
-            import tomllib
-
-            cfg = config_from_dict(tomllib.loads(builtin_config_text()), source="built-in study")
-        else:
-            cfg = load_config(config)
-        if device is not None:
-            cfg = config_from_dict({**cfg.to_dict(), "device": device}, source="--device")
+        # the same config loading as attrimp.run_study (built-in study when CONFIG is absent)
+        overrides = {"device": device} if device is not None else {}
+        cfg = study_config(config, overrides_source="--device", **overrides)
         console = Console(stderr=True)
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
         _leave_process_group()
