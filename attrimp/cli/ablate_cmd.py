@@ -42,23 +42,23 @@ def ablate_command(
 
     Example: attrimp ablate studies/configs/synthetic_tiny.toml --checkpoint runs/tiny --out runs/ablate
     """
-    import torch
     from rich.console import Console
-    from rich.progress import Progress
 
+    from attrimp.train.training import resolve_device
+
+    cfg = _with_designs(config, designs)
+    dev = resolve_device(device)
+    model, data = _checkpoint_and_data(cfg, checkpoint, out / "work", dev)
+    console = Console(stderr=True)
+    per_query, n_conditions = _evaluate_conditions(cfg, model, data, dev, console)
+    configs = _write_tables(per_query, data.schema.group_names, out)
+    _print_configs(configs, n_conditions, console)
+    console.print(f"tables in {out}", highlight=False)
+
+
+def _with_designs(config: Path, designs: list[str] | None):
+    """The study config, its ``[ablation] designs`` replaced by ``--design`` when given."""
     from attrimp.config import config_from_dict, load_config
-    from attrimp.errors import CheckpointError
-    from attrimp.evaluate.conditions import ConditionEvaluator
-    from attrimp.model.checkpoint import load_model
-    from attrimp.study.run import (
-        atomic_write_frame,
-        config_table,
-        delta_table,
-        leave_one_out_importance,
-        study_conditions,
-    )
-    from attrimp.train.pipeline import datasets, prepare_data
-    from attrimp.train.training import resolve_checkpoint, resolve_device
 
     cfg = load_config(config)
     if designs:
@@ -66,10 +66,20 @@ def ablate_command(
             {**cfg.to_dict(), "ablation": {**cfg.to_dict()["ablation"], "designs": designs}},
             source="--design",
         )
-    dev = resolve_device(device)
+    return cfg
+
+
+def _checkpoint_and_data(cfg, checkpoint: Path, work: Path, dev):
+    """The trained model and the config's data, or a `CheckpointError` when their schemas
+    differ."""
+    from attrimp.errors import CheckpointError
+    from attrimp.model.checkpoint import load_model
+    from attrimp.train.pipeline import prepare_data
+    from attrimp.train.training import resolve_checkpoint
+
     folder = resolve_checkpoint(checkpoint)
     model = load_model(folder, device=dev)
-    data = prepare_data(cfg, out / "work", model_check=False)  # the model is the checkpoint's
+    data = prepare_data(cfg, work, model_check=False)  # the model is the checkpoint's
     if (
         data.schema.n_slots != model.schema.n_slots
         or data.schema.group_names != model.schema.group_names
@@ -78,8 +88,21 @@ def ablate_command(
             f"The checkpoint {str(folder)!r} was trained on schema {model.schema.name!r} but the "
             f"config's data use schema {data.schema.name!r}."
         )
+    return model, data
+
+
+def _evaluate_conditions(cfg, model, data, dev, console):
+    """The per-query table of every condition of the study's designs (with a progress bar),
+    and the number of conditions."""
+    import pandas as pd
+    import torch
+    from rich.progress import Progress
+
+    from attrimp.evaluate.conditions import ConditionEvaluator
+    from attrimp.study.run import study_conditions
+    from attrimp.train.pipeline import datasets
+
     conditions = study_conditions(cfg, data.schema, model)
-    console = Console(stderr=True)
     _, query_set, gallery_set = datasets(model, data)
     evaluator = ConditionEvaluator.from_config(model, query_set, gallery_set, cfg.eval, device=dev)
     tables = []
@@ -90,10 +113,18 @@ def ablate_command(
             result, _ = evaluator.run(cond)
             tables.append(evaluator.table(cond, result))
             bar.advance(task)
-    import pandas as pd
+    return pd.concat(tables, ignore_index=True), len(conditions)
 
-    per_query = pd.concat(tables, ignore_index=True)
-    groups = data.schema.group_names
+
+def _write_tables(per_query, groups, out: Path):
+    """The four tables of the module docstring, written atomically; returns the config-level one."""
+    from attrimp.study.run import (
+        atomic_write_frame,
+        config_table,
+        delta_table,
+        leave_one_out_importance,
+    )
+
     configs = config_table(per_query, groups)
     deltas = delta_table(per_query, groups)
     atomic_write_frame(per_query, out / "per_query.parquet")
@@ -101,12 +132,15 @@ def ablate_command(
     atomic_write_frame(deltas, out / "deltas.csv")
     if len(deltas):
         atomic_write_frame(leave_one_out_importance(deltas), out / "leave_one_out_importance.csv")
+    return configs
+
+
+def _print_configs(configs, n_conditions: int, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{len(conditions)} configurations")
+    table = Table(title=f"{n_conditions} configurations")
     for col in ("config", "mAP", "rank1", "mINP"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for row in configs.itertuples():
         table.add_row(row.config, f"{row.mAP:.4f}", f"{row.rank1:.4f}", f"{row.mINP:.4f}")
     console.print(table)
-    console.print(f"tables in {out}", highlight=False)
