@@ -4,27 +4,27 @@
     >>> bb = build("clip:ViT-B-16", pretrained="openai", stride=12, camera_count=6)
     >>> bb = build("timm:deit_small_patch16_224", pretrained="ckpt.safetensors", adapt="lora")
 
-Families register with `register_family` (a decorator on a `BackboneFamily` subclass). The
-built-ins (``clip``, ``timm``) are imported only when asked for; a third-party package adds a
-family without touching ours through the ``attrimp.backbones`` entry-point group, e.g. in its
-``pyproject.toml``::
+Families live in `FAMILIES`, an `attrimp.registry.Registry` over the ``attrimp.backbones``
+entry-point group. The built-ins (``clip``, ``timm``) are declared there by attrimp's own
+``pyproject.toml`` exactly as a third-party package declares its family, and are imported only
+when asked for::
 
     [project.entry-points."attrimp.backbones"]
     mine = "my_pkg.backbone:MyFamily"      # a BackboneFamily subclass (or instance, or a module
                                            # that calls register_family on import)
+
+`register_family` (a class decorator) registers a family in the running process.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.metadata
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from attrimp.errors import AttrimpError, CheckpointError, ConfigError
+from attrimp.registry import Registry
 from backbones.base import (
     BackboneFamily,
     PretrainedCfg,
@@ -37,6 +37,7 @@ from backbones.base import (
 )
 
 __all__ = [
+    "FAMILIES",
     "BackboneFamily",
     "PretrainedCfg",
     "ViTBackbone",
@@ -56,10 +57,25 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "attrimp.backbones"
 
-#: built-in families, imported on first use so that listing names stays cheap
-_BUILTIN = {"clip": "backbones.clip", "timm": "backbones.timm_vit"}
-_FAMILIES: dict[str, BackboneFamily] = {}
-_discovered = False
+
+def _as_family(name: str, obj: Any) -> BackboneFamily:
+    """A registered object as a family instance named ``name`` (a class is instantiated once)."""
+    family = obj() if isinstance(obj, type) and issubclass(obj, BackboneFamily) else obj
+    if not isinstance(family, BackboneFamily):
+        raise TypeError(f"{obj!r} is not a BackboneFamily (nor a module that registers one)")
+    family.name = name
+    return family
+
+
+#: every backbone family by name; the built-ins as pyproject.toml declares them (for a checkout
+#: without installed metadata)
+FAMILIES: Registry[BackboneFamily] = Registry(
+    ENTRY_POINT_GROUP,
+    kind="backbone family",
+    plural="families",
+    builtins={"clip": "backbones.clip:ClipFamily", "timm": "backbones.timm_vit:TimmFamily"},
+    coerce=_as_family,
+)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -79,65 +95,17 @@ _WAY_OUT = (
 
 def register_family(name: str):
     """Class decorator: register a `BackboneFamily` subclass (instantiated once) under ``name``."""
-
-    def deco(cls):
-        instance = cls() if isinstance(cls, type) else cls
-        if not isinstance(instance, BackboneFamily):
-            raise TypeError(f"{cls!r} is not a BackboneFamily")
-        instance.name = name
-        _FAMILIES[name] = instance
-        return cls
-
-    return deco
-
-
-def _discover(refresh: bool = False) -> None:
-    """Import the built-ins and load the ``attrimp.backbones`` entry points (once)."""
-    global _discovered
-    if _discovered and not refresh:
-        return
-    _discovered = True
-    for name, module in _BUILTIN.items():
-        if name not in _FAMILIES:
-            importlib.import_module(module)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _FAMILIES and not refresh:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plug-in must not break the built-ins
-            warnings.warn(
-                f"backbone family {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
-            )
-            continue
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, BackboneFamily)
-            or isinstance(obj, BackboneFamily)
-        ):
-            register_family(ep.name)(obj)
-        elif ep.name not in _FAMILIES:
-            warnings.warn(
-                f"entry point {ep.name!r} ({ep.value}) is neither a BackboneFamily nor a module that "
-                "registers one under that name; ignored",
-                stacklevel=2,
-            )
+    return FAMILIES.register(name)
 
 
 def list_families() -> list[str]:
-    """Names of every registered family (built-ins and plug-ins)."""
-    _discover()
-    return sorted(_FAMILIES)
+    """Names of every family that loads (built-ins and plug-ins; a broken plug-in warns)."""
+    return sorted(FAMILIES.load_all())
 
 
 def get_family(name: str) -> BackboneFamily:
-    """The family registered under ``name``; unknown -> AttrimpError listing the known ones."""
-    _discover()
-    if name not in _FAMILIES:
-        raise AttrimpError(
-            f"unknown backbone family {name!r}; known families: {', '.join(sorted(_FAMILIES))}."
-        )
-    return _FAMILIES[name]
+    """The family registered under ``name``; unknown -> ConfigError listing the known ones."""
+    return FAMILIES.load(name)
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -269,36 +237,17 @@ def build(
         **kwargs: passed to the family's model constructor (user kwargs win over defaults).
     """
     family, model, size, tag, file = _validated(name, pretrained, img_size, stride, adapt, tiny)
-    if tag is not None:
-        problem = _fetch_problem(family, model, tag)
-        if problem is not None:
-            raise CheckpointError(
-                f"Could not download the {tag!r} weights of {name}: {problem}; {_WAY_OUT}."
-            )
-    try:
-        backbone = family.build(
-            model,
-            tag=tag,
-            img_size=size,
-            stride=stride,
-            camera_count=int(camera_count),
-            tiny=tiny,
-            **kwargs,
-        )
-    except AttrimpError:
-        raise
-    except Exception as exc:
-        if tag is None or not _is_network_error(exc):
-            raise
-        raise CheckpointError(
-            f"Could not download the {tag!r} weights of {name} ({_innermost(exc)}); {_WAY_OUT}."
-        ) from None
-    if file is not None:
-        load_weights(backbone, file, pretrained_grid=pretrained_grid)
-        backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(file=str(file))
-    backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(
-        mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None
+    backbone = _construct(
+        family,
+        model,
+        tag=tag,
+        img_size=size,
+        stride=stride,
+        camera_count=int(camera_count),
+        tiny=tiny,
+        **kwargs,
     )
+    _finish_weights(backbone, file, pretrained_grid=pretrained_grid, mean=mean, std=std)
     set_adapt_mode(
         backbone,
         adapt,
@@ -308,6 +257,47 @@ def build(
         lora_dropout=lora_dropout,
     )
     return backbone
+
+
+def _construct(
+    family: BackboneFamily, model: str, *, tag: str | None, **options: Any
+) -> ViTBackbone:
+    """The family's model with hub weights ``tag``; a download that cannot happen is one
+    sentence with the way out, found in seconds before the hub client's minute of retries."""
+    name = f"{family.name}:{model}"
+    if tag is not None:
+        problem = _fetch_problem(family, model, tag)
+        if problem is not None:
+            raise CheckpointError(
+                f"Could not download the {tag!r} weights of {name}: {problem}; {_WAY_OUT}."
+            )
+    try:
+        return family.build(model, tag=tag, **options)
+    except AttrimpError:
+        raise
+    except Exception as exc:
+        if tag is None or not _is_network_error(exc):
+            raise
+        raise CheckpointError(
+            f"Could not download the {tag!r} weights of {name} ({_innermost(exc)}); {_WAY_OUT}."
+        ) from None
+
+
+def _finish_weights(
+    backbone: ViTBackbone,
+    file: Path | None,
+    *,
+    pretrained_grid: tuple[int, int] | None,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+) -> None:
+    """Load a local weight file and record it and the user's normalisation (the user wins)."""
+    if file is not None:
+        load_weights(backbone, file, pretrained_grid=pretrained_grid)
+        backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(file=str(file))
+    backbone.pretrained_cfg = backbone.pretrained_cfg.with_overrides(
+        mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None
+    )
 
 
 def check(

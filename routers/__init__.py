@@ -1,72 +1,58 @@
 """Routers: attribute annotations (or predictions) -> expert gates ``[batch, n_experts]``.
 
-The registry is lazy: names map to ``module:Class`` strings and a module is imported only when
-its router is built, so ``import routers`` stays cheap and the learned router (which pulls in
-its own heads) is loaded on demand.
+`ROUTERS` is an `attrimp.registry.Registry` over the ``attrimp.routers`` entry-point group: the
+built-ins are declared in attrimp's own ``pyproject.toml`` exactly as a third party declares a
+router, and a module is imported only when its router is built, so ``import routers`` stays
+cheap and the learned router (which pulls in its own heads) is loaded on demand.
 
     build_router("oracle")
     build_router("mask", groups_on={"gender", "hat"})          # every other group off
     build_router("noisy", p=0.2, seed=0, base="oracle")
     build_router("counterfactual", group="gender", value="female")
+
+A third-party package adds a router in its ``pyproject.toml``::
+
+    [project.entry-points."attrimp.routers"]
+    mine = "my_pkg.routers:MyRouter"       # a Router subclass
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from attrimp.errors import ConfigError
+from attrimp.registry import Registry
 
 if TYPE_CHECKING:
     from attrimp.model.interfaces import Router
 
-_TARGETS: dict[str, str | type] = {
-    "oracle": "routers.oracle:OracleRouter",
-    "mask": "routers.mask:MaskRouter",
-    "counterfactual": "routers.counterfactual:CounterfactualRouter",
-    "noisy": "routers.noisy:NoisyRouter",
-    "learned": "routers.learned:LearnedRouter",
-}
+ENTRY_POINT_GROUP = "attrimp.routers"
 
 
-class _Registry(Mapping[str, type]):
-    """``ROUTERS[name]`` -> the router class, imported on first use; iteration lists names."""
-
-    def __getitem__(self, name: str) -> type:
-        target = _TARGETS[name]
-        if isinstance(target, type):
-            return target
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            raise ConfigError(
-                f"The router {name!r} is registered but its module {module_name!r} is not installed."
-            ) from None
-        try:
-            cls = getattr(module, attr)
-        except AttributeError:
-            raise ConfigError(
-                f"The router {name!r} expects {attr!r} in module {module_name!r}, which lacks it."
-            ) from None
-        _TARGETS[name] = cls
-        return cls
-
-    def __contains__(self, name: object) -> bool:  # without importing the router's module
-        return name in _TARGETS
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(_TARGETS))
-
-    def __len__(self) -> int:
-        return len(_TARGETS)
+def _as_router_class(name: str, obj: Any) -> type:
+    """A registered router must be a class (built with the user's options per use)."""
+    if not isinstance(obj, type):
+        raise TypeError(f"{obj!r} is not a router class")
+    return obj
 
 
-ROUTERS: Mapping[str, type] = _Registry()
+#: every router class by name; the built-ins as pyproject.toml declares them (for a checkout
+#: without installed metadata)
+ROUTERS: Registry[type] = Registry(
+    ENTRY_POINT_GROUP,
+    kind="router",
+    plural="routers",
+    builtins={
+        "oracle": "routers.oracle:OracleRouter",
+        "mask": "routers.mask:MaskRouter",
+        "counterfactual": "routers.counterfactual:CounterfactualRouter",
+        "noisy": "routers.noisy:NoisyRouter",
+        "learned": "routers.learned:LearnedRouter",
+    },
+    coerce=_as_router_class,
+)
 
 
 def register_router(name: str, target: str | type | None = None) -> Callable[[type], type] | type:
@@ -74,15 +60,7 @@ def register_router(name: str, target: str | type | None = None) -> Callable[[ty
 
     Used as ``@register_router("mine")`` on a class, or ``register_router("mine", "pkg.mod:Cls")``.
     """
-
-    def add(cls: type) -> type:
-        _TARGETS[name] = cls
-        return cls
-
-    if target is None:
-        return add
-    _TARGETS[name] = target
-    return target if isinstance(target, type) else None  # type: ignore[return-value]
+    return ROUTERS.register(name, target)
 
 
 def build_router(name: str, **kwargs: Any) -> Router:
@@ -91,10 +69,7 @@ def build_router(name: str, **kwargs: Any) -> Router:
     A ``base`` given as a name (``"oracle"``) or as a mapping ``{"name": ..., **kwargs}`` is built
     first, so configuration files can nest routers.
     """
-    if name not in _TARGETS:
-        raise ConfigError(
-            f"Unknown router {name!r}; the registered routers are {sorted(_TARGETS)}."
-        )
+    cls = ROUTERS.load(name)  # an unknown name: one sentence listing the known ones
     base = kwargs.get("base")
     if isinstance(base, str):
         kwargs["base"] = build_router(base)
@@ -103,7 +78,6 @@ def build_router(name: str, **kwargs: Any) -> Router:
         if "name" not in spec:
             raise ConfigError(f"The base router of {name!r} needs a 'name'.")
         kwargs["base"] = build_router(spec.pop("name"), **spec)
-    cls = ROUTERS[name]
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as e:
@@ -119,4 +93,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["ROUTERS", "Router", "build_router", "register_router"]
+__all__ = ["ENTRY_POINT_GROUP", "ROUTERS", "Router", "build_router", "register_router"]

@@ -509,15 +509,16 @@ def test_a_family_registered_through_an_entry_point(monkeypatch, tmp_path, image
     def entry_points(**kw):
         return [ep] if kw.get("group") == backbones.ENTRY_POINT_GROUP else real(**kw)
 
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    monkeypatch.setattr(backbones, "_FAMILIES", dict(backbones._FAMILIES))
-    monkeypatch.setattr(backbones, "_discovered", False)
-    assert "fake" in backbones.list_families()
-    bb = backbones.build("fake:mini", stride=12)
-    assert bb.width == 32 and bb.grid_size == (21, 10)
-    assert bb(images).shape == (2, 32)
-    with pytest.raises(AttrimpError, match="known tags: fake-tag"):
-        backbones.build("fake:mini", pretrained="other")
+    with backbones.FAMILIES.isolated():
+        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+        backbones.FAMILIES.refresh()
+        assert "fake" in backbones.list_families()
+        bb = backbones.build("fake:mini", stride=12)
+        assert bb.width == 32 and bb.grid_size == (21, 10)
+        assert bb(images).shape == (2, 32)
+        with pytest.raises(AttrimpError, match="known tags: fake-tag"):
+            backbones.build("fake:mini", pretrained="other")
+    assert "fake" not in backbones.FAMILIES
     sys.modules.pop("fake_bb_plugin", None)
 
 
@@ -525,12 +526,19 @@ def test_a_broken_plugin_warns_but_keeps_the_builtins(monkeypatch):
     ep = importlib.metadata.EntryPoint(
         name="broken", value="no_such_module_xyz:Fam", group=backbones.ENTRY_POINT_GROUP
     )
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [ep])
-    monkeypatch.setattr(backbones, "_FAMILIES", dict(backbones._FAMILIES))
-    monkeypatch.setattr(backbones, "_discovered", False)
-    with warnings.catch_warnings(record=True) as caught:
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kw):
+        return [ep] if kw.get("group") == backbones.ENTRY_POINT_GROUP else real(**kw)
+
+    with backbones.FAMILIES.isolated(), warnings.catch_warnings(record=True) as caught:
+        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+        backbones.FAMILIES.refresh()
         warnings.simplefilter("always")
         assert backbones.list_families() == ["clip", "timm"]
+        # asked for by name, it is one sentence naming the plug-in and why
+        with pytest.raises(AttrimpError, match=r"'broken' \(no_such_module_xyz:Fam\) could not"):
+            backbones.get_family("broken")
     assert any("broken" in str(w.message) for w in caught)
 
 
