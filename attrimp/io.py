@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from attrimp.errors import AttrimpError
 
@@ -63,6 +64,86 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, document: Any, *, indent: int = 2, **kwargs: Any) -> None:
     """``document`` as JSON with a final newline (``kwargs`` go to `json.dumps`)."""
     atomic_write_text(path, json.dumps(document, indent=indent, **kwargs) + "\n")
+
+
+def atomic_write_frame(frame: Any, path: str | Path) -> None:
+    """A pandas DataFrame as Parquet (a ``.parquet`` path) or CSV (any other), without its
+    index, written atomically. CSV lines end in ``\\n`` on every platform, so the same table
+    gives the same bytes everywhere."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        with atomic_writer(path, "wb") as fh:
+            frame.to_parquet(fh, index=False)
+    else:
+        with atomic_writer(path, "w", newline="") as fh:
+            frame.to_csv(fh, index=False, lineterminator="\n")
+
+
+@contextmanager
+def atomic_writer(
+    path: str | Path, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """A file open for writing (``mode`` ``"w"`` or ``"wb"``) whose contents replace ``path``
+    when the block ends without an error, for writers that stream (``csv.writer``, a download).
+
+    The handle writes to `tmp_name` of ``path``; on success it is flushed to disk and moved into
+    place with ``os.replace``; on any error (or a check in the block that raises) the temporary
+    is deleted and ``path`` keeps its old contents.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer writes with mode 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    text = dict(encoding=encoding, newline=newline) if mode == "w" else {}
+    try:
+        with open(tmp, mode, **text) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """An empty temporary folder beside ``path`` to fill; when the block ends without an error
+    it replaces ``path`` as a whole (a folder already there is moved aside first and then
+    deleted), so a reader sees the old folder or the new one, never a half-written one. On an
+    error the temporary folder is deleted and ``path`` is left as it was.
+
+    The temporary is `tmp_name` of ``path`` (its name carries this process's id, which is how
+    a cleaner of stale temporaries tells a dead writer's from a live one's).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Move the folder ``src`` to ``dst``, replacing a folder there: the old one is first renamed
+    aside (``os.replace`` cannot replace a non-empty folder), then ``src`` renamed into place,
+    then the old one deleted."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = tmp_name(dst.with_name(f"{dst.name}.old"))  # a temporary too, for stale cleaners
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old, dst)  # put the old folder back: never leave no folder at all
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- hashes

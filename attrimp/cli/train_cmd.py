@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attrimp.errors import AttrimpError, ConfigError
-from attrimp.io import atomic_write_json, run_output
+from attrimp.io import atomic_write_json, atomic_writer, run_output
 
 T = TypeVar("T")
 
@@ -168,12 +168,20 @@ def _train_locked(
 
     _print_history(console, result.history, result.resumed_from)
     summary = _evaluate(model, query, gallery, cfg, dev, num_workers, progress)
+    return _report_metrics(console, cfg, out, result, dist.world_size, query, gallery, summary)
+
+
+# --------------------------------------------------------------------------------- helpers
+def _report_metrics(
+    console: Console, cfg, out: Path, result, world_size: int, query, gallery, summary: dict
+) -> dict[str, Any]:
+    """Write metrics.json (the evaluation plus what was trained) and print it."""
     metrics = {
         "config": cfg.name,
         "checkpoint": str(result.checkpoint),
         "epochs": result.epochs,
         "resumed_from": result.resumed_from,
-        "world_size": dist.world_size,
+        "world_size": world_size,
         "num_query": len(query),
         "num_gallery": len(gallery),
         **summary,
@@ -185,26 +193,15 @@ def _train_locked(
     return metrics
 
 
-# --------------------------------------------------------------------------------- helpers
 def _device(name: str):
-    """The device of this process: under torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``."""
+    """The device of this process (`attrimp.devices.resolve_device`: under torchrun a bare
+    ``cuda`` means ``cuda:LOCAL_RANK``), made the current CUDA device when it is one."""
     import torch
 
-    from attrimp.train.training import resolve_device
+    from attrimp.devices import resolve_device
 
     dev = resolve_device(name)
-    if dev.type == "cuda" and dev.index is None:
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        index = (
-            int(os.environ.get("LOCAL_RANK", "0")) if distributed else torch.cuda.current_device()
-        )
-        dev = torch.device("cuda", index)
     if dev.type == "cuda":
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {str(dev)!r} was asked for, but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)."
-            )
         torch.cuda.set_device(dev)
     return dev
 
@@ -296,12 +293,10 @@ def _append_eval_log(path: Path, epoch: int, summary: dict) -> None:
             rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) != epoch]
     rows.append({"epoch": epoch, **{k: summary[k] for k in EVAL_FIELDS[1:]}})
     rows.sort(key=lambda r: int(r["epoch"]))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_writer(path, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _check_run_folder(out: Path, cfg, found: Path | None, is_main: bool, console: Console) -> None:

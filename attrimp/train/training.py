@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader
 from attrimp.config import TrainConfig
 from attrimp.data.dataset import ReIDImageDataset
 from attrimp.data.sampler import PKSampler
+from attrimp.devices import resolve_device
 from attrimp.errors import CheckpointError, ConfigError
-from attrimp.io import sha256_file
+from attrimp.io import atomic_folder, atomic_write_text, atomic_writer, sha256_file
 from attrimp.model.checkpoint import load_weights, save_checkpoint
 from attrimp.model.mosaic import MoSAICReID
 from attrimp.train.losses import CenterLoss, batch_hard_triplet_loss, identity_loss
@@ -67,12 +68,13 @@ STATE_JSON = "trainer_state.json"
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for, but this machine has no CUDA device.")
-    return torch.device(name)
+__all__ = [  # resolve_device lives in attrimp.devices; re-exported for older imports
+    "TrainResult",
+    "latest_checkpoint",
+    "resolve_checkpoint",
+    "resolve_device",
+    "train",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -229,39 +231,49 @@ def _save_training_state(
     history: list[dict[str, float]],
     config: TrainConfig,
 ) -> Path:
+    """Write checkpoint ``epoch-NNNN`` (model + trainer state) as one folder, then point
+    ``latest`` at it and delete the older ones. The folder is filled under a temporary name and
+    renamed into place (`attrimp.io.atomic_folder`), so ``latest`` never names half a folder."""
     root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:04d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, metadata={"epoch": epoch, "train": config.__dict__})
+    with atomic_folder(root / name) as tmp:
+        save_checkpoint(model, tmp, metadata={"epoch": epoch, "train": config.__dict__})
+        _write_trainer_state(tmp, epoch, opt, sched, center, history)
+    atomic_write_text(root / "latest", name)
+    for old in root.glob("epoch-*"):  # keep only the newest complete checkpoint
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+def _write_trainer_state(
+    folder: Path,
+    epoch: int,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    center: CenterLoss | None,
+    history: list[dict[str, float]],
+) -> None:
+    """The optimiser moments, RNG states and centres (safetensors) and the rest (JSON)."""
     tensors, meta = _flatten_optimizer(opt)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     if center is not None:
         tensors["center.centers"] = center.centers.detach().cpu().contiguous()
-    save_file(tensors, str(tmp / STATE_WEIGHTS))
+    save_file(tensors, str(folder / STATE_WEIGHTS))
     document = {
         "epoch": epoch,
         # checked on resume like model.safetensors: a changed or truncated state file is an
         # error, never a silent resume with the wrong optimiser moments or RNG state
-        "state_sha256": sha256_file(tmp / STATE_WEIGHTS),
+        "state_sha256": sha256_file(folder / STATE_WEIGHTS),
         "optimizer": meta,
         "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
         "history": history,
     }
-    (tmp / STATE_JSON).write_text(json.dumps(document, indent=1, default=float), encoding="utf-8")
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer_tmp = root / f".latest.tmp-{os.getpid()}"
-    pointer_tmp.write_text(name, encoding="utf-8")
-    os.replace(pointer_tmp, root / "latest")
-    for old in root.glob("epoch-*"):  # keep only the newest complete checkpoint
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    (folder / STATE_JSON).write_text(
+        json.dumps(document, indent=1, default=float), encoding="utf-8"
+    )
 
 
 def _load_training_state(
@@ -450,7 +462,7 @@ def train(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     attribute_loss_weight: float = 1.0,
 ) -> TrainResult:
@@ -461,17 +473,47 @@ def train(
     called after each epoch's checkpoint is written (the resume test uses it to kill -9 itself).
     ``attribute_loss_weight`` scales a learned router's attribute loss
     (``[router] attribute_loss_weight``); ``config`` weights the others. The history holds, per
-    epoch, each weighted loss part's mean per step, over all ranks under DDP.
+    epoch, each weighted loss part's mean per step, over all ranks under DDP. ``progress`` shows
+    a progress bar (the CLI turns it on); each epoch is also logged at INFO level.
     """
     out_dir = Path(out_dir)
-    device = torch.device(device) if isinstance(device, str) else device
+    device = resolve_device(device)  # a bare "cuda" is this process's GPU (DDP needs one)
     dist_info = init_distributed(device)
-    if device.type == "cuda" and device.index is None:
-        # DDP needs the process's own GPU; under torchrun that is cuda:LOCAL_RANK.
-        if dist_info.world_size > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        else:
-            device = torch.device("cuda", torch.cuda.current_device())
+    _check_trainable(model, train_set, config)
+    # The order of the next steps is fixed: each draws from the seeded RNG, so an exact resume
+    # (and the same result as before any refactoring) depends on it.
+    seed_everything(config.seed)
+    model.to(device)
+    run = _build_run(model, train_set, config, device, dist_info, num_workers)
+    if dist_info.is_main:
+        remove_stale_temporaries(out_dir)
+    start_epoch, history = 0, []
+    if resume and (found := latest_checkpoint(out_dir)) is not None:
+        start_epoch, history = _load_training_state(found, model, run.opt, run.sched, run.center)
+    _prepare_step(run, train_set, attribute_loss_weight)
+    writer = _tensorboard(out_dir) if dist_info.is_main else None
+    with _ProgressBar(progress and dist_info.is_main, run.steps_per_epoch) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            stats = _train_epoch(run, epoch, bar)
+            history.append(stats)
+            if dist_info.is_main:
+                _save_epoch(run, out_dir, epoch + 1, history, writer)
+            if dist_info.world_size > 1:
+                torch.distributed.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, stats)
+    if writer is not None:
+        writer.close()
+    final = latest_checkpoint(out_dir)
+    if final is None:  # zero epochs asked for, nothing written yet
+        final = _save_training_state(
+            out_dir, 0, model, run.opt, run.sched, run.center, history, config
+        )
+    return TrainResult(final, config.epochs, history, start_epoch)
+
+
+def _check_trainable(model: MoSAICReID, train_set: ReIDImageDataset, config: TrainConfig) -> None:
+    """One sentence for a training set, model or config that cannot train anything."""
     if train_set.target != "label":
         raise ConfigError("The training set must yield classifier labels (target='label').")
     if model.classifier is None:
@@ -482,8 +524,38 @@ def train(
             "Every training loss is switched off: set train.id_loss_weight or "
             "train.triplet_loss_weight above 0."
         )
-    seed_everything(config.seed)
-    model.to(device)
+
+
+@dataclass
+class _Run:
+    """What every epoch of one `train` call shares (built by `_build_run`, `_prepare_step`)."""
+
+    model: MoSAICReID
+    config: TrainConfig
+    device: torch.device
+    dist: DistInfo
+    center: CenterLoss | None
+    sampler: PKSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    #: the compiled (or eager) forward + losses, and the model it runs (DDP-wrapped or not)
+    step_fn: Callable[..., torch.Tensor] | None = None
+    graphs: bool = False
+    slot_group: torch.Tensor | None = None
+    needs_camids: bool = False
+
+
+def _build_run(
+    model: MoSAICReID,
+    train_set: ReIDImageDataset,
+    config: TrainConfig,
+    device: torch.device,
+    dist_info: DistInfo,
+    num_workers: int,
+) -> _Run:
+    """The centre loss, PK sampler and loader, optimiser and learning-rate schedule."""
     center = (
         CenterLoss(model.config.num_classes, model.backbone.width).to(device)
         if config.center_loss_weight > 0
@@ -520,15 +592,18 @@ def train(
         total_steps=config.epochs * steps_per_epoch,
         warmup_steps=config.warmup_epochs * steps_per_epoch,
     )
-    start_epoch, history = 0, []
-    if dist_info.is_main:
-        remove_stale_temporaries(out_dir)
-    if resume and (found := latest_checkpoint(out_dir)) is not None:
-        start_epoch, history = _load_training_state(found, model, opt, sched, center)
-    resumed_from = start_epoch
-    ddp_model: nn.Module = model
-    if dist_info.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
+    return _Run(
+        model, config, device, dist_info, center, sampler, loader, steps_per_epoch, opt, sched
+    )
+
+
+def _prepare_step(run: _Run, train_set: ReIDImageDataset, attribute_loss_weight: float) -> None:
+    """Wrap the model for DDP (after a resume loaded its weights), check the camera ids once,
+    and build the (compiled) step."""
+    model, device = run.model, run.device
+    net: nn.Module = model
+    if run.dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             # The set of parameters that receive a gradient is the same every step (the gated
@@ -537,101 +612,139 @@ def train(
             # a plug-in router whose parameters sit unused is still handled.
             static_graph=True,
         )
-    needs_camids = model.config.camera_count > 0
-    if needs_camids:  # once, on the host: the forward does not read ids on the device
+    run.needs_camids = model.config.camera_count > 0
+    if run.needs_camids:  # once, on the host: the forward does not read ids on the device
         model.check_camids([r.camid for r in train_set.records])
-    slot_group = torch.tensor(np.array(model.schema.slot_group), device=device)
-    mode = resolve_compile(config.compile, device, dist_info.world_size)
-    graphs = mode == "reduce-overhead"
-    step_fn = compile_step(
-        loss_step(ddp_model, model, config, center, attribute_loss_weight, device), mode
+    run.slot_group = torch.tensor(np.array(model.schema.slot_group), device=device)
+    mode = resolve_compile(run.config.compile, device, run.dist.world_size)
+    run.graphs = mode == "reduce-overhead"
+    run.step_fn = compile_step(
+        loss_step(net, model, run.config, run.center, attribute_loss_weight, device), mode
     )
-    writer = _tensorboard(out_dir) if dist_info.is_main else None
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    show_bar = progress and dist_info.is_main
-    bar = Progress(
-        TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-        disable=not show_bar,
-        transient=True,
+def _train_epoch(run: _Run, epoch: int, bar: _ProgressBar) -> dict[str, float]:
+    """One pass of the PK sampler; returns the epoch's statistics (a row of the history)."""
+    run.model.train()
+    run.sampler.set_epoch(epoch)
+    bar.start_epoch(epoch + 1)
+    # Running sums of LOSS_KEYS, on the device (see LOG_EVERY). float64 so that the sums are
+    # exactly the Python float sums of the per-step values they replaced.
+    sums = torch.zeros(len(LOSS_KEYS), dtype=_sum_dtype(run.device), device=run.device)
+    t0, steps = time.perf_counter(), 0
+    for step, batch in enumerate(run.loader):
+        if step >= run.steps_per_epoch:
+            break
+        values = _train_step(run, batch)
+        steps += 1
+        with torch.no_grad():  # one tiny kernel, queued: no synchronisation
+            sums += values.detach().to(sums.dtype)
+        bar.step(sums, steps)
+    totals = _epoch_totals(sums, steps, run.dist.world_size)
+    stats: dict[str, float] = {
+        k: total / max(1.0, totals[-1]) for k, total in zip(LOSS_KEYS, totals)
+    }
+    bar.show_loss(stats["loss"])
+    stats.update(
+        epoch=epoch + 1,
+        steps=steps,
+        lr=run.opt.param_groups[0]["lr"],
+        seconds=time.perf_counter() - t0,
     )
-    with bar:
-        task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, loss=0.0)
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            sampler.set_epoch(epoch)
-            bar.reset(task, total=steps_per_epoch, epoch=epoch + 1, loss=0.0)
-            # Running sums of LOSS_KEYS, on the device (see LOG_EVERY). float64 so that the
-            # sums are exactly the Python float sums of the per-step values they replaced.
-            sums = torch.zeros(len(LOSS_KEYS), dtype=_sum_dtype(device), device=device)
-            t0, steps = time.perf_counter(), 0
-            for step, (images, labels, camids, attributes, _idx) in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                # non-blocking from the loader's pinned memory: a blocking copy would
-                # synchronise the GPU stream at every step
-                images = images.to(device, non_blocking=True)
-                labels = torch.as_tensor(labels).to(device, non_blocking=True)
-                attributes = attributes.to(device, non_blocking=True)
-                routed = attributes
-                if config.group_dropout > 0:
-                    routed = drop_groups(
-                        attributes, slot_group, config.group_dropout, len(model.schema.groups)
-                    )
-                cams = (
-                    torch.as_tensor(camids).to(device, non_blocking=True) if needs_camids else None
-                )
-                if graphs:  # the previous step's graph outputs may now be overwritten
-                    torch.compiler.cudagraph_mark_step_begin()
-                values = step_fn(images, labels, routed, attributes, cams)
-                opt.zero_grad(set_to_none=True)
-                values[0].backward()
-                if center is not None and dist_info.world_size > 1:
-                    _average_gradients(center.parameters(), dist_info.world_size)
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                opt.step()
-                sched.step()
-                steps += 1
-                with torch.no_grad():  # one tiny kernel, queued: no synchronisation
-                    sums += values.detach().to(sums.dtype)
-                if show_bar and steps % LOG_EVERY == 0:
-                    bar.update(task, advance=1, loss=float(sums[0]) / steps)
-                else:
-                    bar.update(task, advance=1)
-            totals = _epoch_totals(sums, steps, dist_info.world_size)
-            stats: dict[str, float] = {
-                k: total / max(1.0, totals[-1]) for k, total in zip(LOSS_KEYS, totals)
-            }
-            bar.update(task, loss=stats["loss"])
-            stats.update(
-                epoch=epoch + 1,
-                steps=steps,
-                lr=opt.param_groups[0]["lr"],
-                seconds=time.perf_counter() - t0,
-            )
-            history.append(stats)
-            if dist_info.is_main:
-                _save_training_state(out_dir, epoch + 1, model, opt, sched, center, history, config)
-                _write_log(out_dir, history)
-                if writer is not None:
-                    for k in (*LOSS_KEYS, "lr"):
-                        writer.add_scalar(f"train/{k}", stats[k], epoch + 1)
-                    writer.flush()
-            if dist_info.world_size > 1:
-                torch.distributed.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, stats)
+    log.info(
+        "epoch %d: loss %.4f, %d steps, %.1f s", epoch + 1, stats["loss"], steps, stats["seconds"]
+    )
+    return stats
+
+
+def _train_step(run: _Run, batch: tuple) -> torch.Tensor:
+    """Forward, backward and optimiser step of one PK batch; returns the loss parts (device)."""
+    images, labels, camids, attributes, _idx = batch
+    device, config = run.device, run.config
+    # non-blocking from the loader's pinned memory: a blocking copy would synchronise the GPU
+    # stream at every step
+    images = images.to(device, non_blocking=True)
+    labels = torch.as_tensor(labels).to(device, non_blocking=True)
+    attributes = attributes.to(device, non_blocking=True)
+    routed = attributes
+    if config.group_dropout > 0:
+        routed = drop_groups(
+            attributes, run.slot_group, config.group_dropout, len(run.model.schema.groups)
+        )
+    cams = torch.as_tensor(camids).to(device, non_blocking=True) if run.needs_camids else None
+    if run.graphs:  # the previous step's graph outputs may now be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
+    values = run.step_fn(images, labels, routed, attributes, cams)
+    run.opt.zero_grad(set_to_none=True)
+    values[0].backward()
+    if run.center is not None and run.dist.world_size > 1:
+        _average_gradients(run.center.parameters(), run.dist.world_size)
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    return values
+
+
+def _save_epoch(
+    run: _Run, out_dir: Path, epoch: int, history: list[dict[str, float]], writer
+) -> None:
+    """Rank 0's end of an epoch: the checkpoint, the CSV log and TensorBoard."""
+    _save_training_state(
+        out_dir, epoch, run.model, run.opt, run.sched, run.center, history, run.config
+    )
+    _write_log(out_dir, history)
     if writer is not None:
-        writer.close()
-    final = latest_checkpoint(out_dir)
-    if final is None:  # zero epochs asked for, nothing written yet
-        final = _save_training_state(out_dir, 0, model, opt, sched, center, history, config)
-    return TrainResult(final, config.epochs, history, resumed_from)
+        for k in (*LOSS_KEYS, "lr"):
+            writer.add_scalar(f"train/{k}", history[-1][k], epoch)
+        writer.flush()
+
+
+class _ProgressBar:
+    """The training bar (epoch, steps, running loss) when ``show``; a no-op otherwise, so a
+    library call prints nothing. The running loss is read from the device only every
+    `LOG_EVERY` steps (see there)."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.show, self.total = show, total
+        self._bar = self._task = None
+        if show:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+
+    def __enter__(self) -> _ProgressBar:
+        if self._bar is not None:
+            self._bar.__enter__()
+            self._task = self._bar.add_task("train", total=self.total, epoch=0, loss=0.0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int) -> None:
+        if self._bar is not None:
+            self._bar.reset(self._task, total=self.total, epoch=epoch, loss=0.0)
+
+    def step(self, sums: torch.Tensor, steps: int) -> None:
+        """One step done; ``sums`` are the epoch's on-device loss sums, total first."""
+        if self._bar is None:
+            return
+        if steps % LOG_EVERY == 0:
+            self._bar.update(self._task, advance=1, loss=float(sums[0]) / steps)
+        else:
+            self._bar.update(self._task, advance=1)
+
+    def show_loss(self, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, loss=loss)
 
 
 def _sum_dtype(device: torch.device) -> torch.dtype:
@@ -687,13 +800,11 @@ def drop_groups(
 
 def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:
     """Rewrite the CSV log from the history (so a resumed run never duplicates rows)."""
-    tmp = out_dir / ".train_log.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_writer(out_dir / "train_log.csv", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, 0.0) for k in LOG_FIELDS})
-    os.replace(tmp, out_dir / "train_log.csv")
 
 
 def _tensorboard(out_dir: Path):
