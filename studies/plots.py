@@ -1,4 +1,5 @@
-"""The report's figures, drawn from the same tidy tables that go into report.json.
+"""The figures of both report pages (`attrimp study analyze` and `attrimp study run`), drawn
+from the same tidy tables that go into report.json.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot), so no
 global state or GUI backend is touched and the battery can run in a worker or a headless CI.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -213,16 +215,38 @@ def consensus_heatmap(
     CI above 0). ``direction`` and ``significant`` are aligned with ``ranks`` (NaN = none)."""
     if ranks is None or ranks.empty:
         return None
-    from matplotlib.patches import Patch, Rectangle
-
     mat = ranks.to_numpy(float)
-    n_rows, n_cols = mat.shape
-    dirs = _aligned(direction, ranks)
-    sig = _aligned(significant, ranks)
     n = max(2.0, float(np.nanmax(mat)) if np.isfinite(mat).any() else 2.0)
     strength = np.clip((n - mat) / (n - 1.0), 0.0, 1.0)  # 1 = top rank
-    blues, reds, greys = (matplotlib.colormaps[c] for c in ("Blues", "Reds", "Greys"))
-    rgba = np.ones((n_rows, n_cols, 4))
+    n_rows, n_cols = mat.shape
+    fig = Figure(figsize=(max(_WIDTH, 0.6 * n_cols + 2.5), 1.9 + 0.5 * n_rows))
+    ax = fig.subplots()
+    ax.imshow(
+        _heat_colours(mat, _aligned(direction, ranks), strength),
+        aspect="auto",
+        interpolation="nearest",
+    )
+    ax.set_xticks(np.arange(n_cols))
+    ax.set_xticklabels([short_label(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(n_rows))
+    ax.set_yticklabels([short_label(i) for i in ranks.index], fontsize=8)
+    _mark_ranks(ax, mat, _aligned(significant, ranks), strength)
+    ax.set_title(
+        title or "Rank of each attribute group by method (number = rank, deeper = higher)",
+        fontsize=10,
+    )
+    _heat_legend(fig, legend, positive_label, negative_label)
+    return fig
+
+
+_HUES = ("Blues", "Reds", "Greys")
+
+
+def _heat_colours(mat: np.ndarray, dirs: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """RGBA per cell: the hue from the direction (blue +, red -, grey none), the depth from the
+    rank; white where there is no rank."""
+    blues, reds, greys = (matplotlib.colormaps[c] for c in _HUES)
+    rgba = np.ones((*mat.shape, 4))
     for (r, c), s in np.ndenumerate(strength):
         if not np.isfinite(mat[r, c]):
             continue
@@ -230,13 +254,14 @@ def consensus_heatmap(
         d = dirs[r, c]
         cmap = blues if d > 0 else reds if d < 0 else greys
         rgba[r, c] = cmap(level * (0.75 if cmap is greys else 1.0))
-    fig = Figure(figsize=(max(_WIDTH, 0.6 * n_cols + 2.5), 1.9 + 0.5 * n_rows))
-    ax = fig.subplots()
-    ax.imshow(rgba, aspect="auto", interpolation="nearest")
-    ax.set_xticks(np.arange(n_cols))
-    ax.set_xticklabels([short_label(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(np.arange(n_rows))
-    ax.set_yticklabels([short_label(i) for i in ranks.index], fontsize=8)
+    return rgba
+
+
+def _mark_ranks(ax, mat: np.ndarray, sig: np.ndarray, strength: np.ndarray) -> None:
+    """Write each rank in its cell (white on deep colour); a found group gets a star, bold
+    text and a black frame."""
+    from matplotlib.patches import Rectangle
+
     for (r, c), v in np.ndenumerate(mat):
         if not np.isfinite(v):
             continue
@@ -256,6 +281,13 @@ def consensus_heatmap(
             ax.add_patch(
                 Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
             )
+
+
+def _heat_legend(fig: Figure, note: str, positive_label: str, negative_label: str) -> None:
+    """The colour key in a strip under the plot, the caller's note under it, then the layout."""
+    from matplotlib.patches import Patch
+
+    blues, reds, greys = (matplotlib.colormaps[c] for c in _HUES)
     handles = [
         Patch(color=blues(0.7), label=positive_label),
         Patch(color=reds(0.7), label=negative_label),
@@ -263,23 +295,18 @@ def consensus_heatmap(
         Patch(facecolor="white", edgecolor="black", label="* found (Holm p < α / CI > 0)"),
     ]
     height_in = fig.get_figheight()
-    foot = (0.55 if legend else 0.35) / height_in  # legend (and note) strip, in figure units
+    foot = (0.55 if note else 0.35) / height_in  # legend (and note) strip, in figure units
     fig.legend(
         handles=handles,
         loc="lower center",
-        bbox_to_anchor=(0.5, (0.2 if legend else 0.02) / height_in),
+        bbox_to_anchor=(0.5, (0.2 if note else 0.02) / height_in),
         ncol=4,
         fontsize=7,
         frameon=False,
     )
-    ax.set_title(
-        title or "Rank of each attribute group by method (number = rank, deeper = higher)",
-        fontsize=10,
-    )
-    if legend:
-        fig.text(0.5, 0.04 / height_in, legend, ha="center", va="bottom", fontsize=7, color="#444")
+    if note:
+        fig.text(0.5, 0.04 / height_in, note, ha="center", va="bottom", fontsize=7, color="#444")
     _tight(fig, rect=(0, foot, 1, 1))
-    return fig
 
 
 def _aligned(values: pd.DataFrame | None, like: pd.DataFrame) -> np.ndarray:
@@ -288,6 +315,62 @@ def _aligned(values: pd.DataFrame | None, like: pd.DataFrame) -> np.ndarray:
         return np.full(like.shape, np.nan)
     v = values.reindex(index=like.index, columns=like.columns)
     return v.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+
+def value_bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    colors: Sequence[str] | None = None,
+    reference: float | None = None,
+    reference_label: str = "",
+    xlim: tuple[float, float] | None = None,
+    xlabel: str = "",
+    title: str = "",
+) -> Figure | None:
+    """Horizontal bars, the first label on top, with an optional dashed reference line (e.g.
+    each configuration's mAP against the full model's)."""
+    if len(labels) == 0:
+        return None
+    fig = Figure(figsize=(7, 0.28 * len(labels) + 1.2))
+    ax = fig.subplots()
+    colors = list(colors) if colors is not None else ["#1f77b4"] * len(labels)
+    ax.barh([short_label(x) for x in labels][::-1], list(values)[::-1], color=colors[::-1])
+    if reference is not None:
+        ax.axvline(reference, color="k", lw=0.8, ls="--", label=reference_label)
+        ax.legend(loc="lower right", fontsize=8)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    _tight(fig)
+    return fig
+
+
+def interval_bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    ci_low: Sequence[float],
+    ci_high: Sequence[float],
+    *,
+    xlabel: str = "",
+    title: str = "",
+) -> Figure | None:
+    """Signed horizontal bars with their CIs, the first label on top: blue where the value is
+    positive, red where it is negative, a line at 0 (e.g. the leave-one-group-out ΔmAP)."""
+    if len(labels) == 0:
+        return None
+    val = np.asarray(values, float)[::-1]
+    err = np.vstack([val - np.asarray(ci_low, float)[::-1], np.asarray(ci_high, float)[::-1] - val])
+    fig = Figure(figsize=(7, 0.35 * len(labels) + 1.3))
+    ax = fig.subplots()
+    colors = ["#1f77b4" if v > 0 else "#d62728" for v in val]
+    ax.barh([short_label(x) for x in labels][::-1], val, xerr=err, color=colors, capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    _tight(fig)
+    return fig
 
 
 def prevalence_scatter(prev: pd.DataFrame, *, x: str, y: str, title: str = "") -> Figure | None:
@@ -319,7 +402,10 @@ __all__ = [
     "consensus_heatmap",
     "glm_forest",
     "importance_bars",
+    "interval_bars",
     "png_bytes",
     "prevalence_scatter",
     "shap_summary",
+    "short_label",
+    "value_bars",
 ]

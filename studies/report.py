@@ -20,8 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attrimp.io import atomic_write_bytes, atomic_write_frame, atomic_write_text
 from studies.battery import METHODS, TABLES, BatteryResult
-from studies.report_md import figure_tag
+from studies.report_html import render_html
+from studies.report_md import (
+    HIGHER_IS_BETTER,
+    LOWER_IS_BETTER,
+    figure_tag,
+    outcome_sense,
+    render_markdown,
+)
 
 #: major.minor: a new optional key bumps minor; a renamed/removed key or changed meaning, major
 SCHEMA_VERSION = "1.1"
@@ -98,11 +106,6 @@ def _versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- the answer
 
 
-#: outcomes where a higher value means better re-identification, and where it means worse; the
-#: summary says "helps" / "hurts" only for these, "raises" / "lowers" the outcome for any other
-HIGHER_IS_BETTER = frozenset({"ap", "map", "rank1", "rank5", "rank10", "minp", "inp"})
-LOWER_IS_BETTER = frozenset({"first_hit"})
-
 #: the columns of one ``summary`` record (docs/report-schema.md)
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "outcome",
@@ -122,16 +125,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "methods_finding",
     "methods_testing",
 )
-
-
-def outcome_sense(outcome: str) -> int:
-    """+1 when a higher outcome is better re-identification, -1 when lower is, 0 when unknown."""
-    key = outcome.strip().lower().replace("-", "").replace(" ", "")
-    if key in HIGHER_IS_BETTER:
-        return 1
-    if key in LOWER_IS_BETTER:
-        return -1
-    return 0
 
 
 def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
@@ -374,43 +367,48 @@ def write_report(
     input_info: Mapping[str, Any] | None = None,
     figures: bool = True,
 ) -> ReportFiles:
-    """Write report.json, report.md, report.html, tables/*.csv and figures/*.png into out_dir."""
-    from studies.report_html import render_html
-    from studies.report_md import render_markdown
+    """Write report.json, report.md, report.html, tables/*.csv and figures/*.png into out_dir.
 
+    Every file goes through `attrimp.io`'s atomic writers: a reader (or a killed run) sees a
+    file's old contents or its new ones, never half of it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(result, input_info=input_info)
     files = ReportFiles(
         out_dir=out, json=out / "report.json", markdown=out / "report.md", html=out / "report.html"
     )
-    files.json.write_text(dumps(report), encoding="utf-8")
-
-    tables_dir = out / "tables"
-    tables_dir.mkdir(exist_ok=True)
-    for name in TABLES:
-        df = result.combined(name)
-        path = tables_dir / f"{name}.csv"
-        _frame_for_csv(df).to_csv(path, index=False, lineterminator="\n")
-        files.tables[name] = path
-    warn_path = tables_dir / "warnings.csv"
-    pd.DataFrame(report["warnings"], columns=["source", "outcome", "message"]).to_csv(
-        warn_path, index=False, lineterminator="\n"
-    )
-    files.tables["warnings"] = warn_path
-
+    atomic_write_text(files.json, dumps(report))
+    files.tables = write_tables(result, report["warnings"], out / "tables")
     pngs = make_figures(result) if figures else {}
-    if pngs:
-        fig_dir = out / "figures"
-        fig_dir.mkdir(exist_ok=True)
-        for name, data in pngs.items():
-            path = fig_dir / f"{name}.png"
-            path.write_bytes(data)
-            files.figures[name] = path
+    files.figures = write_figures(pngs, out / "figures")
     rel = {name: f"figures/{p.name}" for name, p in files.figures.items()}
-    files.markdown.write_text(render_markdown(report, figures=rel), encoding="utf-8")
-    files.html.write_text(render_html(report, figures=pngs), encoding="utf-8")
+    atomic_write_text(files.markdown, render_markdown(report, figures=rel))
+    atomic_write_text(files.html, render_html(report, figures=pngs))
     return files
+
+
+def write_tables(
+    result: BatteryResult, warnings: list[Mapping[str, Any]], tables_dir: Path
+) -> dict[str, Path]:
+    """Every battery table as ``<name>.csv`` (infinite values blank, like NaN) and the warnings
+    as ``warnings.csv``; returns name -> path."""
+    paths: dict[str, Path] = {}
+    for name in TABLES:
+        paths[name] = tables_dir / f"{name}.csv"
+        atomic_write_frame(_frame_for_csv(result.combined(name)), paths[name])
+    paths["warnings"] = tables_dir / "warnings.csv"
+    frame = pd.DataFrame(warnings, columns=["source", "outcome", "message"])
+    atomic_write_frame(frame, paths["warnings"])
+    return paths
+
+
+def write_figures(pngs: Mapping[str, bytes], fig_dir: Path) -> dict[str, Path]:
+    """Each figure as ``<name>.png`` (no folder when there is none); returns name -> path."""
+    paths: dict[str, Path] = {}
+    for name, data in pngs.items():
+        paths[name] = fig_dir / f"{name}.png"
+        atomic_write_bytes(paths[name], data)
+    return paths
 
 
 def _frame_for_csv(df: pd.DataFrame) -> pd.DataFrame:
@@ -426,12 +424,17 @@ def _frame_for_csv(df: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = [
     "ANALYSES",
+    "HIGHER_IS_BETTER",
+    "LOWER_IS_BETTER",
     "SCHEMA_VERSION",
     "ReportFiles",
     "build_report",
     "clean_value",
     "dumps",
     "make_figures",
+    "outcome_sense",
     "records",
+    "write_figures",
     "write_report",
+    "write_tables",
 ]

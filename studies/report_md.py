@@ -1,8 +1,11 @@
-"""report.md, rendered from the report.json dictionary (never from the raw results).
+"""The battery report's page (`attrimp study analyze`): its words and its Markdown.
 
-Attribute and column names come from the user's table and may contain ``|``, ``*``, ``_``, ``<``
-or a newline; :func:`md_escape` makes each of them literal text so a name can neither break a
-table nor inject markup. Number formatting is shared with the HTML page.
+The page is built once from the report.json dictionary (never from the raw results) as a
+`studies.page.Page` — the answer in plain words first, then the glossary, the input, the
+warnings and one section per outcome and analysis — and rendered here as report.md and in
+`studies.report_html` as report.html, so the two say the same thing. Escaping, table layout and
+number formatting live in `studies.page` (attribute and column names come from the user's table
+and may contain ``|``, ``*``, ``_``, ``<`` or a newline; the renderers make them literal text).
 """
 
 from __future__ import annotations
@@ -10,6 +13,28 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from studies.page import (
+    Box,
+    Bullets,
+    Definitions,
+    Image,
+    Page,
+    Section,
+    Strong,
+    Table,
+    Text,
+    format_value,
+    is_p_key,
+    md_escape,
+    md_table,
+    to_markdown,
+)
+
+#: outcomes where a higher value means better re-identification, and where it means worse; the
+#: summary says "helps" / "hurts" only for these, "raises" / "lowers" the outcome for any other
+HIGHER_IS_BETTER = frozenset({"ap", "map", "rank1", "rank5", "rank10", "minp", "inp"})
+LOWER_IS_BETTER = frozenset({"first_hit"})
 
 #: the note under the consensus table of both pages
 CONSENSUS_NOTE = (
@@ -78,45 +103,15 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
-#: characters that can start markup anywhere in a line (block-level ones such as "1." or "-"
-#: only act at a line start, and user text never starts a line here)
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#+!|~&$])")
-_P_KEYS = {"p_value", "p_holm", "p_fdr_bh", "kendall_w_p", "Holm p"}
 
-
-def md_escape(text: Any) -> str:
-    """Literal Markdown text: every markup character backslash-escaped, newlines flattened."""
-    s = " ".join(str(text).split())
-    return _MD_SPECIAL.sub(r"\\\1", s)
-
-
-def is_p_key(key: str) -> bool:
-    return key in _P_KEYS or key.startswith("p_") or key.endswith("_p")
-
-
-def format_value(key: str, value: Any) -> str:
-    """A cell's text (unescaped): p-values to 3 decimals or scientific, others 4 significant."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if is_p_key(key):
-            if value == 0.0:
-                return "0"
-            return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
-        if value == 0.0:
-            return "0"
-        if abs(value) >= 1e5 or abs(value) < 1e-3:
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(format_value(key, v) for v in value)
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {format_value(str(k), v)}" for k, v in value.items())
-    return str(value)
+def outcome_sense(outcome: str) -> int:
+    """+1 when a higher outcome is better re-identification, -1 when lower is, 0 when unknown."""
+    key = outcome.strip().lower().replace("-", "").replace(" ", "")
+    if key in HIGHER_IS_BETTER:
+        return 1
+    if key in LOWER_IS_BETTER:
+        return -1
+    return 0
 
 
 def display_columns(
@@ -146,25 +141,6 @@ def method_rank_rows(report: Mapping[str, Any], outcome: str) -> list[dict[str, 
             row[f"rank_{m}"] = by.get((c["attribute"], m))
         rows.append(row)
     return rows
-
-
-def _md_cell(key: str, value: Any) -> str:
-    text = format_value(key, value)
-    # numbers are formatted by us and need no escaping; anything else may come from the user
-    return text if isinstance(value, (int, float)) else md_escape(text)
-
-
-def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return "_(empty)_\n"
-    cols = list(columns or display_columns(rows))
-    lines = [
-        "| " + " | ".join(md_escape(c) for c in cols) + " |",
-        "| " + " | ".join("---" for _ in cols) + " |",
-    ]
-    for r in rows:
-        lines.append("| " + " | ".join(_md_cell(c, r.get(c)) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def input_facts(inp: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -265,8 +241,6 @@ _METHOD_NAMES = {
 
 def sign_convention(outcomes: Sequence[str]) -> str:
     """The one sentence that fixes what a sign means on the page."""
-    from studies.report import outcome_sense
-
     better = [o for o in outcomes if outcome_sense(o) > 0]
     worse = [o for o in outcomes if outcome_sense(o) < 0]
     text = (
@@ -303,74 +277,89 @@ def answer_text(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> tuple[
     """The plain-words answer for one outcome: a paragraph (which groups matter, how much the
     methods agree) and one sentence per group that matters (direction, effect with CI, Holm p,
     how many methods find it). Unescaped text; each page escapes it."""
-    from studies.report import outcome_sense
-
     name = outcome["outcome"]
     alpha = float(report.get("settings", {}).get("alpha", 0.05))
-    ci_pct = int(round(100 * (1 - alpha)))
     recs = for_outcome(report.get("summary", []), name)
     tested = [r for r in recs if r.get("p_holm") is not None]
     found = [r for r in tested if r.get("matters")]
+    lead = _finding_text(name, recs, tested, found, alpha) + _agreement_text(outcome)
+    ci_pct = int(round(100 * (1 - alpha)))
+    return lead, [_group_sentence(r, name, ci_pct) for r in found]
+
+
+def _finding_text(
+    name: str,
+    recs: Sequence[Mapping[str, Any]],
+    tested: Sequence[Mapping[str, Any]],
+    found: Sequence[Mapping[str, Any]],
+    alpha: float,
+) -> str:
+    """Which groups matter (or the closest one, or that none could be tested)."""
     src = "GLM joint Wald test" if any(r.get("p_source") == "glm" for r in tested) else "rank test"
     if found:
-        lead = (
+        return (
             f"{len(found)} of {len(recs)} attribute groups matter for {name} "
             f"(Holm-adjusted p < {alpha:g}, {src}): {', '.join(r['attribute'] for r in found)}."
         )
-    elif tested:
+    if tested:
         best = min(tested, key=lambda r: r["p_holm"])
-        lead = (
+        return (
             f"No attribute group matters for {name} at Holm-adjusted p < {alpha:g} ({src}); "
             f"the closest is {best['attribute']} (Holm p = {format_value('p_holm', best['p_holm'])})."
         )
-    else:
-        lead = f"No attribute group of {name} could be tested (see the warnings)."
+    return f"No attribute group of {name} could be tested (see the warnings)."
+
+
+def _agreement_text(outcome: Mapping[str, Any]) -> str:
+    """How much the methods agree (Kendall's W), and which were left out of the consensus."""
     excluded = outcome.get("excluded_methods") or {}
     methods = [_METHOD_NAMES.get(m, m) for m in outcome.get("methods", []) if m not in excluded]
     w = outcome.get("kendall_w")
     if w is not None and len(methods) >= 2:
-        lead += (
+        text = (
             f" The {len(methods)} methods ({', '.join(methods)}) agree {_agreement_word(w)} on "
             f"the order of the groups (Kendall's W = {format_value('w', w)}; 1 = the same "
             "ranking)."
         )
     else:
-        lead += " Agreement between methods is not measured (fewer than two methods ranked)."
+        text = " Agreement between methods is not measured (fewer than two methods ranked)."
     if excluded:
         names = ", ".join(_METHOD_NAMES.get(m, m) for m in excluded)
-        lead += (
+        text += (
             f" Left out of the consensus and of the counts below: {names} (their scores rank "
             "nothing; see the warnings)."
         )
-    sense = outcome_sense(name)
-    lines = []
-    for r in found:
-        parts = [f"{r['attribute']}:"]
-        eff = r.get("effect")
-        if eff is not None and r.get("level") is not None:
-            verb = "raises" if eff > 0 else "lowers" if eff < 0 else "does not move"
-            what = (
-                "average marginal effect"
-                if r.get("effect_name") == "average_marginal_effect"
-                else "coefficient, link scale"
+    return text
+
+
+def _group_sentence(r: Mapping[str, Any], name: str, ci_pct: int) -> str:
+    """One group that matters: its headline level's direction and effect with CI, whether that
+    helps or hurts re-identification, its Holm p and how many methods find it."""
+    parts = [f"{r['attribute']}:"]
+    eff = r.get("effect")
+    if eff is not None and r.get("level") is not None:
+        verb = "raises" if eff > 0 else "lowers" if eff < 0 else "does not move"
+        what = (
+            "average marginal effect"
+            if r.get("effect_name") == "average_marginal_effect"
+            else "coefficient, link scale"
+        )
+        parts.append(
+            f"{r['level']} instead of {r.get('reference')} (the reference) {verb} {name}: "
+            f"{what} {_effect_text(r, ci_pct)}"
+        )
+        sense = outcome_sense(name)
+        if sense and eff != 0:
+            parts[-1] += ", " + (
+                "helps re-identification" if sense * eff > 0 else "hurts re-identification"
             )
-            parts.append(
-                f"{r['level']} instead of {r.get('reference')} (the reference) {verb} {name}: "
-                f"{what} {_effect_text(r, ci_pct)}"
-            )
-            if sense and eff != 0:
-                parts[-1] += ", " + (
-                    "helps re-identification" if sense * eff > 0 else "hurts re-identification"
-                )
-            parts[-1] += ";"
-        parts.append(f"Holm p = {format_value('p_holm', r['p_holm'])};")
-        if r.get("methods_testing"):
-            parts.append(
-                f"found by {r['methods_finding']} of the {r['methods_testing']} methods that "
-                "test it."
-            )
-        lines.append(" ".join(parts).rstrip(";") + ("" if parts[-1].endswith(".") else "."))
-    return lead, lines
+        parts[-1] += ";"
+    parts.append(f"Holm p = {format_value('p_holm', r['p_holm'])};")
+    if r.get("methods_testing"):
+        parts.append(
+            f"found by {r['methods_finding']} of the {r['methods_testing']} methods that test it."
+        )
+    return " ".join(parts).rstrip(";") + ("" if parts[-1].endswith(".") else ".")
 
 
 def summary_rows(report: Mapping[str, Any], outcome: str) -> list[dict[str, Any]]:
@@ -405,116 +394,143 @@ def has_blank_p(rows: Sequence[Mapping[str, Any]]) -> bool:
     return any(r.get(k) is None for r in rows for k in keys)
 
 
-def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | None = None) -> str:
-    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path."""
-    figures = dict(figures or {})
-    inp = report["input"]
-    settings = report["settings"]
-    out: list[str] = ["# attrimp study report", ""]
-    out.append(
-        md_escape(
-            "Which attribute groups move the outcome, in which direction and by how much; the "
-            f"detail of every analysis follows. Report schema {report['schema_version']}."
-        )
-    )
-    out.append("")
-    out.append("## Answer")
-    out.append("")
+# --------------------------------------------------------------------------- the page
+
+INTRO = (
+    "Which attribute groups move the outcome, in which direction and by how much; the detail "
+    "of every analysis follows."
+)
+
+#: the figure drawn beside an analysis's table (key suffix of ``"<outcome>_<figure>"``)
+SECTION_FIGURES = {
+    "glm_coefficients": "glm_forest",
+    "permutation_importance": "importance",
+    "shap": "shap",
+}
+
+
+def battery_page(report: Mapping[str, Any]) -> Page:
+    """The whole page, in reading order: answer, glossary, input, groups, warnings, then each
+    outcome's consensus and analyses; figures are referred to by ``"<outcome>_<figure>"``."""
+    sections = [
+        _answer_section(report),
+        Section("How to read this report", [Definitions(GLOSSARY)]),
+        Section("Input", [Definitions(_input_definitions(report))]),
+        Section("Attribute groups", [Table(_group_rows(report))]),
+        _warnings_section(report.get("warnings", [])),
+    ]
     for o in report.get("outcomes", []):
-        lead, lines = answer_text(report, o)
-        out.append(f"**{md_escape(o['outcome'])}.** {md_escape(lead)}")
-        out.append("")
-        for line in lines:
-            out.append(f"- {md_escape(line)}")
-        if lines:
-            out.append("")
-        rows = summary_rows(report, o["outcome"])
-        out.append(md_table(rows))
-        if has_blank_p(rows):
-            out.append(md_escape(BLANK_P_NOTE))
-            out.append("")
-        _md_figure(out, figures, f"{figure_tag(o['outcome'])}_consensus", "Ranks by method")
-    out.append(md_escape(sign_convention([o["outcome"] for o in report.get("outcomes", [])])))
-    out.append("")
-    out.append("## How to read this report")
-    out.append("")
-    for term, meaning in GLOSSARY:
-        out.append(f"- **{md_escape(term)}**: {md_escape(meaning)}")
-    out.append("")
-    out.append("## Input")
-    out.append("")
-    for k, v in input_facts(inp):
-        out.append(f"- **{md_escape(k)}**: {md_escape(format_value(k, v))}")
-    for reason, n in (inp.get("rows_dropped") or {}).items():
-        out.append(f"- **rows dropped**: {int(n)} ({md_escape(reason)})")
-    out.append(
-        "- **settings**: "
-        + md_escape(", ".join(f"{k}={format_value(k, v)}" for k, v in settings.items()))
+        sections += _outcome_sections(report, o)
+    return Page(
+        title="attrimp study report",
+        intro=[Text(INTRO), Text(f"Report schema {report['schema_version']}.", note=True)],
+        sections=sections,
+        highlight_alpha=float(report.get("settings", {}).get("alpha", 0.05)),
     )
-    out.append("")
-    out.append("## Attribute groups")
-    out.append("")
+
+
+def _blank_p_note(rows: Sequence[Mapping[str, Any]]) -> list[Text]:
+    return [Text(BLANK_P_NOTE, note=True)] if has_blank_p(rows) else []
+
+
+def _answer_section(report: Mapping[str, Any]) -> Section:
+    """Per outcome: the answer in words, its table, the heat map; then the sign convention."""
+    blocks: list[Any] = []
+    outcomes = report.get("outcomes", [])
+    for o in outcomes:
+        name = o["outcome"]
+        lead, lines = answer_text(report, o)
+        rows = summary_rows(report, name)
+        blocks += [
+            Box([Text([Strong(f"{name}."), " " + lead]), Bullets(lines)]),
+            Table(rows),
+            *_blank_p_note(rows),
+            Image(f"{figure_tag(name)}_consensus", f"Ranks by method for {name}"),
+        ]
+    blocks.append(Text(sign_convention([o["outcome"] for o in outcomes])))
+    return Section("Answer", blocks)
+
+
+def _input_definitions(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    inp = report["input"]
+    items = [(k, format_value(k, v)) for k, v in input_facts(inp)]
+    items += [
+        ("rows dropped", f"{int(n)} ({reason})")
+        for reason, n in (inp.get("rows_dropped") or {}).items()
+    ]
+    settings = ", ".join(f"{k}={format_value(k, v)}" for k, v in report["settings"].items())
+    return [*items, ("settings", settings)]
+
+
+def _group_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     lv = report.get("attribute_levels", {})
-    group_rows = [
+    return [
         {
             "attribute": g,
             "columns": ", ".join(cols),
             "reference": lv.get(g, {}).get("reference"),
-            "levels": len(lv.get(g, {}).get("levels", [])),
+            "levels": ", ".join(lv.get(g, {}).get("levels", [])),
         }
         for g, cols in report["attributes"].items()
     ]
-    out.append(md_table(group_rows))
-    warns = report.get("warnings", [])
-    out.append(f"## Warnings ({len(warns)})")
-    out.append("")
-    if not warns:
-        out.append("None.")
-    for w in warns:
-        where = f" ({md_escape(w['outcome'])})" if w.get("outcome") else ""
-        out.append(f"- **{md_escape(w['source'])}**{where}: {md_escape(w['message'])}")
-    out.append("")
-    for o in report.get("outcomes", []):
-        name = o["outcome"]
-        tag = figure_tag(name)
-        out.append(f"## Outcome {md_escape(name)}")
-        out.append("")
-        fam = o.get("family")
-        if fam:
-            out.append(f"GLM family: {md_escape(fam)}.")
-        if o.get("kendall_w") is not None:
-            out.append(
-                f"Kendall's W across {len(o.get('methods', []))} methods = "
-                f"{format_value('w', o['kendall_w'])} "
-                f"(p = {format_value('kendall_w_p', o.get('kendall_w_p'))})."
-            )
-        out.append("")
-        out.append("### Consensus ranking (most important first)")
-        out.append("")
-        out.append(md_escape(CONSENSUS_NOTE))
-        out.append("")
-        out.append(md_table(method_rank_rows(report, name)))
-        for key, title, why in SECTIONS:
-            rows = for_outcome(report["analyses"].get(key, []), name)
-            if not rows:
-                continue
-            out.append(f"### {md_escape(title)}")
-            out.append("")
-            out.append(md_escape(why))
-            out.append("")
-            drop = ("outcome", "family") if key == "glm_coefficients" else ("outcome",)
-            out.append(md_table(rows, display_columns(rows, drop)))
-            if has_blank_p(rows):
-                out.append(md_escape(BLANK_P_NOTE))
-                out.append("")
-            fig = {
-                "glm_coefficients": "glm_forest",
-                "permutation_importance": "importance",
-                "shap": "shap",
-            }.get(key)
-            if fig:
-                _md_figure(out, figures, f"{tag}_{fig}", title)
-    return "\n".join(out).rstrip() + "\n"
+
+
+def _warnings_section(warns: Sequence[Mapping[str, Any]]) -> Section:
+    items = [
+        [
+            Strong(str(w["source"])),
+            f" ({w['outcome']}): " if w.get("outcome") else ": ",
+            str(w["message"]),
+        ]
+        for w in warns
+    ]
+    body = [Box([Bullets(items)], kind="warn")] if items else [Text("None.")]
+    return Section(f"Warnings ({len(warns)})", body)
+
+
+def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> list[Section]:
+    """An outcome's heading, its consensus ranking and one section per analysis with rows."""
+    name = outcome["outcome"]
+    facts = []
+    if outcome.get("family"):
+        facts.append(f"GLM family: {outcome['family']}.")
+    if outcome.get("kendall_w") is not None:
+        facts.append(
+            f"Kendall's W across {len(outcome.get('methods', []))} methods = "
+            f"{format_value('w', outcome['kendall_w'])} "
+            f"(p = {format_value('kendall_w_p', outcome.get('kendall_w_p'))})."
+        )
+    sections = [
+        Section(f"Outcome {name}", [Text(" ".join(facts))] if facts else []),
+        Section(
+            "Consensus ranking (most important first)",
+            [Text(CONSENSUS_NOTE, note=True), Table(method_rank_rows(report, name))],
+            level=3,
+        ),
+    ]
+    for key, title, why in SECTIONS:
+        rows = for_outcome(report["analyses"].get(key, []), name)
+        if rows:
+            sections.append(_analysis_section(name, key, title, why, rows))
+    return sections
+
+
+def _analysis_section(
+    outcome: str, key: str, title: str, why: str, rows: Sequence[Mapping[str, Any]]
+) -> Section:
+    drop = ("outcome", "family") if key == "glm_coefficients" else ("outcome",)
+    blocks: list[Any] = [Text(why, note=True)]
+    if key in SECTION_FIGURES:
+        blocks.append(
+            Image(f"{figure_tag(outcome)}_{SECTION_FIGURES[key]}", f"{title} for {outcome}")
+        )
+    blocks += [Table(rows, display_columns(rows, drop)), *_blank_p_note(rows)]
+    return Section(title, blocks, level=3)
+
+
+def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | None = None) -> str:
+    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path."""
+    return to_markdown(battery_page(report), figures)
 
 
 def figure_tag(outcome: str) -> str:
@@ -522,18 +538,20 @@ def figure_tag(outcome: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", outcome).strip("_") or "outcome"
 
 
-def _md_figure(out: list[str], figures: Mapping[str, str], key: str, title: str) -> None:
-    if key in figures:
-        out.append(f"![{md_escape(title)}]({figures[key]})")
-        out.append("")
-
-
 __all__ = [
+    "BLANK_P_NOTE",
     "CONSENSUS_NOTE",
+    "GLOSSARY",
     "SECTIONS",
+    "answer_text",
+    "battery_page",
     "figure_tag",
     "format_value",
+    "is_p_key",
     "md_escape",
     "md_table",
+    "outcome_sense",
     "render_markdown",
+    "sign_convention",
+    "summary_rows",
 ]

@@ -16,6 +16,8 @@ The study's consensus ranks the groups over the reliance analyses only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,10 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import StudyConfig
+from attrimp.io import atomic_write_frame
 from attrimp.model.schema import AttributeSchema
+from studies.design import build_analysis_frame
+from studies.report import write_report
 
 SWITCHING_DESIGNS = ("full", "backbone", "leave_one_out", "only_one", "random_subsets")
 
@@ -48,19 +53,6 @@ def on_off(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
     return out
 
 
-def _battery(frame, cfg: StudyConfig, progress: bool, **overrides):
-    from studies.battery import run_battery
-
-    kwargs = dict(
-        alpha=cfg.analysis.alpha,
-        seed=cfg.analysis.seed,
-        n_repeats=cfg.analysis.repeats,
-        progress=progress,
-    )
-    kwargs.update(overrides)
-    return run_battery(frame, **kwargs)
-
-
 def run_study_analyses(
     per_query: pd.DataFrame,
     configs: pd.DataFrame,
@@ -68,56 +60,123 @@ def run_study_analyses(
     cfg: StudyConfig,
     out: Path,
     *,
-    progress: bool = True,
+    progress: bool = False,
     clock=None,
 ) -> StudyAnalyses:
-    """The battery on each table; ``clock`` (the study's stage clock, with ``begin``/``end``)
-    times each battery and the paired tests as nested stages (``analyses.<name>``)."""
-    from studies.consensus import consensus_ranking
-    from studies.design import build_analysis_frame
-    from studies.errors import StudyInputError
-    from studies.hypothesis import paired_tests
-    from studies.report import write_report
+    """The battery on each table (see the module docstring), each battery's own report under
+    ``out/<name>/``, the paired tests and the study consensus as CSV in ``out``.
 
+    ``clock`` (the study's stage clock, with ``begin``/``end``) times each battery and the
+    paired tests as nested stages (``analyses.<name>``); ``progress`` shows the batteries'
+    progress bars (off: the library is quiet)."""
+    runner = _Batteries(cfg, out, progress=progress, clock=clock)
     groups = schema.group_names
-    result = StudyAnalyses()
     valid = per_query[per_query["valid"]]
-
-    def record(name: str, frame_fn, **battery_kwargs) -> None:
-        timing = clock.begin(f"analyses.{name}") if clock is not None else {}
-        try:
-            try:
-                frame = frame_fn()
-                timing["rows"] = frame.rows_used
-                battery = _battery(frame, cfg, progress, **battery_kwargs)
-            except StudyInputError as e:  # degenerate design (e.g. one configuration): say so
-                result.warnings.append(f"{name}: not analysed: {e}")
-                return
-            result.batteries[name] = battery
-            write_report(battery, out / name, input_info={"path": f"study table '{name}'"})
-        finally:
-            if clock is not None:
-                clock.end()
-
-    # switching: per query x configuration, group-on indicators as the attributes.
     switching = valid[valid["design"].isin(SWITCHING_DESIGNS)]
     if switching["config"].nunique() > 2:
-        table = switching[["pid", "ap"] + [f"on_{g}" for g in groups]].rename(
-            columns={f"on_{g}": g for g in groups}
+        runner.run("switching", lambda: _switching_frame(switching, groups))
+    runner.result.paired = _paired(valid, groups, cfg, out, clock)
+    cfg_rows = configs[configs["design"].isin(SWITCHING_DESIGNS)]
+    if len(cfg_rows) > len(groups) + 1:
+        cv = min(5, max(2, len(cfg_rows) // 5))
+        runner.run("configurations", lambda: _configurations_frame(cfg_rows, groups), cv=cv)
+    else:
+        runner.result.warnings.append(
+            f"configurations: {len(cfg_rows)} configurations are too few for a GLM on "
+            f"{len(groups)} group indicators; add random subsets (ablation.random_subsets)."
         )
-        table = on_off(table, groups)
-        record(
-            "switching",
-            lambda: build_analysis_frame(
-                table, outcomes=["ap"], cluster="pid", source="study table 'switching'"
-            ),
-        )
+    full = valid[valid["config"] == "full"]
+    if len(full):
+        runner.run("attributes", lambda: _attributes_frame(full, groups))
+    _study_consensus(runner.result, out)
+    return runner.result
 
-    # paired leave-one-group-out tests (clustered by identity).
+
+@contextmanager
+def _timed(clock, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
+    """A nested stage of the study's clock (a throwaway record when there is no clock)."""
+    if clock is None:
+        yield dict(info)
+        return
+    record = clock.begin(stage, **info)
+    try:
+        yield record
+    finally:
+        clock.end()
+
+
+class _Batteries:
+    """Runs the studies battery on one study table at a time, timed, writing its report; a
+    degenerate table (e.g. one configuration) becomes a warning instead of an error."""
+
+    def __init__(self, cfg: StudyConfig, out: Path, *, progress: bool, clock) -> None:
+        self.cfg, self.out, self.progress, self.clock = cfg, out, progress, clock
+        self.result = StudyAnalyses()
+
+    def run(self, name: str, make_frame: Callable[[], Any], **battery_options: Any) -> None:
+        """Build the analysis frame, run the battery on it and write ``out/<name>/``."""
+        from studies.battery import run_battery
+        from studies.errors import StudyInputError
+
+        with _timed(self.clock, f"analyses.{name}") as timing:
+            try:
+                frame = make_frame()
+                timing["rows"] = frame.rows_used
+                options = {
+                    "alpha": self.cfg.analysis.alpha,
+                    "seed": self.cfg.analysis.seed,
+                    "n_repeats": self.cfg.analysis.repeats,
+                    "progress": self.progress,
+                    **battery_options,
+                }
+                battery = run_battery(frame, **options)
+            except StudyInputError as e:
+                self.result.warnings.append(f"{name}: not analysed: {e}")
+                return
+            self.result.batteries[name] = battery
+            write_report(battery, self.out / name, input_info={"path": f"study table '{name}'"})
+
+
+def _switching_frame(switching: pd.DataFrame, groups: list[str]):
+    """Per query x configuration: AP on the group-on indicators ("off"/"on"), by identity."""
+    table = switching[["pid", "ap"] + [f"on_{g}" for g in groups]].rename(
+        columns={f"on_{g}": g for g in groups}
+    )
+    return build_analysis_frame(
+        on_off(table, groups), outcomes=["ap"], cluster="pid", source="study table 'switching'"
+    )
+
+
+def _configurations_frame(cfg_rows: pd.DataFrame, groups: list[str]):
+    """One row per configuration: mAP and rank-1 on the group-on indicators."""
+    return build_analysis_frame(
+        on_off(cfg_rows[["mAP", "rank1"] + groups], groups),
+        outcomes=["mAP", "rank1"],
+        source="study table 'configurations'",
+    )
+
+
+def _attributes_frame(full: pd.DataFrame, groups: list[str]):
+    """Per query under the full oracle: AP on the query's attribute values, by identity."""
+    return build_analysis_frame(
+        full[["pid", "ap"] + groups],
+        outcomes=["ap"],
+        cluster="pid",
+        source="study table 'attributes'",
+    )
+
+
+def _paired(
+    valid: pd.DataFrame, groups: list[str], cfg: StudyConfig, out: Path, clock
+) -> pd.DataFrame | None:
+    """The paired leave-one-group-out tests (full vs without each group, paired by query,
+    clustered by identity), written to ``out/paired_tests.csv``; None without a pair."""
+    from studies.hypothesis import paired_tests
+
     loo = valid[valid["config"].isin(["full"] + [f"without:{g}" for g in groups])]
-    if loo["config"].nunique() > 1:
-        if clock is not None:
-            clock.begin("analyses.paired", rows=len(loo))
+    if loo["config"].nunique() <= 1:
+        return None
+    with _timed(clock, "analyses.paired", rows=len(loo)):
         frame = build_analysis_frame(
             loo[["query", "pid", "config", "ap"]],
             outcomes=["ap"],
@@ -128,44 +187,16 @@ def run_study_analyses(
         )
         paired = paired_tests(frame, "ap", reference="full", alpha=cfg.analysis.alpha)
         paired["attribute"] = paired["attribute"].str.removeprefix("without:")
-        result.paired = paired.reset_index(drop=True)
-        out.mkdir(parents=True, exist_ok=True)
-        result.paired.to_csv(out / "paired_tests.csv", index=False, lineterminator="\n")
-        if clock is not None:
-            clock.end()
+        paired = paired.reset_index(drop=True)
+        atomic_write_frame(paired, out / "paired_tests.csv")
+    return paired
 
-    # configuration level: mAP / rank-1 on the group-on indicators.
-    cfg_rows = configs[configs["design"].isin(SWITCHING_DESIGNS)]
-    if len(cfg_rows) > len(groups) + 1:
-        record(
-            "configurations",
-            lambda: build_analysis_frame(
-                on_off(cfg_rows[["mAP", "rank1"] + groups], groups),
-                outcomes=["mAP", "rank1"],
-                source="study table 'configurations'",
-            ),
-            cv=min(5, max(2, len(cfg_rows) // 5)),
-        )
-    else:
-        result.warnings.append(
-            f"configurations: {len(cfg_rows)} configurations are too few for a GLM on "
-            f"{len(groups)} group indicators; add random subsets (ablation.random_subsets)."
-        )
 
-    # attribute values of the query under the full oracle: what makes a query hard.
-    full = valid[valid["config"] == "full"]
-    if len(full):
-        record(
-            "attributes",
-            lambda: build_analysis_frame(
-                full[["pid", "ap"] + groups],
-                outcomes=["ap"],
-                cluster="pid",
-                source="study table 'attributes'",
-            ),
-        )
+def _study_consensus(result: StudyAnalyses, out: Path) -> None:
+    """Rank the groups over the reliance analyses (switching, configurations, leave-one-out)
+    into ``result.consensus`` / ``kendall_w`` and ``out/consensus.csv``."""
+    from studies.consensus import consensus_ranking
 
-    # the study's consensus over the reliance analyses.
     scores: dict[str, pd.Series] = {}
     for name in ("switching", "configurations"):
         battery = result.batteries.get(name)
@@ -179,10 +210,10 @@ def run_study_analyses(
         # importance = how much AP drops without the group: the paired tests' mean difference
         # (full - without, positive = the group helps)
         scores["leave_one_out"] = wil.set_index("attribute")["mean_difference"].astype(float)
-    if scores:
-        cons = consensus_ranking(scores)
-        result.consensus = cons.ranking.reset_index(drop=True)
-        result.kendall_w = None if np.isnan(cons.kendall_w) else float(cons.kendall_w)
-        result.warnings += list(cons.warnings)
-        result.consensus.to_csv(out / "consensus.csv", index=False, lineterminator="\n")
-    return result
+    if not scores:
+        return
+    cons = consensus_ranking(scores)
+    result.consensus = cons.ranking.reset_index(drop=True)
+    result.kendall_w = None if np.isnan(cons.kendall_w) else float(cons.kendall_w)
+    result.warnings += list(cons.warnings)
+    atomic_write_frame(result.consensus, out / "consensus.csv")

@@ -1,5 +1,11 @@
-"""The study report: report.json (versioned, see docs/study.md), report.md, a self-contained
-report.html and its figures; the batteries' own full reports sit under ``analyses/<name>/``.
+"""The study report of `attrimp study run`: report.json (versioned, see docs/study.md),
+report.md, a self-contained report.html and its figures; the batteries' own full reports sit
+under ``analyses/<name>/``.
+
+What is study-specific lives here: which sections a study has, the answer sentence built from
+the designs (leave-one-out, the paired tests, the reliance batteries), the priors figures. How a
+page is rendered (tables, escaping, embedded figures, the page frame) is `studies.page`, and the
+figures are `studies.plots` — the same stack the battery report of `attrimp study analyze` uses.
 
 report.json is built first and both pages are rendered from it alone, so they cannot disagree.
 The pages open with the answer in plain words (which groups the model relies on, which way, by
@@ -10,11 +16,8 @@ a group's experts are switched off, i.e. positive = the attribute helps re-ident
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,25 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import DESIGNS, StudyConfig
+from attrimp.io import atomic_write_bytes, atomic_write_text
 from attrimp.study.analyses import StudyAnalyses
-from studies.report import clean_value, records
-from studies.report_md import md_escape as _md_escape
+from studies.page import (
+    Box,
+    Bullets,
+    Definitions,
+    Image,
+    Link,
+    Links,
+    Page,
+    Section,
+    Table,
+    Text,
+    format_fixed,
+    format_p,
+    to_html,
+    to_markdown,
+)
+from studies.report import build_summary, clean_value, records
 
 #: /2 added ``answer`` (the plain-words answer as data) and ``battery_warnings``
 SCHEMA_VERSION = "attrimp.study.run-report/2"
@@ -114,73 +133,80 @@ _ON = {"1", "1.0", "true", "yes", "on"}
 
 # --------------------------------------------------------------------------- figures
 
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
+#: the configurations of the accuracy figure (the random subsets and only-one runs are left out)
+_ACCURACY_DESIGNS = ("full", "backbone", "leave_one_out", "learned", "noisy")
 
 
 def _figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dict[str, bytes]:
-    """Every figure of the page, drawn from report.json's records (and the priors table)."""
-    from matplotlib.figure import Figure
+    """Every figure of the page as PNG bytes, drawn from report.json's records (and the priors
+    table): accuracy per configuration, leave-one-out ΔmAP, the consensus heat map, priors."""
+    from studies.plots import png_bytes  # matplotlib is imported when a figure is drawn
 
-    from studies.plots import consensus_heatmap, png_bytes
-
-    figs: dict[str, bytes] = {}
-    configs = pd.DataFrame(report.get("configurations") or [])
-    if len(configs):
-        main = configs[
-            configs["design"].isin(("full", "backbone", "leave_one_out", "learned", "noisy"))
-        ]
-        if len(main):
-            fig = Figure(figsize=(7, 0.28 * len(main) + 1.2))
-            ax = fig.subplots()
-            order = main.iloc[::-1]
-            colors = ["#1f77b4" if d == "leave_one_out" else "#ff7f0e" for d in order["design"]]
-            ax.barh(order["config"], order["mAP"], color=colors)
-            full = configs.loc[configs["config"] == "full", "mAP"]
-            if len(full):
-                ax.axvline(float(full.iloc[0]), color="k", lw=0.8, ls="--", label="full oracle")
-                ax.legend(loc="lower right", fontsize=8)
-            ax.set_xlim(0, 1)
-            ax.set_xlabel("mAP (fraction)")
-            ax.set_title("Re-ID accuracy per configuration")
-            figs["accuracy"] = _png(fig)
-    loo = pd.DataFrame(report.get("leave_one_out") or [])
-    if len(loo):
-        fig = Figure(figsize=(7, 0.35 * len(loo) + 1.3))
-        ax = fig.subplots()
-        order = loo.iloc[::-1]
-        err = np.vstack(
-            [order["delta_map"] - order["ci_low"], order["ci_high"] - order["delta_map"]]
-        )
-        colors = ["#1f77b4" if v > 0 else "#d62728" for v in order["delta_map"]]
-        ax.barh(order["attribute"], order["delta_map"], xerr=err, color=colors, capsize=3)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel(
-            "ΔmAP: mAP lost when the group's experts are switched off (95% identity-bootstrap "
-            "CI)\npositive (blue) = the attribute helps, negative (red) = its experts hurt"
-        )
-        ax.set_title("Leave-one-group-out")
-        figs["leave_one_out"] = _png(fig)
-    mats = _consensus_matrices(report)
-    if mats is not None:
-        alpha = (report.get("answer") or {}).get("alpha", 0.05)
-        fig = consensus_heatmap(
-            *mats,
-            title="Rank of each group per reliance analysis",
-            legend=f"* = found (leave-one-out: paired Wilcoxon Holm p < {alpha:g}; batteries: "
-            f"Holm p < {alpha:g} in their GLM group test). Consensus row: colour = the "
-            "leave-one-out direction where its CI excludes 0, grey where it is unclear.",
-            positive_label="switching it on helps",
-            negative_label="hurts",
-        )
-        if fig is not None:
-            figs["consensus"] = png_bytes(fig)
+    drawn = {
+        "accuracy": _accuracy_figure(pd.DataFrame(report.get("configurations") or [])),
+        "leave_one_out": _leave_one_out_figure(pd.DataFrame(report.get("leave_one_out") or [])),
+        "consensus": _consensus_figure(report),
+    }
+    figs = {name: png_bytes(fig) for name, fig in drawn.items() if fig is not None}
     if priors is not None and len(priors):
         figs.update(_prior_figures(priors))
     return figs
+
+
+def _accuracy_figure(configs: pd.DataFrame):
+    """mAP of the main configurations, leave-one-out bars in blue, the full oracle dashed."""
+    from studies.plots import value_bars
+
+    if not len(configs):
+        return None
+    main = configs[configs["design"].isin(_ACCURACY_DESIGNS)]
+    full = configs.loc[configs["config"] == "full", "mAP"]
+    return value_bars(
+        list(main["config"]),
+        main["mAP"].to_numpy(float),
+        colors=["#1f77b4" if d == "leave_one_out" else "#ff7f0e" for d in main["design"]],
+        reference=float(full.iloc[0]) if len(full) else None,
+        reference_label="full oracle",
+        xlim=(0, 1),
+        xlabel="mAP (fraction)",
+        title="Re-ID accuracy per configuration",
+    )
+
+
+def _leave_one_out_figure(loo: pd.DataFrame):
+    """ΔmAP per group with its identity-bootstrap CI (positive = the attribute helps)."""
+    from studies.plots import interval_bars
+
+    if not len(loo):
+        return None
+    return interval_bars(
+        list(loo["attribute"]),
+        loo["delta_map"].to_numpy(float),
+        loo["ci_low"].to_numpy(float),
+        loo["ci_high"].to_numpy(float),
+        xlabel="ΔmAP: mAP lost when the group's experts are switched off (95% identity-bootstrap "
+        "CI)\npositive (blue) = the attribute helps, negative (red) = its experts hurt",
+        title="Leave-one-group-out",
+    )
+
+
+def _consensus_figure(report: Mapping[str, Any]):
+    """Each reliance analysis's rank of each group, coloured by direction, found starred."""
+    from studies.plots import consensus_heatmap
+
+    mats = _consensus_matrices(report)
+    if mats is None:
+        return None
+    alpha = (report.get("answer") or {}).get("alpha", 0.05)
+    return consensus_heatmap(
+        *mats,
+        title="Rank of each group per reliance analysis",
+        legend=f"* = found (leave-one-out: paired Wilcoxon Holm p < {alpha:g}; batteries: "
+        f"Holm p < {alpha:g} in their GLM group test). Consensus row: colour = the "
+        "leave-one-out direction where its CI excludes 0, grey where it is unclear.",
+        positive_label="switching it on helps",
+        negative_label="hurts",
+    )
 
 
 def _prior_figures(priors: pd.DataFrame) -> dict[str, bytes]:
@@ -255,8 +281,6 @@ def _on_direction(rec: Mapping[str, Any]) -> float | None:
 def _battery_signals(analyses: StudyAnalyses) -> dict[str, dict[str, dict[str, Any]]]:
     """analysis -> group -> {direction, found} from each reliance battery's summary (its first
     outcome: AP for switching, mAP for configurations)."""
-    from studies.report import build_summary
-
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name in ("switching", "configurations"):
         battery = analyses.batteries.get(name)
@@ -283,55 +307,87 @@ def build_answer(
     """The answer as data: per group (consensus order) its leave-one-out ΔmAP with CI, whether
     it helps or hurts, the Holm p of the paired Wilcoxon test (and of the paired t test), and
     what each reliance analysis says (direction, found)."""
-    wil = t = {}
-    if paired is not None and len(paired):
-        by_test = {k: v.set_index("attribute") for k, v in paired.groupby("test", sort=False)}
-        wil = by_test.get("wilcoxon_signed_rank", pd.DataFrame()).to_dict("index")
-        t = by_test.get("paired_t", pd.DataFrame()).to_dict("index")
+    wil, t = _paired_by_test(paired)
     loo = importance.set_index("attribute").to_dict("index") if len(importance) else {}
     if consensus is not None and len(consensus):
         order = list(consensus["attribute"])
         ranks = consensus.set_index("attribute")["rank"].to_dict()
     else:
         order, ranks = list(loo), {}
-    groups = []
-    for a in order:
-        d = loo.get(a, {})
-        w = wil.get(a, {})
-        p = _finite(w.get("p_holm"))
-        delta = _finite(d.get("delta_map"))
-        lo, hi = _finite(d.get("ci_low")), _finite(d.get("ci_high"))
-        effect = None
-        if delta is not None and lo is not None and hi is not None:
-            effect = "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
-            if lo == hi == 0:
-                effect = "none"  # switching the group off changed no query
-        sig = {name: dict(s.get(a, {})) for name, s in signals.items()}
-        sig["leave_one_out"] = {
-            "direction": None if not delta else float(np.sign(delta)),
-            "found": None if p is None else bool(p < alpha),
-        }
-        groups.append(
-            {
-                "attribute": a,
-                "rank": _finite(ranks.get(a)),
-                "delta_map": delta,
-                "ci_low": lo,
-                "ci_high": hi,
-                "effect": effect,
-                "p_holm": p,
-                "p_holm_paired_t": _finite(t.get(a, {}).get("p_holm")),
-                "matters": None if p is None else bool(p < alpha),
-                "share_hurt": _finite(d.get("share_hurt")),
-                "signals": sig,
-            }
+    groups = [
+        _group_answer(
+            a,
+            _finite(ranks.get(a)),
+            loo=loo.get(a, {}),
+            wilcoxon=wil.get(a, {}),
+            paired_t=t.get(a, {}),
+            signals={name: dict(s.get(a, {})) for name, s in signals.items()},
+            alpha=alpha,
         )
+        for a in order
+    ]
     return {
         "alpha": alpha,
         "test": "wilcoxon_signed_rank",
         "kendall_w": kendall_w,
         "groups": groups,
     }
+
+
+def _paired_by_test(paired: pd.DataFrame | None) -> tuple[dict, dict]:
+    """The paired tests per group: (Wilcoxon signed-rank, paired t), each attribute -> row."""
+    if paired is None or not len(paired):
+        return {}, {}
+    by_test = {k: v.set_index("attribute") for k, v in paired.groupby("test", sort=False)}
+    wil = by_test.get("wilcoxon_signed_rank", pd.DataFrame()).to_dict("index")
+    t = by_test.get("paired_t", pd.DataFrame()).to_dict("index")
+    return wil, t
+
+
+def _group_answer(
+    attribute: str,
+    rank: float | None,
+    *,
+    loo: Mapping[str, Any],
+    wilcoxon: Mapping[str, Any],
+    paired_t: Mapping[str, Any],
+    signals: dict[str, dict[str, Any]],
+    alpha: float,
+) -> dict[str, Any]:
+    """One group of ``answer.groups``: the leave-one-out ΔmAP with CI and its effect word, the
+    paired tests' Holm p, whether it matters, and each analysis's signal (leave-one-out's own
+    added: the sign of ΔmAP, found when the Wilcoxon Holm p is below alpha)."""
+    p = _finite(wilcoxon.get("p_holm"))
+    delta = _finite(loo.get("delta_map"))
+    lo, hi = _finite(loo.get("ci_low")), _finite(loo.get("ci_high"))
+    found = None if p is None else bool(p < alpha)
+    signals["leave_one_out"] = {
+        "direction": None if not delta else float(np.sign(delta)),
+        "found": found,
+    }
+    return {
+        "attribute": attribute,
+        "rank": rank,
+        "delta_map": delta,
+        "ci_low": lo,
+        "ci_high": hi,
+        "effect": _effect_word(delta, lo, hi),
+        "p_holm": p,
+        "p_holm_paired_t": _finite(paired_t.get("p_holm")),
+        "matters": found,
+        "share_hurt": _finite(loo.get("share_hurt")),
+        "signals": signals,
+    }
+
+
+def _effect_word(delta: float | None, lo: float | None, hi: float | None) -> str | None:
+    """helps: the CI is above 0; hurts: below; unclear: it holds 0; none: switching the group
+    off changed no query (the CI is exactly 0)."""
+    if delta is None or lo is None or hi is None:
+        return None
+    if lo == hi == 0:
+        return "none"
+    return "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
 
 
 def _finite(x: Any) -> float | None:
@@ -345,9 +401,18 @@ def _finite(x: Any) -> float | None:
 def answer_text(report: Mapping[str, Any]) -> tuple[str, list[str]]:
     """The answer in plain words: a paragraph and one sentence per group that matters."""
     ans = report.get("answer") or {}
-    alpha = ans.get("alpha", 0.05)
     groups = ans.get("groups", [])
     found = [g for g in groups if g.get("matters")]
+    lead = (
+        _finding_text(groups, found, ans.get("alpha", 0.05))
+        + _agreement_text(ans.get("kendall_w"), report.get("consensus") or [])
+        + _accuracy_text(report.get("headline") or {})
+    )
+    return lead, [_group_sentence(g) for g in found]
+
+
+def _finding_text(groups: list[Mapping[str, Any]], found: list[Mapping[str, Any]], alpha) -> str:
+    """How many groups change re-identification, which help and which hurt (or the closest)."""
     tested = [g for g in groups if g.get("p_holm") is not None]
     lead = (
         f"{len(found)} of {len(groups)} attribute groups change re-identification when their "
@@ -364,49 +429,51 @@ def answer_text(report: Mapping[str, Any]) -> tuple[str, list[str]]:
             parts.append(
                 f"the experts of {', '.join(hurts)} hurt it (switching them off raises mAP)"
             )
-        lead += ": " + "; ".join(parts) + "."
-    elif tested:
+        return lead + ": " + "; ".join(parts) + "."
+    if tested:
         best = min(tested, key=lambda g: g["p_holm"])
-        lead += f"; none does, the closest is {best['attribute']} (Holm p = {_p(best['p_holm'])})."
-    else:
-        lead += "; no group could be tested."
-    w = ans.get("kendall_w")
-    cons = report.get("consensus") or []
-    n_methods = len(_analysis_names(cons[0])) if cons else 0
-    if w is not None:
-        word = "strongly" if w >= 0.7 else "moderately" if w >= 0.4 else "weakly"
-        lead += (
-            f" The {n_methods} reliance analyses agree {word} on the order of the groups "
-            f"(Kendall's W = {w:.2f}; 1 = the same ranking)."
+        return (
+            lead
+            + f"; none does, the closest is {best['attribute']} (Holm p = {_p(best['p_holm'])})."
         )
-    h = report.get("headline") or {}
-    if h.get("full_mAP") is not None:
-        lead += (
-            f" Accuracy (mAP, fraction): full oracle {_f(h['full_mAP'])}, backbone only "
-            f"{_f(h.get('backbone_mAP'))}"
-            + (
-                f", learned router {_f(h['learned_mAP'])}"
-                if h.get("learned_mAP") is not None
-                else ""
-            )
-            + "."
-        )
-    lines = []
-    for g in found:
-        delta = g["delta_map"]
-        verb = "costs" if delta > 0 else "gains"
-        lines.append(
-            f"{g['attribute']} {'helps' if delta > 0 else 'hurts'}: switching its experts off "
-            f"{verb} {abs(delta):.3f} mAP (ΔmAP = {delta:+.3f}, 95% CI {g['ci_low']:+.3f} to "
-            f"{g['ci_high']:+.3f}); Holm p = {_p(g['p_holm'])}"
-            + (
-                f" (paired t: {_p(g['p_holm_paired_t'])})"
-                if g.get("p_holm_paired_t") is not None
-                else ""
-            )
-            + f"; consensus rank {g['rank']:g}; {_found_text(g)}."
-        )
-    return lead, lines
+    return lead + "; no group could be tested."
+
+
+def _agreement_text(w: float | None, consensus: list[Mapping[str, Any]]) -> str:
+    if w is None:
+        return ""
+    n_methods = len(_analysis_names(consensus[0])) if consensus else 0
+    word = "strongly" if w >= 0.7 else "moderately" if w >= 0.4 else "weakly"
+    return (
+        f" The {n_methods} reliance analyses agree {word} on the order of the groups "
+        f"(Kendall's W = {w:.2f}; 1 = the same ranking)."
+    )
+
+
+def _accuracy_text(h: Mapping[str, Any]) -> str:
+    if h.get("full_mAP") is None:
+        return ""
+    learned = f", learned router {_f(h['learned_mAP'])}" if h.get("learned_mAP") is not None else ""
+    return (
+        f" Accuracy (mAP, fraction): full oracle {_f(h['full_mAP'])}, backbone only "
+        f"{_f(h.get('backbone_mAP'))}{learned}."
+    )
+
+
+def _group_sentence(g: Mapping[str, Any]) -> str:
+    """A group that matters: what switching it off costs or gains, with CI, Holm p, rank and
+    how many analyses find it."""
+    delta = g["delta_map"]
+    verb = "costs" if delta > 0 else "gains"
+    paired_t = (
+        f" (paired t: {_p(g['p_holm_paired_t'])})" if g.get("p_holm_paired_t") is not None else ""
+    )
+    return (
+        f"{g['attribute']} {'helps' if delta > 0 else 'hurts'}: switching its experts off "
+        f"{verb} {abs(delta):.3f} mAP (ΔmAP = {delta:+.3f}, 95% CI {g['ci_low']:+.3f} to "
+        f"{g['ci_high']:+.3f}); Holm p = {_p(g['p_holm'])}{paired_t}; consensus rank "
+        f"{g['rank']:g}; {_found_text(g)}."
+    )
 
 
 def _found_text(g: Mapping[str, Any]) -> str:
@@ -473,9 +540,7 @@ def planted_check(report: Mapping[str, Any]) -> str | None:
 
 
 def _p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+    return "n/a" if p is None else format_p(p)
 
 
 def answer_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -524,32 +589,53 @@ def write_study_report(
     planted: dict[str, Any] | None,
     model_info: dict[str, Any],
 ) -> dict[str, Any]:
-    from attrimp.study.run import atomic_write_bytes, atomic_write_text
+    """Build report.json, write it, then the figures and both pages drawn from it; returns the
+    report dictionary (the caller adds the run's ``timings`` and writes it again)."""
+    report = build_study_report(
+        cfg=cfg,
+        data=data,
+        configs=configs,
+        importance=importance,
+        analyses=analyses,
+        baseline=baseline,
+        importance_retrained=importance_retrained,
+        learned=learned,
+        planted=planted,
+        model_info=model_info,
+    )
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    priors_csv = out / "tables" / "priors.csv"
+    write_pages(out, report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
+    return report
 
-    full = configs.loc[configs["config"] == "full"]
-    learned_row = configs.loc[configs["config"] == "learned"]
-    backbone_row = configs.loc[configs["config"] == "backbone"]
-    headline = {
-        "full_mAP": float(full["mAP"].iloc[0]) if len(full) else None,
-        "backbone_mAP": float(backbone_row["mAP"].iloc[0]) if len(backbone_row) else None,
-        "learned_mAP": float(learned_row["mAP"].iloc[0]) if len(learned_row) else None,
-        "attribute_only_mAP": baseline.get("mAP") if baseline else None,
-    }
-    if headline["full_mAP"] is not None and headline["learned_mAP"] is not None:
-        headline["learned_vs_oracle_gap"] = headline["full_mAP"] - headline["learned_mAP"]
-    signatures = baseline.get("signatures") if baseline else None
-    unique_share = None
-    if signatures is not None and len(signatures):
-        total = signatures["identities"].sum()
-        unique_share = float(
-            signatures.loc[signatures["identities_sharing_signature"] == 1, "identities"].sum()
-            / total
-        )
-    consensus = analyses.consensus
+
+def write_pages(out: Path, report: Mapping[str, Any], priors: pd.DataFrame | None) -> None:
+    """figures/*.png, report.md and report.html, drawn from report.json alone (and the priors)."""
+    figs = _figures(report, priors)
+    for name, png in figs.items():
+        atomic_write_bytes(out / "figures" / f"{name}.png", png)
+    atomic_write_text(out / "report.md", render_markdown(report, list(figs)))
+    atomic_write_text(out / "report.html", render_html(report, figs))
+
+
+def build_study_report(
+    *,
+    cfg: StudyConfig,
+    data,
+    configs: pd.DataFrame,
+    importance: pd.DataFrame,
+    analyses: StudyAnalyses,
+    baseline: dict[str, Any] | None,
+    importance_retrained: pd.DataFrame | None,
+    learned: dict[str, Any] | None,
+    planted: dict[str, Any] | None,
+    model_info: dict[str, Any],
+) -> dict[str, Any]:
+    """The report.json dictionary (docs/study.md), JSON-safe (NaN -> null)."""
     answer = build_answer(
         importance,
         analyses.paired,
-        consensus,
+        analyses.consensus,
         analyses.kendall_w,
         _battery_signals(analyses),
         alpha=cfg.analysis.alpha,
@@ -561,63 +647,301 @@ def write_study_report(
             "description": cfg.description,
             "fingerprint": cfg.fingerprint(),
         },
-        "data": {
-            "dataset": cfg.data.dataset,
-            "schema": data.schema.name,
-            "groups": data.schema.group_names,
-            "n_experts": data.schema.n_experts,
-            "train_images": len(data.train),
-            "query_images": len(data.query),
-            "gallery_images": len(data.gallery),
-            "train_identities": data.num_train_pids,
-            "report": {"counts": data.report.counts, "warnings": data.report.warnings},
-        },
+        "data": _data_block(cfg, data),
         "model": model_info,
         "planted_design": planted,
-        "headline": headline,
+        "headline": _headline(configs, baseline),
         "answer": answer,
         "configurations": records(configs),
         "leave_one_out": records(importance),
         "leave_one_out_retrained": records(importance_retrained),
         "paired_tests": records(analyses.paired),
-        "consensus": records(
-            consensus[
-                ["attribute", "score", "rank"]
-                + [
-                    c
-                    for c in consensus.columns
-                    if c.startswith("rank_")
-                    and c not in ("rank_ci_low", "rank_ci_high", "rank_stability")
-                ]
-            ]
-            if consensus is not None
-            else None
-        ),
+        "consensus": records(_consensus_columns(analyses.consensus)),
         "kendall_w": analyses.kendall_w,
         "learned_router": learned,
-        "attribute_only": {
-            **({k: v for k, v in baseline.items() if k != "signatures"} if baseline else {}),
-            "signatures": records(signatures),
-            "unique_signature_share": unique_share,
-        },
+        "attribute_only": _attribute_only(baseline),
         "analyses": {name: f"analyses/{name}/report.json" for name in analyses.batteries},
         "battery_warnings": {name: len(b.warnings) for name, b in analyses.batteries.items()},
         "warnings": analyses.warnings + list(data.report.warnings),
     }
-    report = clean_value(report)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return clean_value(report)
 
-    priors_csv = out / "tables" / "priors.csv"
-    priors = pd.read_csv(priors_csv) if priors_csv.exists() else None
-    figs = _figures(report, priors)
-    for name, png in figs.items():
-        atomic_write_bytes(out / "figures" / f"{name}.png", png)
-    atomic_write_text(out / "report.md", render_markdown(report, list(figs)))
-    atomic_write_text(out / "report.html", render_html(report, figs))
-    return report
+
+def _data_block(cfg: StudyConfig, data) -> dict[str, Any]:
+    return {
+        "dataset": cfg.data.dataset,
+        "schema": data.schema.name,
+        "groups": data.schema.group_names,
+        "n_experts": data.schema.n_experts,
+        "train_images": len(data.train),
+        "query_images": len(data.query),
+        "gallery_images": len(data.gallery),
+        "train_identities": data.num_train_pids,
+        "report": {"counts": data.report.counts, "warnings": data.report.warnings},
+    }
+
+
+def _headline(configs: pd.DataFrame, baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """mAP of the full oracle, the backbone alone, the learned router and the attribute-only
+    baseline, and the learned router's gap to the oracle."""
+
+    def map_of(config: str) -> float | None:
+        row = configs.loc[configs["config"] == config]
+        return float(row["mAP"].iloc[0]) if len(row) else None
+
+    headline = {
+        "full_mAP": map_of("full"),
+        "backbone_mAP": map_of("backbone"),
+        "learned_mAP": map_of("learned"),
+        "attribute_only_mAP": baseline.get("mAP") if baseline else None,
+    }
+    if headline["full_mAP"] is not None and headline["learned_mAP"] is not None:
+        headline["learned_vs_oracle_gap"] = headline["full_mAP"] - headline["learned_mAP"]
+    return headline
+
+
+def _attribute_only(baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attribute-only baseline's metrics, its signature table and the share of identities
+    whose signature no other identity shares."""
+    signatures = baseline.get("signatures") if baseline else None
+    unique_share = None
+    if signatures is not None and len(signatures):
+        alone = signatures["identities_sharing_signature"] == 1
+        unique_share = float(
+            signatures.loc[alone, "identities"].sum() / signatures["identities"].sum()
+        )
+    return {
+        **({k: v for k, v in baseline.items() if k != "signatures"} if baseline else {}),
+        "signatures": records(signatures),
+        "unique_signature_share": unique_share,
+    }
+
+
+def _consensus_columns(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The study consensus as report.json keeps it: attribute, score, rank and each analysis's
+    own rank (the bootstrap rank interval stays in analyses/consensus.csv)."""
+    if consensus is None:
+        return None
+    own = [
+        c
+        for c in consensus.columns
+        if c.startswith("rank_") and c not in ("rank_ci_low", "rank_ci_high", "rank_stability")
+    ]
+    return consensus[["attribute", "score", "rank", *own]]
 
 
 # --------------------------------------------------------------------------- pages
+
+
+def study_page(report: Mapping[str, Any], figures: Collection[str] = ()) -> Page:
+    """The whole page in reading order: the answer, the glossary, one section per part of the
+    study, the priors, links to each battery's own report, the warnings. ``figures`` names the
+    figures drawn (the priors section shows the ``priors_<split>`` ones)."""
+    study = report["study"]
+    priors = [f for f in figures if f.startswith("priors_")]
+    sections = [
+        _answer_section(report),
+        Section("How to read this report", [Definitions(GLOSSARY)]),
+        *_sections(report),
+        *([_priors_section(priors)] if priors else []),
+        _batteries_section(report),
+        _warnings_section(report.get("warnings") or []),
+    ]
+    return Page(
+        title=f"attrimp study: {study['name']}",
+        intro=[Text(study["description"])] if study.get("description") else [],
+        sections=sections,
+    )
+
+
+def render_markdown(report: Mapping[str, Any], figures: Collection[str] = ()) -> str:
+    """report.md from report.json; ``figures`` names the PNGs under figures/."""
+    paths = {name: f"figures/{name}.png" for name in figures}
+    return to_markdown(study_page(report, figures), paths)
+
+
+def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes]) -> str:
+    """report.html from report.json and the figures' PNG bytes (embedded, no links to fetch)."""
+    return to_html(study_page(report, figs), figs)
+
+
+def _answer_section(report: Mapping[str, Any]) -> Section:
+    lead, lines = answer_text(report)
+    check = planted_check(report)
+    return Section(
+        "Answer",
+        [
+            Box([Text(lead), Bullets(lines), *([Text(check)] if check else [])]),
+            Table(answer_rows(report), fmt=format_fixed),
+            Text(SIGN_NOTE, note=True),
+            Image("consensus", "consensus heat map"),
+        ],
+    )
+
+
+def _priors_section(priors: list[str]) -> Section:
+    """The prior-bar figures, one per split (``priors_<split>``)."""
+    images = [Image(f, f"attribute priors, {f.removeprefix('priors_')} split") for f in priors]
+    return Section("Attribute priors", images)
+
+
+def _batteries_section(report: Mapping[str, Any]) -> Section:
+    """Links to each battery's own full report (its HTML and Markdown) with its warnings."""
+    counts = report.get("battery_warnings") or {}
+    links = [
+        Link(
+            name,
+            markdown=f"analyses/{name}/report.md",
+            html=f"analyses/{name}/report.html",
+            text=f"{BATTERY_ABOUT.get(name, '')}; {counts.get(name, 0)} warning(s) of its own.",
+        )
+        for name in (report.get("analyses") or {})
+    ]
+    return Section("Detailed batteries", [Links(links)])
+
+
+def _warnings_section(warns: list[str]) -> Section:
+    body = [Box([Bullets(warns)], kind="warn")] if warns else [Text("None.")]
+    return Section(f"Warnings ({len(warns)})", body)
+
+
+def _section(title: str, intro: str, table: Any = None, figure: str | None = None) -> Section:
+    """A study section: its intro, its figure (when drawn), its table (4-decimal numbers)."""
+    blocks: list[Any] = [Text(intro)]
+    if figure:
+        blocks.append(Image(figure, title))
+    if table is not None:
+        blocks.append(Table(table, fmt=format_fixed))
+    return Section(title, blocks)
+
+
+def _sections(report: Mapping[str, Any]) -> list[Section]:
+    """The sections after the answer, those with something to show, in reading order."""
+    builders = (
+        _planted_section,
+        _leave_one_out_section,
+        _paired_section,
+        _consensus_section,
+        _accuracy_section,
+        _retrained_section,
+        _attribute_only_section,
+        _learned_router_section,
+    )
+    return [s for s in (build(report) for build in builders) if s is not None]
+
+
+def _planted_section(report: Mapping[str, Any]) -> Section | None:
+    planted = planted_sentence(report.get("planted_design"))
+    return _section("Planted design", planted) if planted else None
+
+
+def _leave_one_out_section(report: Mapping[str, Any]) -> Section:
+    return _section(
+        "Leave-one-group-out",
+        "ΔmAP: mAP lost when one group's experts are switched off (full minus without; "
+        "positive = the attribute helps), with a 95% CI from resampling identities; "
+        "share_hurt: share of queries losing AP without the group.",
+        pd.DataFrame(report.get("leave_one_out") or []),
+        "leave_one_out",
+    )
+
+
+def _paired_section(report: Mapping[str, Any]) -> Section | None:
+    paired = pd.DataFrame(report.get("paired_tests") or [])
+    if not len(paired):
+        return None
+    wanted = ["attribute", "test", "mean_difference", "p_value", "p_holm", "p_fdr_bh", "n"]
+    blank = paired["p_value"].isna().any() if "p_value" in paired.columns else False
+    return _section(
+        "Paired tests (full vs without the group, clustered by identity)",
+        "Per-identity mean differences of AP, full minus without the group (the sign of "
+        "ΔmAP: positive = helps); Wilcoxon signed-rank and paired t, Holm and "
+        "Benjamini–Hochberg adjusted over the groups."
+        + (
+            " A blank p-value: every difference is 0 (switching the group off changed "
+            "no query), so there is nothing to test; it is left out of the adjustment."
+            if blank
+            else ""
+        ),
+        paired[[c for c in wanted if c in paired.columns]],
+    )
+
+
+def _consensus_section(report: Mapping[str, Any]) -> Section:
+    """The consensus table (its heat map is shown with the answer)."""
+    cons = pd.DataFrame(report.get("consensus") or [])
+    return _section(
+        "Which attributes matter (consensus of the reliance analyses)",
+        "Groups ranked over the reliance analyses: "
+        + ", ".join(ANALYSIS_NAMES.values())
+        + f". Kendall's W = {_f(report.get('kendall_w'))}. rank_<analysis>: each analysis's "
+        "own rank. In the heat map, colour = direction (blue: switching the group on helps, "
+        "red: hurts, grey: no sign), * = the analysis finds the group.",
+        cons if len(cons) else None,
+    )
+
+
+def _accuracy_section(report: Mapping[str, Any]) -> Section:
+    h = report["headline"]
+    gap = h.get("learned_vs_oracle_gap")
+    configs = pd.DataFrame(report.get("configurations") or [])
+    return _section(
+        "Accuracy per configuration",
+        f"mAP (fraction): full oracle {_f(h['full_mAP'])}, backbone only "
+        f"{_f(h['backbone_mAP'])}, learned router {_f(h['learned_mAP'])}"
+        + (f" (gap to the oracle {_f(gap)})" if gap is not None else "")
+        + ". One row per configuration: full, backbone only, each group off (without:), "
+        "each group alone (only:), random subsets, counterfactual values (cf:), noisy "
+        "annotations and the learned router.",
+        _design_sorted(configs) if len(configs) else None,
+        "accuracy",
+    )
+
+
+def _retrained_section(report: Mapping[str, Any]) -> Section | None:
+    if not report.get("leave_one_out_retrained"):
+        return None
+    return _section(
+        "Leave-one-group-out, retrained per configuration",
+        "One model trained and tested without each group: what the model can do without "
+        "it, as opposed to how much the one trained model relies on it (above).",
+        pd.DataFrame(report["leave_one_out_retrained"]),
+    )
+
+
+def _attribute_only_section(report: Mapping[str, Any]) -> Section | None:
+    ao = report["attribute_only"]
+    if ao.get("mAP") is None:
+        return None
+    return _section(
+        "Attribute-only baseline (identity leak through the oracle)",
+        f"Ranking the gallery by agreement of the annotations alone gives mAP "
+        f"{_f(ao.get('mAP'))} and rank-1 {_f(ao.get('rank1'))}; "
+        f"{_pct(ao.get('unique_signature_share'))} of identities have an attribute "
+        "signature no other identity shares. This is the accuracy an oracle router "
+        "could hand the model without looking at the image.",
+        pd.DataFrame(ao.get("signatures") or []),
+    )
+
+
+def _learned_router_section(report: Mapping[str, Any]) -> Section | None:
+    lr = report.get("learned_router")
+    if not lr:
+        return None
+    h = report["headline"]
+    acc = lr.get("group_accuracy") or {}
+    table = (
+        pd.DataFrame({"attribute": list(acc), "accuracy": list(acc.values())})
+        if isinstance(acc, dict) and acc
+        else None
+    )
+    return _section(
+        "Learned router vs oracle",
+        f"The learned router predicts attributes from the image (mean accuracy mA "
+        f"{_f(lr.get('mA'))}) and reaches mAP {_f(h['learned_mAP'])} against the "
+        f"oracle's {_f(h['full_mAP'])}.",
+        table,
+    )
 
 
 def _design_sorted(configs: pd.DataFrame) -> pd.DataFrame:
@@ -630,308 +954,9 @@ def _design_sorted(configs: pd.DataFrame) -> pd.DataFrame:
     return configs.assign(_k=configs["design"].map(key)).sort_values("_k", kind="stable")[cols]
 
 
-def _sections(report: Mapping[str, Any]) -> list[tuple[str, str, Any, str | None]]:
-    """(title, intro, table, figure) per section after the answer, shared by both pages."""
-    h = report["headline"]
-    sections: list[tuple[str, str, Any, str | None]] = []
-    planted = planted_sentence(report.get("planted_design"))
-    if planted:
-        sections.append(("Planted design", planted, None, None))
-    sections.append(
-        (
-            "Leave-one-group-out",
-            "ΔmAP: mAP lost when one group's experts are switched off (full minus without; "
-            "positive = the attribute helps), with a 95% CI from resampling identities; "
-            "share_hurt: share of queries losing AP without the group.",
-            pd.DataFrame(report.get("leave_one_out") or []),
-            "leave_one_out",
-        )
-    )
-    paired = pd.DataFrame(report.get("paired_tests") or [])
-    if len(paired):
-        cols = [
-            c
-            for c in ["attribute", "test", "mean_difference", "p_value", "p_holm", "p_fdr_bh", "n"]
-            if c in paired.columns
-        ]
-        blank = paired["p_value"].isna().any() if "p_value" in paired.columns else False
-        sections.append(
-            (
-                "Paired tests (full vs without the group, clustered by identity)",
-                "Per-identity mean differences of AP, full minus without the group (the sign of "
-                "ΔmAP: positive = helps); Wilcoxon signed-rank and paired t, Holm and "
-                "Benjamini–Hochberg adjusted over the groups."
-                + (
-                    " A blank p-value: every difference is 0 (switching the group off changed "
-                    "no query), so there is nothing to test; it is left out of the adjustment."
-                    if blank
-                    else ""
-                ),
-                paired[cols],
-                None,
-            )
-        )
-    cons = pd.DataFrame(report.get("consensus") or [])
-    sections.append(
-        (
-            "Which attributes matter (consensus of the reliance analyses)",
-            "Groups ranked over the reliance analyses: "
-            + ", ".join(ANALYSIS_NAMES.values())
-            + f". Kendall's W = {_f(report.get('kendall_w'))}. rank_<analysis>: each analysis's "
-            "own rank. In the heat map, colour = direction (blue: switching the group on helps, "
-            "red: hurts, grey: no sign), * = the analysis finds the group.",
-            cons if len(cons) else None,
-            "consensus",
-        )
-    )
-    configs = pd.DataFrame(report.get("configurations") or [])
-    sections.append(
-        (
-            "Accuracy per configuration",
-            f"mAP (fraction): full oracle {_f(h['full_mAP'])}, backbone only "
-            f"{_f(h['backbone_mAP'])}, learned router {_f(h['learned_mAP'])}"
-            + (
-                f" (gap to the oracle {_f(h.get('learned_vs_oracle_gap'))})"
-                if h.get("learned_vs_oracle_gap") is not None
-                else ""
-            )
-            + ". One row per configuration: full, backbone only, each group off (without:), "
-            "each group alone (only:), random subsets, counterfactual values (cf:), noisy "
-            "annotations and the learned router.",
-            _design_sorted(configs) if len(configs) else None,
-            "accuracy",
-        )
-    )
-    if report.get("leave_one_out_retrained"):
-        sections.append(
-            (
-                "Leave-one-group-out, retrained per configuration",
-                "One model trained and tested without each group: what the model can do without "
-                "it, as opposed to how much the one trained model relies on it (above).",
-                pd.DataFrame(report["leave_one_out_retrained"]),
-                None,
-            )
-        )
-    ao = report["attribute_only"]
-    if ao.get("mAP") is not None:
-        sections.append(
-            (
-                "Attribute-only baseline (identity leak through the oracle)",
-                f"Ranking the gallery by agreement of the annotations alone gives mAP "
-                f"{_f(ao.get('mAP'))} and rank-1 {_f(ao.get('rank1'))}; "
-                f"{_pct(ao.get('unique_signature_share'))} of identities have an attribute "
-                "signature no other identity shares. This is the accuracy an oracle router "
-                "could hand the model without looking at the image.",
-                pd.DataFrame(ao.get("signatures") or []),
-                None,
-            )
-        )
-    lr = report.get("learned_router")
-    if lr:
-        acc = lr.get("group_accuracy") or {}
-        table = (
-            pd.DataFrame({"attribute": list(acc), "accuracy": list(acc.values())})
-            if isinstance(acc, dict) and acc
-            else None
-        )
-        sections.append(
-            (
-                "Learned router vs oracle",
-                f"The learned router predicts attributes from the image (mean accuracy mA "
-                f"{_f(lr.get('mA'))}) and reaches mAP {_f(h['learned_mAP'])} against the "
-                f"oracle's {_f(h['full_mAP'])}.",
-                table,
-                None,
-            )
-        )
-    return sections
-
-
 def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def _cell(v: Any, column: str = "") -> str:
-    """A table cell: p-values to 3 decimals or scientific below 0.001, other numbers to 4
-    decimals (so a column of ΔmAP or CI bounds reads alike), integers as integers."""
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        if float(v).is_integer() and abs(v) < 1e6:
-            return str(int(v))
-        if column.startswith("p_") or column.startswith("Holm p"):
-            return _p(float(v))
-        return f"{v:.4f}"
-    return str(v)
-
-
-def _rows(table: Any) -> tuple[list[str], list[list[str]]]:
-    if isinstance(table, pd.DataFrame):
-        cols = [str(c) for c in table.columns]
-        return cols, [
-            [_cell(v, c) for v, c in zip(row, cols)] for row in table.itertuples(index=False)
-        ]
-    rows = list(table)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    return cols, [[_cell(r.get(c), c) for c in cols] for r in rows]
-
-
-def _md_table(table: Any) -> str:
-    cols, rows = _rows(table)
-    if not rows:
-        return "_(empty)_\n"
-    lines = ["| " + " | ".join(_md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_md_escape(v) for v in r) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _html_table(table: Any) -> str:
-    cols, rows = _rows(table)
-    if not rows:
-        return "<p><em>(empty)</em></p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in rows
-    )
-    return (
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>\n{body}\n</tbody></table></div>"
-    )
-
-
-def _battery_links(report: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
-    """(name, html path, md path, warnings) of each battery's own full report."""
-    counts = report.get("battery_warnings") or {}
-    return [
-        (name, f"analyses/{name}/report.html", f"analyses/{name}/report.md", counts.get(name, 0))
-        for name in (report.get("analyses") or {})
-    ]
-
-
-def render_markdown(report: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
-    """report.md from report.json; ``figures`` names the PNGs under figures/."""
-    figs = set(figures)
-    study = report["study"]
-    parts = [f"# attrimp study: {_md_escape(study['name'])}\n"]
-    if study.get("description"):
-        parts.append(_md_escape(study["description"]) + "\n")
-    lead, lines = answer_text(report)
-    parts.append("## Answer\n")
-    parts.append(_md_escape(lead) + "\n")
-    parts.extend(f"- {_md_escape(x)}" for x in lines)
-    if lines:
-        parts.append("")
-    check = planted_check(report)
-    if check:
-        parts.append(_md_escape(check) + "\n")
-    parts.append(_md_table(answer_rows(report)))
-    parts.append(_md_escape(SIGN_NOTE) + "\n")
-    if "consensus" in figs:
-        parts.append("![consensus](figures/consensus.png)\n")
-    parts.append("## How to read this report\n")
-    parts.extend(f"- **{_md_escape(t)}**: {_md_escape(m)}" for t, m in GLOSSARY)
-    parts.append("")
-    for title, intro, table, fig in _sections(report):
-        parts.append(f"## {_md_escape(title)}\n\n{_md_escape(intro)}\n")
-        if fig and fig in figs and fig != "consensus":
-            parts.append(f"![{fig}](figures/{fig}.png)\n")
-        if table is not None:
-            parts.append(_md_table(table))
-    priors = [f for f in figures if f.startswith("priors_")]
-    if priors:
-        parts.append("## Attribute priors\n")
-        parts.extend(f"![{f}](figures/{f}.png)\n" for f in priors)
-    parts.append("## Detailed batteries\n")
-    for name, html_path, md_path, n in _battery_links(report):
-        about = BATTERY_ABOUT.get(name, "")
-        parts.append(
-            f"- [{_md_escape(name)}]({md_path}) ([HTML]({html_path})): {_md_escape(about)}; "
-            f"{n} warning(s) of its own."
-        )
-    parts.append("")
-    warns = report.get("warnings") or []
-    parts.append(f"## Warnings ({len(warns)})\n")
-    parts.append("\n".join(f"- {_md_escape(w)}" for w in warns) if warns else "None.")
-    return "\n".join(parts).rstrip() + "\n"
-
-
-_CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-    "line-height:1.45;color:#222}table{border-collapse:collapse;font-size:13px}"
-    "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}"
-    ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}"
-    "p,li,dd,h1,h2{overflow-wrap:anywhere}"
-    ".answer{background:#eef5fb;border-left:4px solid #1f77b4;padding:.4em 1em}"
-    "dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}"
-    ".note{color:#555;font-size:.9em}"
-)
-
-
-def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes]) -> str:
-    """report.html from report.json and the figures' PNG bytes (embedded, no links to fetch)."""
-    study = report["study"]
-    body = [f"<h1>attrimp study: {html.escape(study['name'])}</h1>"]
-    if study.get("description"):
-        body.append(f"<p>{html.escape(study['description'])}</p>")
-    lead, lines = answer_text(report)
-    body.append("<h2>Answer</h2>")
-    body.append(f'<div class="answer"><p>{html.escape(lead)}</p>')
-    if lines:
-        body.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
-    check = planted_check(report)
-    if check:
-        body.append(f"<p>{html.escape(check)}</p>")
-    body.append("</div>")
-    body.append(_html_table(answer_rows(report)))
-    body.append(f'<p class="note">{html.escape(SIGN_NOTE)}</p>')
-    if "consensus" in figs:
-        body.append(_img(figs["consensus"], "consensus heat map"))
-    body.append("<h2>How to read this report</h2><dl>")
-    body.extend(f"<dt>{html.escape(t)}</dt><dd>{html.escape(m)}</dd>" for t, m in GLOSSARY)
-    body.append("</dl>")
-    for title, intro, table, fig in _sections(report):
-        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>")
-        if fig and fig in figs and fig != "consensus":
-            body.append(_img(figs[fig], fig))
-        if table is not None:
-            body.append(_html_table(table))
-    priors = [f for f in figs if f.startswith("priors_")]
-    if priors:
-        body.append("<h2>Attribute priors</h2>")
-        body.extend(_img(figs[f], f) for f in priors)
-    body.append("<h2>Detailed batteries</h2><ul>")
-    for name, html_path, md_path, n in _battery_links(report):
-        about = BATTERY_ABOUT.get(name, "")
-        body.append(
-            f'<li><a href="{html.escape(html_path)}">{html.escape(name)}</a> '
-            f'(<a href="{html.escape(md_path)}">Markdown</a>): {html.escape(about)}; '
-            f"{n} warning(s) of its own.</li>"
-        )
-    body.append("</ul>")
-    warns = report.get("warnings") or []
-    body.append(f"<h2>Warnings ({len(warns)})</h2>")
-    body.append(
-        "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul>"
-        if warns
-        else "<p>None.</p>"
-    )
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>attrimp study: {html.escape(study['name'])}</title><style>{_CSS}</style>"
-        "</head><body>" + "\n".join(body) + "</body></html>\n"
-    )
-
-
-def _img(png: bytes, alt: str) -> str:
-    return (
-        f"<img alt='{html.escape(alt)}' "
-        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-    )

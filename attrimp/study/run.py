@@ -12,16 +12,18 @@ Stages (each cached, so a killed run resumes without redoing finished work):
 5. **analyses** — the studies battery on each table with the design it calls for.
 6. **report** — report.json / report.md / report.html (+ CSV tables and PNG figures).
 
-Every file is written to a temporary name and moved into place, so a kill -9 at any point leaves
-either the old file or the new one. Apart from its ``timings`` section (each stage's wall time and
-peak memory, printed as the run goes: `StageClock`) the report holds no timestamps or timings: the
-same config gives the same report whether the run was interrupted or not.
+Every file is written through `attrimp.io` (a temporary name moved into place), so a kill -9 at
+any point leaves either the old file or the new one. Apart from its ``timings`` section (each
+stage's wall time and peak memory: `StageClock`) the report holds no timestamps or timings: the
+same config gives the same report whether the run was interrupted or not. The run is quiet by
+default (each stage's line goes to `logging`); ``progress=True`` — what the CLI passes — prints
+the lines and shows progress bars.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import resource
 import shutil
 import sys
@@ -36,21 +38,13 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import StudyConfig
-from attrimp.io import atomic_write_bytes, atomic_write_text, run_output
+from attrimp.io import atomic_write_frame, atomic_write_json, atomic_write_text, run_output
+from attrimp.study.analyses import StudyAnalyses, run_study_analyses
+from attrimp.study.report import write_study_report
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("data", "train", "conditions", "tables", "analyses", "report")
-
-
-def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """A table as Parquet or CSV (by suffix), written through `attrimp.io.atomic_write_bytes`."""
-    import io
-
-    buffer = io.BytesIO()
-    if path.suffix == ".parquet":
-        frame.to_parquet(buffer, index=False)
-    else:
-        buffer.write(frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass
@@ -150,7 +144,10 @@ class StageClock:
 
 
 class _Stages:
-    """Progress + a log of what each stage did (computed or taken from the cache)."""
+    """Progress + a log of what each stage did (computed or taken from the cache).
+
+    Every line goes to this module's logger; it is also printed (with the progress bars) only
+    when ``progress`` is on, which the CLI does and a library call does not."""
 
     def __init__(self, progress: bool, console=None) -> None:
         from rich.console import Console
@@ -171,16 +168,32 @@ class _Stages:
         stage, _, part = record["stage"].partition(".")
         self.say(
             stage,
-            f"[dim]{part + ': ' if part else ''}{record['seconds']:.1f} s, peak RSS "
-            f"{record['peak_rss_mb']:.0f} MB{gpu}{note}[/]",
+            f"{part + ': ' if part else ''}{record['seconds']:.1f} s, peak RSS "
+            f"{record['peak_rss_mb']:.0f} MB{gpu}{note}",
+            style="dim",
         )
         return record
 
-    def say(self, stage: str, message: str) -> None:
+    @contextmanager
+    def stage(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
+        """`begin` ... `end` around a block; yields the stage's record."""
+        record = self.begin(stage, **info)
+        try:
+            yield record
+        finally:
+            self.end()
+
+    def say(self, stage: str, message: str, *, style: str | None = None) -> None:
+        """One line about ``stage``: logged, and printed when progress is on."""
+        logger.info("%s: %s", stage, message)
         if self.enabled:
-            self.console.print(f"[bold cyan]{stage:>10}[/] {message}", highlight=False)
+            from rich.markup import escape
+
+            text = f"[{style}]{escape(message)}[/]" if style else escape(message)
+            self.console.print(f"[bold cyan]{stage:>10}[/] {text}", highlight=False)
 
     def bar(self, description: str):
+        """A transient progress bar (shown only when progress is on)."""
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -189,7 +202,7 @@ class _Stages:
             TimeElapsedColumn,
         )
 
-        progress = Progress(
+        return Progress(
             TextColumn(f"[bold cyan]{description:>10}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -199,7 +212,6 @@ class _Stages:
             disable=not self.enabled,
             transient=True,
         )
-        return progress
 
 
 def run_study(
@@ -207,18 +219,20 @@ def run_study(
     out: str | Path,
     *,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool = False,
     console=None,
     stop_after: str | None = None,
     on_condition: Callable[[int, str], None] | None = None,
 ) -> StudyResult | None:
     """Run the study described by ``cfg`` into ``out``; see the module docstring.
 
-    ``resume=False`` clears ``out/cache`` first. ``stop_after`` ends after the named stage
-    (for inspection and tests); ``on_condition(i, name)`` is called after each condition's
-    result is written (the kill-and-resume test uses it). Before any work ``out`` is checked
-    to be a writable folder and locked for the run (`attrimp.io.output_folder`): a second
-    study on the same folder stops at once with an `attrimp.io.OutputFolderError`.
+    ``resume=False`` clears ``out/cache`` first. ``progress`` prints each stage and shows
+    progress bars on ``console`` (stderr by default); off, the run is quiet apart from
+    `logging` (the CLI turns it on). ``stop_after`` ends after the named stage (for inspection
+    and tests); ``on_condition(i, name)`` is called after each condition's result is written
+    (the kill-and-resume test uses it). Before any work ``out`` is checked to be a writable
+    folder and locked for the run (`attrimp.io.output_folder`): a second study on the same
+    folder stops at once with an `attrimp.io.OutputFolderError`.
     """
     with run_output(out):
         return _run_study(
@@ -232,6 +246,42 @@ def run_study(
         )
 
 
+@dataclass
+class _Run:
+    """What every stage of one run shares."""
+
+    cfg: StudyConfig
+    out: Path
+    stages: _Stages
+    device: Any
+    dist: Any
+    progress: bool
+
+
+@dataclass
+class _Sweep:
+    """The conditions of the sweep, where their tables are, the evaluator that ran them (rank 0
+    keeps it for the baselines) and the retrained models' tables."""
+
+    conditions: list
+    cond_dir: Path
+    evaluator: Any
+    retrained: list[Path]
+
+
+@dataclass
+class _Tables:
+    """The tables of stage 4, all written under ``out/tables``."""
+
+    per_query: pd.DataFrame
+    configs: pd.DataFrame
+    deltas: pd.DataFrame
+    importance: pd.DataFrame
+    importance_retrained: pd.DataFrame | None = None
+    baseline: dict[str, Any] | None = None
+    learned: dict[str, Any] | None = None
+
+
 def _run_study(
     cfg: StudyConfig,
     out: Path,
@@ -242,64 +292,103 @@ def _run_study(
     stop_after: str | None,
     on_condition: Callable[[int, str], None] | None,
 ) -> StudyResult | None:
-    import torch
+    """The six stages in order (see the module docstring); None when ``stop_after`` ends the
+    run early, and on every rank but 0 under ``torchrun`` after the sweep."""
+    run = _start_run(cfg, out, resume=resume, progress=progress, console=console)
+    data = _data_stage(run)
+    if stop_after == "data":
+        return None
+    model, train_key = _train_stage(run, data)
+    if stop_after == "train":
+        return None
+    sweep = _conditions_stage(run, data, model, train_key, on_condition)
+    if not run.dist.is_main or stop_after == "conditions":
+        return None
+    tables = _tables_stage(run, data, model, sweep)
+    if stop_after == "tables":
+        return None
+    analyses = _analyses_stage(run, data, tables)
+    report = _report_stage(run, data, model, tables, analyses)
+    return StudyResult(
+        out,
+        tables.configs,
+        tables.per_query,
+        tables.deltas,
+        tables.importance,
+        report,
+        run.stages.cached,
+    )
 
-    from attrimp.evaluate.conditions import ConditionEvaluator, attribute_only_baseline
-    from attrimp.train.pipeline import datasets, prepare_data
-    from attrimp.train.training import init_distributed, resolve_device
 
-    out = Path(out)
+def _start_run(cfg: StudyConfig, out: Path, *, resume: bool, progress: bool, console) -> _Run:
+    """The output folder (its cache cleared unless resuming), the device and the process
+    group, and ``config.json`` (rank 0)."""
+    from attrimp.devices import resolve_device
+    from attrimp.train.training import init_distributed
+
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         shutil.rmtree(out / "cache", ignore_errors=True)
     stages = _Stages(progress, console)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # under torchrun a bare cuda is cuda:LOCAL_RANK
     dist = init_distributed(device)
-    if device.type == "cuda" and dist.world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     stages.enabled = stages.enabled and dist.is_main
     if dist.is_main:
-        atomic_write_text(
-            out / "config.json", json.dumps(cfg.to_dict(), indent=2, default=list) + "\n"
-        )
+        atomic_write_json(out / "config.json", cfg.to_dict(), default=list)
+    return _Run(cfg, out, stages, device, dist, progress)
 
-    # 1. data ---------------------------------------------------------------------------------
-    stages.say("data", f"{cfg.data.dataset} → {out / 'work'}")
-    stages.begin("data")
-    if not dist.is_main:  # rank 0 generates a synthetic world first; the others read it
-        _barrier(dist)
-    data = prepare_data(cfg, out / "work", progress=progress and dist.is_main)
-    if dist.is_main:
-        _barrier(dist)
-    stages.say(
-        "data",
-        f"{len(data.train)} train / {len(data.query)} query / {len(data.gallery)} gallery images, "
-        f"{data.num_train_pids} training identities, schema {data.schema.name} "
-        f"({data.schema.n_groups} groups, {data.schema.n_experts} experts)",
-    )
-    if dist.is_main:
-        _write_priors(data, cfg, out)
-    record = stages.end()
+
+# 1. data -----------------------------------------------------------------------------------
+def _data_stage(run: _Run):
+    """The dataset (rank 0 generates a synthetic world first; the others then read it) and,
+    on rank 0, the attribute priors."""
+    from attrimp.train.pipeline import prepare_data
+
+    cfg, stages, dist = run.cfg, run.stages, run.dist
+    stages.say("data", f"{cfg.data.dataset} → {run.out / 'work'}")
+    with stages.stage("data") as record:
+        if not dist.is_main:
+            _barrier(dist)
+        data = prepare_data(cfg, run.out / "work", progress=run.progress and dist.is_main)
+        if dist.is_main:
+            _barrier(dist)
+        stages.say(
+            "data",
+            f"{len(data.train)} train / {len(data.query)} query / {len(data.gallery)} gallery "
+            f"images, {data.num_train_pids} training identities, schema {data.schema.name} "
+            f"({data.schema.n_groups} groups, {data.schema.n_experts} experts)",
+        )
+        if dist.is_main:
+            _write_priors(data, cfg, run.out)
     record.update(train_images=len(data.train), query_images=len(data.query))
     record["gallery_images"] = len(data.gallery)
-    if stop_after == "data":
-        return None
+    return data
 
-    # 2. train --------------------------------------------------------------------------------
-    stages.begin("train")
-    model, train_key = _trained_model(cfg, data, out, device, stages, progress, dist)
-    record = stages.end()
-    record["cached"] = bool(stages.cached.get("train"))
-    if stop_after == "train":
-        return None
 
-    # 3. conditions ---------------------------------------------------------------------------
+# 2. train ----------------------------------------------------------------------------------
+def _train_stage(run: _Run, data):
+    """The trained model (from the cache when its settings were trained before) and its key."""
+    with run.stages.stage("train") as record:
+        model, train_key = _trained_model(run, data)
+    record["cached"] = bool(run.stages.cached.get("train"))
+    return model, train_key
+
+
+# 3. conditions -----------------------------------------------------------------------------
+def _conditions_stage(
+    run: _Run, data, model, train_key: str, on_condition: Callable[[int, str], None] | None
+) -> _Sweep:
+    """Every test-time condition not yet on disk evaluated (sharded by rank under torchrun),
+    then the retrained configurations; ends when every rank's tables are written."""
+    from attrimp.train.pipeline import datasets
+
+    cfg, stages, dist = run.cfg, run.stages, run.dist
     conditions = study_conditions(cfg, data.schema, model)
     if "learned" in cfg.ablation.designs and not model.router.needs_features:
         stages.say(
             "conditions", "the model was trained with the oracle router: no learned-router run"
         )
-    cond_dir = out / "cache" / f"conditions-{train_key}-{cfg.fingerprint('eval')}"
+    cond_dir = run.out / "cache" / f"conditions-{train_key}-{cfg.fingerprint('eval')}"
     todo = [c for c in conditions if not (cond_dir / f"{c.key()}.parquet").exists()]
     stages.cached["conditions"] = len(conditions) - len(todo)
     stages.say("conditions", f"{len(conditions)} conditions, {len(todo)} to evaluate")
@@ -307,129 +396,179 @@ def _run_study(
     _, query_set, gallery_set = datasets(model, data)
     evaluator = None
     if todo or dist.is_main:  # rank 0 also needs it for the baselines
-        stages.begin("prefix_cache", images=len(query_set) + len(gallery_set))
-        with stages.bar("prefix") as bar:
-            task = bar.add_task(
-                "caching the shared backbone prefix", total=len(query_set) + len(gallery_set)
-            )
-            done = {"query": 0, "gallery": 0}
+        evaluator = _prefix_cache(run, model, query_set, gallery_set)
+    _sweep(run, evaluator, todo, len(conditions), cond_dir, on_condition)
+    retrained = _retrain_stage(run, data, train_key)
+    _barrier(dist)  # every rank's conditions are on disk before rank 0 merges them
+    return _Sweep(conditions, cond_dir, evaluator, retrained)
 
-            def advance(label: str, n: int, total: int) -> None:
-                done[label.split()[-1]] = n
-                bar.update(task, completed=sum(done.values()))
 
-            evaluator = ConditionEvaluator.from_config(
-                model, query_set, gallery_set, cfg.eval, device=device, progress=advance
-            )
-        stages.end().update(evaluator.prefix_info())
-    sweep = stages.begin(
-        "sweep", conditions=len(todo), cached_conditions=len(conditions) - len(todo)
-    )
-    with stages.bar("conditions") as bar:
+def _prefix_cache(run: _Run, model, query_set, gallery_set):
+    """The condition evaluator, with the backbone prefix every condition shares computed once
+    for the query and gallery images."""
+    from attrimp.evaluate.conditions import ConditionEvaluator
+
+    n_images = len(query_set) + len(gallery_set)
+    stages = run.stages
+    with stages.stage("prefix_cache", images=n_images) as record, stages.bar("prefix") as bar:
+        task = bar.add_task("caching the shared backbone prefix", total=n_images)
+        done = {"query": 0, "gallery": 0}
+
+        def advance(label: str, n: int, total: int) -> None:
+            done[label.split()[-1]] = n
+            bar.update(task, completed=sum(done.values()))
+
+        evaluator = ConditionEvaluator.from_config(
+            model, query_set, gallery_set, run.cfg.eval, device=run.device, progress=advance
+        )
+    record.update(evaluator.prefix_info())
+    return evaluator
+
+
+def _sweep(
+    run: _Run,
+    evaluator,
+    todo: list,
+    n_conditions: int,
+    cond_dir: Path,
+    on_condition: Callable[[int, str], None] | None,
+) -> None:
+    """Evaluate each condition of ``todo`` and write its per-query table (the cache)."""
+    import torch
+
+    stages = run.stages
+    cached = n_conditions - len(todo)
+    with (
+        stages.stage("sweep", conditions=len(todo), cached_conditions=cached) as record,
+        stages.bar("conditions") as bar,
+    ):
         task = bar.add_task("", total=len(todo))
         for i, cond in enumerate(todo):
             bar.update(task, description=cond.name)
             with torch.no_grad():
                 result, _ = evaluator.run(cond)
-            table = evaluator.table(cond, result)
-            atomic_write_frame(table, cond_dir / f"{cond.key()}.parquet")
+            atomic_write_frame(evaluator.table(cond, result), cond_dir / f"{cond.key()}.parquet")
             bar.advance(task)
             if on_condition is not None:
                 on_condition(i, cond.name)
-    sweep["note"] = f"{len(todo)} conditions evaluated"
-    stages.end()
-    sweep["seconds_per_condition"] = sweep["seconds"] / len(todo) if todo else None
-    if cfg.ablation.retrain:
-        stages.begin("retrain")
-    retrained = _retrained_conditions(cfg, data, out, train_key, device, stages, progress, dist)
-    if cfg.ablation.retrain:
-        stages.end()["models"] = len(retrained)
-    _barrier(dist)  # every rank's conditions are on disk before rank 0 merges them
-    if not dist.is_main or stop_after == "conditions":
-        return None
+        record["note"] = f"{len(todo)} conditions evaluated"
+    record["seconds_per_condition"] = record["seconds"] / len(todo) if todo else None
 
-    # 4. tables -------------------------------------------------------------------------------
-    tables_record = stages.begin("tables")
-    per_query = pd.concat(
-        [pd.read_parquet(cond_dir / f"{c.key()}.parquet") for c in conditions]
-        + [pd.read_parquet(path) for path in retrained],
-        ignore_index=True,
-    )
-    tables = out / "tables"
-    atomic_write_frame(per_query, tables / "per_query.parquet")
-    configs = config_table(per_query, data.schema.group_names)
-    atomic_write_frame(configs, tables / "configs.csv")
-    deltas = delta_table(per_query, data.schema.group_names)
-    atomic_write_frame(deltas, tables / "deltas.csv")
-    importance = leave_one_out_importance(deltas, seed=cfg.analysis.seed)
-    atomic_write_frame(importance, tables / "leave_one_out_importance.csv")
+
+def _retrain_stage(run: _Run, data, train_key: str) -> list[Path]:
+    """The train-time ablation (``ablation.retrain``), timed as its own stage when asked for."""
+    if not run.cfg.ablation.retrain:
+        return []
+    with run.stages.stage("retrain") as record:
+        paths = _retrained_conditions(run, data, train_key)
+    record["models"] = len(paths)
+    return paths
+
+
+# 4. tables ---------------------------------------------------------------------------------
+def _tables_stage(run: _Run, data, model, sweep: _Sweep) -> _Tables:
+    """The per-query long table, the configuration table, the paired Δ tables with the
+    leave-one-out importance, and the baselines; all under ``out/tables``."""
+    with run.stages.stage("tables") as record:
+        per_query = pd.concat(
+            [pd.read_parquet(sweep.cond_dir / f"{c.key()}.parquet") for c in sweep.conditions]
+            + [pd.read_parquet(path) for path in sweep.retrained],
+            ignore_index=True,
+        )
+        tables = _effect_tables(run, per_query, data.schema.group_names, bool(sweep.retrained))
+        tables.baseline = _attribute_only(run, data, sweep.evaluator)
+        tables.learned = _learned_router_accuracy(model, sweep.evaluator, data)
+        if tables.learned is not None:
+            atomic_write_json(run.out / "tables" / "learned_router.json", tables.learned)
+    record["per_query_rows"] = len(per_query)
+    return tables
+
+
+def _effect_tables(run: _Run, per_query: pd.DataFrame, groups: list[str], retrained: bool):
+    """per_query.parquet, configs.csv, deltas.csv and the leave-one-out importance (and their
+    retrained twins when models were retrained per configuration)."""
+    tables_dir, seed = run.out / "tables", run.cfg.analysis.seed
+    atomic_write_frame(per_query, tables_dir / "per_query.parquet")
+    configs = config_table(per_query, groups)
+    atomic_write_frame(configs, tables_dir / "configs.csv")
+    deltas = delta_table(per_query, groups)
+    atomic_write_frame(deltas, tables_dir / "deltas.csv")
+    importance = leave_one_out_importance(deltas, seed=seed)
+    atomic_write_frame(importance, tables_dir / "leave_one_out_importance.csv")
     importance_rt = None
     if retrained:
-        deltas_rt = delta_table(per_query, data.schema.group_names, prefix=RETRAIN_PREFIX)
-        atomic_write_frame(deltas_rt, tables / "deltas_retrained.csv")
-        importance_rt = leave_one_out_importance(deltas_rt, seed=cfg.analysis.seed)
-        atomic_write_frame(importance_rt, tables / "leave_one_out_importance_retrained.csv")
-    baseline = None
-    if "attribute_only" in cfg.ablation.designs:
-        base_result, signatures = attribute_only_baseline(
-            data.schema,
-            evaluator.splits["query"],
-            evaluator.splits["gallery"],
-            max_rank=cfg.eval.max_rank,
-        )
-        baseline = {**base_result.summary(), "signatures": signatures}
-        atomic_write_frame(signatures, tables / "attribute_signatures.csv")
-        atomic_write_text(
-            tables / "attribute_only.json",
-            json.dumps({k: v for k, v in baseline.items() if k != "signatures"}, indent=2),
-        )
-    learned = _learned_router_accuracy(model, evaluator, data)
-    if learned is not None:
-        atomic_write_text(tables / "learned_router.json", json.dumps(learned, indent=2))
-    stages.end()
-    tables_record["per_query_rows"] = len(per_query)
-    if stop_after == "tables":
+        deltas_rt = delta_table(per_query, groups, prefix=RETRAIN_PREFIX)
+        atomic_write_frame(deltas_rt, tables_dir / "deltas_retrained.csv")
+        importance_rt = leave_one_out_importance(deltas_rt, seed=seed)
+        atomic_write_frame(importance_rt, tables_dir / "leave_one_out_importance_retrained.csv")
+    return _Tables(per_query, configs, deltas, importance, importance_rt)
+
+
+def _attribute_only(run: _Run, data, evaluator) -> dict[str, Any] | None:
+    """The attribute-only baseline (ranking the gallery by the annotations alone), when the
+    designs ask for it: its metrics and signature table."""
+    from attrimp.evaluate.conditions import attribute_only_baseline
+
+    if "attribute_only" not in run.cfg.ablation.designs:
         return None
+    result, signatures = attribute_only_baseline(
+        data.schema,
+        evaluator.splits["query"],
+        evaluator.splits["gallery"],
+        max_rank=run.cfg.eval.max_rank,
+    )
+    baseline = {**result.summary(), "signatures": signatures}
+    atomic_write_frame(signatures, run.out / "tables" / "attribute_signatures.csv")
+    atomic_write_json(
+        run.out / "tables" / "attribute_only.json",
+        {k: v for k, v in baseline.items() if k != "signatures"},
+    )
+    return baseline
 
-    # 5. analyses -----------------------------------------------------------------------------
-    from attrimp.study.analyses import run_study_analyses
 
-    stages.say(
+# 5. analyses -------------------------------------------------------------------------------
+def _analyses_stage(run: _Run, data, tables: _Tables) -> StudyAnalyses:
+    """The studies battery on each table (`attrimp.study.analyses`), under ``out/analyses``."""
+    run.stages.say(
         "analyses", "statistics battery on the per-query, subset, configuration and Δ tables"
     )
-    stages.begin("analyses")
-    analyses = run_study_analyses(
-        per_query, configs, data.schema, cfg, out / "analyses", progress=progress, clock=stages
-    )
-    stages.end()
+    with run.stages.stage("analyses"):
+        return run_study_analyses(
+            tables.per_query,
+            tables.configs,
+            data.schema,
+            run.cfg,
+            run.out / "analyses",
+            progress=run.progress,
+            clock=run.stages,
+        )
 
-    # 6. report -------------------------------------------------------------------------------
-    from attrimp.study.report import write_study_report
 
+# 6. report ---------------------------------------------------------------------------------
+def _report_stage(run: _Run, data, model, tables: _Tables, analyses: StudyAnalyses) -> dict:
+    """report.json and the pages (`attrimp.study.report`); report.json is written again with
+    the run's ``timings`` last, so that they include the report's own stage."""
     design_file = Path(data.root) / "synth.json"
     planted = json.loads(design_file.read_text()) if design_file.exists() else None
-    stages.begin("report")
-    report = write_study_report(
-        out,
-        cfg=cfg,
-        data=data,
-        configs=configs,
-        importance=importance,
-        importance_retrained=importance_rt,
-        analyses=analyses,
-        baseline=baseline,
-        learned=learned,
-        planted=planted,
-        model_info=_model_info(model),
-    )
-    stages.end()
-    # the timings go in last, so that they include the report's own stage
-    report["timings"] = stages.clock.to_dict()
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    stages.say(
-        "report", f"{out / 'report.html'} (total {report['timings']['total_seconds']:.1f} s)"
-    )
-    return StudyResult(out, configs, per_query, deltas, importance, report, stages.cached)
+    with run.stages.stage("report"):
+        report = write_study_report(
+            run.out,
+            cfg=run.cfg,
+            data=data,
+            configs=tables.configs,
+            importance=tables.importance,
+            importance_retrained=tables.importance_retrained,
+            analyses=analyses,
+            baseline=tables.baseline,
+            learned=tables.learned,
+            planted=planted,
+            model_info=_model_info(model),
+        )
+    report["timings"] = run.stages.clock.to_dict()
+    atomic_write_json(run.out / "report.json", report, allow_nan=False)
+    total = report["timings"]["total_seconds"]
+    run.stages.say("report", f"{run.out / 'report.html'} (total {total:.1f} s)")
+    return report
 
 
 # --------------------------------------------------------------------------- stages
@@ -477,43 +616,43 @@ def _barrier(dist) -> None:
         torch.distributed.barrier()
 
 
-def _trained_model(
-    cfg: StudyConfig, data, out: Path, device, stages: _Stages, progress: bool, dist
-):
+def _trained_model(run: _Run, data):
+    """The study's model: loaded from ``cache/train-<key>`` when that training finished
+    before, trained there otherwise (`attrimp.train.training` resumes inside the epochs)."""
     import torch
 
     from attrimp.model.checkpoint import load_model
     from attrimp.train.pipeline import build_model, datasets
     from attrimp.train.training import latest_checkpoint, train
 
+    cfg, stages = run.cfg, run.stages
     key = cfg.fingerprint("data", "model", "experts", "router", "train")
-    folder = out / "cache" / f"train-{key}"
+    folder = run.out / "cache" / f"train-{key}"
     done = folder / "done.json"
     if done.exists():
         ckpt = latest_checkpoint(folder)
         stages.cached["train"] = 1
         stages.say("train", f"cached model {ckpt}")
-        return load_model(ckpt, device=device), key
+        return load_model(ckpt, device=run.device), key
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, data)
-    share = model.expert_parameter_share()
     stages.say(
         "train",
         f"{cfg.model.backbone} + {data.schema.n_experts} experts × {model.experts.block_indices} "
-        f"blocks (experts = {share:.2%} of the backbone), {cfg.train.epochs} epochs on {device}",
+        f"blocks (experts = {model.expert_parameter_share():.2%} of the backbone), "
+        f"{cfg.train.epochs} epochs on {run.device}",
     )
-    train_set = datasets(model, data)[0]
     result = train(
         model,
-        train_set,
+        datasets(model, data)[0],
         cfg.train,
         folder,
-        device=device,
+        device=run.device,
         num_workers=cfg.data.num_workers,
-        progress=progress,
+        progress=run.progress,
         attribute_loss_weight=cfg.router.attribute_loss_weight,
     )
-    if dist.is_main:
+    if run.dist.is_main:
         atomic_write_text(
             done, json.dumps({"epochs": result.epochs, "history": result.history}, indent=1)
         )
@@ -563,22 +702,13 @@ def _learned_router_accuracy(model, evaluator, data) -> dict[str, Any] | None:
 RETRAIN_PREFIX = "retrain:"
 
 
-def _retrained_conditions(
-    cfg, data, out: Path, train_key: str, device, stages, progress, dist
-) -> list[Path]:
+def _retrained_conditions(run: _Run, data, train_key: str) -> list[Path]:
     """Train-time ablation: one model trained AND tested under each condition of the designs in
     ``ablation.retrain`` (a group that was never on in training cannot be relied on). Each
     model's per-query table is cached like a test-time condition; returns their paths."""
-    import torch
-
     from attrimp.evaluate.ablation import make_conditions
-    from attrimp.evaluate.conditions import ConditionEvaluator, build_router
-    from attrimp.model.mosaic import MoSAICReID
-    from attrimp.train.pipeline import datasets, model_config
-    from attrimp.train.training import train
 
-    if not cfg.ablation.retrain:
-        return []
+    cfg = run.cfg
     conditions = make_conditions(
         data.schema,
         cfg.ablation.retrain,
@@ -586,44 +716,52 @@ def _retrained_conditions(
         noisy_p=cfg.ablation.noisy_p,
         seed=cfg.ablation.seed,
     )
-    paths = []
-    for cond in conditions:
-        path = (
-            out
-            / "cache"
-            / f"retrain-{train_key}-{cfg.fingerprint('eval')}"
-            / f"{cond.key()}.parquet"
-        )
-        paths.append(path)
-        if path.exists():
-            continue
-        stages.say("retrain", f"{cond.name}: training a model under this configuration")
-        mcfg = model_config(cfg, data)
-        mcfg.router, mcfg.router_kwargs = "oracle", {}
-        torch.manual_seed(cfg.train.seed)
-        router = build_router(cond, data.schema, query=False)
-        model = MoSAICReID(mcfg, schema=data.schema, router=router)
-        train_set, query_set, gallery_set = datasets(model, data)
-        train(
-            model,
-            train_set,
-            cfg.train,
-            path.parent / f"train-{cond.key()}",
-            device=device,
-            num_workers=cfg.data.num_workers,
-            progress=progress,
-        )
-        if dist.is_main:
-            evaluator = ConditionEvaluator.from_config(
-                model, query_set, gallery_set, cfg.eval, device=device
-            )
-            with torch.no_grad():
-                result, _ = evaluator.run(cond)
-            table = evaluator.table(cond, result)
-            table["config"] = RETRAIN_PREFIX + table["config"]
-            table["design"] = RETRAIN_PREFIX + table["design"]
-            atomic_write_frame(table, path)
+    folder = run.out / "cache" / f"retrain-{train_key}-{cfg.fingerprint('eval')}"
+    paths = [folder / f"{cond.key()}.parquet" for cond in conditions]
+    for cond, path in zip(conditions, paths):
+        if not path.exists():
+            _retrain_one(run, data, cond, path)
     return paths
+
+
+def _retrain_one(run: _Run, data, cond, path: Path) -> None:
+    """Train a model with the oracle router under ``cond`` and (rank 0) write its per-query
+    table, its configurations prefixed with `RETRAIN_PREFIX`, to ``path``."""
+    import torch
+
+    from attrimp.evaluate.conditions import ConditionEvaluator, build_router
+    from attrimp.model.mosaic import MoSAICReID
+    from attrimp.train.pipeline import datasets, model_config
+    from attrimp.train.training import train
+
+    cfg = run.cfg
+    run.stages.say("retrain", f"{cond.name}: training a model under this configuration")
+    mcfg = model_config(cfg, data)
+    mcfg.router, mcfg.router_kwargs = "oracle", {}
+    torch.manual_seed(cfg.train.seed)
+    router = build_router(cond, data.schema, query=False)
+    model = MoSAICReID(mcfg, schema=data.schema, router=router)
+    train_set, query_set, gallery_set = datasets(model, data)
+    train(
+        model,
+        train_set,
+        cfg.train,
+        path.parent / f"train-{cond.key()}",
+        device=run.device,
+        num_workers=cfg.data.num_workers,
+        progress=run.progress,
+    )
+    if not run.dist.is_main:
+        return
+    evaluator = ConditionEvaluator.from_config(
+        model, query_set, gallery_set, cfg.eval, device=run.device
+    )
+    with torch.no_grad():
+        result, _ = evaluator.run(cond)
+    table = evaluator.table(cond, result)
+    table["config"] = RETRAIN_PREFIX + table["config"]
+    table["design"] = RETRAIN_PREFIX + table["design"]
+    atomic_write_frame(table, path)
 
 
 # --------------------------------------------------------------------------- tables
