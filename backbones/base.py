@@ -449,15 +449,38 @@ def load_weights(
     raw = _backbone_of_mosaic(raw, meta)
     state = unwrap_site_keys(backbone.convert_state_dict(raw), backbone)
     own = unwrap_site_keys(backbone.state_dict(), backbone)
-    notes: list[str] = []
-
     file_grid = pretrained_grid
     if file_grid is None and "grid_size" in meta:
         file_grid = tuple(int(v) for v in meta["grid_size"].split(","))
+    notes: list[str] = []
+    # The helpers warn with stacklevel=3: the warning points at the caller of load_weights.
+    adapted = _adapted_tensors(backbone, path, state, own, file_grid, notes)
+    _reconcile_camera_table(path, state, own, adapted, notes)
+    _check_complete(path, state, own, adapted)
+    _note_unexpected(backbone, path, state, own, notes)
+    backbone.load_state_dict(_rewrap_site_keys(adapted, backbone), strict=True)
+    return notes
 
+
+def _is_head(backbone: ViTBackbone, key: str) -> bool:
+    """A classifier tensor (with or without the wrapper's ``inner.`` prefix)."""
+    return key in backbone.head_keys or key.removeprefix("inner.") in backbone.head_keys
+
+
+def _adapted_tensors(
+    backbone: ViTBackbone,
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    file_grid: tuple[int, ...] | None,
+    notes: list[str],
+) -> dict[str, torch.Tensor]:
+    """The file's tensors the model has a place for, each of the model's shape: equal shapes
+    as they are, the position embedding resampled, a camera table of another size resized;
+    any other shape difference is a `CheckpointError`."""
     adapted: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key in backbone.head_keys or key.removeprefix("inner.") in backbone.head_keys:
+        if _is_head(backbone, key):
             notes.append(f"dropped classifier tensor {key} {tuple(value.shape)}")
             continue
         if key not in own:
@@ -465,53 +488,88 @@ def load_weights(
         want = own[key]
         if tuple(value.shape) == tuple(want.shape):
             adapted[key] = value
-            continue
-        if key == backbone.pos_embed_key:
-            n_patch = value.reshape(-1, value.shape[-1]).shape[0] - backbone.pos_embed_prefix
-            if value.shape[-1] != want.shape[-1]:
-                raise CheckpointError(
-                    f"{path}: tensor {key} has width {value.shape[-1]} in the file but "
-                    f"{want.shape[-1]} in the model {tuple(want.shape)}; it is another architecture."
-                )
-            grid = file_grid or infer_grid(n_patch, backbone.grid_size)
-            value = value.reshape(want.shape[:-2] + (-1, value.shape[-1]))
-            adapted[key] = resample_pos_embed(
-                value, backbone.grid_size, grid, num_prefix_tokens=backbone.pos_embed_prefix
-            )
-            notes.append(
-                f"resampled {key} from the grid {tuple(grid)} in the file to {backbone.grid_size}"
-            )
-            continue
-        if key == "camera_embed" and value.dim() == 2 and value.shape[1] == want.shape[1]:
-            n = min(value.shape[0], want.shape[0])
-            new = want.clone()
-            new[:n] = value[:n]
-            adapted[key] = new
-            msg = (
-                f"{path}: the camera table has {value.shape[0]} cameras in the file and "
-                f"{want.shape[0]} in the model; copied the first {n}"
-                + (", the rest stay zero" if want.shape[0] > n else ", dropped the rest")
-            )
-            warnings.warn(msg, stacklevel=2)
+        elif key == backbone.pos_embed_key:
+            adapted[key], note = _resampled_pos_embed(backbone, path, key, value, want, file_grid)
+            notes.append(note)
+        elif key == "camera_embed" and value.dim() == 2 and value.shape[1] == want.shape[1]:
+            adapted[key], msg = _resized_camera_table(path, value, want)
+            warnings.warn(msg, stacklevel=3)
             notes.append(msg)
-            continue
-        raise CheckpointError(
-            f"{path}: tensor {key} has shape {tuple(value.shape)} in the file but "
-            f"{tuple(want.shape)} in the model ({_why(key, backbone)})."
-        )
+        else:
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(want.shape)} in the model ({_why(key, backbone)})."
+            )
+    return adapted
 
+
+def _resampled_pos_embed(
+    backbone: ViTBackbone,
+    path: str | Path,
+    key: str,
+    value: torch.Tensor,
+    want: torch.Tensor,
+    file_grid: tuple[int, ...] | None,
+) -> tuple[torch.Tensor, str]:
+    """The file's position embedding resampled from its grid (the file's metadata, or inferred
+    from its length) to the backbone's, and a note saying so."""
+    n_patch = value.reshape(-1, value.shape[-1]).shape[0] - backbone.pos_embed_prefix
+    if value.shape[-1] != want.shape[-1]:
+        raise CheckpointError(
+            f"{path}: tensor {key} has width {value.shape[-1]} in the file but "
+            f"{want.shape[-1]} in the model {tuple(want.shape)}; it is another architecture."
+        )
+    grid = file_grid or infer_grid(n_patch, backbone.grid_size)
+    value = value.reshape(want.shape[:-2] + (-1, value.shape[-1]))
+    out = resample_pos_embed(
+        value, backbone.grid_size, grid, num_prefix_tokens=backbone.pos_embed_prefix
+    )
+    return out, f"resampled {key} from the grid {tuple(grid)} in the file to {backbone.grid_size}"
+
+
+def _resized_camera_table(
+    path: str | Path, value: torch.Tensor, want: torch.Tensor
+) -> tuple[torch.Tensor, str]:
+    """A camera table of another size: the common rows copied, the rest zero (or dropped)."""
+    n = min(value.shape[0], want.shape[0])
+    new = want.clone()
+    new[:n] = value[:n]
+    msg = (
+        f"{path}: the camera table has {value.shape[0]} cameras in the file and "
+        f"{want.shape[0]} in the model; copied the first {n}"
+        + (", the rest stay zero" if want.shape[0] > n else ", dropped the rest")
+    )
+    return new, msg
+
+
+def _reconcile_camera_table(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    adapted: dict[str, torch.Tensor],
+    notes: list[str],
+) -> None:
+    """A camera table on one side only: the model's stays zero, or the file's is ignored."""
     if "camera_embed" in own and "camera_embed" not in state:
         msg = f"{path} has no camera table; the camera embedding stays zero-initialised"
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         notes.append(msg)
         adapted["camera_embed"] = own["camera_embed"]
     if "camera_embed" in state and "camera_embed" not in own:
         msg = (
             f"{path} has a camera table but the backbone was built with camera_count=0; ignored it"
         )
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         notes.append(msg)
 
+
+def _check_complete(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    adapted: Mapping[str, torch.Tensor],
+) -> None:
+    """A `CheckpointError` naming the first tensor the model needs that the file lacks."""
     missing = [k for k in own if k not in adapted]
     if missing:
         close = difflib.get_close_matches(missing[0], list(state), n=1)
@@ -520,17 +578,23 @@ def load_weights(
             f"{path} lacks {len(missing)} tensor(s) the model needs, first {missing[0]!r} "
             f"{tuple(own[missing[0]].shape)}{hint}; it was saved from another architecture."
         )
+
+
+def _note_unexpected(
+    backbone: ViTBackbone,
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    notes: list[str],
+) -> None:
+    """Warn about the file's tensors the backbone has no place for (heads and cameras aside)."""
     unexpected = [
-        k for k in state if k not in own and k not in backbone.head_keys and k != "camera_embed"
+        k for k in state if k not in own and not _is_head(backbone, k) and k != "camera_embed"
     ]
-    unexpected = [k for k in unexpected if k.removeprefix("inner.") not in backbone.head_keys]
     if unexpected:
         msg = f"{path}: ignored {len(unexpected)} tensor(s) the backbone has no place for, e.g. {unexpected[:3]}"
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         notes.append(msg)
-
-    backbone.load_state_dict(_rewrap_site_keys(adapted, backbone), strict=True)
-    return notes
 
 
 #: the ``attrimp`` metadata value of a MoSAIC-ReID ``model.safetensors``
