@@ -33,7 +33,7 @@ def fetch_attributes(
     """
     from attrimp.data.annotations import SOURCES, fetch_attribute_file
 
-    path, downloaded = fetch_attribute_file(dataset, out, url=url)
+    path, downloaded = fetch_attribute_file(dataset, out, url=url, progress=True)
     spec = SOURCES[dataset.lower().replace("-", "")]
     state = "downloaded and verified" if downloaded else "already present, checksum verified"
     console.print(f"{path}: {state} (sha256 {spec.sha256[:12]}…).", highlight=False)

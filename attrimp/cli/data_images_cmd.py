@@ -53,54 +53,69 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"--size {text!r} is not HEIGHTxWIDTH (e.g. 128x64).") from None
 
 
+# the options of `attrimp data synth`, named here so the command reads as its steps
+_OUT = typer.Option(..., "--out", help="Folder to write the world into.", show_default=False)
+_PRESET = typer.Option(
+    None,
+    "--preset",
+    help="market1501: Market-1501's layout and exact counts (1,501 identities, 6 cameras, "
+    "12,936 train / 3,368 query / 15,913 gallery images incl. 2,793 distractors, + 3,819 "
+    "junk; 256x128).",
+)
+_SCALE = typer.Option(
+    1.0, "--scale", help="With --preset: keep this fraction of the identities (0-1]."
+)
+_IDENTITIES = typer.Option(
+    None,
+    "--identities",
+    help="Number of identities, half train \\[default: 80].",
+    show_default=False,
+)
+_CAMERAS = typer.Option(
+    None, "--cameras", help="Number of cameras (2-9) \\[default: 4].", show_default=False
+)
+_IMAGES_PER_CAMERA = typer.Option(
+    3, "--images-per-camera", help="Images of each identity in each camera."
+)
+_SIZE = typer.Option(
+    None, "--size", help="Image size HEIGHTxWIDTH \\[default: 128x64].", show_default=False
+)
+_SEED = typer.Option(0, "--seed", help="Same seed, same bytes.")
+_VISIBILITY = typer.Option(
+    [],
+    "--visibility",
+    help="GROUP=VALUE in [0,1], repeatable (0 = invisible in the pixels, still annotated); "
+    "or one number for every group.",
+)
+_PRIORS = typer.Option("market", "--priors", help="market (Market-1501's) or uniform.")
+_DISTRACTORS = typer.Option(
+    None,
+    "--distractors",
+    help="Unannotated gallery images (0000) \\[default: 0].",
+    show_default=False,
+)
+_FORMAT = typer.Option("jpg", "--format", help="jpg or png.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing world.")
+_WORKERS = typer.Option(
+    1, "--workers", min=1, help="Processes drawing images (same bytes for any number)."
+)
+
+
 def synth(
-    out: Path = typer.Option(
-        ..., "--out", help="Folder to write the world into.", show_default=False
-    ),
-    preset: str | None = typer.Option(
-        None,
-        "--preset",
-        help="market1501: Market-1501's layout and exact counts (1,501 identities, 6 cameras, "
-        "12,936 train / 3,368 query / 15,913 gallery images incl. 2,793 distractors, + 3,819 "
-        "junk; 256x128).",
-    ),
-    scale: float = typer.Option(
-        1.0, "--scale", help="With --preset: keep this fraction of the identities (0-1]."
-    ),
-    identities: int | None = typer.Option(
-        None,
-        "--identities",
-        help="Number of identities, half train \\[default: 80].",
-        show_default=False,
-    ),
-    cameras: int | None = typer.Option(
-        None, "--cameras", help="Number of cameras (2-9) \\[default: 4].", show_default=False
-    ),
-    images_per_camera: int = typer.Option(
-        3, "--images-per-camera", help="Images of each identity in each camera."
-    ),
-    size: str | None = typer.Option(
-        None, "--size", help="Image size HEIGHTxWIDTH \\[default: 128x64].", show_default=False
-    ),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
-    visibility: list[str] = typer.Option(
-        [],
-        "--visibility",
-        help="GROUP=VALUE in [0,1], repeatable (0 = invisible in the pixels, still annotated); "
-        "or one number for every group.",
-    ),
-    priors: str = typer.Option("market", "--priors", help="market (Market-1501's) or uniform."),
-    distractors: int | None = typer.Option(
-        None,
-        "--distractors",
-        help="Unannotated gallery images (0000) \\[default: 0].",
-        show_default=False,
-    ),
-    image_format: str = typer.Option("jpg", "--format", help="jpg or png."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing world."),
-    workers: int = typer.Option(
-        1, "--workers", min=1, help="Processes drawing images (same bytes for any number)."
-    ),
+    out: Path = _OUT,
+    preset: str | None = _PRESET,
+    scale: float = _SCALE,
+    identities: int | None = _IDENTITIES,
+    cameras: int | None = _CAMERAS,
+    images_per_camera: int = _IMAGES_PER_CAMERA,
+    size: str | None = _SIZE,
+    seed: int = _SEED,
+    visibility: list[str] = _VISIBILITY,
+    priors: str = _PRIORS,
+    distractors: int | None = _DISTRACTORS,
+    image_format: str = _FORMAT,
+    overwrite: bool = _OVERWRITE,
+    workers: int = _WORKERS,
 ) -> None:
     """Draw a synthetic pedestrian world in the Market-1501 layout with a planted attribute file.
 
@@ -108,21 +123,11 @@ def synth(
 
     Full size: attrimp data synth --preset market1501 --out runs/market-synth
     """
-    from attrimp.data.synth import DESIGN_FILE, make_synthetic_world, preset_world
+    from attrimp.data.synth import make_synthetic_world
     from attrimp.io import run_output
 
     start = time.perf_counter()
-    if preset is None:
-        if scale != 1.0:
-            raise ConfigError("--scale applies to a --preset; pass --preset market1501 with it.")
-        world = {"n_identities": 80, "n_cameras": 4, "size": (128, 64), "distractors": 0}
-    else:
-        if images_per_camera != 3:
-            raise ConfigError(
-                f"--preset {preset} sets the images of every identity itself; drop "
-                "--images-per-camera."
-            )
-        world = preset_world(preset, scale)
+    world = _world_shape(preset, scale, images_per_camera)
     # options given beside a preset win over it (e.g. a smaller --size for a quick look)
     for key, value in (
         ("n_identities", identities),
@@ -147,6 +152,28 @@ def synth(
             progress=True,
             workers=workers,
         )
+    _print_world(root, time.perf_counter() - start)
+
+
+def _world_shape(preset: str | None, scale: float, images_per_camera: int) -> dict:
+    """Identities, cameras, image size and distractors: the default world's or a preset's."""
+    from attrimp.data.synth import preset_world
+
+    if preset is None:
+        if scale != 1.0:
+            raise ConfigError("--scale applies to a --preset; pass --preset market1501 with it.")
+        return {"n_identities": 80, "n_cameras": 4, "size": (128, 64), "distractors": 0}
+    if images_per_camera != 3:
+        raise ConfigError(
+            f"--preset {preset} sets the images of every identity itself; drop --images-per-camera."
+        )
+    return preset_world(preset, scale)
+
+
+def _print_world(root: Path, seconds: float) -> None:
+    """What was written (from the world's own synth.json) and how long it took."""
+    from attrimp.data.synth import DESIGN_FILE
+
     design = json.loads((root / DESIGN_FILE).read_text(encoding="utf-8"))
     c = design["counts"]
     hidden = {g: v for g, v in design["visibility"].items() if v < 1.0}
@@ -154,7 +181,7 @@ def synth(
         f"Wrote {root}: {design['n_identities']} identities × {design['n_cameras']} cameras, "
         f"{c['train']} train / {c['query']} query / {c['gallery']} gallery images"
         + (f" (+ {c['junk_images']} junk)" if c.get("junk_images") else "")
-        + f" in {time.perf_counter() - start:.1f} s.",
+        + f" in {seconds:.1f} s.",
         highlight=False,
     )
     if hidden:
@@ -193,31 +220,12 @@ def summary(
     Example: attrimp data summary runs/world --verify
     """
     from attrimp.data.summary import summarize, verify_images
+    from attrimp.io import atomic_write_json
 
     key = dataset.lower().replace("-", "")
     if key not in SUMMARY_DATASETS:
         raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(SUMMARY_DATASETS)}.")
-    if key == "manifest":
-        from attrimp.data.manifest import load_manifest
-
-        if schema is None:
-            raise ConfigError(
-                "--dataset manifest needs --schema, the TOML of its attribute columns."
-            )
-        data = load_manifest(path, schema)
-    else:
-        from attrimp.data.market import load_reid_dataset
-        from attrimp.data.synth import DESIGN_FILE
-
-        if attributes is None and (path / DESIGN_FILE).is_file():
-            design = json.loads((path / DESIGN_FILE).read_text(encoding="utf-8"))
-            attributes = path / design.get("attribute_file", "market_attribute.mat")
-            console.print(
-                f"Synthetic world: using its attribute file {attributes}.", highlight=False
-            )
-        data = load_reid_dataset(
-            path, key, attributes, missing_policy=missing_policy, bad_names=bad_names
-        )
+    data = _load_dataset(path, key, attributes, schema, missing_policy, bad_names)
     result = summarize(data)
     if verify:
         paths = [r.path for r in data.all_records()]
@@ -225,14 +233,43 @@ def summary(
         result.verified = True
     _print(result)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(json_out, result.to_dict())
     if result.bad_images:
         first = result.bad_images[0][0]
         raise DataError(
             f"{len(result.bad_images)} images cannot be decoded (the first: {first!r}); replace "
             "or remove them."
         )
+
+
+def _load_dataset(
+    path: Path,
+    key: str,
+    attributes: Path | None,
+    schema: Path | None,
+    missing_policy: str,
+    bad_names: str,
+):
+    """The dataset to summarise: a manifest with its schema, or a Market/Duke-layout folder
+    (a synthetic world brings its own attribute file)."""
+    if key == "manifest":
+        from attrimp.data.manifest import load_manifest
+
+        if schema is None:
+            raise ConfigError(
+                "--dataset manifest needs --schema, the TOML of its attribute columns."
+            )
+        return load_manifest(path, schema)
+    from attrimp.data.market import load_reid_dataset
+    from attrimp.data.synth import DESIGN_FILE
+
+    if attributes is None and (path / DESIGN_FILE).is_file():
+        design = json.loads((path / DESIGN_FILE).read_text(encoding="utf-8"))
+        attributes = path / design.get("attribute_file", "market_attribute.mat")
+        console.print(f"Synthetic world: using its attribute file {attributes}.", highlight=False)
+    return load_reid_dataset(
+        path, key, attributes, missing_policy=missing_policy, bad_names=bad_names
+    )
 
 
 def _print(s) -> None:

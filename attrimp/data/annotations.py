@@ -15,11 +15,8 @@ attributes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.errors import DataError, SchemaError
-from attrimp.io import atomic_write_bytes, sha256_file
+from attrimp.io import atomic_write_bytes, atomic_writer, sha256_file
 from attrimp.model.schema import (
     BUILTIN_SCHEMAS,
     MULTIPLE,
@@ -421,9 +418,26 @@ def _detect(fields: set[str], source: str) -> str:
 
 
 def _load_mat(path: Path, dataset) -> AttributeTable:
+    """A Market/Duke-style ``.mat`` struct (``<var>.train`` / ``<var>.test``, one field per
+    attribute and ``image_index`` with the identity ids) as an `AttributeTable`."""
+    source = f"attribute file {str(path)!r}"
+    variables = _read_mat_variables(path, source)
+    var = _choose_variable(variables, dataset, source)
+    struct = variables[var]
+    splits = _struct_splits(struct, var, source)
+    if dataset is None:
+        fields = set.intersection(*(set(_fields(struct[s], var, s, source)) for s in splits))
+        dataset = {v: n for n, v in MAT_VARIABLES.items()}.get(var) or _detect(fields, source)
+    schema = resolve_schema(dataset)
+    parts = [_split_columns(_fields(struct[s], var, s, source), schema, s, source) for s in splits]
+    frame, extra = _tabulate_splits(parts, schema, source)
+    return AttributeTable.from_frame(frame, schema, source=source, extra_columns=extra)
+
+
+def _read_mat_variables(path: Path, source: str) -> dict:
+    """The file's MATLAB variables (scipy's own ``__header__`` etc. left out)."""
     import scipy.io
 
-    source = f"attribute file {str(path)!r}"
     try:
         content = scipy.io.loadmat(str(path), simplify_cells=True)
     except NotImplementedError:
@@ -435,31 +449,39 @@ def _load_mat(path: Path, dataset) -> AttributeTable:
     variables = {k: v for k, v in content.items() if not k.startswith("__")}
     if not variables:
         raise DataError(f"{source} holds no MATLAB variable.")
+    return variables
 
+
+def _choose_variable(variables: dict, dataset, source: str) -> str:
+    """The variable holding the attribute struct: the built-in dataset's own name when one is
+    asked for (another built-in's is a `SchemaError`), else the only (known) variable."""
     known = {var: name for name, var in MAT_VARIABLES.items()}
     wanted = None
     if isinstance(dataset, str) and dataset.lower().replace("-", "") in BUILTIN_SCHEMAS:
         wanted = dataset.lower().replace("-", "")
-    if wanted is not None:
-        var = MAT_VARIABLES[wanted]
-        if var not in variables:
-            others = [known[v] for v in variables if v in known]
-            if others:
-                raise SchemaError(
-                    f"{source} holds the {others[0]} attributes (variable "
-                    f"{MAT_VARIABLES[others[0]]!r}), not the {wanted} ones."
-                )
-            if len(variables) != 1:
-                raise DataError(f"{source} has no variable {var!r}; it has {sorted(variables)}.")
-            var = next(iter(variables))
-    else:
+    if wanted is None:
         candidates = [v for v in variables if v in known] or list(variables)
         if len(candidates) != 1:
             raise DataError(
                 f"{source} holds several variables {sorted(variables)}; keep one attribute struct."
             )
-        var = candidates[0]
-    struct = variables[var]
+        return candidates[0]
+    var = MAT_VARIABLES[wanted]
+    if var in variables:
+        return var
+    others = [known[v] for v in variables if v in known]
+    if others:
+        raise SchemaError(
+            f"{source} holds the {others[0]} attributes (variable "
+            f"{MAT_VARIABLES[others[0]]!r}), not the {wanted} ones."
+        )
+    if len(variables) != 1:
+        raise DataError(f"{source} has no variable {var!r}; it has {sorted(variables)}.")
+    return next(iter(variables))
+
+
+def _struct_splits(struct, var: str, source: str) -> list[str]:
+    """The splits (train, test) a struct holds; any other field is an error."""
     if not isinstance(struct, dict):
         raise DataError(f"{source}: variable {var!r} is not a struct with train/test fields.")
     odd = sorted(set(struct) - set(SPLITS))
@@ -470,36 +492,40 @@ def _load_mat(path: Path, dataset) -> AttributeTable:
     splits = [s for s in SPLITS if s in struct]
     if not splits:
         raise DataError(f"{source}: struct {var!r} has neither a train nor a test field.")
+    return splits
 
-    if dataset is None:
-        fields = set.intersection(*(set(_fields(struct[s], var, s, source)) for s in splits))
-        dataset = known.get(var) or _detect(fields, source)
-    schema = resolve_schema(dataset)
 
-    parts = []
-    for s in splits:
-        fields = _fields(struct[s], var, s, source)
-        if ID_FIELD not in fields:
-            raise DataError(f"{source}, split {s!r}: no field {ID_FIELD!r} with the identity ids.")
-        for col in schema.source_columns:
-            if col not in fields:
-                raise SchemaError(
-                    f"{source}, split {s!r}: no field {col!r}, which schema {schema.name!r} "
-                    "needs; is this the right dataset?"
-                )
-        pids = _parse_ids(fields[ID_FIELD], f"{source}, split {s!r}")
-        part = {"pid": pids, "split": np.full(len(pids), s, dtype=object)}
-        for name, value in fields.items():
-            if name == ID_FIELD:
-                continue
-            arr = np.atleast_1d(np.asarray(value)).ravel()
-            if len(arr) != len(pids):
-                raise DataError(
-                    f"{source}, split {s!r}: field {name!r} has {len(arr)} entries for "
-                    f"{len(pids)} identities."
-                )
-            part[name] = arr
-        parts.append(part)
+def _split_columns(fields: dict, schema: AttributeSchema, split: str, source: str) -> dict:
+    """One split's fields as columns: ``pid``, ``split`` and one 1-D array per field, each as
+    long as the identity list."""
+    where = f"{source}, split {split!r}"
+    if ID_FIELD not in fields:
+        raise DataError(f"{where}: no field {ID_FIELD!r} with the identity ids.")
+    for col in schema.source_columns:
+        if col not in fields:
+            raise SchemaError(
+                f"{where}: no field {col!r}, which schema {schema.name!r} needs; is this the "
+                "right dataset?"
+            )
+    pids = _parse_ids(fields[ID_FIELD], where)
+    part = {"pid": pids, "split": np.full(len(pids), split, dtype=object)}
+    for name, value in fields.items():
+        if name == ID_FIELD:
+            continue
+        arr = np.atleast_1d(np.asarray(value)).ravel()
+        if len(arr) != len(pids):
+            raise DataError(
+                f"{where}: field {name!r} has {len(arr)} entries for {len(pids)} identities."
+            )
+        part[name] = arr
+    return part
+
+
+def _tabulate_splits(
+    parts: list[dict], schema: AttributeSchema, source: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The splits stacked into one frame; fields beyond the schema's are kept as extra columns
+    when every split has them (one split only is an error)."""
     extra_sets = [set(p) - {"pid", "split", *schema.source_columns} for p in parts]
     extra = [c for c in parts[0] if c in set.intersection(*extra_sets)]
     columns = ["pid", "split", *schema.source_columns, *extra]
@@ -510,7 +536,7 @@ def _load_mat(path: Path, dataset) -> AttributeTable:
             f"{source}: field {dropped[0]!r} is in one split but not the other; it cannot be "
             "tabulated."
         )
-    return AttributeTable.from_frame(frame, schema, source=source, extra_columns=extra)
+    return frame, extra
 
 
 def _fields(split_struct, var: str, split: str, source: str) -> dict:
@@ -644,13 +670,6 @@ def save_attribute_file(
     return _atomic_write(path, lambda f: scipy.io.savemat(f, {variable: struct}), binary=True)
 
 
-def _umask_mode() -> int:
-    # mkstemp creates 0600 files; the downloaded file gets the usual permissions instead.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_write(path: Path, write, *, binary: bool = False) -> Path:
     """``write(file)`` into memory, then `attrimp.io.atomic_write_bytes` (one atomic writer)."""
     buffer = io.BytesIO() if binary else io.StringIO(newline="")
@@ -669,13 +688,14 @@ def fetch_attribute_file(
     *,
     url: str | None = None,
     timeout: float = 60.0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> tuple[Path, bool]:
     """Download a dataset's public attribute file into ``out_dir`` and verify its sha256.
 
     The bytes go to a temporary file beside the target and are moved into place only once the
     checksum matches, so a failed or corrupted download never leaves a file that looks valid.
     Returns ``(path, downloaded)``; an existing file with the right checksum is kept as is.
+    ``progress`` shows a download bar on a terminal (the CLI turns it on).
     """
     key = dataset.lower().replace("-", "")
     if key not in SOURCES:
@@ -694,34 +714,26 @@ def fetch_attribute_file(
         raise DataError(
             f"Cannot create the output folder {str(out_dir)!r} ({e.strerror})."
         ) from None
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{spec.filename}.", suffix=".part")
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = response.headers.get("Content-Length")
-                    _copy(
-                        response, f, digest, int(total) if total else None, spec.filename, progress
-                    )
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise DataError(
-                    f"Could not download {url} ({reason}); without a network, fetch "
-                    f"{spec.filename} elsewhere and pass --url file:///path/to/{spec.filename} "
-                    "(or a mirror's URL): the checksum is verified either way."
-                ) from None
+    # the checks raise inside the writer, which then deletes its temporary and writes nothing
+    with atomic_writer(target, "wb") as f:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = response.headers.get("Content-Length")
+                _copy(response, f, digest, int(total) if total else None, spec.filename, progress)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise DataError(
+                f"Could not download {url} ({reason}); without a network, fetch "
+                f"{spec.filename} elsewhere and pass --url file:///path/to/{spec.filename} "
+                "(or a mirror's URL): the checksum is verified either way."
+            ) from None
         got = digest.hexdigest()
         if got != spec.sha256:
             raise DataError(
                 f"The file downloaded from {url} has sha256 {got}, not the expected {spec.sha256}; "
                 "nothing was written."
             )
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return target, True
 
 

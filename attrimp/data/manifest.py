@@ -53,56 +53,8 @@ def load_manifest(
         schema = load_schema(schema)
     base = Path(root) if root is not None else manifest.parent
     src = f"manifest {str(manifest)!r}"
-    try:
-        frame = pd.read_csv(manifest, dtype={"path": str, "split": str}, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"The {src} is not a readable CSV file: {e}.") from None
-    if ABSOLUTE in frame.columns:
-        if "path" in frame.columns:
-            raise DataError(
-                f"The {src} has both a 'path' and an {ABSOLUTE!r} column; keep one (relative "
-                f"paths inside the dataset folder in 'path', or absolute ones in {ABSOLUTE!r})."
-            )
-        frame = frame.rename(columns={ABSOLUTE: "path"})
-        absolute = True
-    else:
-        absolute = False
-    absent = [c for c in REQUIRED if c not in frame.columns]
-    if absent:
-        raise DataError(
-            f"The {src} lacks the column {absent[0]!r}; it needs {', '.join(REQUIRED)} plus the "
-            "schema's attribute columns."
-        )
-    frame = frame.reset_index(drop=True)
-    for col in ("pid", "camid"):
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() | (values != values.round())
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"The {src} has {col} {frame[col].iloc[i]!r} on row {i + 2}, not an integer."
-            )
-        frame[col] = values.astype(np.int64)
-    if (frame["camid"] < 0).any():
-        i = int(np.flatnonzero((frame["camid"] < 0).to_numpy())[0])
-        raise DataError(f"The {src} has a negative camid on row {i + 2}.")
-    if (frame["pid"] < JUNK_PID).any():
-        i = int(np.flatnonzero((frame["pid"] < JUNK_PID).to_numpy())[0])
-        raise DataError(
-            f"The {src} has pid {frame['pid'].iloc[i]} on row {i + 2}; use -1 for junk."
-        )
-    splits = frame["split"].fillna("").str.strip().str.lower()
-    bad_split = ~splits.isin(SPLITS)
-    if bad_split.any():
-        i = int(np.flatnonzero(bad_split.to_numpy())[0])
-        raise DataError(
-            f"The {src} has split {frame['split'].iloc[i]!r} on row {i + 2}; use train, query "
-            "or gallery."
-        )
-    frame["split"] = splits
-    if frame["path"].isna().any():
-        i = int(np.flatnonzero(frame["path"].isna().to_numpy())[0])
-        raise DataError(f"The {src} has an empty path on row {i + 2}.")
+    frame, absolute = _read_manifest(manifest, src)
+    frame = _checked_columns(frame, src)
 
     report = DataReport()
     junk = frame["pid"] == JUNK_PID
@@ -111,15 +63,102 @@ def load_manifest(
     multihot = encode_with_gaps(frame, schema, source=src)
     paths = image_paths(frame["path"], base, absolute=absolute, source=src)
     if check_files:
-        missing = [str(p) for p, j in zip(paths, junk) if not j and not p.is_file()]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise DataError(
-                f"The {src} lists {len(missing)} images that do not exist: "
-                f"{', '.join(missing[:3])}{more}."
-            )
+        _check_images_exist(paths, junk, src)
+    records, pid_to_label = _image_records(frame, paths, multihot, ~junk.to_numpy())
+    if not any(records.values()):
+        raise DataError(f"The {src} lists no usable image.")
+    _check_query_matches(records["query"], records["gallery"], report)
+    return ReIDData(
+        name=schema.name,
+        root=base,
+        schema=schema,
+        train=records["train"],
+        query=records["query"],
+        gallery=records["gallery"],
+        pid_to_label=pid_to_label,
+        report=report,
+        attribute_source=manifest,
+    )
 
-    keep = ~junk.to_numpy()
+
+def _read_manifest(manifest: Path, src: str) -> tuple[pd.DataFrame, bool]:
+    """The CSV with its path column named ``path``, and whether its paths are absolute (an
+    ``absolute_path`` column); every required column checked present."""
+    try:
+        frame = pd.read_csv(manifest, dtype={"path": str, "split": str}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"The {src} is not a readable CSV file: {e}.") from None
+    absolute = ABSOLUTE in frame.columns
+    if absolute:
+        if "path" in frame.columns:
+            raise DataError(
+                f"The {src} has both a 'path' and an {ABSOLUTE!r} column; keep one (relative "
+                f"paths inside the dataset folder in 'path', or absolute ones in {ABSOLUTE!r})."
+            )
+        frame = frame.rename(columns={ABSOLUTE: "path"})
+    absent = [c for c in REQUIRED if c not in frame.columns]
+    if absent:
+        raise DataError(
+            f"The {src} lacks the column {absent[0]!r}; it needs {', '.join(REQUIRED)} plus the "
+            "schema's attribute columns."
+        )
+    return frame.reset_index(drop=True), absolute
+
+
+def _checked_columns(frame: pd.DataFrame, src: str) -> pd.DataFrame:
+    """``pid`` and ``camid`` as integers (camid >= 0, pid >= -1), ``split`` normalised to
+    train/query/gallery, no empty path; the first bad row is named (CSV line = row + 2)."""
+    for col in ("pid", "camid"):
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() | (values != values.round())
+        if bad.any():
+            i = _first(bad)
+            raise DataError(
+                f"The {src} has {col} {frame[col].iloc[i]!r} on row {i + 2}, not an integer."
+            )
+        frame[col] = values.astype(np.int64)
+    if (frame["camid"] < 0).any():
+        raise DataError(f"The {src} has a negative camid on row {_first(frame['camid'] < 0) + 2}.")
+    if (frame["pid"] < JUNK_PID).any():
+        i = _first(frame["pid"] < JUNK_PID)
+        raise DataError(
+            f"The {src} has pid {frame['pid'].iloc[i]} on row {i + 2}; use -1 for junk."
+        )
+    splits = frame["split"].fillna("").str.strip().str.lower()
+    bad_split = ~splits.isin(SPLITS)
+    if bad_split.any():
+        i = _first(bad_split)
+        raise DataError(
+            f"The {src} has split {frame['split'].iloc[i]!r} on row {i + 2}; use train, query "
+            "or gallery."
+        )
+    frame["split"] = splits
+    if frame["path"].isna().any():
+        raise DataError(f"The {src} has an empty path on row {_first(frame['path'].isna()) + 2}.")
+    return frame
+
+
+def _first(mask: pd.Series) -> int:
+    """The position of the first True of a boolean column."""
+    return int(np.flatnonzero(mask.to_numpy())[0])
+
+
+def _check_images_exist(paths: list[Path], junk: pd.Series, src: str) -> None:
+    """Every listed image other than junk exists (one error: the first three and the count)."""
+    missing = [str(p) for p, j in zip(paths, junk) if not j and not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(
+            f"The {src} lists {len(missing)} images that do not exist: "
+            f"{', '.join(missing[:3])}{more}."
+        )
+
+
+def _image_records(
+    frame: pd.DataFrame, paths: list[Path], multihot: np.ndarray, keep: np.ndarray
+) -> tuple[dict[str, list[ImageRecord]], dict[int, int]]:
+    """The kept rows as records per split, and the classifier label of each training pid
+    (train pids in increasing order; query and gallery images get label -1)."""
     train_pids = sorted(set(frame.loc[keep & (frame["split"] == "train").to_numpy(), "pid"]))
     pid_to_label = {int(p): i for i, p in enumerate(train_pids)}
     records: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
@@ -135,20 +174,7 @@ def load_manifest(
                 attributes=multihot[i],
             )
         )
-    if not any(records.values()):
-        raise DataError(f"The {src} lists no usable image.")
-    _check_query_matches(records["query"], records["gallery"], report)
-    return ReIDData(
-        name=schema.name,
-        root=base,
-        schema=schema,
-        train=records["train"],
-        query=records["query"],
-        gallery=records["gallery"],
-        pid_to_label=pid_to_label,
-        report=report,
-        attribute_source=manifest,
-    )
+    return records, pid_to_label
 
 
 def image_paths(column: pd.Series, base: Path, *, absolute: bool, source: str) -> list[Path]:

@@ -41,9 +41,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from attrimp.errors import DataError
+from attrimp.io import atomic_folder, atomic_write_json
 
 # --- Market-1501 priors ---------------------------------------------------------------------
 #: P(code) of every raw column of market_attribute.mat over all 1,501 identities (train + test),
@@ -425,21 +423,64 @@ def render_person(
     size: tuple[int, int] = (128, 64),
 ) -> np.ndarray:
     """Draw one image, ``uint8 [H, W, 3]``. A group with ``visible[g] == False`` is drawn in its
-    neutral form, so the result does not depend on ``attributes[g]`` at all."""
+    neutral form, so the result does not depend on ``attributes[g]`` at all.
+
+    The layers are painted back to front, each by its own function: background, what hangs
+    behind the body, legs, lower clothing, arms, torso, what is carried, head; then the camera.
+    """
     H, W = size
+    look = _look(attributes, detail, visible)
+    img = _background(camera, pose, H, W)
+    d = ImageDraw.Draw(img)
+    body = _body(look, detail, pose, H, W)
+    _draw_behind(d, body, look, detail, pose)
+    _draw_legs(d, body, detail)
+    _draw_lower_clothing(d, body, look)
+    _draw_arms(d, body, look, detail)
+    _draw_torso(d, body, look, detail)
+    _draw_carried(d, body, look, detail, pose)
+    _draw_head(d, body, look, detail, pose)
+    return _through_camera(img, camera, pose, H, W)
 
-    def val(g: str) -> str | None:
-        return GROUPS[g][attributes[g]] if visible.get(g, True) else None
 
-    gender, hair, up, down = val("gender"), val("hair"), val("up"), val("down")
-    clothes, age = val("clothes") or "pants", val("age") or "adult"
-    upc = val("upcolor")
-    downc = val("downcolor")
-    up_rgb = _shade(PALETTE[upc] if upc else _NEUTRAL_COLOR, detail.shade)
-    down_rgb = _shade(PALETTE[downc] if downc else _NEUTRAL_COLOR, detail.shade)
-    hair_rgb = (170, 170, 172) if age == "old" else detail.hair_color
+@dataclass(frozen=True)
+class _Look:
+    """What one image shows of the attributes: each group's value (None = its neutral form)
+    and the colours that follow from them."""
 
-    # Background: camera colour with a vertical gradient, a floor band and per-image clutter.
+    value: dict[str, str | None]
+    up_rgb: tuple[int, int, int]
+    down_rgb: tuple[int, int, int]
+    hair_rgb: tuple[int, int, int]
+
+    @property
+    def clothes(self) -> str:
+        return self.value["clothes"] or "pants"
+
+    @property
+    def age(self) -> str:
+        return self.value["age"] or "adult"
+
+    def has(self, group: str) -> bool:
+        return self.value[group] == "yes"
+
+
+def _look(
+    attributes: Mapping[str, int], detail: IdentityDetail, visible: Mapping[str, bool]
+) -> _Look:
+    value = {g: GROUPS[g][attributes[g]] if visible.get(g, True) else None for g in GROUPS}
+    upc, downc = value["upcolor"], value["downcolor"]
+    age = value["age"] or "adult"
+    return _Look(
+        value=value,
+        up_rgb=_shade(PALETTE[upc] if upc else _NEUTRAL_COLOR, detail.shade),
+        down_rgb=_shade(PALETTE[downc] if downc else _NEUTRAL_COLOR, detail.shade),
+        hair_rgb=(170, 170, 172) if age == "old" else detail.hair_color,
+    )
+
+
+def _background(camera: Camera, pose: Pose, H: int, W: int) -> Image.Image:
+    """The camera colour with a vertical gradient, a floor band and per-image clutter."""
     rows = np.linspace(1.15, 0.85, H, dtype=np.float32)[:, None, None]
     bg = np.empty((H, W, 3), dtype=np.uint8)
     bg[:] = np.minimum(np.asarray(camera.background, np.float32) * rows, 255)
@@ -449,141 +490,217 @@ def render_person(
     for x0, y0, x1, y1, s in pose.clutter:
         base = camera.floor if y0 > 0.82 else camera.background
         d.rectangle((x0 * W, y0 * H, x1 * W, y1 * H), fill=_shade(base, (s, s, s)))
+    return img
 
-    # Body geometry (pixels). Age sets height and head size; gender sets shoulders vs hips.
+
+@dataclass(frozen=True)
+class _Body:
+    """The body geometry of one image, in pixels (see `_body`)."""
+
+    h: float  # height
+    cx: float  # centre line
+    feet: float
+    top: float
+    shoulder: float  # half-widths
+    hip: float
+    stoop: float
+    y_head1: float  # bottom of the head
+    y_sh: float  # shoulders
+    y_waist: float
+    y_knee: float
+    y_ankle: float
+    leg_w: float
+    spread: float  # walking: how far the feet and hands swing
+    hx: float  # head centre
+    head_r: float
+    hair_len: float  # how far long hair falls below the head, as a fraction of h
+
+
+def _body(look: _Look, detail: IdentityDetail, pose: Pose, H: int, W: int) -> _Body:
+    """Age sets height and head size; gender sets shoulders vs hips; the pose moves, scales
+    and swings it."""
+    age, gender = look.age, look.value["gender"]
     age_scale = {"young": 0.72, "teenager": 0.88, "adult": 1.0, "old": 0.96}[age]
     head_frac = {"young": 0.17, "teenager": 0.145, "adult": 0.13, "old": 0.13}[age]
     h = H * 0.86 * pose.scale * age_scale * detail.height
     cx = W / 2 + pose.dx * W
     feet = H * 0.95 + pose.dy * H
     top = feet - h
-    shoulder = h * 0.135 * detail.width * {"male": 1.12, "female": 0.86, None: 0.99}[gender]
-    hip = h * 0.10 * detail.width * {"male": 0.9, "female": 1.12, None: 1.01}[gender]
     stoop = h * 0.03 if age == "old" else 0.0
     y_head1 = top + h * head_frac
-    y_sh = y_head1 + h * 0.03
-    y_waist = top + h * 0.52
-    y_knee = top + h * 0.74
-    y_ankle = feet - h * 0.03
-    leg_w = h * 0.05
-    spread = pose.phase * h * 0.06
-    hx = cx + stoop  # head centre
-    head_r = h * head_frac / 2
+    return _Body(
+        h=h,
+        cx=cx,
+        feet=feet,
+        top=top,
+        shoulder=h * 0.135 * detail.width * {"male": 1.12, "female": 0.86, None: 0.99}[gender],
+        hip=h * 0.10 * detail.width * {"male": 0.9, "female": 1.12, None: 1.01}[gender],
+        stoop=stoop,
+        y_head1=y_head1,
+        y_sh=y_head1 + h * 0.03,
+        y_waist=top + h * 0.52,
+        y_knee=top + h * 0.74,
+        y_ankle=feet - h * 0.03,
+        leg_w=h * 0.05,
+        spread=pose.phase * h * 0.06,
+        hx=cx + stoop,
+        head_r=h * head_frac / 2,
+        hair_len={"short": 0.0, "long": 0.16, None: 0.05}[look.value["hair"]],
+    )
 
-    def poly(points, fill):
-        d.polygon([(float(x), float(y)) for x, y in points], fill=fill)
 
-    def ybetween(a, b, t):
-        return a + (b - a) * t
+def _poly(d: ImageDraw.ImageDraw, points, fill) -> None:
+    d.polygon([(float(x), float(y)) for x, y in points], fill=fill)
 
-    # Backpack seen from the front: its sides stick out behind the torso.
-    backpack = val("backpack") == "yes"
-    if backpack and not pose.back:
+
+def _between(a: float, b: float, t: float) -> float:
+    return a + (b - a) * t
+
+
+def _draw_behind(
+    d: ImageDraw.ImageDraw, b: _Body, look: _Look, detail: IdentityDetail, pose: Pose
+) -> None:
+    """In front view: a backpack's sides sticking out behind the torso, long hair falling
+    behind the shoulders."""
+    h = b.h
+    if look.has("backpack") and not pose.back:
         d.rounded_rectangle(
-            (cx - shoulder * 1.12, y_sh + h * 0.02, cx + shoulder * 1.12, y_waist - h * 0.04),
+            (
+                b.cx - b.shoulder * 1.12,
+                b.y_sh + h * 0.02,
+                b.cx + b.shoulder * 1.12,
+                b.y_waist - h * 0.04,
+            ),
             radius=2,
             fill=detail.accessory_color,
         )
-    # Long hair falls behind the shoulders (drawn before the torso in front view).
-    hair_len = {"short": 0.0, "long": 0.16, None: 0.05}[hair]
-    if hair_len > 0 and not pose.back:
+    if b.hair_len > 0 and not pose.back:
         d.rectangle(
-            (hx - head_r * 1.3, y_head1 - head_r, hx + head_r * 1.3, y_head1 + h * hair_len),
-            fill=hair_rgb,
+            (
+                b.hx - b.head_r * 1.3,
+                b.y_head1 - b.head_r,
+                b.hx + b.head_r * 1.3,
+                b.y_head1 + h * b.hair_len,
+            ),
+            fill=look.hair_rgb,
         )
 
-    # Legs (skin), then lower clothing.
+
+def _draw_legs(d: ImageDraw.ImageDraw, b: _Body, detail: IdentityDetail) -> None:
+    """Bare legs (skin) and shoes; the lower clothing is drawn over them."""
     for side in (-1, 1):
-        x_hip = cx + side * hip * 0.5
-        x_foot = x_hip + side * abs(spread) * 0.5
-        poly(
+        x_hip = b.cx + side * b.hip * 0.5
+        x_foot = x_hip + side * abs(b.spread) * 0.5
+        _poly(
+            d,
             [
-                (x_hip - leg_w / 2, y_waist),
-                (x_hip + leg_w / 2, y_waist),
-                (x_foot + leg_w / 2, y_ankle),
-                (x_foot - leg_w / 2, y_ankle),
+                (x_hip - b.leg_w / 2, b.y_waist),
+                (x_hip + b.leg_w / 2, b.y_waist),
+                (x_foot + b.leg_w / 2, b.y_ankle),
+                (x_foot - b.leg_w / 2, b.y_ankle),
             ],
             detail.skin,
         )
         d.ellipse(
-            (x_foot - leg_w * 0.8, y_ankle - 1, x_foot + leg_w * 0.9, feet + 1),
+            (x_foot - b.leg_w * 0.8, b.y_ankle - 1, x_foot + b.leg_w * 0.9, b.feet + 1),
             fill=detail.shoe_color,
         )
-    hem = {"long": y_ankle - h * 0.01, "short": y_knee, None: ybetween(y_knee, y_ankle, 0.5)}[down]
-    if clothes == "dress":
-        flare = hip * 0.6 + (hem - y_waist) * 0.35
-        poly(
-            [
-                (cx - hip, y_waist),
-                (cx + hip, y_waist),
-                (cx + flare + hip * 0.4, hem),
-                (cx - flare - hip * 0.4, hem),
-            ],
-            down_rgb,
-        )
-    else:
-        t = (hem - y_waist) / (y_ankle - y_waist)
-        for side in (-1, 1):
-            x_hip = cx + side * hip * 0.5
-            x_foot = x_hip + side * abs(spread) * 0.5
-            x_hem = ybetween(x_hip, x_foot, t)
-            w = leg_w * 0.65
-            poly(
-                [
-                    (x_hip - w - hip * 0.3, y_waist),
-                    (x_hip + w + hip * 0.3, y_waist),
-                    (x_hem + w, hem),
-                    (x_hem - w, hem),
-                ],
-                down_rgb,
-            )
 
-    # Arms: sleeve (upper colour) then skin below it; long sleeves reach the wrist.
-    y_hand = y_waist + h * 0.04
-    sleeve = {"long": 1.0, "short": 0.3, None: 0.5}[up]
-    for side in (-1, 1):
-        x_sh = cx + side * shoulder
-        x_hand = x_sh + side * h * 0.015 + spread * 0.3
-        arm_w = h * 0.045
-        y_sl = ybetween(y_sh, y_hand, sleeve)
-        x_sl = ybetween(x_sh, x_hand, sleeve)
-        poly(
+
+def _draw_lower_clothing(d: ImageDraw.ImageDraw, b: _Body, look: _Look) -> None:
+    """A flared dress, or two trouser legs, down to the hem the ``down`` length sets."""
+    hem = {
+        "long": b.y_ankle - b.h * 0.01,
+        "short": b.y_knee,
+        None: _between(b.y_knee, b.y_ankle, 0.5),
+    }[look.value["down"]]
+    if look.clothes == "dress":
+        flare = b.hip * 0.6 + (hem - b.y_waist) * 0.35
+        _poly(
+            d,
             [
-                (x_sh - arm_w, y_sh),
-                (x_sh + arm_w, y_sh),
+                (b.cx - b.hip, b.y_waist),
+                (b.cx + b.hip, b.y_waist),
+                (b.cx + flare + b.hip * 0.4, hem),
+                (b.cx - flare - b.hip * 0.4, hem),
+            ],
+            look.down_rgb,
+        )
+        return
+    t = (hem - b.y_waist) / (b.y_ankle - b.y_waist)
+    for side in (-1, 1):
+        x_hip = b.cx + side * b.hip * 0.5
+        x_foot = x_hip + side * abs(b.spread) * 0.5
+        x_hem = _between(x_hip, x_foot, t)
+        w = b.leg_w * 0.65
+        _poly(
+            d,
+            [
+                (x_hip - w - b.hip * 0.3, b.y_waist),
+                (x_hip + w + b.hip * 0.3, b.y_waist),
+                (x_hem + w, hem),
+                (x_hem - w, hem),
+            ],
+            look.down_rgb,
+        )
+
+
+def _draw_arms(d: ImageDraw.ImageDraw, b: _Body, look: _Look, detail: IdentityDetail) -> None:
+    """Each arm in skin, its sleeve in the upper colour (long sleeves reach the wrist), the
+    hand, and a handbag hanging from the right hand."""
+    h = b.h
+    y_hand = b.y_waist + h * 0.04
+    sleeve = {"long": 1.0, "short": 0.3, None: 0.5}[look.value["up"]]
+    for side in (-1, 1):
+        x_sh = b.cx + side * b.shoulder
+        x_hand = x_sh + side * h * 0.015 + b.spread * 0.3
+        arm_w = h * 0.045
+        y_sl = _between(b.y_sh, y_hand, sleeve)
+        x_sl = _between(x_sh, x_hand, sleeve)
+        _poly(
+            d,
+            [
+                (x_sh - arm_w, b.y_sh),
+                (x_sh + arm_w, b.y_sh),
                 (x_hand + arm_w * 0.8, y_hand),
                 (x_hand - arm_w * 0.8, y_hand),
             ],
             detail.skin,
         )
-        poly(
+        _poly(
+            d,
             [
-                (x_sh - arm_w * 1.1, y_sh),
-                (x_sh + arm_w * 1.1, y_sh),
+                (x_sh - arm_w * 1.1, b.y_sh),
+                (x_sh + arm_w * 1.1, b.y_sh),
                 (x_sl + arm_w, y_sl),
                 (x_sl - arm_w, y_sl),
             ],
-            up_rgb,
+            look.up_rgb,
         )
         d.ellipse(
             (x_hand - arm_w, y_hand - arm_w, x_hand + arm_w, y_hand + arm_w), fill=detail.skin
         )
-        if side == 1 and val("handbag") == "yes":
+        if side == 1 and look.has("handbag"):
             d.rectangle(
                 (x_hand - h * 0.05, y_hand + arm_w, x_hand + h * 0.05, y_hand + h * 0.11),
                 fill=detail.accessory_color,
             )
-    # Torso with the identity's pattern.
-    poly(
+
+
+def _draw_torso(d: ImageDraw.ImageDraw, b: _Body, look: _Look, detail: IdentityDetail) -> None:
+    """The torso in the upper colour with the identity's pattern (stripe, logo or dots)."""
+    h, cx, hip = b.h, b.cx, b.hip
+    _poly(
+        d,
         [
-            (cx - shoulder + stoop, y_sh),
-            (cx + shoulder + stoop, y_sh),
-            (cx + hip, y_waist),
-            (cx - hip, y_waist),
+            (cx - b.shoulder + b.stoop, b.y_sh),
+            (cx + b.shoulder + b.stoop, b.y_sh),
+            (cx + hip, b.y_waist),
+            (cx - hip, b.y_waist),
         ],
-        up_rgb,
+        look.up_rgb,
     )
-    py = ybetween(y_sh, y_waist, detail.pattern_pos)
+    py = _between(b.y_sh, b.y_waist, detail.pattern_pos)
     if detail.pattern == "stripe":
         d.rectangle(
             (cx - hip * 0.95, py - h * 0.012, cx + hip * 0.95, py + h * 0.012),
@@ -598,60 +715,69 @@ def render_person(
         for k in (-1, 0, 1):
             x = cx + k * hip * 0.5
             d.ellipse((x - 1, py - 1, x + 1, py + 1), fill=detail.pattern_color)
-    if backpack:
+
+
+def _draw_carried(
+    d: ImageDraw.ImageDraw, b: _Body, look: _Look, detail: IdentityDetail, pose: Pose
+) -> None:
+    """A backpack (its body from behind, its straps from the front) and a shoulder bag (strap
+    across the torso, the bag at the hip)."""
+    h, cx, shoulder, colour = b.h, b.cx, b.shoulder, detail.accessory_color
+    if look.has("backpack"):
         if pose.back:
             d.rounded_rectangle(
-                (cx - shoulder * 0.8, y_sh + h * 0.02, cx + shoulder * 0.8, y_waist - h * 0.03),
+                (cx - shoulder * 0.8, b.y_sh + h * 0.02, cx + shoulder * 0.8, b.y_waist - h * 0.03),
                 radius=2,
-                fill=detail.accessory_color,
+                fill=colour,
             )
         else:
             for side in (-1, 1):
                 x = cx + side * shoulder * 0.55
-                d.line((x, y_sh, x, y_waist - h * 0.06), fill=detail.accessory_color, width=2)
-    if val("bag") == "yes":
+                d.line((x, b.y_sh, x, b.y_waist - h * 0.06), fill=colour, width=2)
+    if look.has("bag"):
         side = 1 if pose.back else -1
         d.line(
-            (cx - side * shoulder * 0.8, y_sh, cx + side * hip, y_waist - h * 0.02),
-            fill=detail.accessory_color,
+            (cx - side * shoulder * 0.8, b.y_sh, cx + side * b.hip, b.y_waist - h * 0.02),
+            fill=colour,
             width=2,
         )
-        bx = cx + side * (hip + h * 0.02)
+        bx = cx + side * (b.hip + h * 0.02)
         d.rectangle(
-            (bx - h * 0.05, y_waist - h * 0.05, bx + h * 0.05, y_waist + h * 0.05),
-            fill=detail.accessory_color,
+            (bx - h * 0.05, b.y_waist - h * 0.05, bx + h * 0.05, b.y_waist + h * 0.05),
+            fill=colour,
         )
 
-    # Head, hair, hat.
-    d.rectangle((hx - head_r * 0.35, y_head1 - 2, hx + head_r * 0.35, y_sh + 1), fill=detail.skin)
-    d.ellipse((hx - head_r * 0.85, top, hx + head_r * 0.85, y_head1), fill=detail.skin)
+
+def _draw_head(
+    d: ImageDraw.ImageDraw, b: _Body, look: _Look, detail: IdentityDetail, pose: Pose
+) -> None:
+    """Neck and face, the hair (a cap of it from the front, the whole back of the head and
+    long hair from behind), and a hat."""
+    hx, r, top, y_head1, hair = b.hx, b.head_r, b.top, b.y_head1, look.hair_rgb
+    d.rectangle((hx - r * 0.35, y_head1 - 2, hx + r * 0.35, b.y_sh + 1), fill=detail.skin)
+    d.ellipse((hx - r * 0.85, top, hx + r * 0.85, y_head1), fill=detail.skin)
     if pose.back:
-        d.ellipse((hx - head_r * 0.9, top - 1, hx + head_r * 0.9, y_head1), fill=hair_rgb)
-        if hair_len > 0:
+        d.ellipse((hx - r * 0.9, top - 1, hx + r * 0.9, y_head1), fill=hair)
+        if b.hair_len > 0:
             d.rectangle(
-                (hx - head_r * 0.9, top + head_r, hx + head_r * 0.9, y_head1 + h * hair_len),
-                fill=hair_rgb,
+                (hx - r * 0.9, top + r, hx + r * 0.9, y_head1 + b.h * b.hair_len), fill=hair
             )
     else:
-        d.chord(
-            (hx - head_r * 0.92, top - 1, hx + head_r * 0.92, y_head1 - head_r * 0.4),
-            180,
-            360,
-            fill=hair_rgb,
-        )
-    if val("hat") == "yes":
+        d.chord((hx - r * 0.92, top - 1, hx + r * 0.92, y_head1 - r * 0.4), 180, 360, fill=hair)
+    if look.has("hat"):
         d.rectangle(
-            (hx - head_r * 1.2, top + head_r * 0.45, hx + head_r * 1.2, top + head_r * 0.65),
-            fill=detail.hat_color,
+            (hx - r * 1.2, top + r * 0.45, hx + r * 1.2, top + r * 0.65), fill=detail.hat_color
         )
         d.chord(
-            (hx - head_r * 0.9, top - head_r * 0.5, hx + head_r * 0.9, top + head_r * 1.1),
+            (hx - r * 0.9, top - r * 0.5, hx + r * 0.9, top + r * 1.1),
             180,
             360,
             fill=detail.hat_color,
         )
 
-    # Camera light, blur and sensor noise.
+
+def _through_camera(img: Image.Image, camera: Camera, pose: Pose, H: int, W: int) -> np.ndarray:
+    """The camera's light (gain, colour cast), optional blur and sensor noise."""
     if camera.blur:
         img = img.resize((W // 2, H // 2), Image.BILINEAR).resize((W, H), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32)
@@ -740,22 +866,36 @@ def make_synthetic_world(
     give the same bytes and changing a visibility changes only that group's pixels.
     """
     out = Path(out)
-    vis = resolve_visibility(visibility)
-    _check_args(
-        n_identities,
-        n_cameras,
-        images_per_identity_per_camera,
-        size,
-        priors,
-        train_fraction,
-        distractors,
-        junk,
-    )
+    settings = {
+        "seed": seed,
+        "n_identities": n_identities,
+        "n_cameras": n_cameras,
+        "images_per_identity_per_camera": images_per_identity_per_camera,
+        "size": list(size),
+        "priors": priors,
+        "train_fraction": train_fraction,
+        "distractors": distractors,
+        "junk": junk,
+        "split_sizes": None if split_sizes is None else vars(split_sizes),
+        "visibility": resolve_visibility(visibility),
+    }
+    _check_args(settings)
     cells = plan_images(n_identities, n_cameras, split_sizes) if split_sizes else None
     if image_format not in IMAGE_FORMATS:
         raise DataError(
             f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}."
         )
+    _check_output_folder(out, overwrite)
+    # written whole under a temporary name and renamed into place: a killed run never leaves
+    # half a world, and an error leaves the old one (if any) as it was
+    with atomic_folder(out) as tmp:
+        counts = _write_world(tmp, settings, cells, image_format, progress, workers)
+        atomic_write_json(tmp / DESIGN_FILE, _design(settings, counts, image_format))
+    return out
+
+
+def _check_output_folder(out: Path, overwrite: bool) -> None:
+    """``out`` is absent, empty, or (with ``overwrite``) an earlier synthetic world."""
     if out.exists() and any(out.iterdir()):
         if not (out / DESIGN_FILE).is_file():
             raise DataError(
@@ -767,54 +907,22 @@ def make_synthetic_world(
                 f"The output folder {str(out)!r} already holds a synthetic world; pass overwrite "
                 "(--overwrite) to replace it."
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        counts = _write_world(
-            tmp,
-            n_identities,
-            n_cameras,
-            images_per_identity_per_camera,
-            tuple(size),
-            seed,
-            vis,
-            priors,
-            train_fraction,
-            distractors,
-            junk,
-            cells,
-            image_format,
-            progress,
-            workers,
-        )
-        design = {
-            "format": "attrimp-synth",
-            "version": _FORMAT_VERSION,
-            "dataset": "market1501",
-            "schema": "market1501",
-            "seed": seed,
-            "n_identities": n_identities,
-            "n_cameras": n_cameras,
-            "images_per_identity_per_camera": images_per_identity_per_camera,
-            "size": list(size),
-            "priors": priors,
-            "train_fraction": train_fraction,
-            "distractors": distractors,
-            "junk": junk,
-            "split_sizes": None if split_sizes is None else vars(split_sizes),
-            "visibility": vis,
-            "neutral": NEUTRAL,
-            "counts": counts,
-            "attribute_file": ATTRIBUTE_FILE,
-            "attribute_csv": ATTRIBUTE_CSV,
-            "image_format": image_format,
-        }
-        (tmp / DESIGN_FILE).write_text(json.dumps(design, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+
+def _design(settings: dict, counts: dict[str, int], image_format: str) -> dict:
+    """``synth.json``: the arguments that planted the world and what it holds."""
+    return {
+        "format": "attrimp-synth",
+        "version": _FORMAT_VERSION,
+        "dataset": "market1501",
+        "schema": "market1501",
+        **settings,
+        "neutral": NEUTRAL,
+        "counts": counts,
+        "attribute_file": ATTRIBUTE_FILE,
+        "attribute_csv": ATTRIBUTE_CSV,
+        "image_format": image_format,
+    }
 
 
 def load_synthetic_world(root: str | Path):
@@ -829,7 +937,12 @@ def load_synthetic_world(root: str | Path):
     return load_reid_dataset(root, "market1501", root / design["attribute_file"])
 
 
-def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors, junk) -> None:
+def _check_args(settings: dict) -> None:
+    """One sentence for the first argument of `make_synthetic_world` out of its range."""
+    n_ids, n_cams = settings["n_identities"], settings["n_cameras"]
+    n_img, size = settings["images_per_identity_per_camera"], settings["size"]
+    priors, train_fraction = settings["priors"], settings["train_fraction"]
+    distractors, junk = settings["distractors"], settings["junk"]
     if n_ids < 2:
         raise DataError(f"The synthetic world needs at least 2 identities, not {n_ids}.")
     if n_ids > 9999:
@@ -853,37 +966,17 @@ def _check_args(n_ids, n_cams, n_img, size, priors, train_fraction, distractors,
         raise DataError(f"junk must be 0 to 9999, not {junk}.")
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Publish the finished world in one rename, so a killed run never leaves half a world."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "w")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _write_world(
-    root,
-    n_ids,
-    n_cams,
-    n_img,
-    size,
-    seed,
-    vis,
-    priors,
-    train_fraction,
-    distractors,
-    junk,
-    cells,
-    fmt,
-    progress,
-    workers=1,
+    root: Path, settings: dict, cells, fmt: str, progress: bool, workers: int = 1
 ) -> dict[str, int]:
+    """Draw every image and write the attribute files into ``root``; returns the counts."""
+    n_ids, n_cams = settings["n_identities"], settings["n_cameras"]
+    n_img, size = settings["images_per_identity_per_camera"], tuple(settings["size"])
+    seed, vis, priors = settings["seed"], settings["visibility"], settings["priors"]
+    distractors, junk = settings["distractors"], settings["junk"]
     for f in FOLDERS.values():
         (root / f).mkdir()
-    n_train = round(n_ids * train_fraction)
+    n_train = round(n_ids * settings["train_fraction"])
     if cells is not None:
         n_train = max(pid for pid, _, split, _ in cells if split == "train")
     rows = [
