@@ -1,9 +1,10 @@
 """`attrimp study ...`: `analyze` runs the statistical battery on any result table.
 
-(`study run`, the whole model-to-report study, is added by a later issue beside `analyze`.)
-Heavy imports (pandas, statsmodels, scikit-learn, ...) happen inside the command so that
-`attrimp --help` stays instant. A user's mistake is caught here too, not only in
-`attrimp.cli.main`, so that the command behaves the same when invoked through typer's runner.
+`analyze` is the Python API's ``studies.analyze(table, ...).save(out)`` (studies/api.py) plus a
+printed summary, so the command and the API cannot drift; `study run` is registered beside it by
+`attrimp.cli.study_run_cmd`. Heavy imports (pandas, statsmodels, scikit-learn, ...) happen
+inside the command so that `attrimp --help` stays instant. A user's mistake is caught here too,
+not only in `attrimp.cli.main`, so that the command behaves the same under typer's runner.
 """
 
 from __future__ import annotations
