@@ -235,3 +235,27 @@ def test_study_config_merges_sections_and_dotted_overrides():
         attrimp.study_config(None, train={"epoch": 1})
     with pytest.raises(ConfigError, match="device must be one of"):
         attrimp.study_config(None, device="tpu")
+
+
+def test_run_study_is_quiet_by_default_and_wraps_the_result(monkeypatch, tmp_path):
+    """`attrimp.run_study` hands `attrimp.study.run.run_study` the merged config with progress
+    off (the slow README example runs a real study); its result exposes the consensus."""
+    import attrimp.study.run as study_run
+
+    seen = {}
+
+    def fake_run(cfg, out, *, resume, progress, **kwargs):
+        seen.update(cfg=cfg, out=out, resume=resume, progress=progress)
+        report = {"consensus": [{"attribute": "upcolor", "rank": 1.0, "score": 0.9}]}
+        empty = pd.DataFrame()
+        return study_run.StudyResult(
+            out=out, configs=empty, per_query=empty, deltas=empty, importance=empty, report=report
+        )
+
+    monkeypatch.setattr(study_run, "run_study", fake_run)
+    result = attrimp.run_study(out=tmp_path / "s", train={"epochs": 1}, resume=False)
+    assert seen["progress"] is False and seen["resume"] is False
+    assert seen["cfg"].train.epochs == 1 and seen["cfg"].name == "synthetic"
+    assert result.consensus["attribute"].tolist() == ["upcolor"]
+    assert result.report_html == tmp_path / "s" / "report.html"
+    assert "1. upcolor" in repr(result)
