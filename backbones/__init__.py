@@ -237,16 +237,8 @@ def build(
         **kwargs: passed to the family's model constructor (user kwargs win over defaults).
     """
     family, model, size, tag, file = _validated(name, pretrained, img_size, stride, adapt, tiny)
-    backbone = _construct(
-        family,
-        model,
-        tag=tag,
-        img_size=size,
-        stride=stride,
-        camera_count=int(camera_count),
-        tiny=tiny,
-        **kwargs,
-    )
+    options = _family_options(size, stride, camera_count, tiny, kwargs)
+    backbone = _construct(family, model, tag=tag, **options)
     _finish_weights(backbone, file, pretrained_grid=pretrained_grid, mean=mean, std=std)
     set_adapt_mode(
         backbone,
@@ -257,6 +249,19 @@ def build(
         lora_dropout=lora_dropout,
     )
     return backbone
+
+
+def _family_options(
+    size: tuple[int, int], stride: int | None, camera_count: int, tiny: bool, kwargs: dict
+) -> dict[str, Any]:
+    """The keyword arguments of `BackboneFamily.build` (the user's ``kwargs`` last, so they win)."""
+    return {
+        "img_size": size,
+        "stride": stride,
+        "camera_count": int(camera_count),
+        "tiny": tiny,
+        **kwargs,
+    }
 
 
 def _construct(
@@ -322,15 +327,7 @@ def check(
 
     family, model, size, _, _ = _validated(name, pretrained, img_size, stride, adapt, tiny)
     with torch.device("meta"):
-        family.build(
-            model,
-            tag=None,
-            img_size=size,
-            stride=stride,
-            camera_count=int(camera_count),
-            tiny=tiny,
-            **kwargs,
-        )
+        family.build(model, tag=None, **_family_options(size, stride, camera_count, tiny, kwargs))
 
 
 def _validated(
