@@ -1,7 +1,8 @@
 """Study and training configuration: TOML in, validated dataclasses out.
 
 One file describes a whole study (data, model, experts, router, training, ablations, analysis);
-`attrimp train` reads the same file and uses the sections it needs. Every key is checked: a
+`attrimp train` reads the same file and uses the sections it needs. The model's own config,
+`MoSAICConfig`, is made of the ``[model]`` and ``[experts]`` sections under their TOML names. Every key is checked: a
 typo or a wrong type is one sentence naming the section and key, never a silently ignored
 setting. `StudyConfig.fingerprint()` hashes everything that determines a result, for caching.
 """
@@ -81,14 +82,105 @@ class ModelConfig:
 
 @dataclass
 class ExpertConfig:
-    #: last K blocks carry experts; 2 keeps ViT-B/16 + Market experts at rank 8 near 1% of the
-    #: backbone (4 blocks would reach the 2% budget; see attrimp/model/experts.py)
+    #: "adapter" (a gated LoRA branch beside the sub-layer, attrimp/model/experts.py) or "lora"
+    #: (a gated LoRA update of the sub-layer's own linear weights, attrimp/model/weight_lora.py)
+    bank: str = "adapter"
+    #: last K blocks carry experts; 2 keeps ViT-B/16 + Market adapter experts at rank 8 near 1%
+    #: of the backbone (4 blocks would reach the 2% budget; see attrimp/model/experts.py)
     blocks: int = 2
     rank: int = 8
     alpha: float = 16.0
     site: str = "mlp"
     pooling: str = "mean"
     dropout: float = 0.0
+
+
+@dataclass
+class MoSAICConfig(ExpertConfig, ModelConfig):
+    """The model's config: the ``[model]`` and ``[experts]`` keys under their TOML names, plus
+    what the data and the router decide. Everything needed to rebuild the architecture; a
+    checkpoint's ``config.json`` stores `to_dict` (JSON round-trips exactly).
+
+    One definition of each setting: the fields are inherited from `ModelConfig` and
+    `ExpertConfig`, and checked against the same `CHOICES` and `RANGES` as the TOML file.
+    """
+
+    #: size of the camera (SIE) embedding table; 0 = none. ``camera_embedding`` follows it: the
+    #: TOML switch asks for a table sized from the data, this is that size
+    camera_count: int = 0
+    #: built-in schema name or TOML file (checkpoints store the schema itself)
+    schema: str = "market1501"
+    #: identities of the training set; 0 = no identity classifier (retrieval only)
+    num_classes: int = 0
+    #: router name in the `routers` registry and its options
+    router: str = "oracle"
+    router_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
+        try:
+            for section in ("model", "experts"):
+                _check_fields(self, section)
+        except ConfigError as e:
+            raise ConfigError(f"Model config: {e}") from None
+        if self.camera_count < 0 or self.num_classes < 0:
+            raise ConfigError(
+                "Model config: camera_count and num_classes must be 0 or more "
+                f"(got {self.camera_count} and {self.num_classes})."
+            )
+        if self.camera_count > 0:
+            self.camera_embedding = True  # a camera table is a camera embedding
+        elif self.camera_embedding:
+            raise ConfigError(
+                "Model config: camera_embedding = true needs camera_count, the number of "
+                "cameras to size the table for."
+            )
+
+    @classmethod
+    def from_study(
+        cls, study: StudyConfig, *, schema: str, num_classes: int, num_cameras: int
+    ) -> MoSAICConfig:
+        """The model a study config asks for, on data with these identities and cameras.
+
+        ``[model]`` and ``[experts]`` pass through under their own names; the router section
+        becomes the router's name and options.
+        """
+        r = study.router
+        return cls(
+            **dataclasses.asdict(study.model),
+            **dataclasses.asdict(study.experts),
+            camera_count=num_cameras if study.model.camera_embedding else 0,
+            schema=schema,
+            num_classes=num_classes,
+            router=r.name,
+            router_kwargs={"gates": r.gates, "norm": r.norm} if r.name == "learned" else {},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "model config") -> MoSAICConfig:
+        """From `to_dict`'s form; an unknown key or a wrong type is a `ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source} has the unknown key {unknown[0]!r}; known keys: {sorted(known)}."
+            )
+        try:
+            return _from_dict(cls, data, "")
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "model config") -> MoSAICConfig:
+        return cls.from_dict(json.loads(text), source=source)
 
 
 @dataclass
@@ -205,6 +297,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
     "data.missing_policy": ("error", "skip"),
     "model.adapt": ("full", "frozen", "lora"),
+    "experts.bank": ("adapter", "lora"),
     "experts.site": ("mlp", "attn"),
     "experts.pooling": ("mean", "max", "sum"),
     "router.name": ("oracle", "learned"),
@@ -310,6 +403,8 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.synthetic.seed", lambda v: v >= 0, "0 or more"),
     ("model.img_size", lambda v: v[0] >= 1 and v[1] >= 1, "two positive numbers"),
     ("model.stride", lambda v: v is None or v >= 1, "1 or more (or false)"),
+    ("experts.blocks", lambda v: v >= 0, "0 or more"),
+    ("experts.rank", lambda v: v >= 1, "at least 1"),
     ("experts.alpha", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("experts.dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("router.attribute_loss_weight", lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
@@ -338,9 +433,25 @@ def _check_ranges(cfg: StudyConfig) -> None:
         value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        if not test(value):
-            shown = list(value) if isinstance(value, tuple) else value
-            raise ConfigError(f"{key} must be {what}, not {shown!r}.")
+        _check_range(key, value, test, what)
+
+
+def _check_range(key: str, value: Any, test: Callable[[Any], bool], what: str) -> None:
+    if not test(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"{key} must be {what}, not {shown!r}.")
+
+
+def _check_fields(obj: Any, section: str) -> None:
+    """The `CHOICES` and `RANGES` of one TOML section, on an object that has its keys as
+    attributes (`MoSAICConfig` holds ``[model]`` and ``[experts]``)."""
+    prefix = f"{section}."
+    for key, allowed in CHOICES.items():
+        if key.startswith(prefix) and (value := getattr(obj, key[len(prefix) :])) not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}, not {value!r}.")
+    for key, test, what in RANGES:
+        if key.startswith(prefix) and "." not in key[len(prefix) :]:
+            _check_range(key, getattr(obj, key[len(prefix) :]), test, what)
 
 
 def _validate(cfg: StudyConfig) -> None:
@@ -354,12 +465,9 @@ def _validate(cfg: StudyConfig) -> None:
         ("train.epochs", cfg.train.epochs),
         ("train.identities_per_batch", cfg.train.identities_per_batch),
         ("train.images_per_identity", cfg.train.images_per_identity),
-        ("experts.rank", cfg.experts.rank),
     ):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, not {value}.")
-    if cfg.experts.blocks < 0:
-        raise ConfigError(f"experts.blocks must be 0 or more, not {cfg.experts.blocks}.")
     bad = [d for d in cfg.ablation.retrain if d not in RETRAIN_DESIGNS]
     if bad:
         raise ConfigError(

@@ -105,7 +105,7 @@ def main() -> None:
             pretrained=None,
             img_size=(256, 128),
             rank=8,
-            expert_blocks=2,
+            blocks=2,
             num_classes=751,
         )
         n_q, n_g, n_train, ids, size, batch = 3368, 19732, 12936, 751, (256, 128), 64

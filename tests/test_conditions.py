@@ -66,7 +66,7 @@ def tiny_setup(tmp_path_factory):
         pretrained=None,
         img_size=(64, 32),
         backbone_kwargs={"tiny": True, "depth": 3},
-        expert_blocks=2,
+        blocks=2,
         rank=4,
     )
     model = MoSAICReID(cfg, schema=schema)

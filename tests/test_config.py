@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from attrimp.config import StudyConfig, config_from_dict, load_config
+from attrimp.config import (
+    ExpertConfig,
+    ModelConfig,
+    MoSAICConfig,
+    StudyConfig,
+    config_from_dict,
+    load_config,
+)
 from attrimp.errors import ConfigError
 
 
@@ -46,6 +55,9 @@ visibility = { hat = 0.0, upcolor = 0.5 }
         ({"train": {"epochs": "three"}}, "train.epochs must be int"),
         ({"train": {"epochs": 0}}, "train.epochs must be at least 1"),
         ({"experts": {"pooling": "median"}}, "experts.pooling must be one of"),
+        ({"experts": {"bank": "peft"}}, r"experts.bank must be one of \['adapter', 'lora'\]"),
+        ({"experts": {"rank": 0}}, "experts.rank must be at least 1, not 0"),
+        ({"experts": {"blocks": -1}}, "experts.blocks must be 0 or more, not -1"),
         ({"model": {"img_size": [256]}}, "model.img_size must be a list of 2 values"),
         ({"ablation": {"designs": ["full", "loo"]}}, "unknown design 'loo'"),
         ({"ablation": {"noisy_p": [1.5]}}, "noisy_p values must lie in"),
@@ -89,3 +101,45 @@ def test_fingerprint_tracks_what_matters():
     b.train.epochs = 2
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint("data", "model") == b.fingerprint("data", "model")
+
+
+def test_one_model_config_toml_keys_are_its_field_names():
+    """[model] and [experts] reach the model under their own names: MoSAICConfig is made of the
+    same two dataclasses the TOML is read into, and from_study translates none of them."""
+    cfg = config_from_dict(
+        {
+            "model": {"backbone": "timm:x", "img_size": [64, 32], "camera_embedding": True},
+            "experts": {"bank": "lora", "blocks": 3, "dropout": 0.25, "rank": 4, "site": "attn"},
+            "router": {"name": "learned", "gates": "soft"},
+        }
+    )
+    model = MoSAICConfig.from_study(cfg, schema="market1501", num_classes=12, num_cameras=6)
+    for section in (cfg.model, cfg.experts):
+        for f in dataclasses.fields(section):
+            assert getattr(model, f.name) == getattr(section, f.name), f.name
+    assert (model.bank, model.blocks, model.dropout) == ("lora", 3, 0.25)
+    assert (model.camera_count, model.num_classes) == (6, 12)
+    assert model.router == "learned" and model.router_kwargs == {"gates": "soft", "norm": "layer"}
+    names = {f.name for f in dataclasses.fields(MoSAICConfig)}
+    toml_keys = {f.name for f in dataclasses.fields(ModelConfig) + dataclasses.fields(ExpertConfig)}
+    assert toml_keys <= names and "expert_blocks" not in names
+    assert MoSAICConfig.from_json(model.to_json()) == model
+    no_cameras = dataclasses.replace(cfg.model, camera_embedding=False)
+    plain = MoSAICConfig.from_study(
+        dataclasses.replace(cfg, model=no_cameras), schema="x", num_classes=0, num_cameras=6
+    )
+    assert plain.camera_count == 0 and not plain.camera_embedding
+
+
+def test_model_config_checks_its_fields_like_the_toml():
+    with pytest.raises(ConfigError, match="Model config: experts.bank must be one of"):
+        MoSAICConfig(bank="peft")
+    with pytest.raises(ConfigError, match="Model config: experts.dropout must be in"):
+        MoSAICConfig(dropout=1.5)
+    with pytest.raises(ConfigError, match="Model config: model.adapt must be one of"):
+        MoSAICConfig(adapt="half")
+    with pytest.raises(ConfigError, match="camera_embedding = true needs camera_count"):
+        MoSAICConfig(camera_embedding=True)
+    with pytest.raises(ConfigError, match="unknown key 'expert_blocks'"):
+        MoSAICConfig.from_dict({"expert_blocks": 2})
+    assert MoSAICConfig(camera_count=4).camera_embedding

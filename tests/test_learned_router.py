@@ -30,7 +30,7 @@ def learned_model(seed: int = 0, **overrides) -> MoSAICReID:
         pretrained=None,
         img_size=IMG,
         backbone_kwargs={"tiny": True, "depth": 3},
-        expert_blocks=1,
+        blocks=1,
         router="learned",
     )
     return MoSAICReID(MoSAICConfig(**{**cfg, **overrides}))
@@ -161,7 +161,7 @@ def test_learned_router_learns_a_visible_attribute_and_gates_without_annotations
 
 def test_learned_router_needs_a_block_before_the_experts_and_the_cls_token():
     with pytest.raises(ConfigError, match="start at block 0"):
-        learned_model(expert_blocks=3)
+        learned_model(blocks=3)
     router = LearnedRouter(MARKET, 48)
     with pytest.raises(ConfigError, match="needs the CLS token"):
         router.route(torch.zeros(2, MARKET.n_slots), MARKET)

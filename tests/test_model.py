@@ -12,8 +12,9 @@ import torch
 import backbones
 from attrimp.errors import CheckpointError, ConfigError, DataError, SchemaError
 from attrimp.model.checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
-from attrimp.model.mosaic import ModelOutput, MoSAICConfig, MoSAICReID
+from attrimp.model.mosaic import BANKS, ModelOutput, MoSAICConfig, MoSAICReID
 from attrimp.model.schema import load_schema
+from attrimp.model.weight_lora import WeightLoRABank
 
 IMG = (32, 16)
 TINY = {
@@ -79,8 +80,10 @@ def test_forward_shapes_and_oracle_gates(family):
     assert model.experts.gates is None  # cleared after the pass
 
 
-def test_experts_off_model_equals_backbone_plus_neck_exactly():
-    model = tiny_model("clip")
+@pytest.mark.parametrize("bank", ["adapter", "lora"])
+def test_experts_off_model_equals_backbone_plus_neck_exactly(bank):
+    model = tiny_model("clip", bank=bank)
+    assert isinstance(model.experts, BANKS[bank])
     randomise(model)
     model.eval()
     x, attrs = batch(model.schema)
@@ -135,6 +138,37 @@ def test_config_json_round_trip_and_typos():
         MoSAICConfig.from_dict({"ranks": 4})
     with pytest.raises(ConfigError, match="pooling"):
         MoSAICConfig(pooling="avg")
+    with pytest.raises(ConfigError, match="alpha must be float"):
+        MoSAICConfig.from_dict({"alpha": "high"})
+
+
+def test_model_takes_any_bank_built_or_as_a_factory():
+    torch.manual_seed(0)
+    cfg = MoSAICConfig.from_dict({**TINY["timm"].to_dict(), "bank": "lora"})
+    bb = backbones.build(cfg.backbone, pretrained=None, img_size=IMG, **cfg.backbone_kwargs)
+    built = WeightLoRABank(bb, load_schema("market1501").n_experts, blocks=1, rank=2)
+    model = MoSAICReID(cfg, backbone=bb, bank=built)
+    assert model.experts is built
+    x, attrs = batch(model.schema)
+    assert model(x, attrs).features.shape == (6, 48)
+
+    calls = []
+
+    def factory(backbone, n_experts, **options):
+        calls.append(options)
+        return WeightLoRABank(backbone, n_experts, **options)
+
+    model = MoSAICReID(cfg, bank=factory)
+    assert isinstance(model.experts, WeightLoRABank)
+    assert calls == [
+        {"blocks": 2, "rank": 8, "alpha": 16.0, "site": "mlp", "pooling": "mean", "dropout": 0.0}
+    ]
+    with pytest.raises(ConfigError, match="names the expert bank 'adapter' but the bank given"):
+        MoSAICReID(TINY["timm"], bank=WeightLoRABank)
+    with pytest.raises(ConfigError, match="ExpertBank with 35 experts"):
+        MoSAICReID(cfg, bank=lambda backbone, n, **o: WeightLoRABank(backbone, 3, **o))
+    with pytest.raises(ConfigError, match="experts.bank must be one of"):
+        tiny_model(bank="peft")
 
 
 def test_expert_share_market_rank8_vit_b16_is_under_two_percent():
@@ -173,7 +207,7 @@ def test_model_compiles_without_graph_breaks():
 
 @pytest.mark.parametrize("router", ["oracle", "learned"])
 def test_checkpoint_round_trip_is_exact(tmp_path, router):
-    model = tiny_model("clip", router=router, expert_blocks=2, pooling="max")
+    model = tiny_model("clip", router=router, blocks=2, pooling="max")
     randomise(model)
     model.eval()
     x, attrs = batch(model.schema)
@@ -193,12 +227,50 @@ def test_checkpoint_round_trip_is_exact(tmp_path, router):
     for a, b in zip(before, after):
         assert (a is None and b is None) or torch.equal(a, b)
     # and a differently initialised model really differs before loading
-    other = tiny_model("clip", seed=1, router=router, expert_blocks=2, pooling="max").eval()
+    other = tiny_model("clip", seed=1, router=router, blocks=2, pooling="max").eval()
     with torch.no_grad():
         assert not torch.equal(other(x, attrs).features, before.features)
     load_weights(other, tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(other(x, attrs).features, before.features)
+
+
+def test_lora_bank_checkpoint_round_trip_is_exact(tmp_path):
+    model = tiny_model("timm", bank="lora", site="attn", pooling="sum")
+    randomise(model)
+    model.eval()
+    x, attrs = batch(model.schema)
+    with torch.no_grad():
+        before = model(x, attrs).features
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    assert json.loads((folder / "config.json").read_text())["model"]["bank"] == "lora"
+    again = load_model(folder).eval()
+    assert isinstance(again.experts, WeightLoRABank) and again.config == model.config
+    with torch.no_grad():
+        assert torch.equal(again(x, attrs).features, before)
+    with pytest.raises(CheckpointError, match="bank 'lora' in the checkpoint but 'adapter'"):
+        load_weights(tiny_model("timm", site="attn", pooling="sum"), folder)
+
+
+def test_checkpoint_with_the_old_key_names_loads_as_an_adapter_bank(tmp_path):
+    """config.json files written before the model config took the TOML names (expert_blocks,
+    expert_dropout; no bank, no camera_embedding) still load, with the same weights."""
+    model = tiny_model(blocks=1, dropout=0.1, camera_count=3)
+    randomise(model)
+    model.eval()
+    folder = save_checkpoint(model, tmp_path / "old")
+    doc = json.loads((folder / "config.json").read_text())
+    saved = doc["model"]
+    for old, new in {"expert_blocks": "blocks", "expert_dropout": "dropout"}.items():
+        saved[old] = saved.pop(new)
+    del saved["bank"], saved["camera_embedding"]
+    (folder / "config.json").write_text(json.dumps(doc))
+    again = load_model(folder).eval()
+    assert again.config == model.config
+    assert again.config.bank == "adapter" and again.config.camera_embedding
+    x, attrs = batch(model.schema)
+    with torch.no_grad():
+        assert torch.equal(again(x, attrs).features, model(x, attrs).features)
 
 
 def test_checkpoint_into_another_schema_or_shape_names_the_keys(tmp_path):
@@ -211,8 +283,8 @@ def test_checkpoint_into_another_schema_or_shape_names_the_keys(tmp_path):
         load_weights(duke, tmp_path / "market")
     with pytest.raises(CheckpointError, match=r": rank 8 in the checkpoint but 2 in the model\."):
         load_weights(tiny_model(rank=2), tmp_path / "market")
-    with pytest.raises(CheckpointError, match=r"expert_blocks \d in the checkpoint but 3 in"):
-        load_weights(tiny_model(expert_blocks=3), tmp_path / "market")
+    with pytest.raises(CheckpointError, match=r"blocks \d in the checkpoint but 3 in"):
+        load_weights(tiny_model(blocks=3), tmp_path / "market")
 
 
 def test_checkpoint_rejects_tampering_and_never_unpickles(tmp_path):

@@ -186,10 +186,11 @@ def test_temporary_folders_of_a_killed_save_are_removed_on_the_next_start(run, t
         ({"alpha": 64.0}, ["alpha 16.0 in the checkpoint but 64.0 in the model"]),
         ({"pooling": "max"}, ["pooling 'mean' in the checkpoint but 'max' in the model"]),
         (
-            {"alpha": 4.0, "pooling": "sum", "expert_blocks": 1},
-            ["expert_blocks 2 in", "alpha 16.0 in", "pooling 'mean' in"],
+            {"alpha": 4.0, "pooling": "sum", "blocks": 1},
+            ["blocks 2 in", "alpha 16.0 in", "pooling 'mean' in"],
         ),
         ({"site": "attn"}, ["site 'mlp' in the checkpoint but 'attn'"]),
+        ({"bank": "lora"}, ["bank 'adapter' in the checkpoint but 'lora'"]),
     ],
 )
 def test_load_weights_refuses_another_config_naming_the_keys(tmp_path, changes, named):
@@ -209,7 +210,7 @@ def test_load_weights_accepts_the_same_config(tmp_path):
     randomise(saved)
     folder = save_checkpoint(saved, tmp_path / "c")
     seed_file = backbones.save_weights(tiny_model(seed=7).backbone, tmp_path / "seed.safetensors")
-    other = tiny_model(seed=3, pretrained=str(seed_file), expert_dropout=0.1)
+    other = tiny_model(seed=3, pretrained=str(seed_file), dropout=0.1)
     load_weights(other, folder)
     assert all(
         torch.equal(a, b) for a, b in zip(saved.state_dict().values(), other.state_dict().values())
@@ -220,9 +221,11 @@ def test_load_weights_accepts_the_same_config(tmp_path):
 FAMILIES = {"timm": {"depth": 3}, "clip": {"layers": 3}}
 
 
-@pytest.mark.parametrize("family", ["timm", "clip"])
-def test_exported_backbone_with_experts_attached_rebuilds(tmp_path, family):
-    model = tiny_model(family)
+@pytest.mark.parametrize(
+    "family, bank", [("timm", "adapter"), ("clip", "adapter"), ("clip", "lora")]
+)
+def test_exported_backbone_with_experts_attached_rebuilds(tmp_path, family, bank):
+    model = tiny_model(family, bank=bank)
     randomise(model)
     f = backbones.save_weights(model.backbone, tmp_path / "bb.safetensors")
     again = backbones.build(

@@ -39,7 +39,10 @@ CONFIG_FILE = "config.json"
 FORMAT = "attrimp.mosaic-reid/1"
 #: `MoSAICConfig` fields that do not change what the saved weights compute: where the initial
 #: weights came from, and a training-time dropout
-IGNORED_ON_LOAD = ("pretrained", "expert_dropout")
+IGNORED_ON_LOAD = ("pretrained", "dropout")
+#: ``config.json`` model keys written before the model config took the TOML names (and before
+#: ``bank``, which such checkpoints lack: their bank was the only one then, ``adapter``)
+LEGACY_MODEL_KEYS = {"expert_blocks": "blocks", "expert_dropout": "dropout"}
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,9 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
             f"Checkpoint file {str(cfg_path)!r} has format {found!r}, not {FORMAT!r}."
         )
     try:
-        config = MoSAICConfig.from_dict(document["model"], source=f"checkpoint {str(cfg_path)!r}")
+        config = MoSAICConfig.from_dict(
+            upgrade_model_dict(document["model"]), source=f"checkpoint {str(cfg_path)!r}"
+        )
         schema = AttributeSchema.from_dict(
             document["schema"], source=f"checkpoint {str(cfg_path)!r}"
         )
@@ -126,6 +131,12 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     except AttrimpError as e:
         raise CheckpointError(str(e)) from None
     return CheckpointInfo(folder, config, schema, dict(document.get("metadata", {})), weights, sha)
+
+
+def upgrade_model_dict(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config under today's key names (`LEGACY_MODEL_KEYS` renamed); a missing
+    ``bank`` is the default, ``adapter``, the bank every older checkpoint was trained with."""
+    return {LEGACY_MODEL_KEYS.get(key, key): value for key, value in model.items()}
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MoSAICReID:

@@ -1,6 +1,11 @@
-"""The gated LoRA expert bank: one low-rank expert per attribute value, switched per sample.
+"""The gated LoRA experts: one low-rank expert per attribute value, switched per sample.
 
-Each expert ``e`` is a LoRA update ``ΔW_e = B_e A_e`` (rank ``r``, scale ``α/r``) placed as a
+This module holds what both expert banks share (`GatedLoRA`: every expert of one layer as one
+gated pair of matrix products; `GatedBank`: gates, pooling, detach) and the ``adapter`` bank,
+`ParallelAdapterBank`. The ``lora`` bank, a gated low-rank update of the block's own linear
+weights, is `attrimp.model.weight_lora.WeightLoRABank`.
+
+In the ``adapter`` bank each expert ``e`` is a LoRA update ``ΔW_e = B_e A_e`` (rank ``r``, scale ``α/r``) placed as a
 residual branch parallel to a sub-layer (the MLP by default, the attention as an option) of the
 last ``K`` transformer blocks. For one sample with gates ``g`` (from a router, 0 = off) the
 sub-layer's output becomes ``f(h) + pool_e(g_e · s · B_e A_e h)`` over the *active* experts
@@ -37,14 +42,13 @@ which ``K = 4`` (2.0 %) would already break.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attrimp.errors import ConfigError
+from attrimp.model import interfaces
 from attrimp.model.interfaces import Backbone
 
 POOLINGS = ("mean", "max", "sum")
@@ -217,6 +221,17 @@ class _GateState:
                 self._expanded = lora.expand_weights(self._weights, dtype)
         return self._weights, self._expanded
 
+    def branch(self, lora: GatedLoRA, h: torch.Tensor) -> torch.Tensor:
+        """``lora``'s pooled expert branch of ``h`` under the gates of this forward."""
+        gates = self.gates
+        if gates is None:
+            raise RuntimeError(
+                "The expert bank ran without gates: call ExpertBank.set_gates(gates) (or use "
+                "MoSAICReID, which routes every forward) before running the backbone."
+            )
+        weights, expanded = self.weights_for(lora, gates)
+        return lora.branch(h, weights, expanded)
+
 
 class ExpertSiteWrapper(nn.Module):
     """Replaces a block's sub-layer: ``base(h, ...)`` plus the gated expert branch of ``h``.
@@ -233,27 +248,28 @@ class ExpertSiteWrapper(nn.Module):
 
     def forward(self, h: torch.Tensor, *args, **kwargs):
         out = self.base(h, *args, **kwargs)
-        gates = self._state.gates
-        if gates is None:
-            raise RuntimeError(
-                "The expert bank ran without gates: call ExpertBank.set_gates(gates) (or use "
-                "MoSAICReID, which routes every forward) before running the backbone."
-            )
-        weights, expanded = self._state.weights_for(self._lora, gates)
-        delta = self._lora.branch(h, weights, expanded)
+        delta = self._state.branch(self._lora, h)
         if isinstance(out, tuple):  # e.g. nn.MultiheadAttention -> (output, weights)
             first = out[0]
             return (first + delta.to(first.dtype), *out[1:])
-        return out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))
+        return add_branch(out, delta)
 
 
-class ExpertBank(nn.Module):
-    """LoRA experts attached in place to the last ``blocks`` blocks of a `Backbone`.
+def add_branch(out: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``out + delta`` in ``out``'s dtype (under autocast the branch may compute in another)."""
+    return out + (delta if delta.dtype == out.dtype else delta.to(out.dtype))
 
-    Gates are set per forward with `set_gates` (or the `gated` context) and are read by every
-    site during that forward, so each sample of a batch is routed to its own experts and the
-    whole thing trains end to end.
+
+class GatedBank(interfaces.ExpertBank):
+    """What both gated LoRA banks share: one `GatedLoRA` per wrapped layer, one gate state read
+    by all of them, the checks of the options, pooling, and giving the backbone its modules back.
+
+    A subclass says where the experts go in one block (`_attach_block`); it builds each expert
+    module with `_new_lora` and puts it in place with `_replace`.
     """
+
+    #: the name of this bank in the model config (``experts.bank``)
+    kind: str = ""
 
     def __init__(
         self,
@@ -281,26 +297,33 @@ class ExpertBank(nn.Module):
         self.n_experts = n_experts
         self.site = site
         self._pooling = pooling
+        self._options = {"rank": rank, "alpha": alpha, "pooling": pooling, "dropout": dropout}
         self.block_indices = tuple(range(depth - blocks, depth))
         self._state = _GateState()
         self.layers = nn.ModuleList()
         self._attached: list[tuple[nn.Module, str, nn.Module]] = []
-        for i in self.block_indices:
-            where = backbone.expert_site(i, site)
-            base = getattr(where.parent, where.attr)
-            lora = GatedLoRA(
-                where.in_features,
-                where.out_features,
-                n_experts,
-                rank=rank,
-                alpha=alpha,
-                pooling=pooling,
-                dropout=dropout,
-            )
-            lora.to(device=_device_of(base), dtype=_float_dtype_of(base))
-            self.layers.append(lora)
-            setattr(where.parent, where.attr, ExpertSiteWrapper(base, lora, self._state))
-            self._attached.append((where.parent, where.attr, base))
+        try:
+            for i in self.block_indices:
+                self._attach_block(backbone, i, site)
+        except BaseException:
+            self.detach()  # a refused block leaves the backbone as it was
+            raise
+
+    def _attach_block(self, backbone: Backbone, block_index: int, site: str) -> None:
+        """Put this bank's experts into block ``block_index`` at ``site``."""
+        raise NotImplementedError
+
+    def _new_lora(self, in_features: int, out_features: int, like: nn.Module) -> GatedLoRA:
+        """A registered `GatedLoRA` with the bank's options, on ``like``'s device and dtype."""
+        lora = GatedLoRA(in_features, out_features, self.n_experts, **self._options)
+        lora.to(device=_device_of(like), dtype=_float_dtype_of(like))
+        self.layers.append(lora)
+        return lora
+
+    def _replace(self, parent: nn.Module, attr: str, new: nn.Module) -> None:
+        """``parent.attr = new``, remembering the original for `detach`."""
+        self._attached.append((parent, attr, getattr(parent, attr)))
+        setattr(parent, attr, new)
 
     @property
     def gates(self) -> torch.Tensor | None:
@@ -323,29 +346,36 @@ class ExpertBank(nn.Module):
         """Gates ``[batch, n_experts]`` for the next forward pass (``None`` clears them).
 
         The per-sample weights (pooling normaliser and α/r folded in) are derived once per
-        forward for every block, in the autocast dtype when autocast is on (see `_GateState`).
+        forward for every wrapped layer, in the autocast dtype when autocast is on (see
+        `_GateState`).
         """
         if gates is not None:
             check_gates(gates, self.n_experts)
         self._state.set(gates)
 
-    @contextmanager
-    def gated(self, gates: torch.Tensor) -> Iterator[None]:
-        previous = self._state.gates
-        self.set_gates(gates)
-        try:
-            yield
-        finally:
-            self.set_gates(previous)
-
     def detach(self) -> None:
-        """Put the original sub-layers back into the backbone (the experts stay in the bank)."""
-        for parent, attr, base in self._attached:
+        """Put the original modules back into the backbone (the experts stay in the bank)."""
+        for parent, attr, base in reversed(self._attached):
             setattr(parent, attr, base)
         self._attached = []
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+class ParallelAdapterBank(GatedBank):
+    """``adapter``: LoRA experts as a residual branch parallel to a sub-layer of the last
+    ``blocks`` blocks: ``f(h) + pool_e(g_e · s · B_e A_e h)``, one `GatedLoRA` per block.
+
+    Gates are set per forward with `set_gates` (or the `gated` context) and are read by every
+    site during that forward, so each sample of a batch is routed to its own experts and the
+    whole thing trains end to end.
+    """
+
+    kind = "adapter"
+
+    def _attach_block(self, backbone: Backbone, block_index: int, site: str) -> None:
+        where = backbone.expert_site(block_index, site)
+        base = getattr(where.parent, where.attr)
+        lora = self._new_lora(where.in_features, where.out_features, like=base)
+        self._replace(where.parent, where.attr, ExpertSiteWrapper(base, lora, self._state))
 
 
 def _device_of(module: nn.Module) -> torch.device:

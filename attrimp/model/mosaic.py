@@ -15,91 +15,32 @@ expert blocks that follow use its gates, so no annotation is needed at test time
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from attrimp.config import MoSAICConfig
 from attrimp.errors import ConfigError, DataError, SchemaError
-from attrimp.model.experts import DEFAULT_BLOCKS, POOLINGS, SITES, ExpertBank
-from attrimp.model.interfaces import Backbone, Router
+from attrimp.model.experts import GatedBank, ParallelAdapterBank
+from attrimp.model.interfaces import Backbone, ExpertBank, Router
 from attrimp.model.schema import AttributeSchema, load_schema
+from attrimp.model.weight_lora import WeightLoRABank
+
+__all__ = ["BANKS", "ModelOutput", "MoSAICConfig", "MoSAICReID", "build_bank"]
 
 
-@dataclass
-class MoSAICConfig:
-    """Everything needed to rebuild the model's architecture (JSON round-trips exactly)."""
+#: the expert banks by their config name (``experts.bank``)
+BANKS: dict[str, type[GatedBank]] = {
+    ParallelAdapterBank.kind: ParallelAdapterBank,
+    WeightLoRABank.kind: WeightLoRABank,
+}
 
-    #: ``family:model`` for `backbones.build`
-    backbone: str = "clip:ViT-B-16"
-    #: pretrained tag or weight file for the backbone; "default" = the family's default weights
-    #: ("openai" for clip models, timm's default tag for timm ones, so the default fits every
-    #: family); None = random init (checkpoints reload with None: the weights come from the
-    #: checkpoint)
-    pretrained: str | None = "default"
-    img_size: tuple[int, int] = (256, 128)
-    #: overlapping patch stride; None = the patch size
-    stride: int | None = None
-    #: size of the camera (SIE) embedding table; 0 = none
-    camera_count: int = 0
-    #: backbone adaptation: "full", "frozen" or "lora"
-    adapt: str = "full"
-    #: extra keyword arguments for `backbones.build` (e.g. ``{"tiny": True}`` in tests)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: the expert bank: last K blocks, LoRA rank and alpha, site, pooling, input dropout
-    expert_blocks: int = DEFAULT_BLOCKS
-    rank: int = 8
-    alpha: float = 16.0
-    site: str = "mlp"
-    pooling: str = "mean"
-    expert_dropout: float = 0.0
-    #: built-in schema name or TOML file (checkpoints store the schema itself)
-    schema: str = "market1501"
-    #: identities of the training set; 0 = no identity classifier (retrieval only)
-    num_classes: int = 0
-    #: router name in the `routers` registry and its options
-    router: str = "oracle"
-    router_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.img_size = tuple(int(v) for v in self.img_size)  # type: ignore[assignment]
-        if self.site not in SITES:
-            raise ConfigError(f"Model config: site {self.site!r} is not one of {list(SITES)}.")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(
-                f"Model config: pooling {self.pooling!r} is not one of {list(POOLINGS)}."
-            )
-        if self.expert_blocks < 0 or self.rank < 1 or self.num_classes < 0:
-            raise ConfigError(
-                "Model config: expert_blocks and num_classes must be >= 0 and rank >= 1 "
-                f"(got {self.expert_blocks}, {self.num_classes}, {self.rank})."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["img_size"] = list(self.img_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "model config") -> MoSAICConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source} has the unknown key {unknown[0]!r}; known keys: {sorted(known)}."
-            )
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "model config") -> MoSAICConfig:
-        return cls.from_dict(json.loads(text), source=source)
+#: what ``MoSAICReID(bank=...)`` accepts: a built bank, or a factory called like the bank
+#: classes, ``factory(backbone, n_experts, blocks=, rank=, alpha=, site=, pooling=, dropout=)``
+BankArg = ExpertBank | Callable[..., ExpertBank]
 
 
 class ModelOutput(NamedTuple):
@@ -122,7 +63,8 @@ class MoSAICReID(nn.Module):
 
     ``backbone``, ``schema`` and ``router`` may be passed in already built (tests, custom
     plug-ins); otherwise they are built from ``config`` through the `backbones` and `routers`
-    registries.
+    registries. ``bank`` is any `ExpertBank`: one already attached to ``backbone``, or a factory
+    called like the bank classes; by default ``config.bank`` names one of `BANKS`.
     """
 
     def __init__(
@@ -132,6 +74,7 @@ class MoSAICReID(nn.Module):
         backbone: Backbone | None = None,
         schema: AttributeSchema | None = None,
         router: Router | None = None,
+        bank: BankArg | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -146,16 +89,7 @@ class MoSAICReID(nn.Module):
         remember_schema(self.schema)
         self.backbone = backbone if backbone is not None else build_backbone(config)
         width = self.backbone.width
-        self.experts = ExpertBank(
-            self.backbone,
-            self.schema.n_experts,
-            blocks=config.expert_blocks,
-            rank=config.rank,
-            alpha=config.alpha,
-            site=config.site,
-            pooling=config.pooling,
-            dropout=config.expert_dropout,
-        )
+        self.experts = build_bank(config, self.backbone, self.schema.n_experts, bank)
         # BNNeck (Luo et al. 2019): BN on the feature with its shift frozen at 0, then a
         # bias-free classifier, so the ID loss acts on a normalised copy of the triplet feature.
         self.neck = nn.BatchNorm1d(width)
@@ -287,6 +221,40 @@ class MoSAICReID(nn.Module):
     def expert_parameter_share(self) -> float:
         """Expert parameters as a fraction of the backbone's (0.0100 = 1.00 %)."""
         return self.expert_parameter_count() / self.backbone_parameter_count()
+
+
+def build_bank(
+    config: MoSAICConfig, backbone: Backbone, n_experts: int, bank: BankArg | None = None
+) -> ExpertBank:
+    """The expert bank for ``backbone``: ``bank`` as given (built, or a factory), else the
+    config's ``bank`` kind. A built bank must fit the schema, and one of the built-in kinds
+    must be the kind the config names, so that a checkpoint rebuilds what was trained."""
+    if bank is None:
+        bank = BANKS[config.bank]  # the name was checked by the config
+    if not isinstance(bank, ExpertBank):
+        bank = bank(
+            backbone,
+            n_experts,
+            blocks=config.blocks,
+            rank=config.rank,
+            alpha=config.alpha,
+            site=config.site,
+            pooling=config.pooling,
+            dropout=config.dropout,
+        )
+    if not isinstance(bank, ExpertBank) or bank.n_experts != n_experts:
+        raise ConfigError(
+            f"The expert bank must be an ExpertBank with {n_experts} experts (one per schema "
+            f"expert), got {type(bank).__name__}"
+            + (f" with {bank.n_experts}." if isinstance(bank, ExpertBank) else ".")
+        )
+    kind = next((k for k, cls in BANKS.items() if type(bank) is cls), config.bank)
+    if kind != config.bank:
+        raise ConfigError(
+            f"The model config names the expert bank {config.bank!r} but the bank given is "
+            f"{kind!r}; set bank={kind!r} in the config so a checkpoint rebuilds it."
+        )
+    return bank
 
 
 def build_backbone(config: MoSAICConfig, *, pretrained: str | None | bool = ...) -> Backbone:

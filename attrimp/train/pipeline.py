@@ -143,26 +143,13 @@ def _world_differs(design_file: Path, s) -> str | None:
 
 
 def model_config(cfg: StudyConfig, data: ReIDData) -> MoSAICConfig:
-    m, e, r = cfg.model, cfg.experts, cfg.router
-    router_kwargs = {"gates": r.gates, "norm": r.norm} if r.name == "learned" else {}
-    return MoSAICConfig(
-        backbone=m.backbone,
-        pretrained=m.pretrained,
-        img_size=tuple(m.img_size),
-        stride=m.stride,
-        camera_count=data.num_cameras if m.camera_embedding else 0,
-        adapt=m.adapt,
-        backbone_kwargs=dict(m.backbone_kwargs),
-        expert_blocks=e.blocks,
-        rank=e.rank,
-        alpha=e.alpha,
-        site=e.site,
-        pooling=e.pooling,
-        expert_dropout=e.dropout,
+    """The model config for ``data``: ``[model]`` and ``[experts]`` under their own names, the
+    schema, identity and camera counts from the data."""
+    return MoSAICConfig.from_study(
+        cfg,
         schema=data.schema.name,
         num_classes=data.num_train_pids,
-        router=r.name,
-        router_kwargs=router_kwargs,
+        num_cameras=data.num_cameras,
     )
 
 
