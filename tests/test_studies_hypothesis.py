@@ -170,9 +170,13 @@ def test_within_cluster_attribute_uses_within_cluster_permutation():
     frame = build_analysis_frame(df, outcomes="y", cluster="pid")
     row = group_tests(frame, "y", n_perm=499, n_boot=100).iloc[0]
     naive = group_tests(dataclasses.replace(frame, cluster=None), "y", n_boot=0).iloc[0]
-    assert row["test"] == "mann_whitney_u+cluster_permutation"
+    # 60 varying identities: method="auto" trusts the stratified statistic's chi² reference
+    assert row["test"] == "mann_whitney_u+stratified_asymptotic"
     assert naive["p_value"] < 1e-6
     assert row["p_value"] > 0.05
+    perm = group_tests(frame, "y", n_perm=499, n_boot=0, method="permutation").iloc[0]
+    assert perm["test"] == "mann_whitney_u+cluster_permutation"
+    assert perm["p_value"] > 0.05
     # with a real within-identity effect the permutation test finds it
     df["y"] = df["y"] + 0.8 * (df["occluded"] == "yes")
     frame = build_analysis_frame(df, outcomes="y", cluster="pid")

@@ -170,7 +170,8 @@ def test_identity_level_group_is_still_permuted_across_clusters():
 # ---------------------------------------------------------------------------------------------
 def test_rank_tests_say_how_they_permuted_and_find_planted_groups():
     frame = switching_frame(identity_effect=0.6, n_clusters=40, per=20, seed=4)
-    res = group_tests(frame, "y", n_perm=199, n_boot=0).set_index("attribute")
+    res = group_tests(frame, "y", n_perm=199, n_boot=0, method="permutation")
+    res = res.set_index("attribute")
     assert (res.loc[list(GROUPS), "permuted"] == WITHIN_CLUSTER).all()
     assert (res.loc[list(GROUPS), "test"] == "mann_whitney_u+cluster_permutation").all()
     assert res.loc["bag", "permuted"] == ACROSS_CLUSTERS and res.loc["bag", "unit"] == "cluster"
