@@ -287,10 +287,13 @@ class _StratifiedRanks:
     def build(cls, y: np.ndarray, g: np.ndarray, inv: np.ndarray, k: int) -> _StratifiedRanks:
         n = len(y)
         n_cl = int(inv.max()) + 1
-        r = stats.rankdata(y) / n
         size = np.bincount(inv, minlength=n_cl).astype(float)
-        rbar = np.bincount(inv, weights=r, minlength=n_cl) / size
-        centred = r - rbar[inv]
+        # r - rbar_c from integers (twice the midranks), so a cluster of tied outcomes gets
+        # exactly 0 and not rounding noise that a generalised inverse would blow up
+        r2 = 2.0 * stats.rankdata(y)
+        centred = (size[inv] * r2 - np.bincount(inv, weights=r2, minlength=n_cl)[inv]) / (
+            2.0 * n * size[inv]
+        )
         s2 = np.bincount(inv, weights=centred**2, minlength=n_cl) / size
         with np.errstate(divide="ignore", invalid="ignore"):
             a = np.where(size > 1, s2 * size / (size - 1), 0.0)
@@ -409,6 +412,8 @@ def _cluster_bootstrap(
     ids, inv = np.unique(cl, return_inverse=True)
     n_cl = len(ids)
     picks = [rng.integers(0, n_cl, n_cl) for _ in range(n_boot)]
+    if n_cl * n_cl * (k - 1) > MAX_PAIR_CELLS:
+        return _materialised_bootstrap(y, g, inv, k, picks)
     W = np.stack([np.bincount(pick, minlength=n_cl) for pick in picks]).astype(float)
     if k == 2:
         U, n1c, n0c = _pair_counts(y, g, inv, n_cl)
@@ -417,6 +422,33 @@ def _cluster_bootstrap(
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where((n1 > 0) & (n0 > 0), 2.0 * u1 / (n1 * n0) - 1.0, np.nan)
     return _kw_epsilon_resampled(y, g, inv, n_cl, k, W)
+
+
+#: the exact cluster bootstrap holds (k - 1) cluster x cluster count matrices; above this many
+#: cells (400 MB of float64: about 7,000 clusters at two levels) each resample is materialised
+MAX_PAIR_CELLS = 50_000_000
+
+
+def _materialised_bootstrap(
+    y: np.ndarray, g: np.ndarray, inv: np.ndarray, k: int, picks: list[np.ndarray]
+) -> np.ndarray:
+    """The effect size of each resample ``picks`` (cluster indices), ranking its rows: slow
+    (a rank of every resampled row per replicate) but in O(rows) memory."""
+    n_cl = int(inv.max()) + 1
+    members = np.argsort(inv, kind="stable")
+    starts = np.searchsorted(inv[members], np.arange(n_cl))
+    sizes = np.bincount(inv, minlength=n_cl)
+    boot = np.empty(len(picks))
+    for bi, pick in enumerate(picks):
+        rows = np.concatenate([members[starts[c] : starts[c] + sizes[c]] for c in pick])
+        yb, gb = y[rows], g[rows]
+        if not (np.bincount(gb, minlength=k) > 0).all():
+            boot[bi] = np.nan
+        elif k == 2:
+            boot[bi] = _rank_biserial(yb, gb)
+        else:
+            boot[bi] = _kw_h(yb[None, :], gb[None, :], k)[0] / (len(yb) - 1)
+    return boot
 
 
 def _kw_epsilon_resampled(

@@ -10,12 +10,15 @@ bootstrap of epsilon² is checked against the bootstrap that materialises every 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import StratifiedTable
 
+import studies.hypothesis as hypothesis
 from studies.errors import StudyInputError
 from studies.frame import AnalysisFrame
 from studies.hypothesis import (
@@ -324,3 +327,30 @@ def test_null_rejection_rate_is_nominal_on_a_bigger_grid(regime):
 def test_the_threshold_is_the_documented_one():
     """The simulations above and docs/studies.md describe the rule at this value."""
     assert ASYMPTOTIC_MIN_CLUSTERS == 20
+
+
+@pytest.mark.parametrize("method", ["auto", "asymptotic", "permutation"])
+def test_outcomes_tied_within_every_cluster_give_no_evidence_and_no_warnings(method):
+    """Every cluster's outcome is constant: no permutation can move a rank sum (V = 0), so
+    Q = 0 and p = 1, without a numpy warning; the bootstrap CIs stay finite."""
+    rng = np.random.default_rng(10)
+    cl = np.repeat(np.arange(30), 6)
+    y = rng.normal(size=30)[cl]
+    attrs = {"on": rng.integers(0, 2, len(cl)), "colour": rng.choice(3, len(cl))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = group_tests(_frame(y, cl, attrs), "y", n_boot=50, n_perm=49, method=method)
+    assert (res["p_value"] == 1.0).all() and (res["statistic"] == 0.0).all()
+    assert np.isfinite(res[["ci_low", "ci_high"]].to_numpy()).all()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_many_clusters_fall_back_to_the_materialised_bootstrap_with_the_same_values(k, monkeypatch):
+    rng = np.random.default_rng(11)
+    cl = np.repeat(np.arange(25), rng.integers(2, 8, 25))
+    g = rng.integers(0, k, len(cl))
+    y = np.round(rng.normal(size=len(cl)) + 0.3 * g, 1)
+    exact = _cluster_bootstrap(y, g, cl, k, 80, np.random.default_rng(4))
+    monkeypatch.setattr(hypothesis, "MAX_PAIR_CELLS", 10)
+    slow = _cluster_bootstrap(y, g, cl, k, 80, np.random.default_rng(4))
+    np.testing.assert_allclose(exact, slow, rtol=1e-10, atol=1e-12, equal_nan=True)
