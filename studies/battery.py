@@ -9,6 +9,7 @@ the whole report down (``strict=True`` re-raises, for tests).
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -20,6 +21,8 @@ import pandas as pd
 
 from studies.errors import StudyInputError
 from studies.frame import AnalysisFrame
+
+logger = logging.getLogger(__name__)
 
 #: what a progress callback receives: (label of the step about to run, steps done, steps total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -245,7 +248,9 @@ class _Runner:
             ):
                 continue
             self.warn(source, f"{w.category.__name__}: {' '.join(str(w.message).split())}", outcome)
-        res.timings[source] = res.timings.get(source, 0.0) + time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        logger.info("%s took %.2f s", where, elapsed)
+        res.timings[source] = res.timings.get(source, 0.0) + elapsed
         res.cpu_timings[source] = res.cpu_timings.get(source, 0.0) + time.process_time() - c0
         self.done += 1
         if self._rich is not None:
@@ -418,6 +423,78 @@ def _sign(x: Any) -> float:
     return float(np.sign(v)) if np.isfinite(v) and v != 0 else np.nan
 
 
+def _glm_signals(res: OutcomeResult, alpha: float) -> list[dict[str, Any]]:
+    """GLM: the sign of the group's headline level; found when its Holm p < alpha."""
+    head = headline_levels(res.table("glm_coefficients")).set_index("attribute")
+    out = []
+    for row in res.table("glm_group_tests").to_dict("records"):
+        a = row["attribute"]
+        p = _as_float(row.get("p_holm"))
+        out.append(
+            {
+                "attribute": a,
+                "method": "glm",
+                "direction": _sign(head["coef"].get(a)) if a in head.index else np.nan,
+                "significant": (p < alpha) if np.isfinite(p) else np.nan,
+            }
+        )
+    return out
+
+
+def _test_signals(res: OutcomeResult, alpha: float) -> list[dict[str, Any]]:
+    """Rank tests: the sign of a rank-biserial effect (none for Kruskal-Wallis); Holm p < alpha."""
+    tests = res.table("tests")
+    if tests.empty:
+        return []
+    out = []
+    for row in tests.drop_duplicates("attribute").to_dict("records"):
+        p = _as_float(row.get("p_holm"))
+        signed = row.get("effect_name") == "rank_biserial"
+        out.append(
+            {
+                "attribute": row["attribute"],
+                "method": "tests",
+                "direction": _sign(row.get("effect_size")) if signed else np.nan,
+                "significant": (p < alpha) if np.isfinite(p) else np.nan,
+            }
+        )
+    return out
+
+
+def _importance_signals(res: OutcomeResult, models: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Permutation importance: no sign; found when the CI's lower end is above 0."""
+    out = []
+    for row in res.table("permutation_importance").to_dict("records"):
+        if row.get("model") not in models:
+            continue
+        lo = _as_float(row.get("ci_low"))
+        out.append(
+            {
+                "attribute": row["attribute"],
+                "method": row["model"],
+                "direction": np.nan,
+                "significant": (lo > 0) if np.isfinite(lo) else np.nan,
+            }
+        )
+    return out
+
+
+def _shap_signals(res: OutcomeResult) -> list[dict[str, Any]]:
+    """SHAP: the sign of a two-level group's level effect (none for more levels); no test."""
+    lv = res.table("shap_levels")
+    if lv.empty or "is_reference" not in lv.columns:
+        return []
+    lv = lv[~lv["is_reference"].astype(bool)]
+    out = []
+    for a, part in lv.groupby("attribute", sort=False):
+        per_level = part.groupby("level", sort=False)["mean_shap"].mean()
+        direction = _sign(per_level.iloc[0]) if len(per_level) == 1 else np.nan
+        out.append(
+            {"attribute": a, "method": "shap", "direction": direction, "significant": np.nan}
+        )
+    return out
+
+
 def method_signals(
     res: OutcomeResult, alpha: float, *, models: tuple[str, ...] = ("rf", "xgb")
 ) -> pd.DataFrame:
@@ -427,57 +504,12 @@ def method_signals(
     method finds the group at all (GLM and rank tests: Holm p < alpha; permutation importance:
     the CI's lower end above 0; SHAP has no test: NaN). The report's heat map and summary read
     these, so every page states direction and evidence the same way."""
-    out: list[dict[str, Any]] = []
-    head = headline_levels(res.table("glm_coefficients")).set_index("attribute")
-    gt = res.table("glm_group_tests")
-    if not gt.empty:
-        for row in gt.to_dict("records"):
-            a = row["attribute"]
-            p = _as_float(row.get("p_holm"))
-            out.append(
-                {
-                    "attribute": a,
-                    "method": "glm",
-                    "direction": _sign(head["coef"].get(a)) if a in head.index else np.nan,
-                    "significant": (p < alpha) if np.isfinite(p) else np.nan,
-                }
-            )
-    tests = res.table("tests")
-    if not tests.empty:
-        for row in tests.drop_duplicates("attribute").to_dict("records"):
-            p = _as_float(row.get("p_holm"))
-            signed = row.get("effect_name") == "rank_biserial"
-            out.append(
-                {
-                    "attribute": row["attribute"],
-                    "method": "tests",
-                    "direction": _sign(row.get("effect_size")) if signed else np.nan,
-                    "significant": (p < alpha) if np.isfinite(p) else np.nan,
-                }
-            )
-    imp = res.table("permutation_importance")
-    if not imp.empty:
-        for row in imp.to_dict("records"):
-            if row.get("model") not in models:
-                continue
-            lo = _as_float(row.get("ci_low"))
-            out.append(
-                {
-                    "attribute": row["attribute"],
-                    "method": row["model"],
-                    "direction": np.nan,
-                    "significant": (lo > 0) if np.isfinite(lo) else np.nan,
-                }
-            )
-    lv = res.table("shap_levels")
-    if not lv.empty and "is_reference" in lv.columns:
-        lv = lv[~lv["is_reference"].astype(bool)]
-        for a, part in lv.groupby("attribute", sort=False):
-            per_level = part.groupby("level", sort=False)["mean_shap"].mean()
-            direction = _sign(per_level.iloc[0]) if len(per_level) == 1 else np.nan
-            out.append(
-                {"attribute": a, "method": "shap", "direction": direction, "significant": np.nan}
-            )
+    out = (
+        _glm_signals(res, alpha)
+        + _test_signals(res, alpha)
+        + _importance_signals(res, models)
+        + _shap_signals(res)
+    )
     return pd.DataFrame(out, columns=["attribute", "method", "direction", "significant"])
 
 
@@ -495,11 +527,17 @@ def run_battery(
     shap_rows: int = 20_000,
     n_bootstrap: int = 50,
     n_jobs: int = 1,
-    progress: bool | ProgressCallback = True,
+    progress: bool | ProgressCallback = False,
     strict: bool = False,
     glm_family: str = "auto",
 ) -> BatteryResult:
-    """Run every analysis on every outcome of ``frame``; same ``seed``, same result."""
+    """Run every analysis on every outcome of ``frame``; same ``seed``, same result.
+
+    Quiet by default: each step is logged (``logging``, logger ``studies.battery``) and its
+    warnings are collected in the result. ``progress=True`` shows a transient progress bar on
+    stderr (what the CLI asks for); a callable receives ``(label, steps done, steps total)``.
+    ``strict=True`` re-raises a step that failed instead of reporting it as a warning.
+    """
     settings = BatterySettings(
         glm_family=glm_family,
         alpha=alpha,
@@ -539,6 +577,35 @@ def run_battery(
     )
 
 
+@dataclass
+class _OutcomeRun:
+    """One outcome's pass through the battery: what every step needs, and the result it fills."""
+
+    frame: AnalysisFrame
+    outcome: str
+    s: BatterySettings
+    run: _Runner
+    res: OutcomeResult
+
+    def step(self, label: str, source: str, fn: Callable[[], Any]) -> Any:
+        return self.run.step(label, source, self.outcome, fn, self.res)
+
+    def absorb(self, source: str, obj: Any) -> None:
+        """Pass on the warnings of a result object."""
+        for w in getattr(obj, "warnings", None) or []:
+            self.run.warn(source, w, self.outcome)
+
+    def absorb_attrs(self, source: str, table: pd.DataFrame) -> None:
+        """Pass on the warnings a table carries in ``attrs``."""
+        for w in table.attrs.get("warnings", None) or []:
+            self.run.warn(source, w, self.outcome)
+
+    def put(self, name: str, table: pd.DataFrame | None, *, adjusted: bool = False) -> None:
+        """Store a tidy table under ``name`` with its outcome column (and Holm / BH columns)."""
+        out = _with_outcome(table, self.outcome)
+        self.res.tables[name] = _ensure_adjusted(out) if adjusted else out
+
+
 def _run_outcome(
     frame: AnalysisFrame,
     outcome: str,
@@ -546,221 +613,237 @@ def _run_outcome(
     paired: bool,
     run: _Runner,
 ) -> OutcomeResult:
-    from studies import consensus as consensus_mod
+    """Every step on one outcome, in order: GLM, rank tests, tree models and SHAP, effect vs
+    prevalence, then the method scores, their stability and the consensus."""
+    o = _OutcomeRun(frame, outcome, s, run, OutcomeResult(outcome=outcome))
+    glm = _glm_step(o)
+    tests = _test_steps(o, paired)
+    shap_tables = _tree_steps(o)
+    _prevalence_step(o, glm)
+    scores = _method_scores(o, glm, tests, shap_tables)
+    boot = _stability_step(o, scores)
+    _consensus_step(o, scores, boot)
+    return o.res
+
+
+def _glm_step(o: _OutcomeRun) -> Any:
+    """1. The GLM: its fit summary, level coefficients and joint group tests."""
     from studies import glm as glm_mod
-    from studies import hypothesis, importance, prevalence, shap_groups
 
-    res = OutcomeResult(outcome=outcome)
-
-    def absorb(source: str, obj: Any) -> None:
-        for w in getattr(obj, "warnings", None) or []:
-            run.warn(source, w, outcome)
-
-    def absorb_attrs(source: str, table: pd.DataFrame) -> None:
-        for w in table.attrs.get("warnings", None) or []:
-            run.warn(source, w, outcome)
-
-    # 1. GLM
-    glm = run.step(
+    s = o.s
+    glm = o.step(
         "GLM",
         "glm",
-        outcome,
-        lambda: glm_mod.fit_glm(frame, outcome, alpha=s.alpha, family=s.glm_family),
-        res,
+        lambda: glm_mod.fit_glm(o.frame, o.outcome, alpha=s.alpha, family=s.glm_family),
     )
-    if glm is not None:
-        absorb("glm", glm)
-        res.raw["glm"] = glm
-        res.family = str(glm.family)
-        res.tables["glm_fits"] = pd.DataFrame(
-            [
-                {
-                    "outcome": outcome,
-                    "family": str(glm.family),
-                    "n_obs": glm.n_obs,
-                    "n_clusters": glm.n_clusters,
-                    "covariance": str(glm.covariance),
-                    "n_cells": getattr(glm, "n_cells", None),
-                    "dispersion": getattr(glm, "dispersion", None),
-                    "converged": getattr(glm, "converged", None),
-                }
-            ]
-        )
-        res.tables["glm_coefficients"] = _ensure_adjusted(
-            _with_outcome(glm.coefficients, outcome, family=str(glm.family))
-        )
-        res.tables["glm_group_tests"] = _ensure_adjusted(_with_outcome(glm.group_tests, outcome))
+    if glm is None:
+        return None
+    o.absorb("glm", glm)
+    o.res.raw["glm"] = glm
+    o.res.family = str(glm.family)
+    o.res.tables["glm_fits"] = pd.DataFrame(
+        [
+            {
+                "outcome": o.outcome,
+                "family": str(glm.family),
+                "n_obs": glm.n_obs,
+                "n_clusters": glm.n_clusters,
+                "covariance": str(glm.covariance),
+                "n_cells": getattr(glm, "n_cells", None),
+                "dispersion": getattr(glm, "dispersion", None),
+                "converged": getattr(glm, "converged", None),
+            }
+        ]
+    )
+    o.res.tables["glm_coefficients"] = _ensure_adjusted(
+        _with_outcome(glm.coefficients, o.outcome, family=str(glm.family))
+    )
+    o.put("glm_group_tests", glm.group_tests, adjusted=True)
+    return glm
 
-    # 2. hypothesis tests
-    tests = run.step(
+
+def _test_steps(o: _OutcomeRun, paired: bool) -> pd.DataFrame | None:
+    """2. The per-group rank tests, and the paired tests when the design has pairs."""
+    from studies import hypothesis
+
+    s = o.s
+    tests = o.step(
         "rank tests",
         "tests",
-        outcome,
-        lambda: hypothesis.group_tests(frame, outcome, alpha=s.alpha, seed=s.seed),
-        res,
+        lambda: hypothesis.group_tests(o.frame, o.outcome, alpha=s.alpha, seed=s.seed),
     )
     if tests is not None:
-        absorb_attrs("tests", tests)
-        res.tables["tests"] = _ensure_adjusted(_with_outcome(tests, outcome))
+        o.absorb_attrs("tests", tests)
+        o.put("tests", tests, adjusted=True)
     if paired:
-        pt = run.step(
+        pt = o.step(
             "paired tests",
             "paired_tests",
-            outcome,
-            lambda: hypothesis.paired_tests(frame, outcome, alpha=s.alpha),
-            res,
+            lambda: hypothesis.paired_tests(o.frame, o.outcome, alpha=s.alpha),
         )
         if pt is not None:
-            absorb_attrs("paired_tests", pt)
-            res.tables["paired_tests"] = _ensure_adjusted(_with_outcome(pt, outcome))
+            o.absorb_attrs("paired_tests", pt)
+            o.put("paired_tests", pt, adjusted=True)
+    return tests
 
-    # 3. permutation importance, 4. SHAP on the same fitted models
-    imp_tables, quality, shap_groups_tables, shap_levels = [], [], [], []
+
+def _tree_steps(o: _OutcomeRun) -> list[pd.DataFrame]:
+    """3. Permutation importance per tree model, 4. SHAP of the same fitted models (no forest
+    is fitted twice). Returns the SHAP group tables, which the SHAP score reads."""
+    from studies import importance, shap_groups
+
+    s = o.s
+    imp_tables, quality, shap_tables, shap_levels = [], [], [], []
     for model in s.models:
         label = {"rf": "random forest", "xgb": "XGBoost"}[model]
-        imp = run.step(
+        imp = o.step(
             f"{label} permutation importance",
             f"importance_{model}",
-            outcome,
             lambda model=model: importance.grouped_permutation_importance(
-                frame,
-                outcome,
+                o.frame,
+                o.outcome,
                 model=model,
                 n_repeats=s.n_repeats,
                 cv=s.cv,
                 seed=s.seed,
                 n_jobs=s.n_jobs,
             ),
-            res,
         )
         fitted = None
         if imp is not None:
-            absorb(f"importance_{model}", imp)
-            res.raw[f"importance_{model}"] = imp
+            o.absorb(f"importance_{model}", imp)
+            o.res.raw[f"importance_{model}"] = imp
             imp_tables.append(imp.table)
-            quality.append({"outcome": outcome, "model": model, **dict(imp.quality or {})})
+            quality.append({"outcome": o.outcome, "model": model, **dict(imp.quality or {})})
             fitted = imp.fitted_models
-        sh = run.step(
+        sh = o.step(
             f"{label} SHAP",
             f"shap_{model}",
-            outcome,
             lambda model=model, fitted=fitted: shap_groups.shap_group_importance(
-                frame, outcome, model=model, fitted=fitted, max_rows=s.shap_rows, seed=s.seed
+                o.frame, o.outcome, model=model, fitted=fitted, max_rows=s.shap_rows, seed=s.seed
             ),
-            res,
         )
         if sh is not None:
-            absorb(f"shap_{model}", sh)
-            res.raw[f"shap_{model}"] = sh
-            shap_groups_tables.append(sh.group_table)
+            o.absorb(f"shap_{model}", sh)
+            o.res.raw[f"shap_{model}"] = sh
+            shap_tables.append(sh.group_table)
             shap_levels.append(sh.level_table)
     if imp_tables:
-        res.tables["permutation_importance"] = _with_outcome(
-            pd.concat(imp_tables, ignore_index=True), outcome
-        )
+        o.put("permutation_importance", pd.concat(imp_tables, ignore_index=True))
     if quality:
-        res.tables["model_quality"] = pd.DataFrame(quality)
-    if shap_groups_tables:
-        res.tables["shap"] = _with_outcome(
-            pd.concat(shap_groups_tables, ignore_index=True), outcome
-        )
+        o.res.tables["model_quality"] = pd.DataFrame(quality)
+    if shap_tables:
+        o.put("shap", pd.concat(shap_tables, ignore_index=True))
     if shap_levels:
-        res.tables["shap_levels"] = _with_outcome(
-            pd.concat(shap_levels, ignore_index=True), outcome
-        )
+        o.put("shap_levels", pd.concat(shap_levels, ignore_index=True))
+    return shap_tables
 
-    # 5. effect vs prevalence
-    prev = run.step(
+
+def _prevalence_step(o: _OutcomeRun, glm: Any) -> None:
+    """5. Per-instance effect beside prevalence (the GLM's marginal effects where it ran)."""
+    from studies import prevalence
+
+    prev = o.step(
         "effect vs prevalence",
         "prevalence",
-        outcome,
         lambda: prevalence.effect_vs_prevalence(
-            frame,
-            outcome,
+            o.frame,
+            o.outcome,
             glm_coefficients=glm.coefficients if glm is not None else None,
-            importance=res.tables.get("permutation_importance"),
+            importance=o.res.tables.get("permutation_importance"),
         ),
-        res,
     )
     if prev is not None:
-        res.tables["prevalence"] = _ensure_adjusted(_with_outcome(prev, outcome))
+        o.put("prevalence", prev, adjusted=True)
 
-    # 6. method scores -> stability under cluster resampling -> consensus
-    scores: dict[str, pd.Series] = {}
+
+def _method_scores(
+    o: _OutcomeRun, glm: Any, tests: pd.DataFrame | None, shap_tables: list[pd.DataFrame]
+) -> dict[str, pd.Series]:
+    """6. Each method's score per group (the methods that scored something, in ``METHODS``
+    order), stored as the long ``method_scores`` table with ranks, directions and evidence."""
     candidates = {
         "glm": _glm_score(glm.group_tests if glm is not None else None),
         "tests": _tests_score(tests),
-        "shap": _shap_score(shap_groups_tables),
+        "shap": _shap_score(shap_tables),
     }
-    for model in s.models:
-        candidates[model] = _importance_score(res.tables.get("permutation_importance"), model)
+    for model in o.s.models:
+        candidates[model] = _importance_score(o.res.tables.get("permutation_importance"), model)
+    scores: dict[str, pd.Series] = {}
     for method in METHODS:
         sc = candidates.get(method)
         if sc is not None and sc.notna().any():
-            scores[method] = sc.reindex(frame.groups)
-    if scores:
-        long = []
-        for method, sc in scores.items():
-            rk = sc.rank(ascending=False, method="average")
-            long.append(
-                pd.DataFrame(
-                    {
-                        "attribute": sc.index,
-                        "method": method,
-                        "score": sc.to_numpy(),
-                        "rank": rk.to_numpy(),
-                    }
-                )
-            )
-        table = pd.concat(long, ignore_index=True)
-        signals = method_signals(res, s.alpha, models=s.models)
-        table = table.merge(signals, on=["attribute", "method"], how="left")
-        res.tables["method_scores"] = _with_outcome(table, outcome)
+            scores[method] = sc.reindex(o.frame.groups)
+    if not scores:
+        return scores
+    long = [
+        pd.DataFrame(
+            {
+                "attribute": sc.index,
+                "method": method,
+                "score": sc.to_numpy(),
+                "rank": sc.rank(ascending=False, method="average").to_numpy(),
+            }
+        )
+        for method, sc in scores.items()
+    ]
+    table = pd.concat(long, ignore_index=True)
+    signals = method_signals(o.res, o.s.alpha, models=o.s.models)
+    o.put("method_scores", table.merge(signals, on=["attribute", "method"], how="left"))
+    return scores
 
-    boot = None
-    if scores and s.n_bootstrap > 0:
-        boot = run.step(
-            "stability (cluster bootstrap)",
-            "stability",
-            outcome,
-            lambda: consensus_mod.stability_by_cluster_bootstrap(
-                frame, outcome, n_boot=s.n_bootstrap, seed=s.seed
-            ),
-            res,
-        )
-        if boot is not None:
-            absorb("stability", boot)
-            res.raw["stability"] = boot
-            table = getattr(boot, "table", boot)
-            if isinstance(table, pd.DataFrame):
-                res.tables["stability"] = _ensure_adjusted(_with_outcome(table, outcome))
-    else:
-        run.skip()
 
-    if len(scores) >= 1:
-        boot_scores = getattr(boot, "bootstrap_scores", None) if boot is not None else None
-        cons = run.step(
-            "consensus",
-            "consensus",
-            outcome,
-            lambda: consensus_mod.consensus_ranking(scores, bootstrap_scores=boot_scores),
-            res,
+def _stability_step(o: _OutcomeRun, scores: dict[str, pd.Series]) -> Any:
+    """7. The cheap scores on cluster-bootstrap replicates (skipped without scores or
+    replicates)."""
+    from studies import consensus as consensus_mod
+
+    if not (scores and o.s.n_bootstrap > 0):
+        o.run.skip()
+        return None
+    boot = o.step(
+        "stability (cluster bootstrap)",
+        "stability",
+        lambda: consensus_mod.stability_by_cluster_bootstrap(
+            o.frame, o.outcome, n_boot=o.s.n_bootstrap, seed=o.s.seed
+        ),
+    )
+    if boot is not None:
+        o.absorb("stability", boot)
+        o.res.raw["stability"] = boot
+        table = getattr(boot, "table", boot)
+        if isinstance(table, pd.DataFrame):
+            o.put("stability", table, adjusted=True)
+    return boot
+
+
+def _consensus_step(o: _OutcomeRun, scores: dict[str, pd.Series], boot: Any) -> None:
+    """8. The consensus ranking of the groups across methods, with the methods' agreement."""
+    from studies import consensus as consensus_mod
+
+    if not scores:
+        o.run.warn(
+            "consensus", "No method produced scores, so there is no consensus ranking.", o.outcome
         )
-        if cons is not None:
-            absorb("consensus", cons)
-            res.raw["consensus"] = cons
-            ranking = cons.ranking.sort_values("rank", kind="stable").reset_index(drop=True)
-            res.tables["consensus"] = _with_outcome(ranking, outcome)
-            res.tables["method_agreement"] = _with_outcome(cons.agreement, outcome)
-            res.excluded_methods = dict(getattr(cons, "excluded", None) or {})
-            res.kendall_w = _float_or_none(cons.kendall_w)
-            res.kendall_w_p = _float_or_none(cons.kendall_w_p)
-    else:
-        run.warn(
-            "consensus", "No method produced scores, so there is no consensus ranking.", outcome
-        )
-        run.skip()
-    return res
+        o.run.skip()
+        return
+    boot_scores = getattr(boot, "bootstrap_scores", None) if boot is not None else None
+    cons = o.step(
+        "consensus",
+        "consensus",
+        lambda: consensus_mod.consensus_ranking(scores, bootstrap_scores=boot_scores),
+    )
+    if cons is None:
+        return
+    o.absorb("consensus", cons)
+    res = o.res
+    res.raw["consensus"] = cons
+    ranking = cons.ranking.sort_values("rank", kind="stable").reset_index(drop=True)
+    o.put("consensus", ranking)
+    o.put("method_agreement", cons.agreement)
+    res.excluded_methods = dict(getattr(cons, "excluded", None) or {})
+    res.kendall_w = _float_or_none(cons.kendall_w)
+    res.kendall_w_p = _float_or_none(cons.kendall_w_p)
 
 
 def _float_or_none(x: Any) -> float | None:

@@ -36,6 +36,8 @@ from scipy import stats
 
 from studies.errors import StudyInputError
 from studies.features import (
+    CellStats,
+    GroupEncoding,
     cell_design,
     cell_stats,
     cluster_codes,
@@ -177,17 +179,11 @@ def _order(score: pd.Series) -> pd.Series:
     return score.rank(ascending=False, method="min", na_option="bottom")
 
 
-def consensus_ranking(
-    scores: dict[str, pd.Series],
-    *,
-    bootstrap_scores: Sequence[dict[str, pd.Series]] | None = None,
-    ci: float = 0.95,
-) -> ConsensusResult:
-    """Rank attribute groups across methods (scores: higher = more important)."""
-    if not scores:
-        raise StudyInputError("consensus_ranking needs the scores of at least one method.")
-    sc = _clean(scores)
-    warnings: list[str] = []
+def _drop_uninformative(
+    sc: dict[str, pd.Series], warnings: list[str]
+) -> tuple[dict[str, pd.Series], dict[str, str]]:
+    """Leave out the methods whose scores rank nothing (see ``uninformative_reason``), unless
+    every method is such: then all stay and the consensus is a tie."""
     excluded: dict[str, str] = {}
     for k, v in sc.items():
         reason = uninformative_reason(v)
@@ -196,34 +192,41 @@ def consensus_ranking(
     if excluded and len(excluded) < len(sc):
         for k, reason in excluded.items():
             warnings.append(f"Method '{k}' is left out of the consensus: {reason}.")
-        sc = {k: v for k, v in sc.items() if k not in excluded}
-    elif excluded:
+        return {k: v for k, v in sc.items() if k not in excluded}, excluded
+    if excluded:
         warnings.append(
             "No method separates the attributes (every method gives all of them one score), so "
             "the consensus ranking is a tie."
         )
-        excluded = {}
-    attributes = list(dict.fromkeys(a for s in sc.values() for a in s.index))
-    if not attributes:
-        raise StudyInputError("consensus_ranking was given no attributes to rank.")
-    score, ranks = _consensus_scores(sc, attributes)
-    missing = {k: [a for a in attributes if np.isnan(ranks.at[a, k])] for k in sc}
-    for k, miss in missing.items():
-        if miss:
-            warnings.append(
-                f"Method '{k}' has no score for {', '.join(miss)}; their consensus uses the other methods."
-            )
-    complete = [a for a in attributes if ranks.loc[a].notna().all()]
-    if len(sc) < 2:
-        warnings.append(
-            "Only one method ranks the attributes, so agreement between methods is undefined."
-        )
-    # W on the attributes every method scored, re-ranked so each method ranks 1..n
-    w, w_p, chi2, df = float("nan"), float("nan"), float("nan"), 0
-    if len(complete) >= 2:
-        mat = np.vstack([stats.rankdata(-sc[k].reindex(complete).to_numpy()) for k in sc])
-        w, w_p, chi2, df = kendall_w(mat)
+    return sc, {}
 
+
+def _agreement_w(
+    sc: dict[str, pd.Series], ranks: pd.DataFrame, attributes: list[str]
+) -> tuple[float, float, float, int]:
+    """Kendall's W on the attributes every method scored, re-ranked so each method ranks 1..n."""
+    complete = [a for a in attributes if ranks.loc[a].notna().all()]
+    if len(complete) < 2:
+        return float("nan"), float("nan"), float("nan"), 0
+    mat = np.vstack([stats.rankdata(-sc[k].reindex(complete).to_numpy()) for k in sc])
+    return kendall_w(mat)
+
+
+_AGREEMENT_COLUMNS = [
+    "method_a",
+    "method_b",
+    "kendall_tau",
+    "kendall_p",
+    "spearman_rho",
+    "spearman_p",
+    "n",
+]
+
+
+def _pairwise_agreement(
+    sc: dict[str, pd.Series], ranks: pd.DataFrame, attributes: list[str]
+) -> pd.DataFrame:
+    """Kendall tau-b and Spearman rho of every pair of methods on the attributes both scored."""
     agree = []
     for a, b in itertools.combinations(sc, 2):
         common = [
@@ -247,19 +250,66 @@ def consensus_ranking(
                 "n": len(common),
             }
         )
-    agreement = pd.DataFrame(
-        agree,
-        columns=[
-            "method_a",
-            "method_b",
-            "kendall_tau",
-            "kendall_p",
-            "spearman_rho",
-            "spearman_p",
-            "n",
-        ],
-    )
+    return pd.DataFrame(agree, columns=_AGREEMENT_COLUMNS)
 
+
+def _add_rank_intervals(
+    table: pd.DataFrame,
+    rank: pd.Series,
+    sc: dict[str, pd.Series],
+    bootstrap_scores: Sequence[dict[str, pd.Series]],
+    ci: float,
+    warnings: list[str],
+) -> None:
+    """Percentile interval of each attribute's consensus rank over the replicates and the share
+    of replicates that keep its rank (in place)."""
+    attributes = table["attribute"].tolist()
+    boot = _bootstrap_ranks(bootstrap_scores, attributes)
+    alpha = (1 - ci) / 2
+    table["rank_ci_low"] = np.quantile(boot, alpha, axis=0, method="lower")
+    table["rank_ci_high"] = np.quantile(boot, 1 - alpha, axis=0, method="higher")
+    # stability is measured against the same methods' consensus on the full table when
+    # the replicates carry it (they may bootstrap only cheap methods), else against `rank`
+    observed = getattr(bootstrap_scores, "observed", None)
+    reference = rank.to_numpy()
+    if observed:
+        reference = _order(_consensus_scores(_clean(observed), attributes)[0]).to_numpy()
+        table["rank_bootstrap_methods"] = reference
+        boot_methods = sorted(set(observed))
+        if set(boot_methods) != set(sc):
+            warnings.append(
+                "Rank intervals and stability come from resampling "
+                f"{', '.join(boot_methods)}; the consensus itself uses {', '.join(sc)}."
+            )
+    table["rank_stability"] = (boot == reference[None, :]).mean(axis=0)
+
+
+def consensus_ranking(
+    scores: dict[str, pd.Series],
+    *,
+    bootstrap_scores: Sequence[dict[str, pd.Series]] | None = None,
+    ci: float = 0.95,
+) -> ConsensusResult:
+    """Rank attribute groups across methods (scores: higher = more important)."""
+    if not scores:
+        raise StudyInputError("consensus_ranking needs the scores of at least one method.")
+    warnings: list[str] = []
+    sc, excluded = _drop_uninformative(_clean(scores), warnings)
+    attributes = list(dict.fromkeys(a for s in sc.values() for a in s.index))
+    if not attributes:
+        raise StudyInputError("consensus_ranking was given no attributes to rank.")
+    score, ranks = _consensus_scores(sc, attributes)
+    for k in sc:
+        miss = [a for a in attributes if np.isnan(ranks.at[a, k])]
+        if miss:
+            warnings.append(
+                f"Method '{k}' has no score for {', '.join(miss)}; their consensus uses the other methods."
+            )
+    if len(sc) < 2:
+        warnings.append(
+            "Only one method ranks the attributes, so agreement between methods is undefined."
+        )
+    w, w_p, chi2, df = _agreement_w(sc, ranks, attributes)
     rank = _order(score)
     table = pd.DataFrame(
         {"attribute": attributes, "score": score.to_numpy(), "rank": rank.to_numpy()}
@@ -270,30 +320,12 @@ def consensus_ranking(
     table["rank_ci_high"] = np.nan
     table["rank_stability"] = np.nan
     if bootstrap_scores:
-        boot = _bootstrap_ranks(bootstrap_scores, attributes)
-        alpha = (1 - ci) / 2
-        table["rank_ci_low"] = np.quantile(boot, alpha, axis=0, method="lower")
-        table["rank_ci_high"] = np.quantile(boot, 1 - alpha, axis=0, method="higher")
-        # stability is measured against the same methods' consensus on the full table when
-        # the replicates carry it (they may bootstrap only cheap methods), else against `rank`
-        observed = getattr(bootstrap_scores, "observed", None)
-        reference = rank.to_numpy()
-        if observed:
-            reference = _order(_consensus_scores(_clean(observed), attributes)[0]).to_numpy()
-            table["rank_bootstrap_methods"] = reference
-            boot_methods = sorted(set(observed))
-            if set(boot_methods) != set(sc):
-                warnings.append(
-                    "Rank intervals and stability come from resampling "
-                    f"{', '.join(boot_methods)}; the consensus itself uses {', '.join(sc)}."
-                )
-        table["rank_stability"] = (boot == reference[None, :]).mean(axis=0)
-    table = table.sort_values(["rank", "attribute"], kind="stable").reset_index(drop=True)
+        _add_rank_intervals(table, rank, sc, bootstrap_scores, ci, warnings)
     return ConsensusResult(
-        ranking=table,
+        ranking=table.sort_values(["rank", "attribute"], kind="stable").reset_index(drop=True),
         kendall_w=w,
         kendall_w_p=w_p,
-        agreement=agreement,
+        agreement=_pairwise_agreement(sc, ranks, attributes),
         warnings=warnings,
         kendall_w_chi2=chi2,
         kendall_w_df=df,
@@ -310,7 +342,11 @@ DEFAULT_STABILITY_METHODS = ("linear_wald_chi2", "identity_eta2")
 
 
 def _cheap_scores(
-    enc, st, w_cell: np.ndarray, clustered: bool, x: np.ndarray | None = None
+    enc: GroupEncoding,
+    st: CellStats,
+    w_cell: np.ndarray,
+    clustered: bool,
+    x: np.ndarray | None = None,
 ) -> dict[str, pd.Series]:
     """Scores from cell sums under cell weights ``w_cell`` (see ``stability_by_cluster_bootstrap``)."""
     fit = linear_fit(enc, st, weights=w_cell, x=x)
@@ -458,28 +494,43 @@ def stability_by_cluster_bootstrap(
     clusters = cluster_codes(frame)
     st = cell_stats(codes, enc.n_levels, y, clusters)
     x = cell_design(enc, st)
-    out = []
     if clusters is not None:
-        m = st.n_clusters
-        for _ in range(n_boot):
-            wc = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
-            out.append(_cheap_scores(enc, st, wc[st.cluster], clustered=True, x=x))
-        observed = _cheap_scores(enc, st, np.ones(len(st.count)), clustered=True, x=x)
+        out = _cluster_replicates(enc, st, x, rng, n_boot)
     else:
-        # independent rows: resample random blocks of rows (each row its own block up to 1000
-        # rows), which is a valid bootstrap of iid rows and keeps a replicate O(cells); the
-        # fits still use the row-level (HC1) covariance, not the blocks
-        n = len(y)
-        m = min(n, 1000)
-        blocks = rng.permutation(n) % m
-        st_blocks = cell_stats(codes, enc.n_levels, y, blocks)
-        st_rows = replace(st_blocks, cluster=None)
-        xb = cell_design(enc, st_blocks)
-        for _ in range(n_boot):
-            wb = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
-            out.append(_cheap_scores(enc, st_rows, wb[st_blocks.cluster], clustered=False, x=xb))
-        observed = _cheap_scores(enc, st, np.ones(len(st.count)), clustered=False, x=x)
+        out = _row_block_replicates(enc, codes, y, rng, n_boot)
+    observed = _cheap_scores(enc, st, np.ones(len(st.count)), clustered=clusters is not None, x=x)
     return BootstrapScores(out, observed=observed)
+
+
+def _cluster_replicates(
+    enc: GroupEncoding, st: CellStats, x: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> list[dict[str, pd.Series]]:
+    """Default scores under ``n_boot`` multinomial reweightings of the clusters."""
+    m = st.n_clusters
+    out = []
+    for _ in range(n_boot):
+        wc = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
+        out.append(_cheap_scores(enc, st, wc[st.cluster], clustered=True, x=x))
+    return out
+
+
+def _row_block_replicates(
+    enc: GroupEncoding, codes: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> list[dict[str, pd.Series]]:
+    """Independent rows: resample random blocks of rows (each row its own block up to 1000
+    rows), which is a valid bootstrap of iid rows and keeps a replicate O(cells); the fits
+    still use the row-level (HC1) covariance, not the blocks."""
+    n = len(y)
+    m = min(n, 1000)
+    blocks = rng.permutation(n) % m
+    st_blocks = cell_stats(codes, enc.n_levels, y, blocks)
+    st_rows = replace(st_blocks, cluster=None)
+    xb = cell_design(enc, st_blocks)
+    out = []
+    for _ in range(n_boot):
+        wb = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
+        out.append(_cheap_scores(enc, st_rows, wb[st_blocks.cluster], clustered=False, x=xb))
+    return out
 
 
 def default_stability_scores(frame: AnalysisFrame, outcome: str) -> dict[str, pd.Series]:

@@ -495,90 +495,93 @@ def _fit_glm(
     small_sample: bool | str,
     icc: float | None,
 ) -> GLMResult:
-    if outcome not in frame.outcomes and outcome not in frame.data.columns:
-        raise StudyInputError(f"{frame.source} has no outcome {outcome!r}.")
+    """``fit_glm`` without the BLAS thread limit: choose the family and the covariance, build
+    the cell design, fit, then test every level and every group."""
     notes: list[str] = []
-    y = frame.data[outcome].to_numpy(dtype=float)
-    if family == "auto":
-        family = _auto_family(y, outcome, frame.source, notes)
-    _check_family(y, family, outcome)
+    y, family = _outcome_and_family(frame, outcome, family, notes)
     use = _resolve_groups(frame, groups, notes)
-    # Levels actually present (categories of a subset may be unobserved).
-    levels: dict[str, list[str]] = {}
-    codes_list = []
-    for g in use:
-        c = frame.data[g].cat.codes.to_numpy().astype(np.int64)
-        cats = [str(x) for x in frame.data[g].cat.categories]
-        present = np.flatnonzero(np.bincount(c, minlength=len(cats)) > 0)
-        if present[0] != 0:  # reference unobserved: most frequent present level becomes reference
-            counts = np.bincount(c, minlength=len(cats))
-            ref = int(present[np.argmax(counts[present])])
-            present = np.array([ref] + [p for p in present if p != ref])
-        remap = np.full(len(cats), -1)
-        remap[present] = np.arange(len(present))
-        levels[g] = [cats[p] for p in present]
-        codes_list.append(remap[c])
-    codes = np.column_stack(codes_list) if codes_list else np.zeros((len(y), 0), dtype=np.int64)
-    clus = None
-    if frame.cluster is not None:
-        clus = pd.factorize(frame.data[frame.cluster])[0].astype(np.int64)
-    n_obs = len(y)
+    levels, codes = _present_levels(frame, use, len(y))
+    clus = _cluster_index(frame)
     n_clusters = None if clus is None else int(clus.max()) + 1
     cov_kind = _covariance_kind(cov_type, family, clustered=clus is not None)
-    if cov_kind in ("CR1", "CR2"):
-        cov_label = f"cluster-robust {cov_kind} ({n_clusters} clusters of {frame.cluster!r})"
-    elif cov_kind == "model":
-        cov_label = "model-based"
-    else:
-        cov_label = f"robust {cov_kind}"
-
+    cov_label = _covariance_label(cov_kind, n_clusters, frame.cluster)
     d = _build_design(codes, use, levels, y, clus)
-    empty = _empty_tables()
     if np.all(y == y[0]):
         notes.append(f"Outcome {outcome!r} is constant ({y[0]:g}); there is nothing to model.")
+        coefs, tests = _empty_tables()
         return GLMResult(
-            outcome, family, *empty, n_obs, n_clusters, notes, cov_label, n_cells=len(d.n)
+            outcome,
+            family,
+            coefs,
+            tests,
+            len(y),
+            n_clusters,
+            warnings=notes,
+            covariance=cov_label,
+            n_cells=len(d.n),
         )
-    kept = _independent_columns(d.X, d.n)
-    aliased = [j for j in range(d.X.shape[1]) if j not in kept]
-    for j in aliased:
-        g, lv = d.names[j - 1]
-        notes.append(
-            f"Level {lv!r} of attribute {g!r} is collinear with other attributes (aliased); its "
-            "coefficient is not estimated."
-        )
-    X = d.X[:, kept]
-    fam = _sm_family(family)
     mode = _small_sample_mode(small_sample)
-    pieces = None
-    if family == "negative_binomial":
-        b, V, converged = _fit_negbin(d, X, y, cov_kind, clus, notes)
-    else:
-        b, converged = _fit_cells(d, X, family, notes)
-        mu0 = np.asarray(fam.link.inverse(X @ b))
-        if cov_kind == "CR2" or (cov_kind == "HC2" and mode == "htz"):
-            pieces = _cr2_pieces(d, X, mu0, fam, icc)
-        V = pieces.covariance if cov_kind == "CR2" else _sandwich(d, X, mu0, fam, cov_kind, n_obs)
+    fit, pieces, converged = _estimate(
+        d, y, family=family, cov_kind=cov_kind, mode=mode, cluster=clus, icc=icc, notes=notes
+    )
     if not converged:
         notes.append(
             f"The {family} GLM of {outcome!r} did not converge; read its numbers with care."
         )
-    eta = X @ b
-    mu = np.asarray(fam.link.inverse(eta))
-    dispersion = float("nan")
-    if family in ("poisson", "negative_binomial", "gaussian"):
-        v = np.maximum(np.asarray(fam.variance(mu)), 1e-300)
-        pearson = _cell_rss(d, mu) / v
-        dispersion = float(pearson.sum() / max(n_obs - X.shape[1], 1))
-        if family == "poisson" and dispersion > 1.5:
-            notes.append(
-                f"Outcome {outcome!r} is overdispersed for a Poisson model (Pearson dispersion "
-                f"{dispersion:.2f}); its robust covariance keeps the tests valid."
-            )
+    dispersion = _dispersion(fit, len(y), outcome, notes)
+    coefs, group_tests = _inference(
+        fit,
+        _reference(cov_kind, mode, pieces),
+        levels,
+        outcome=outcome,
+        min_level_support=min_level_support,
+        alpha=alpha,
+        notes=notes,
+    )
+    return GLMResult(
+        outcome=outcome,
+        family=family,
+        coefficients=coefs,
+        group_tests=group_tests,
+        n_obs=len(y),
+        n_clusters=n_clusters,
+        warnings=_dedupe(notes),
+        covariance=cov_label,
+        intercept=float(fit.b[0]) if fit.kept and fit.kept[0] == 0 else float("nan"),
+        reference={g: levels[g][0] for g in use},
+        converged=converged,
+        n_cells=len(d.n),
+        dispersion=dispersion,
+    )
 
-    fit = _Fit(d=d, b=b, V=V, kept=kept, X=X, fam=fam, family=family)
-    ref = _reference(cov_kind, mode, pieces)
-    sep_levels = _separated_levels(d, use, levels, family, outcome, notes)
+
+def _outcome_and_family(
+    frame: AnalysisFrame, outcome: str, family: str, notes: list[str]
+) -> tuple[np.ndarray, str]:
+    """The outcome's values and its family ("auto" resolved), checked against each other."""
+    if outcome not in frame.outcomes and outcome not in frame.data.columns:
+        raise StudyInputError(f"{frame.source} has no outcome {outcome!r}.")
+    y = frame.data[outcome].to_numpy(dtype=float)
+    if family == "auto":
+        family = _auto_family(y, outcome, frame.source, notes)
+    _check_family(y, family, outcome)
+    return y, family
+
+
+def _inference(
+    fit: _Fit,
+    ref: _ReferenceDistribution,
+    levels: dict[str, list[str]],
+    *,
+    outcome: str,
+    min_level_support: int,
+    alpha: float,
+    notes: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The coefficient table (a test and interval per level, separation flagged) and the joint
+    test of every group, with Holm and Benjamini-Hochberg adjusted p-values."""
+    use = list(levels)
+    sep_levels = _separated_levels(fit.d, use, levels, fit.family, outcome, notes)
     coefs, testable = _coefficient_table(
         fit,
         ref,
@@ -587,24 +590,107 @@ def _fit_glm(
         alpha=alpha,
         notes=notes,
     )
-    tests = [_group_test(fit, ref, g, len(levels[g]), coefs, testable, notes) for g in use]
+    tests = [
+        _group_test(
+            fit, ref, g, n_levels=len(levels[g]), coefs=coefs, testable=testable, notes=notes
+        )
+        for g in use
+    ]
     group_tests = add_adjusted(pd.DataFrame(tests).reindex(columns=_TEST_COLUMNS[:-2]))
-    intercept = float(b[0]) if kept and kept[0] == 0 else float("nan")
-    return GLMResult(
-        outcome=outcome,
-        family=family,
-        coefficients=coefs,
-        group_tests=group_tests.reindex(columns=_TEST_COLUMNS),
-        n_obs=n_obs,
-        n_clusters=n_clusters,
-        warnings=_dedupe(notes),
-        covariance=cov_label,
-        intercept=intercept,
-        reference={g: levels[g][0] for g in use},
-        converged=converged,
-        n_cells=len(d.n),
-        dispersion=dispersion,
-    )
+    return coefs, group_tests.reindex(columns=_TEST_COLUMNS)
+
+
+def _present_levels(
+    frame: AnalysisFrame, use: list[str], n_rows: int
+) -> tuple[dict[str, list[str]], np.ndarray]:
+    """The levels of each group actually present (categories of a subset may be unobserved),
+    reference first, and the rows' codes among them ``[rows, groups]``. An unobserved
+    reference is replaced by the most frequent present level."""
+    levels: dict[str, list[str]] = {}
+    codes_list = []
+    for g in use:
+        c = frame.data[g].cat.codes.to_numpy().astype(np.int64)
+        cats = [str(x) for x in frame.data[g].cat.categories]
+        present = np.flatnonzero(np.bincount(c, minlength=len(cats)) > 0)
+        if present[0] != 0:
+            counts = np.bincount(c, minlength=len(cats))
+            ref = int(present[np.argmax(counts[present])])
+            present = np.array([ref] + [p for p in present if p != ref])
+        remap = np.full(len(cats), -1)
+        remap[present] = np.arange(len(present))
+        levels[g] = [cats[p] for p in present]
+        codes_list.append(remap[c])
+    codes = np.column_stack(codes_list) if codes_list else np.zeros((n_rows, 0), dtype=np.int64)
+    return levels, codes
+
+
+def _cluster_index(frame: AnalysisFrame) -> np.ndarray | None:
+    """Cluster of each row as 0..m-1 in order of first appearance; None when unclustered."""
+    if frame.cluster is None:
+        return None
+    return pd.factorize(frame.data[frame.cluster])[0].astype(np.int64)
+
+
+def _covariance_label(cov_kind: str, n_clusters: int | None, cluster: str | None) -> str:
+    if cov_kind in ("CR1", "CR2"):
+        return f"cluster-robust {cov_kind} ({n_clusters} clusters of {cluster!r})"
+    if cov_kind == "model":
+        return "model-based"
+    return f"robust {cov_kind}"
+
+
+def _estimate(
+    d: _Design,
+    y: np.ndarray,
+    *,
+    family: str,
+    cov_kind: str,
+    mode: str,
+    cluster: np.ndarray | None,
+    icc: float | None,
+    notes: list[str],
+) -> tuple[_Fit, ClusterPieces | None, bool]:
+    """Coefficients on the estimable (non-aliased) columns and their covariance; the CR2
+    pieces when the small-sample degrees of freedom need them; whether the fit converged."""
+    kept = _independent_columns(d.X, d.n)
+    for j in range(d.X.shape[1]):
+        if j not in kept:
+            g, lv = d.names[j - 1]
+            notes.append(
+                f"Level {lv!r} of attribute {g!r} is collinear with other attributes (aliased); "
+                "its coefficient is not estimated."
+            )
+    X = d.X[:, kept]
+    fam = _sm_family(family)
+    pieces = None
+    if family == "negative_binomial":
+        b, V, converged = _fit_negbin(d, X, y, cov_kind, cluster, notes)
+    else:
+        b, converged = _fit_cells(d, X, family, notes)
+        mu0 = np.asarray(fam.link.inverse(X @ b))
+        if cov_kind == "CR2" or (cov_kind == "HC2" and mode == "htz"):
+            pieces = _cr2_pieces(d, X, mu0, fam, icc)
+        n_obs = len(y)
+        V = pieces.covariance if cov_kind == "CR2" else _sandwich(d, X, mu0, fam, cov_kind, n_obs)
+    fit = _Fit(d=d, b=b, V=V, kept=kept, X=X, fam=fam, family=family)
+    return fit, pieces, converged
+
+
+def _dispersion(fit: _Fit, n_obs: int, outcome: str, notes: list[str]) -> float:
+    """Pearson dispersion of the Poisson, negative binomial and Gaussian fits (NaN for the
+    binomial families); a note when a Poisson outcome is overdispersed."""
+    if fit.family not in ("poisson", "negative_binomial", "gaussian"):
+        return float("nan")
+    mu = np.asarray(fit.fam.link.inverse(fit.X @ fit.b))
+    v = np.maximum(np.asarray(fit.fam.variance(mu)), 1e-300)
+    pearson = _cell_rss(fit.d, mu) / v
+    dispersion = float(pearson.sum() / max(n_obs - fit.X.shape[1], 1))
+    if fit.family == "poisson" and dispersion > 1.5:
+        notes.append(
+            f"Outcome {outcome!r} is overdispersed for a Poisson model (Pearson dispersion "
+            f"{dispersion:.2f}); its robust covariance keeps the tests valid."
+        )
+    return dispersion
 
 
 def _separated_levels(
@@ -746,7 +832,16 @@ def _coefficient_table(
         row.update(aliased=col not in pos, separation=False)
         ok = False
         if col in pos:
-            ok = _fill_level(row, fit, ref, col, support, min_level_support, alpha, notes)
+            ok = _fill_level(
+                row,
+                fit,
+                ref,
+                col=col,
+                support=support,
+                min_level_support=min_level_support,
+                alpha=alpha,
+                notes=notes,
+            )
             # this level, or the group's reference level (not a column), is separated
             row["separation"] = (g, lv) in sep_levels or any(
                 x[0] == g and x not in d.names for x in sep_levels
@@ -767,6 +862,7 @@ def _fill_level(
     row: dict,
     fit: _Fit,
     ref: _ReferenceDistribution,
+    *,
     col: int,
     support: int,
     min_level_support: int,
@@ -819,6 +915,7 @@ def _group_test(
     fit: _Fit,
     ref: _ReferenceDistribution,
     g: str,
+    *,
     n_levels: int,
     coefs: pd.DataFrame,
     testable: list[bool],

@@ -159,7 +159,8 @@ class ImportanceResult:
     fitted_models: list[FittedModel] = field(default_factory=list)
     #: raw drops ``[n_groups, n_folds, n_repeats]`` in the table's attribute order
     drops: np.ndarray | None = None
-    #: bootstrap replicates of each fold's mean drop ``[n_groups, n_folds, n_boot]``
+    #: bootstrap replicates of the drops ``[n_groups, n_folds, n_repeats, n_boot]`` (held-out
+    #: units redrawn; the same weights for the baseline and the permuted score)
     boot_drops: np.ndarray | None = None
 
 
@@ -436,15 +437,345 @@ def _group_drops(fold: _Fold, j: int) -> tuple[np.ndarray, np.ndarray]:
     return out, boot
 
 
-def _progress(enabled: bool, total: int, label: str):
-    if not enabled:
-        return None
-    from rich.progress import Progress
+@dataclass
+class _Setup:
+    """What every fold of one importance run shares: the encoded table, its splits and how each
+    group is permuted."""
 
-    prog = Progress(transient=True)
-    prog.start()
-    task = prog.add_task(label, total=total)
-    return prog, task
+    y: np.ndarray
+    enc: GroupEncoding
+    codes: np.ndarray
+    binary: bool
+    clusters: np.ndarray | None
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    #: per group: ``features.ACROSS_CLUSTERS``, ``WITHIN_CLUSTER`` or ``ROWS``
+    scopes: tuple[str, ...]
+
+    @property
+    def metric(self) -> str:
+        return "auc" if self.binary else "r2"
+
+    @property
+    def any_within(self) -> bool:
+        return WITHIN_CLUSTER in self.scopes
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The keyword options of ``grouped_permutation_importance`` that the folds need."""
+
+    model: str
+    n_repeats: int
+    seed: int
+    n_boot: int
+    max_score_rows: int | None
+    model_params: dict | None
+
+
+def _check_options(model: str, n_repeats: int, ci: float, n_boot: int) -> None:
+    _check_model(model)
+    if n_repeats < 1:
+        raise StudyInputError(
+            f"n_repeats={n_repeats}: permutation importance needs at least 1 repeat."
+        )
+    if not 0 < ci < 1:
+        raise StudyInputError(f"ci={ci}: the confidence level must lie strictly between 0 and 1.")
+    if n_boot < 1:
+        raise StudyInputError(f"n_boot={n_boot}: the bootstrap needs at least one replicate.")
+
+
+def _setup(
+    frame: AnalysisFrame,
+    outcome: str,
+    groups: Sequence[str] | None,
+    cv: int | float | str,
+    seed: int,
+) -> _Setup:
+    y = outcome_values(frame, outcome)
+    enc, codes = encode_frame(frame, None if groups is None else list(groups))
+    clusters = cluster_codes(frame)
+    return _Setup(
+        y=y,
+        enc=enc,
+        codes=codes,
+        binary=is_binary(y),
+        clusters=clusters,
+        splits=make_splits(len(y), clusters, cv, seed),
+        scopes=tuple(permutation_scopes(codes, clusters)),
+    )
+
+
+def _input_warnings(frame: AnalysisFrame, outcome: str, s: _Setup, name: str) -> list[str]:
+    """What the table itself makes of the importances: a constant outcome, single-level
+    groups, groups permuted within clusters."""
+    warnings: list[str] = []
+    if _constant(s.y):
+        warnings.append(f"Outcome '{outcome}' is constant, so {name} importance is undefined.")
+    for g in s.enc.groups:
+        if s.enc.group_columns[g].size == 0:
+            warnings.append(
+                f"Attribute '{g}' has a single level; its {name} importance is 0 by construction."
+            )
+    if not s.any_within:
+        return warnings
+    n_clusters = int(s.clusters.max()) + 1
+    varying = clusters_varying(s.codes, s.clusters)
+    inside = [g for g, sc in zip(s.enc.groups, s.scopes, strict=True) if sc == WITHIN_CLUSTER]
+    cl_name = frame.cluster or "cluster"
+    warnings.append(
+        f"{name} permutes {', '.join(inside)} within each {cl_name}, because they vary "
+        f"within {cl_name}s, and the other attributes across {cl_name}s (column 'permuted')."
+        if len(inside) < len(s.enc.groups)
+        else f"{name} permutes every attribute within each {cl_name}: they all vary within "
+        f"{cl_name}s (a within-identity design, such as experts switched on and off), so an "
+        f"importance is the held-out loss when an attribute is shuffled among one "
+        f"{cl_name}'s rows."
+    )
+    for j, g in enumerate(s.enc.groups):
+        note = within_cluster_note(g, int(varying[j]), n_clusters, name, cl_name)
+        if note:
+            warnings.append(note)
+    return warnings
+
+
+def _constant(y: np.ndarray) -> bool:
+    return float(np.ptp(y)) == 0.0 if len(y) else True
+
+
+# ---------------------------------------------------------------------------------------------
+# One fold: fit, draw the permutations and the bootstrap weights, score the baseline
+# ---------------------------------------------------------------------------------------------
+
+
+def _score_rows(te: np.ndarray, o: _Options, i: int) -> np.ndarray:
+    """The held-out rows that are scored: all of them, or a seeded subset of ``max_score_rows``."""
+    if o.max_score_rows is None or len(te) <= o.max_score_rows:
+        return te
+    pick = np.random.default_rng([o.seed, i, 2**31]).choice(
+        len(te), o.max_score_rows, replace=False
+    )
+    return te[np.sort(pick)]
+
+
+def _repeat_sources(
+    perm: _Permuter, n_rows: int, o: _Options, i: int, within: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row sources ``[n_repeats, n_rows]`` of every repeat (across clusters), and the
+    within-cluster ones when some group varies within clusters; seeded by (seed, fold, repeat)."""
+    sources = np.empty((o.n_repeats, n_rows), dtype=np.int64)
+    for r in range(o.n_repeats):
+        sources[r] = perm.source(np.random.default_rng([o.seed, i, r]), n_rows)
+    if not within:
+        return sources, None
+    sources_within = np.empty_like(sources)
+    for r in range(o.n_repeats):
+        sources_within[r] = perm.source_within(np.random.default_rng([o.seed, i, r, 1]), n_rows)
+    return sources, sources_within
+
+
+def _bootstrap_units(
+    perm: _Permuter, n_rows: int, o: _Options, i: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out units (clusters; random blocks of rows when rows are independent) and the
+    multinomial weights ``[n_boot, units]`` of the bootstrap that redraws them."""
+    if perm.cinv is not None:
+        unit = perm.cinv
+    else:  # independent rows: random blocks of rows are independent units too
+        n_units = min(n_rows, 1000)
+        unit = np.random.default_rng([o.seed, i, 2**31 + 1]).permutation(n_rows) % n_units
+    m = int(unit.max()) + 1
+    w = np.random.default_rng([o.seed, i, 2**31 + 2]).multinomial(
+        m, np.full(m, 1.0 / m), size=o.n_boot
+    )
+    return unit, w
+
+
+def _fit_fold(s: _Setup, o: _Options, i: int) -> _Fold:
+    """Fit fold ``i``'s model, prepare its permutations and bootstrap, score its baseline."""
+    tr, te = s.splits[i]
+    fm = fit_tree_model(
+        o.model,
+        s.enc,
+        s.codes[tr],
+        s.y[tr],
+        binary=s.binary,
+        seed=int(np.random.default_rng([o.seed, i]).integers(2**31 - 1)),
+        model_params=o.model_params,
+        fold=i,
+        test_index=te,
+    )
+    score_rows = _score_rows(te, o, i)
+    c, yt = s.codes[score_rows], s.y[score_rows]
+    perm = _Permuter.build(None if s.clusters is None else s.clusters[score_rows])
+    sources, sources_within = _repeat_sources(perm, len(yt), o, i, s.any_within)
+    unit, w = _bootstrap_units(perm, len(yt), o, i)
+    scorer = FoldScorer(yt, unit, w, s.binary)
+    d = distinct_rows(c, s.enc.n_levels)
+    base, base_b = scorer.score(d.inverse, fm.predict_distinct(c[d.rep]))
+    return _Fold(
+        fitted=fm,
+        codes=c,
+        scorer=scorer,
+        sources=sources,
+        baseline=base,
+        baseline_boot=base_b,
+        sources_within=sources_within,
+        scopes=s.scopes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: folds and (fold, group) drops in threads, then quality and the table
+# ---------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """An optional transient rich bar; a no-op unless asked for (library calls stay quiet)."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self._bar = None
+        if enabled:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(label, total=total)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _permute_in_folds(
+    s: _Setup, o: _Options, n_jobs: int, bar: _Progress
+) -> tuple[list[_Fold], np.ndarray, np.ndarray]:
+    """The fitted folds, the drops ``[groups, folds, repeats]`` and their bootstrap replicates
+    ``[groups, folds, repeats, n_boot]``. Every unit of work is seeded by its own indices, so
+    the numbers do not depend on ``n_jobs``."""
+    parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+
+    def fit_fold(i: int) -> _Fold:
+        fold = _fit_fold(s, o, i)
+        bar.advance()
+        return fold
+
+    folds: list[_Fold] = parallel(delayed(fit_fold)(i) for i in range(len(s.splits)))
+
+    def drops_of(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        out = _group_drops(folds[i], j)
+        bar.advance()
+        return out
+
+    pairs = [(i, j) for i in range(len(folds)) for j in range(len(s.enc.groups))]
+    res = parallel(delayed(drops_of)(i, j) for i, j in pairs)
+    drops = np.empty((len(s.enc.groups), len(folds), o.n_repeats))
+    boots = np.empty((len(s.enc.groups), len(folds), o.n_repeats, o.n_boot))
+    for (i, j), (r, b) in zip(pairs, res, strict=True):
+        drops[j, i] = r
+        boots[j, i] = b
+    return folds, drops, boots
+
+
+def _model_quality(folds: list[_Fold], model: str, metric: str, ci: float) -> dict:
+    """Held-out quality per fold, its mean, and a bootstrap interval of the mean."""
+    per_fold = [f.baseline for f in folds]
+    finite = [v for v in per_fold if np.isfinite(v)]
+    quality = {
+        "model": model,
+        "metric": metric,
+        "per_fold": per_fold,
+        "mean": float(np.mean(finite)) if finite else float("nan"),
+        "n_folds": len(folds),
+        "train_distinct_rows": [f.fitted.n_train_distinct for f in folds],
+        "scored_rows": [len(f.codes) for f in folds],
+    }
+    q_boot = np.array([f.baseline_boot for f in folds if np.isfinite(f.baseline)])
+    # replicates where every fold is NaN (tiny tables, a rare 0/1 outcome) have no mean
+    q_boot = q_boot[:, np.isfinite(q_boot).any(axis=0)] if q_boot.size else q_boot
+    if q_boot.size:
+        qb = np.nanmean(q_boot, axis=0)
+        quality["ci_low"] = float(np.nanquantile(qb, (1 - ci) / 2))
+        quality["ci_high"] = float(np.nanquantile(qb, 1 - (1 - ci) / 2))
+    return quality
+
+
+def _quality_warnings(quality: dict, outcome: str, name: str) -> list[str]:
+    """Folds that could not be scored, and a model that explains nothing or little."""
+    warnings: list[str] = []
+    per_fold, mean_q, metric = quality["per_fold"], quality["mean"], quality["metric"]
+    n_unscored = sum(1 for v in per_fold if not np.isfinite(v))
+    if n_unscored:
+        warnings.append(
+            f"{n_unscored} held-out fold(s) of '{outcome}' had a single outcome "
+            f"value, so {name} could not be scored there."
+        )
+    label = "R²" if metric == "r2" else "AUC"
+    floor = 0.0 if metric == "r2" else 0.5
+    if not np.isfinite(mean_q) or mean_q <= floor:
+        warnings.append(
+            f"{name} explains nothing of '{outcome}' (held-out {label} = {mean_q:.3f}): "
+            "its importances are noise."
+        )
+    elif mean_q <= floor + (0.02 if metric == "r2" else 0.05):
+        warnings.append(
+            f"{name} explains little of '{outcome}' (held-out {label} = {mean_q:.3f}): "
+            "read its importances with care."
+        )
+    return warnings
+
+
+def _hierarchical_bootstrap(
+    drops: np.ndarray, boots: np.ndarray, pick: np.ndarray, seed: int, n_boot: int
+) -> np.ndarray:
+    """Replicates of one group's importance (finite ones only): replicate ``b`` redraws the
+    held-out units (the weights behind ``boots``), the repeats (``pick``) and the folds."""
+    fold_ok = np.isfinite(drops[:, 0])
+    if not fold_ok.any():
+        return np.zeros(0)
+    per_fold = np.take_along_axis(boots, pick, axis=1).mean(axis=1)  # [folds, n_boot]
+    pf = per_fold[fold_ok]
+    fsel = np.random.default_rng([seed, 2**31 + 4]).integers(0, len(pf), size=(len(pf), n_boot))
+    imp_b = np.take_along_axis(pf, fsel, axis=0).mean(axis=0)
+    return imp_b[np.isfinite(imp_b)]
+
+
+def _importance_table(
+    s: _Setup, o: _Options, drops: np.ndarray, boots: np.ndarray, ci: float
+) -> pd.DataFrame:
+    """One row per group: mean drop, its spread and both intervals (see the public docstring)."""
+    alpha = (1.0 - ci) / 2.0
+    n_folds = drops.shape[1]
+    # resample the repeats too, so the interval also carries the permutation noise of the mean
+    rep_rng = np.random.default_rng([o.seed, 2**31 + 3])
+    pick = rep_rng.integers(0, o.n_repeats, size=(n_folds, o.n_repeats, o.n_boot))
+    nan = float("nan")
+    rows = []
+    for j, g in enumerate(s.enc.groups):
+        flat = drops[j].ravel()
+        ok = flat[np.isfinite(flat)]
+        imp_b = _hierarchical_bootstrap(drops[j], boots[j], pick, o.seed, o.n_boot)
+        rows.append(
+            {
+                "attribute": g,
+                "model": o.model,
+                "importance": float(ok.mean()) if ok.size else nan,
+                "std": float(ok.std(ddof=1)) if ok.size > 1 else nan,
+                "ci_low": float(np.quantile(imp_b, alpha)) if imp_b.size else nan,
+                "ci_high": float(np.quantile(imp_b, 1 - alpha)) if imp_b.size else nan,
+                "perm_ci_low": float(np.quantile(ok, alpha)) if ok.size else nan,
+                "perm_ci_high": float(np.quantile(ok, 1 - alpha)) if ok.size else nan,
+                "n_repeats": o.n_repeats,
+                "n_folds": n_folds,
+                "n_boot": o.n_boot,
+                "metric": s.metric,
+                "permuted": s.scopes[j],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def grouped_permutation_importance(
@@ -481,214 +812,25 @@ def grouped_permutation_importance(
     Held-out sets larger than ``max_score_rows`` are scored on a random subset of that many
     rows (only 1M-row tables reach the default). ``n_jobs`` runs folds and groups in threads;
     every model is single-threaded and every random draw seeded from ``(seed, fold, ...)``, so
-    the result is the same for any ``n_jobs``.
+    the result is the same for any ``n_jobs``. ``progress`` shows a transient progress bar
+    (off by default: library calls are quiet).
     """
-    _check_model(model)
-    if n_repeats < 1:
-        raise StudyInputError(
-            f"n_repeats={n_repeats}: permutation importance needs at least 1 repeat."
-        )
-    if not 0 < ci < 1:
-        raise StudyInputError(f"ci={ci}: the confidence level must lie strictly between 0 and 1.")
-    if n_boot < 1:
-        raise StudyInputError(f"n_boot={n_boot}: the bootstrap needs at least one replicate.")
-    y_all = outcome_values(frame, outcome)
-    enc, codes_all = encode_frame(frame, None if groups is None else list(groups))
-    binary = is_binary(y_all)
-    metric = "auc" if binary else "r2"
-    clusters = cluster_codes(frame)
-    splits = make_splits(len(y_all), clusters, cv, seed)
-    warnings: list[str] = []
+    _check_options(model, n_repeats, ci, n_boot)
+    s = _setup(frame, outcome, groups, cv, seed)
+    o = _Options(model, n_repeats, seed, n_boot, max_score_rows, model_params)
     name = MODEL_NAMES[model]
-
-    constant = float(np.ptp(y_all)) == 0.0 if len(y_all) else True
-    if constant:
-        warnings.append(f"Outcome '{outcome}' is constant, so {name} importance is undefined.")
-
-    for g in enc.groups:
-        if enc.group_columns[g].size == 0:
-            warnings.append(
-                f"Attribute '{g}' has a single level; its {name} importance is 0 by construction."
-            )
-    scopes = tuple(permutation_scopes(codes_all, clusters))
-    any_within = WITHIN_CLUSTER in scopes
-    if any_within:
-        n_clusters = int(clusters.max()) + 1
-        varying = clusters_varying(codes_all, clusters)
-        inside = [g for g, sc in zip(enc.groups, scopes, strict=True) if sc == WITHIN_CLUSTER]
-        cl_name = frame.cluster or "cluster"
-        warnings.append(
-            f"{name} permutes {', '.join(inside)} within each {cl_name}, because they vary "
-            f"within {cl_name}s, and the other attributes across {cl_name}s (column 'permuted')."
-            if len(inside) < len(enc.groups)
-            else f"{name} permutes every attribute within each {cl_name}: they all vary within "
-            f"{cl_name}s (a within-identity design, such as experts switched on and off), so an "
-            f"importance is the held-out loss when an attribute is shuffled among one "
-            f"{cl_name}'s rows."
-        )
-        for j, g in enumerate(enc.groups):
-            note = within_cluster_note(g, int(varying[j]), n_clusters, name, cl_name)
-            if note:
-                warnings.append(note)
-
-    prog = _progress(
-        progress, len(splits) * (1 + len(enc.groups)), f"{name} importance ({outcome})"
-    )
-    parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+    warnings = _input_warnings(frame, outcome, s, name)
+    total = len(s.splits) * (1 + len(s.enc.groups))
+    bar = _Progress(progress, total, f"{name} importance ({outcome})")
     try:
-
-        def fit_fold(i: int) -> _Fold:
-            tr, te = splits[i]
-            fm = fit_tree_model(
-                model,
-                enc,
-                codes_all[tr],
-                y_all[tr],
-                binary=binary,
-                seed=int(np.random.default_rng([seed, i]).integers(2**31 - 1)),
-                model_params=model_params,
-                fold=i,
-                test_index=te,
-            )
-            score_rows = te
-            if max_score_rows is not None and len(te) > max_score_rows:
-                pick = np.random.default_rng([seed, i, 2**31]).choice(
-                    len(te), max_score_rows, replace=False
-                )
-                score_rows = te[np.sort(pick)]
-            c, yt = codes_all[score_rows], y_all[score_rows]
-            perm = _Permuter.build(None if clusters is None else clusters[score_rows])
-            sources = np.empty((n_repeats, len(yt)), dtype=np.int64)
-            for r in range(n_repeats):
-                sources[r] = perm.source(np.random.default_rng([seed, i, r]), len(yt))
-            sources_within = None
-            if any_within:
-                sources_within = np.empty_like(sources)
-                for r in range(n_repeats):
-                    rng_w = np.random.default_rng([seed, i, r, 1])
-                    sources_within[r] = perm.source_within(rng_w, len(yt))
-            if perm.cinv is not None:
-                unit = perm.cinv
-            else:  # independent rows: random blocks of rows are independent units too
-                n_units = min(len(yt), 1000)
-                unit = np.random.default_rng([seed, i, 2**31 + 1]).permutation(len(yt)) % n_units
-            m = int(unit.max()) + 1
-            w = np.random.default_rng([seed, i, 2**31 + 2]).multinomial(
-                m, np.full(m, 1.0 / m), size=n_boot
-            )
-            scorer = FoldScorer(yt, unit, w, binary)
-            d = distinct_rows(c, enc.n_levels)
-            base, base_b = scorer.score(d.inverse, fm.predict_distinct(c[d.rep]))
-            if prog:
-                prog[0].advance(prog[1])
-            return _Fold(
-                fitted=fm,
-                codes=c,
-                scorer=scorer,
-                sources=sources,
-                baseline=base,
-                baseline_boot=base_b,
-                sources_within=sources_within,
-                scopes=scopes,
-            )
-
-        folds: list[_Fold] = parallel(delayed(fit_fold)(i) for i in range(len(splits)))
-
-        def task(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-            out = _group_drops(folds[i], j)
-            if prog:
-                prog[0].advance(prog[1])
-            return out
-
-        pairs = [(i, j) for i in range(len(folds)) for j in range(len(enc.groups))]
-        res = parallel(delayed(task)(i, j) for i, j in pairs)
+        folds, drops, boots = _permute_in_folds(s, o, n_jobs, bar)
     finally:
-        if prog:
-            prog[0].stop()
-
-    drops = np.empty((len(enc.groups), len(folds), n_repeats))
-    boots = np.empty((len(enc.groups), len(folds), n_repeats, n_boot))
-    for (i, j), (r, b) in zip(pairs, res, strict=True):
-        drops[j, i] = r
-        boots[j, i] = b
-
-    per_fold = [f.baseline for f in folds]
-    finite = [s for s in per_fold if np.isfinite(s)]
-    mean_q = float(np.mean(finite)) if finite else float("nan")
-    quality = {
-        "model": model,
-        "metric": metric,
-        "per_fold": per_fold,
-        "mean": mean_q,
-        "n_folds": len(folds),
-        "train_distinct_rows": [f.fitted.n_train_distinct for f in folds],
-        "scored_rows": [len(f.codes) for f in folds],
-    }
-    q_boot = np.array([f.baseline_boot for f in folds if np.isfinite(f.baseline)])
-    # replicates where every fold is NaN (tiny tables, a rare 0/1 outcome) have no mean
-    q_boot = q_boot[:, np.isfinite(q_boot).any(axis=0)] if q_boot.size else q_boot
-    if q_boot.size:
-        qb = np.nanmean(q_boot, axis=0)
-        quality["ci_low"] = float(np.nanquantile(qb, (1 - ci) / 2))
-        quality["ci_high"] = float(np.nanquantile(qb, 1 - (1 - ci) / 2))
-    if not constant:
-        if len(finite) < len(per_fold):
-            warnings.append(
-                f"{len(per_fold) - len(finite)} held-out fold(s) of '{outcome}' had a single outcome "
-                f"value, so {name} could not be scored there."
-            )
-        label = "R²" if metric == "r2" else "AUC"
-        floor = 0.0 if metric == "r2" else 0.5
-        if not np.isfinite(mean_q) or mean_q <= floor:
-            warnings.append(
-                f"{name} explains nothing of '{outcome}' (held-out {label} = {mean_q:.3f}): "
-                "its importances are noise."
-            )
-        elif mean_q <= floor + (0.02 if metric == "r2" else 0.05):
-            warnings.append(
-                f"{name} explains little of '{outcome}' (held-out {label} = {mean_q:.3f}): "
-                "read its importances with care."
-            )
-
-    alpha = (1.0 - ci) / 2.0
-    # resample the repeats too, so the interval also carries the permutation noise of the mean
-    rep_rng = np.random.default_rng([seed, 2**31 + 3])
-    pick = rep_rng.integers(0, n_repeats, size=(len(folds), n_repeats, n_boot))
-    rows = []
-    for j, g in enumerate(enc.groups):
-        flat = drops[j].ravel()
-        ok = flat[np.isfinite(flat)]
-        fold_ok = np.isfinite(drops[j, :, 0])
-        # replicate b: held-out units redrawn (weights b), repeats redrawn (pick), folds redrawn
-        if fold_ok.any():
-            per_fold = np.take_along_axis(boots[j], pick, axis=1).mean(axis=1)  # [folds, n_boot]
-            pf = per_fold[fold_ok]
-            fold_rng = np.random.default_rng([seed, 2**31 + 4])
-            fsel = fold_rng.integers(0, len(pf), size=(len(pf), n_boot))
-            imp_b = np.take_along_axis(pf, fsel, axis=0).mean(axis=0)
-        else:
-            imp_b = np.full(n_boot, np.nan)
-        imp_b = imp_b[np.isfinite(imp_b)]
-        rows.append(
-            {
-                "attribute": g,
-                "model": model,
-                "importance": float(ok.mean()) if ok.size else float("nan"),
-                "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
-                "ci_low": float(np.quantile(imp_b, alpha)) if imp_b.size else float("nan"),
-                "ci_high": float(np.quantile(imp_b, 1 - alpha)) if imp_b.size else float("nan"),
-                "perm_ci_low": float(np.quantile(ok, alpha)) if ok.size else float("nan"),
-                "perm_ci_high": float(np.quantile(ok, 1 - alpha)) if ok.size else float("nan"),
-                "n_repeats": n_repeats,
-                "n_folds": len(folds),
-                "n_boot": n_boot,
-                "metric": metric,
-                "permuted": scopes[j],
-            }
-        )
-    table = pd.DataFrame(rows)
+        bar.stop()
+    quality = _model_quality(folds, model, s.metric, ci)
+    if not _constant(s.y):
+        warnings += _quality_warnings(quality, outcome, name)
     return ImportanceResult(
-        table=table,
+        table=_importance_table(s, o, drops, boots, ci),
         quality=quality,
         warnings=warnings,
         fitted_models=[f.fitted for f in folds],

@@ -22,12 +22,22 @@ population, the level is rarer than ``rare_share`` and its effect CI excludes ze
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from studies.errors import StudyInputError
-from studies.features import cell_stats, cluster_codes, encode_frame, linear_fit, outcome_values
+from studies.features import (
+    GroupEncoding,
+    LinearFit,
+    cell_stats,
+    cluster_codes,
+    encode_frame,
+    linear_fit,
+    outcome_values,
+)
 from studies.frame import AnalysisFrame
 
 #: GLM coefficient columns read as per-instance effects on the outcome scale, in preference order
@@ -83,6 +93,146 @@ def _glm_effects(glm: pd.DataFrame, effect_column: str | None) -> tuple[pd.DataF
     return out.drop_duplicates(["attribute", "level"]).set_index(["attribute", "level"]), col
 
 
+@dataclass
+class _Effects:
+    """Where per-instance effects come from: the joint linear model (with its standard errors
+    and the normal quantile of the interval) and, where given, the GLM's marginal effects."""
+
+    fit: LinearFit
+    se: np.ndarray
+    z: float
+    glm: tuple[pd.DataFrame, str] | None
+
+    def of(
+        self, enc: GroupEncoding, g: str, li: int, level: str, n: int
+    ) -> tuple[float, float, float, str]:
+        """(effect, ci_low, ci_high, source) of level ``li`` of group ``g`` against its
+        reference; the GLM's when it has a finite one, else the linear model's."""
+        if li == 0:
+            return 0.0, 0.0, 0.0, "reference"
+        col = int(enc.group_columns[g][li - 1]) + 1
+        b, half = self.fit.beta[col], self.z * self.se[col]
+        eff, lo, hi, src = float(b), float(b - half), float(b + half), "linear_model"
+        if n == 0:
+            eff = lo = hi = float("nan")
+        if self.glm is not None:
+            table, gcol = self.glm
+            key = (g, level)
+            if key in table.index and np.isfinite(table.at[key, "effect"]):
+                eff = float(table.at[key, "effect"])
+                lo, hi = float(table.at[key, "lo"]), float(table.at[key, "hi"])
+                src = f"glm_{gcol}"
+        return eff, lo, hi, src
+
+
+def _level_counts(
+    lv: np.ndarray, y: np.ndarray, clusters: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, mean outcome and clusters (rows when unclustered) at each of ``k`` levels."""
+    n_l = np.bincount(lv, minlength=k)
+    s_l = np.bincount(lv, weights=y, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_l = s_l / n_l
+    if clusters is None:
+        return n_l, mean_l, n_l
+    pairs = np.unique(clusters * k + lv)
+    return n_l, mean_l, np.bincount(pairs % k, minlength=k)
+
+
+def _group_rows(
+    enc: GroupEncoding,
+    j: int,
+    lv: np.ndarray,
+    y: np.ndarray,
+    clusters: np.ndarray | None,
+    *,
+    effects: _Effects,
+    min_clusters: int,
+) -> list[dict]:
+    """One row per level of group ``j``: counts, prevalence, effect and population importance."""
+    g = enc.groups[j]
+    n = len(y)
+    m = None if clusters is None else int(clusters.max()) + 1
+    n_l, mean_l, c_l = _level_counts(lv, y, clusters, len(enc.levels[g]))
+    rows = []
+    for li, level in enumerate(enc.levels[g]):
+        eff, lo, hi, src = effects.of(enc, g, li, level, int(n_l[li]))
+        prev = n_l[li] / n if n else float("nan")
+        rows.append(
+            {
+                "attribute": g,
+                "level": level,
+                "is_reference": li == 0,
+                "n": int(n_l[li]),
+                "prevalence": float(prev),
+                "prevalence_clusters": float(c_l[li] / m) if m else float(prev),
+                "mean_outcome": float(mean_l[li]) if n_l[li] else float("nan"),
+                "raw_difference": float(mean_l[li] - mean_l[0])
+                if n_l[li] and n_l[0]
+                else float("nan"),
+                "per_instance_effect": eff,
+                "effect_ci_low": lo,
+                "effect_ci_high": hi,
+                "effect_source": src,
+                "population_importance": float(prev * abs(eff))
+                if np.isfinite(eff)
+                else float("nan"),
+                "n_clusters": int(c_l[li]),
+                "reliable": bool(c_l[li] >= min_clusters),
+            }
+        )
+    return rows
+
+
+def _add_group_columns(df: pd.DataFrame, imp: pd.Series | None) -> int:
+    """Add the group-level columns (per-instance effect, population importance, their ranks,
+    the given importance) in place; returns the number of groups."""
+    grp = df.groupby("attribute", sort=False)
+    # the group's per-instance effect: its largest |effect| among reliable levels (all levels
+    # when none is reliable)
+    shown = df["per_instance_effect"].abs().where(df["reliable"] | df["is_reference"])
+    df["group_per_instance_effect"] = shown.groupby(df["attribute"], sort=False).transform("max")
+    fallback = grp["per_instance_effect"].transform(lambda s: s.abs().max())
+    df["group_per_instance_effect"] = df["group_per_instance_effect"].fillna(fallback)
+    df["group_population_importance"] = grp["population_importance"].transform(
+        lambda s: s.sum(min_count=1)
+    )
+    by_group = df.drop_duplicates("attribute").set_index("attribute")
+    inst_rank = by_group["group_per_instance_effect"].rank(ascending=False, method="min")
+    pop_rank = by_group["group_population_importance"].rank(ascending=False, method="min")
+    df["per_instance_rank"] = df["attribute"].map(inst_rank)
+    df["population_rank"] = df["attribute"].map(pop_rank)
+    df["importance"] = df["attribute"].map(imp) if imp is not None else np.nan
+    return len(by_group)
+
+
+def _note(r, n_groups: int, clustered: bool, rare_share: float) -> str:
+    """The ``note`` of one level row: reference, not estimable, unreliable, strong but rare."""
+    if r.is_reference:
+        return "reference level"
+    if not np.isfinite(r.per_instance_effect):
+        return "no rows at this level" if r.n == 0 else "effect not estimable"
+    if not r.reliable:
+        unit = ("cluster" if clustered else "row") + ("" if r.n_clusters == 1 else "s")
+        return f"only {r.n_clusters} {unit} at this level: its effect and CI are not reliable"
+    significant = (np.isfinite(r.effect_ci_low) and np.isfinite(r.effect_ci_high)) and (
+        r.effect_ci_low > 0 or r.effect_ci_high < 0
+    )
+    strongest = abs(r.per_instance_effect) >= r.group_per_instance_effect - 1e-15
+    if (
+        significant
+        and strongest
+        and r.prevalence < rare_share
+        and r.per_instance_rank < r.population_rank
+    ):
+        return (
+            f"strong but rare: per instance its group ranks {int(r.per_instance_rank)} of "
+            f"{n_groups}, in the population {int(r.population_rank)} of {n_groups} "
+            f"(level '{r.level}' in {100 * r.prevalence:.1f}% of rows)"
+        )
+    return ""
+
+
 def effect_vs_prevalence(
     frame: AnalysisFrame,
     outcome: str,
@@ -115,122 +265,23 @@ def effect_vs_prevalence(
     y = outcome_values(frame, outcome)
     enc, codes = encode_frame(frame)
     clusters = cluster_codes(frame)
-    st = cell_stats(codes, enc.n_levels, y, clusters)
-    fit = linear_fit(enc, st)
-    se = np.sqrt(np.clip(np.diag(fit.cov), 0, None))
-    z = stats.norm.ppf(0.5 + ci / 2)
-    glm = _glm_effects(glm_coefficients, effect_column)
+    fit = linear_fit(enc, cell_stats(codes, enc.n_levels, y, clusters))
+    effects = _Effects(
+        fit=fit,
+        se=np.sqrt(np.clip(np.diag(fit.cov), 0, None)),
+        z=float(stats.norm.ppf(0.5 + ci / 2)),
+        glm=_glm_effects(glm_coefficients, effect_column),
+    )
     imp = _importance_series(importance)
-    n = len(y)
-    m = None if clusters is None else int(clusters.max()) + 1
-
+    clustered = clusters is not None
     rows = []
-    for j, g in enumerate(enc.groups):
-        lv = codes[:, j]
-        n_l = np.bincount(lv, minlength=len(enc.levels[g]))
-        s_l = np.bincount(lv, weights=y, minlength=len(enc.levels[g]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_l = s_l / n_l
-        if clusters is not None:
-            pairs = np.unique(clusters * len(enc.levels[g]) + lv)
-            c_l = np.bincount(pairs % len(enc.levels[g]), minlength=len(enc.levels[g]))
-        else:
-            c_l = n_l
-        for li, level in enumerate(enc.levels[g]):
-            if li == 0:
-                eff, lo, hi, src = 0.0, 0.0, 0.0, "reference"
-            else:
-                col = int(enc.group_columns[g][li - 1]) + 1
-                eff, lo, hi, src = (
-                    float(fit.beta[col]),
-                    float(fit.beta[col] - z * se[col]),
-                    float(fit.beta[col] + z * se[col]),
-                    "linear_model",
-                )
-                if n_l[li] == 0:
-                    eff = lo = hi = float("nan")
-                if glm is not None:
-                    table, gcol = glm
-                    key = (g, level)
-                    if key in table.index and np.isfinite(table.at[key, "effect"]):
-                        eff = float(table.at[key, "effect"])
-                        lo, hi = float(table.at[key, "lo"]), float(table.at[key, "hi"])
-                        src = f"glm_{gcol}"
-            prev = n_l[li] / n if n else float("nan")
-            rows.append(
-                {
-                    "attribute": g,
-                    "level": level,
-                    "is_reference": li == 0,
-                    "n": int(n_l[li]),
-                    "prevalence": float(prev),
-                    "prevalence_clusters": float(c_l[li] / m) if m else float(prev),
-                    "mean_outcome": float(mean_l[li]) if n_l[li] else float("nan"),
-                    "raw_difference": float(mean_l[li] - mean_l[0])
-                    if n_l[li] and n_l[0]
-                    else float("nan"),
-                    "per_instance_effect": eff,
-                    "effect_ci_low": lo,
-                    "effect_ci_high": hi,
-                    "effect_source": src,
-                    "population_importance": float(prev * abs(eff))
-                    if np.isfinite(eff)
-                    else float("nan"),
-                    "n_clusters": int(c_l[li]),
-                    "reliable": bool(c_l[li] >= min_clusters),
-                }
-            )
+    for j in range(len(enc.groups)):
+        rows += _group_rows(
+            enc, j, codes[:, j], y, clusters, effects=effects, min_clusters=min_clusters
+        )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    grp = df.groupby("attribute", sort=False)
-    # the group's per-instance effect: its largest |effect| among reliable levels (all levels
-    # when none is reliable)
-    shown = df["per_instance_effect"].abs().where(df["reliable"] | df["is_reference"])
-    df["group_per_instance_effect"] = shown.groupby(df["attribute"], sort=False).transform("max")
-    fallback = grp["per_instance_effect"].transform(lambda s: s.abs().max())
-    df["group_per_instance_effect"] = df["group_per_instance_effect"].fillna(fallback)
-    df["group_population_importance"] = grp["population_importance"].transform(
-        lambda s: s.sum(min_count=1)
-    )
-    by_group = df.drop_duplicates("attribute").set_index("attribute")
-    inst_rank = by_group["group_per_instance_effect"].rank(ascending=False, method="min")
-    pop_rank = by_group["group_population_importance"].rank(ascending=False, method="min")
-    df["per_instance_rank"] = df["attribute"].map(inst_rank)
-    df["population_rank"] = df["attribute"].map(pop_rank)
-    df["importance"] = df["attribute"].map(imp) if imp is not None else np.nan
-
-    n_groups = len(by_group)
-    notes = []
-    for r in df.itertuples(index=False):
-        if r.is_reference:
-            notes.append("reference level")
-            continue
-        if not np.isfinite(r.per_instance_effect):
-            notes.append("no rows at this level" if r.n == 0 else "effect not estimable")
-            continue
-        if not r.reliable:
-            unit = ("cluster" if m else "row") + ("" if r.n_clusters == 1 else "s")
-            notes.append(
-                f"only {r.n_clusters} {unit} at this level: its effect and CI are not reliable"
-            )
-            continue
-        significant = (np.isfinite(r.effect_ci_low) and np.isfinite(r.effect_ci_high)) and (
-            r.effect_ci_low > 0 or r.effect_ci_high < 0
-        )
-        strongest = abs(r.per_instance_effect) >= r.group_per_instance_effect - 1e-15
-        if (
-            significant
-            and strongest
-            and r.prevalence < rare_share
-            and r.per_instance_rank < r.population_rank
-        ):
-            notes.append(
-                f"strong but rare: per instance its group ranks {int(r.per_instance_rank)} of "
-                f"{n_groups}, in the population {int(r.population_rank)} of {n_groups} "
-                f"(level '{r.level}' in {100 * r.prevalence:.1f}% of rows)"
-            )
-        else:
-            notes.append("")
-    df["note"] = notes
+    n_groups = _add_group_columns(df, imp)
+    df["note"] = [_note(r, n_groups, clustered, rare_share) for r in df.itertuples(index=False)]
     return df

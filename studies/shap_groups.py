@@ -111,48 +111,62 @@ def _as_models(fitted, model: str) -> list[FittedModel]:
     return models
 
 
-def shap_group_importance(
+def _models_to_explain(
     frame: AnalysisFrame,
-    outcome: str,
+    y: np.ndarray,
     *,
-    model: str = "rf",
-    fitted: ImportanceResult | FittedModel | Sequence[FittedModel] | None = None,
-    max_rows: int = 20_000,
-    seed: int = 0,
-    model_params: dict | None = None,
-    keep_values: bool = True,
-) -> ShapResult:
-    """Mean |group SHAP| per attribute group and the signed SHAP effect of each level.
-
-    With ``fitted`` (e.g. the result of ``grouped_permutation_importance``) each fold's model
-    explains its own held-out rows, so attributions describe what the model does on data it
-    did not learn. Without it one model is fit on all rows and explains all of them. A model
-    whose held-out rows have more than ``max_rows`` distinct attribute rows explains a seeded
-    random subset of ``max_rows`` rows.
-    """
-    _check_model(model)
-    y = outcome_values(frame, outcome)
-    warnings: list[str] = []
+    model: str,
+    fitted: ImportanceResult | FittedModel | Sequence[FittedModel] | None,
+    seed: int,
+    model_params: dict | None,
+) -> tuple[list[FittedModel], GroupEncoding, np.ndarray]:
+    """The models to explain with their encoding and the frame's codes: the given fitted models
+    (checked against the frame), or one model fit on all rows that explains all of them."""
     if fitted is None:
         enc, codes = encode_frame(frame)
         fm = fit_tree_model(
             model, enc, codes, y, binary=is_binary(y), seed=seed, model_params=model_params
         )
         fm.test_index = np.arange(len(y))
-        models = [fm]
-    else:
-        models = _as_models(fitted, model)
-        enc = models[0].encoding
-        _, codes = encode_frame(frame, list(enc.groups))
-        for m in models:
-            if m.test_index.size and m.test_index.max() >= len(y):
-                raise StudyInputError(
-                    f"The fitted models index rows beyond the {len(y)} rows of {frame.source}; "
-                    "pass the frame they were fitted on."
-                )
-    binary = models[0].binary
-    scale = "log-odds" if (binary and model == "xgb") else ("P(y=1)" if binary else "outcome")
+        return [fm], enc, codes
+    models = _as_models(fitted, model)
+    enc = models[0].encoding
+    _, codes = encode_frame(frame, list(enc.groups))
+    for m in models:
+        if m.test_index.size and m.test_index.max() >= len(y):
+            raise StudyInputError(
+                f"The fitted models index rows beyond the {len(y)} rows of {frame.source}; "
+                "pass the frame they were fitted on."
+            )
+    return models, enc, codes
 
+
+@dataclass
+class _Explained:
+    """TreeSHAP of the distinct held-out rows of every model, stacked over models."""
+
+    #: group SHAP ``[rows, groups]``, per-column |SHAP| ``[rows, columns]``
+    group: np.ndarray
+    column_abs: np.ndarray
+    #: row counts behind each distinct row, its codes and the fold of its model
+    weight: np.ndarray
+    codes: np.ndarray
+    fold: np.ndarray
+    base_values: list[float]
+
+
+def _explain(
+    models: list[FittedModel],
+    codes: np.ndarray,
+    enc: GroupEncoding,
+    *,
+    max_rows: int,
+    seed: int,
+    warnings: list[str],
+) -> _Explained:
+    """Explain each model's held-out rows once per distinct row (a seeded subset of rows when
+    a model has more than its share of ``max_rows`` distinct rows)."""
+    model = models[0].model
     per_model = max(1, max_rows // len(models))
     all_g, all_w, all_codes, all_fold, col_abs, bases = [], [], [], [], [], []
     for k, m in enumerate(models):
@@ -181,66 +195,119 @@ def shap_group_importance(
         raise StudyInputError(
             f"The fitted {MODEL_NAMES[model]} models hold out no rows to explain."
         )
-    gs = np.concatenate(all_g)
-    w = np.concatenate(all_w)
-    uc = np.concatenate(all_codes)
-    cabs = np.concatenate(col_abs)
-    wsum = w.sum()
+    return _Explained(
+        group=np.concatenate(all_g),
+        column_abs=np.concatenate(col_abs),
+        weight=np.concatenate(all_w),
+        codes=np.concatenate(all_codes),
+        fold=np.concatenate(all_fold),
+        base_values=bases,
+    )
 
+
+def _group_row(ex: _Explained, enc: GroupEncoding, j: int, model: str, scale: str) -> dict:
+    """Mean |group SHAP| (and the per-column contrast) of group ``j`` over the explained rows."""
+    g = enc.groups[j]
+    cols = enc.group_columns[g]
+    w, gs, wsum = ex.weight, ex.group, ex.weight.sum()
+    return {
+        "attribute": g,
+        "model": model,
+        "mean_abs_shap": float(w @ np.abs(gs[:, j]) / wsum),
+        "mean_shap": float(w @ gs[:, j] / wsum),
+        "sum_of_column_mean_abs": float((w @ ex.column_abs[:, cols]).sum() / wsum)
+        if cols.size
+        else 0.0,
+        "scale": scale,
+        "n_rows": int(wsum),
+    }
+
+
+def _level_rows(
+    ex: _Explained, enc: GroupEncoding, j: int, model: str, scale: str, warnings: list[str]
+) -> list[dict]:
+    """Mean group SHAP of the rows at each level of group ``j``, and its difference from the
+    reference level's (the model's signed effect of the level)."""
+    g = enc.groups[j]
+    n_lev = len(enc.levels[g])
+    w, gs, uc = ex.weight, ex.group, ex.codes
+    s_l = np.bincount(uc[:, j], weights=w * gs[:, j], minlength=n_lev)
+    n_l = np.bincount(uc[:, j], weights=w, minlength=n_lev)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_l = s_l / n_l
+    ref = mean_l[0]
+    if n_l[0] == 0:
+        warnings.append(
+            f"No explained row of '{g}' has its reference level '{enc.levels[g][0]}', so its "
+            "signed SHAP effects per level are undefined."
+        )
+    return [
+        {
+            "attribute": g,
+            "level": level,
+            "model": model,
+            "mean_shap": float(mean_l[li] - ref) if n_l[li] > 0 else float("nan"),
+            "mean_group_shap": float(mean_l[li]) if n_l[li] > 0 else float("nan"),
+            "n": int(n_l[li]),
+            "is_reference": li == 0,
+            "scale": scale,
+        }
+        for li, level in enumerate(enc.levels[g])
+    ]
+
+
+def _values_tables(ex: _Explained, enc: GroupEncoding) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group SHAP per explained row (with weight and fold) and the level labels of those rows."""
+    values = pd.DataFrame(ex.group, columns=list(enc.groups))
+    values["weight"] = ex.weight
+    values["fold"] = ex.fold
+    levels = pd.DataFrame(
+        {
+            g: np.asarray(enc.levels[g], dtype=object)[ex.codes[:, j]]
+            for j, g in enumerate(enc.groups)
+        }
+    )
+    return values, levels
+
+
+def shap_group_importance(
+    frame: AnalysisFrame,
+    outcome: str,
+    *,
+    model: str = "rf",
+    fitted: ImportanceResult | FittedModel | Sequence[FittedModel] | None = None,
+    max_rows: int = 20_000,
+    seed: int = 0,
+    model_params: dict | None = None,
+    keep_values: bool = True,
+) -> ShapResult:
+    """Mean |group SHAP| per attribute group and the signed SHAP effect of each level.
+
+    With ``fitted`` (e.g. the result of ``grouped_permutation_importance``) each fold's model
+    explains its own held-out rows, so attributions describe what the model does on data it
+    did not learn. Without it one model is fit on all rows and explains all of them. A model
+    whose held-out rows have more than ``max_rows`` distinct attribute rows explains a seeded
+    random subset of ``max_rows`` rows.
+    """
+    _check_model(model)
+    y = outcome_values(frame, outcome)
+    warnings: list[str] = []
+    models, enc, codes = _models_to_explain(
+        frame, y, model=model, fitted=fitted, seed=seed, model_params=model_params
+    )
+    binary = models[0].binary
+    scale = "log-odds" if (binary and model == "xgb") else ("P(y=1)" if binary else "outcome")
+    ex = _explain(models, codes, enc, max_rows=max_rows, seed=seed, warnings=warnings)
     group_rows, level_rows = [], []
-    for j, g in enumerate(enc.groups):
-        cols = enc.group_columns[g]
-        group_rows.append(
-            {
-                "attribute": g,
-                "model": model,
-                "mean_abs_shap": float(w @ np.abs(gs[:, j]) / wsum),
-                "mean_shap": float(w @ gs[:, j] / wsum),
-                "sum_of_column_mean_abs": float((w @ cabs[:, cols]).sum() / wsum)
-                if cols.size
-                else 0.0,
-                "scale": scale,
-                "n_rows": int(wsum),
-            }
-        )
-        n_lev = len(enc.levels[g])
-        s_l = np.bincount(uc[:, j], weights=w * gs[:, j], minlength=n_lev)
-        n_l = np.bincount(uc[:, j], weights=w, minlength=n_lev)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_l = s_l / n_l
-        ref = mean_l[0]
-        if n_l[0] == 0:
-            warnings.append(
-                f"No explained row of '{g}' has its reference level '{enc.levels[g][0]}', so its "
-                "signed SHAP effects per level are undefined."
-            )
-        for li, level in enumerate(enc.levels[g]):
-            level_rows.append(
-                {
-                    "attribute": g,
-                    "level": level,
-                    "model": model,
-                    "mean_shap": float(mean_l[li] - ref) if n_l[li] > 0 else float("nan"),
-                    "mean_group_shap": float(mean_l[li]) if n_l[li] > 0 else float("nan"),
-                    "n": int(n_l[li]),
-                    "is_reference": li == 0,
-                    "scale": scale,
-                }
-            )
-
-    values = levels = None
-    if keep_values:
-        values = pd.DataFrame(gs, columns=list(enc.groups))
-        values["weight"] = w
-        values["fold"] = np.concatenate(all_fold)
-        levels = pd.DataFrame(
-            {g: np.asarray(enc.levels[g], dtype=object)[uc[:, j]] for j, g in enumerate(enc.groups)}
-        )
+    for j in range(len(enc.groups)):
+        group_rows.append(_group_row(ex, enc, j, model, scale))
+        level_rows += _level_rows(ex, enc, j, model, scale, warnings)
+    values, levels = _values_tables(ex, enc) if keep_values else (None, None)
     return ShapResult(
         group_table=pd.DataFrame(group_rows),
         level_table=pd.DataFrame(level_rows),
         values=values,
         levels=levels,
-        base_values=bases,
+        base_values=ex.base_values,
         warnings=warnings,
     )
