@@ -181,19 +181,10 @@ def _features_of_checkpoint(checkpoint: Path, data: Path | None, device: str):
 
 
 def _device(name: str):
-    import torch
+    """``--device`` as `attrimp.devices.resolve_device` reads it (the one rule for every command)."""
+    from attrimp.devices import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DataError(
-            f"--device {name!r} is not a device name (cpu, cuda, cuda:0, auto)."
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name!r} asked for CUDA but no CUDA device is available.")
-    return dev
+    return resolve_device(name)
 
 
 def _identity_attributes(path: Path, q_pids):

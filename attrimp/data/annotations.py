@@ -16,7 +16,6 @@ attributes.
 from __future__ import annotations
 
 import hashlib
-import io
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.errors import DataError, SchemaError
-from attrimp.io import atomic_write_bytes, atomic_writer, sha256_file
+from attrimp.io import atomic_writer, sha256_file
 from attrimp.model.schema import (
     BUILTIN_SCHEMAS,
     MULTIPLE,
@@ -671,11 +670,9 @@ def save_attribute_file(
 
 
 def _atomic_write(path: Path, write, *, binary: bool = False) -> Path:
-    """``write(file)`` into memory, then `attrimp.io.atomic_write_bytes` (one atomic writer)."""
-    buffer = io.BytesIO() if binary else io.StringIO(newline="")
-    write(buffer)
-    data = buffer.getvalue()
-    atomic_write_bytes(path, data if binary else data.encode("utf-8"))
+    """``write(file)`` through `attrimp.io.atomic_writer`: the whole file or none of it."""
+    with atomic_writer(path, "wb" if binary else "w", newline="") as fh:
+        write(fh)
     return path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.data.annotations import NO_SPLIT, SPLITS, AttributeTable, value_names
+from attrimp.io import atomic_write_frame
 from attrimp.model.schema import MULTIPLE, UNKNOWN
 
 PRIOR_COLUMNS = ["split", "attribute", "value", "count", "probability"]
@@ -139,7 +140,7 @@ def write_priors(
     out_dir.mkdir(parents=True, exist_ok=True)
     priors = compute_priors(table)
     csv_path = out_dir / "priors.csv"
-    priors.to_csv(csv_path, index=False)
+    atomic_write_frame(priors, csv_path)
     png_path = plot_priors(
         priors, out_dir / "priors.png", title=title or f"Attribute priors — {table.schema.name}"
     )
