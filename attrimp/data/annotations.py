@@ -601,20 +601,7 @@ def load_manifest_attributes(
     frame = frame.assign(split=split.map(MANIFEST_SPLITS))
     frame["pid"] = _int_column(frame["pid"], "pid", source)
     cols = schema.source_columns
-    blank = frame[cols].isna()
-    empty = blank.all(axis=1)
-    partial = blank.any(axis=1) & ~empty
-    if partial.any():
-        row = int(np.flatnonzero(partial.to_numpy())[0])
-        col = cols[int(np.flatnonzero(blank.iloc[row].to_numpy())[0])]
-        raise DataError(f"{source}: row {row} ({frame['path'].iloc[row]}) has no value in {col!r}.")
-    unannotated = []
-    if empty.any():
-        for s, pids in frame[empty].groupby("split")["pid"]:
-            annotated = set(frame.loc[~empty & (frame["split"] == s), "pid"])
-            lost = sorted(int(p) for p in set(pids) - annotated)
-            if lost:
-                unannotated.append(Quirk("unannotated", s, tuple(lost)))
+    empty, unannotated = _blank_rows(frame, cols, source)
     images = frame[~empty].copy()
     for col in cols:
         images[col] = _int_column(images[col], col, source)
@@ -632,6 +619,26 @@ def load_manifest_attributes(
         ["split", "pid"], key=lambda c: c.map({"train": 0, "test": 1}) if c.name == "split" else c
     )
     return AttributeTable.from_frame(identities, schema, source=source, quirks=unannotated)
+
+
+def _blank_rows(frame: pd.DataFrame, cols: list[str], source: str) -> tuple[pd.Series, list]:
+    """Which manifest rows have every attribute cell blank (a partly blank row is an error),
+    and, per split, the identities that have only such rows (`Quirk` ``unannotated``)."""
+    blank = frame[cols].isna()
+    empty = blank.all(axis=1)
+    partial = blank.any(axis=1) & ~empty
+    if partial.any():
+        row = int(np.flatnonzero(partial.to_numpy())[0])
+        col = cols[int(np.flatnonzero(blank.iloc[row].to_numpy())[0])]
+        raise DataError(f"{source}: row {row} ({frame['path'].iloc[row]}) has no value in {col!r}.")
+    unannotated = []
+    if empty.any():
+        for s, pids in frame[empty].groupby("split")["pid"]:
+            annotated = set(frame.loc[~empty & (frame["split"] == s), "pid"])
+            lost = sorted(int(p) for p in set(pids) - annotated)
+            if lost:
+                unannotated.append(Quirk("unannotated", s, tuple(lost)))
+    return empty, unannotated
 
 
 # ----- writing (synthetic data, conversions) ----------------------------------------------------

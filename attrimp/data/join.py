@@ -81,36 +81,55 @@ def join_identity_attributes(
     row = {int(p): i for i, p in enumerate(table.pids)}
     seen = set().union(*image_pids.values()) - {DISTRACTOR_PID, JUNK_PID}
     without = sorted(seen - row.keys())
-    unused = sorted(set(row) - seen)
-    drop: set[int] = set()
-    if without:
-        where = ", ".join(s for s, ids in image_pids.items() if set(without) & ids)
-        if missing_policy == "error":
-            raise DataError(
-                f"{len(without)} identities with images (in {where}) have no row in the attribute "
-                f"file {src!r}: {describe_ids(without)}; pass missing_policy='skip' "
-                "(--missing-policy skip) to leave their images out, counted in the report."
-            )
-        drop = set(without)
-        report.add("identities_without_attributes", len(without))
-        report.warn(
-            f"Left out the images of {len(without)} identities that the attribute file does not "
-            f"annotate: {describe_ids(without)}."
+    drop = _identities_without_rows(without, image_pids, src, missing_policy, report)
+    _rows_without_images(sorted(set(row) - seen), src, missing_policy, report)
+    _warn_split_mismatch(image_pids, table, row, drop, report)
+    attrs = {p: table.multihot[row[p]] for p in seen if p in row}
+    return attrs, drop
+
+
+def _identities_without_rows(
+    without: list[int], image_pids: dict[str, set[int]], src: str, policy: str, report
+) -> set[int]:
+    """Identities with images but no attribute row: an error, or (``skip``) the pids to drop."""
+    if not without:
+        return set()
+    where = ", ".join(s for s, ids in image_pids.items() if set(without) & ids)
+    if policy == "error":
+        raise DataError(
+            f"{len(without)} identities with images (in {where}) have no row in the attribute "
+            f"file {src!r}: {describe_ids(without)}; pass missing_policy='skip' "
+            "(--missing-policy skip) to leave their images out, counted in the report."
         )
-    if unused:
-        if missing_policy == "error":
-            raise DataError(
-                f"The attribute file {src!r} annotates {len(unused)} identities that have no "
-                f"image: {describe_ids(unused)}; pass missing_policy='skip' (--missing-policy "
-                "skip) to ignore those rows, counted in the report."
-            )
-        report.add("attributes_without_images", len(unused))
-        report.warn(
-            f"Ignored {len(unused)} attribute rows whose identity has no image: "
-            f"{describe_ids(unused)}."
+    report.add("identities_without_attributes", len(without))
+    report.warn(
+        f"Left out the images of {len(without)} identities that the attribute file does not "
+        f"annotate: {describe_ids(without)}."
+    )
+    return set(without)
+
+
+def _rows_without_images(unused: list[int], src: str, policy: str, report) -> None:
+    """Attribute rows of identities with no image: an error, or (``skip``) counted and ignored."""
+    if not unused:
+        return
+    if policy == "error":
+        raise DataError(
+            f"The attribute file {src!r} annotates {len(unused)} identities that have no "
+            f"image: {describe_ids(unused)}; pass missing_policy='skip' (--missing-policy "
+            "skip) to ignore those rows, counted in the report."
         )
-    # The file's own split should agree with the folders: a train identity annotated as test
-    # usually means a file of another dataset or version. Worth a warning, not a refusal.
+    report.add("attributes_without_images", len(unused))
+    report.warn(
+        f"Ignored {len(unused)} attribute rows whose identity has no image: {describe_ids(unused)}."
+    )
+
+
+def _warn_split_mismatch(
+    image_pids: dict[str, set[int]], table: IdentityAttributes, row: dict, drop: set[int], report
+) -> None:
+    """The file's own split should agree with the folders: a train identity annotated as test
+    usually means a file of another dataset or version. Worth a warning, not a refusal."""
     mismatched = sorted(
         p
         for split, ids in image_pids.items()
@@ -126,5 +145,3 @@ def join_identity_attributes(
             f"{len(set(mismatched))} identities sit in a different split in the attribute file "
             f"than in the image folders: {describe_ids(sorted(set(mismatched)))}."
         )
-    attrs = {p: table.multihot[row[p]] for p in seen if p in row}
-    return attrs, drop

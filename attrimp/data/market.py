@@ -130,22 +130,46 @@ def load_reid_dataset(
         )
 
     if attributes is not None:
-        table = read_identity_attributes(attributes, dataset)
-        schema = table.schema
-        image_pids = {s: {pid for _, pid, _ in items} for s, items in raw.items()}
-        attrs, drop = join_identity_attributes(
-            image_pids, table, missing_policy=missing_policy, report=report
-        )
-        if drop:
-            n_before = sum(len(v) for v in raw.values())
-            raw = {s: [x for x in items if x[1] not in drop] for s, items in raw.items()}
-            report.add("images_without_attributes", n_before - sum(len(v) for v in raw.values()))
+        schema, attrs, raw = _join_attributes(raw, attributes, dataset, missing_policy, report)
         source = Path(attributes)
     else:
         schema = load_schema(dataset)
         attrs, source = {}, None
         report.warn("No attribute file given: every identity's attributes are unknown.")
+    records, pid_to_label = _records(raw, attrs, schema)
+    _check_query_matches(records["query"], records["gallery"], report)
+    return ReIDData(
+        name=dataset,
+        root=root,
+        schema=schema,
+        train=records["train"],
+        query=records["query"],
+        gallery=records["gallery"],
+        pid_to_label=pid_to_label,
+        report=report,
+        identity_attributes=attrs,
+        attribute_source=source,
+    )
 
+
+def _join_attributes(raw: dict, attributes: str | Path, dataset: str, missing_policy: str, report):
+    """The attribute file's schema, each identity's attribute vector, and the scanned images
+    less those of identities the file does not annotate (with ``missing_policy="skip"``)."""
+    table = read_identity_attributes(attributes, dataset)
+    image_pids = {s: {pid for _, pid, _ in items} for s, items in raw.items()}
+    attrs, drop = join_identity_attributes(
+        image_pids, table, missing_policy=missing_policy, report=report
+    )
+    if drop:
+        n_before = sum(len(v) for v in raw.values())
+        raw = {s: [x for x in items if x[1] not in drop] for s, items in raw.items()}
+        report.add("images_without_attributes", n_before - sum(len(v) for v in raw.values()))
+    return table.schema, attrs, raw
+
+
+def _records(raw: dict, attrs: dict, schema) -> tuple[dict[str, list[ImageRecord]], dict]:
+    """Image records per split (an identity without attributes gets the all-unknown vector)
+    and the classifier label of each training identity (in increasing pid order)."""
     unknown = np.zeros(schema.n_slots, dtype=np.float32)
     train_pids = sorted({pid for _, pid, _ in raw["train"]})
     pid_to_label = {pid: i for i, pid in enumerate(train_pids)}
@@ -162,19 +186,7 @@ def load_reid_dataset(
             )
             for path, pid, cam in items
         ]
-    _check_query_matches(records["query"], records["gallery"], report)
-    return ReIDData(
-        name=dataset,
-        root=root,
-        schema=schema,
-        train=records["train"],
-        query=records["query"],
-        gallery=records["gallery"],
-        pid_to_label=pid_to_label,
-        report=report,
-        identity_attributes=attrs,
-        attribute_source=source,
-    )
+    return records, pid_to_label
 
 
 def _scan_folder(
