@@ -579,6 +579,11 @@ def group_codes(frame: AnalysisFrame, groups: Sequence[str] | None = None) -> np
 
 
 def _clusters_per_level(codes: np.ndarray, clusters: np.ndarray) -> np.ndarray:
-    """Number of distinct clusters in which each level code occurs."""
-    pairs = np.unique(np.column_stack([codes, clusters]), axis=0)
-    return np.bincount(pairs[:, 0], minlength=int(codes.max(initial=-1)) + 1)
+    """Number of distinct clusters in which each level code occurs.
+
+    Distinct (level, cluster) pairs as one integer key: a 1-D unique is a plain sort, where
+    ``np.unique(axis=0)`` on a two-column array sorts structured rows (~30x slower).
+    """
+    n_clusters = max(int(clusters.max(initial=-1)) + 1, 1)
+    pairs = np.unique(codes.astype(np.int64) * n_clusters + clusters)
+    return np.bincount(pairs // n_clusters, minlength=int(codes.max(initial=-1)) + 1)

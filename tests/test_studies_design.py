@@ -346,6 +346,24 @@ def test_schema_problems_name_the_file_and_column(tmp_path):
         build_analysis_frame(_small(), outcomes="ap", spec=gone)
 
 
+def test_reference_is_the_level_seen_in_the_most_clusters():
+    """'b' has the most rows but only in 2 giant clusters; 'a' is seen in 30 clusters."""
+    from studies.design import _clusters_per_level
+
+    rng = np.random.default_rng(5)
+    pid = np.concatenate([np.repeat([0, 1], 200), np.repeat(np.arange(2, 32), 5)])
+    g = np.where(pid < 2, "b", "a")
+    df = pd.DataFrame({"ap": rng.random(len(pid)), "pid": pid, "g": g})
+    frame = build_analysis_frame(df, outcomes="ap", cluster="pid")
+    assert frame.levels("g") == ["a", "b"]
+    assert (df["g"] == "b").sum() > (df["g"] == "a").sum()
+    # the count of distinct clusters per level, against a direct count
+    codes = rng.integers(0, 4, 5000)
+    clusters = rng.integers(0, 300, 5000)
+    want = [len(set(clusters[codes == k])) for k in range(4)]
+    assert _clusters_per_level(codes, clusters).tolist() == want
+
+
 def test_nan_rows_are_dropped_counted_and_clusters_stay_aligned():
     rng = np.random.default_rng(3)
     n = 200
