@@ -477,3 +477,20 @@ def test_each_training_run_compiles_its_own_step(monkeypatch):
         assert step(torch.ones(2))[0].item() == k
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 10
     torch._dynamo.reset()
+
+
+def test_train_is_quiet_by_default_and_logs_each_epoch(world, tmp_path, capsys, caplog):
+    """A library call prints nothing (the progress bar is the CLI's, asked for with
+    progress=True); each epoch is one INFO line of the module's logger instead."""
+    import logging
+
+    cfg, data = world
+    cfg = copy.deepcopy(cfg)
+    cfg.train.epochs, cfg.train.max_steps_per_epoch = 2, 1
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    with caplog.at_level(logging.INFO, logger="attrimp.train.training"):
+        train(model, datasets(model, data)[0], cfg.train, tmp_path)
+    assert capsys.readouterr() == ("", "")
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [m.split(":")[0] for m in epochs] == ["epoch 1", "epoch 2"], epochs
