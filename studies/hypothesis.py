@@ -583,51 +583,86 @@ def group_tests(
         raise StudyInputError(
             f"The rank tests' method must be one of {', '.join(WITHIN_METHODS)}, not {method!r}."
         )
-    y_all = frame.data[outcome].to_numpy(dtype=float)
-    cl = None if frame.cluster is None else pd.factorize(frame.data[frame.cluster])[0]
-    if cl is not None:
-        n_cl = int(cl.max()) + 1
-        first = np.empty(n_cl, dtype=np.int64)  # first row of each cluster
-        first[cl[::-1]] = np.arange(len(cl))[::-1]
-        ybar = np.bincount(cl, weights=y_all, minlength=n_cl) / np.bincount(cl, minlength=n_cl)
+    units = _Units.of(frame, outcome)
     records = []
     notes: list[str] = []
     for gi, gname in enumerate(frame.groups if groups is None else groups):
         rng = np.random.default_rng([seed, gi])
-        codes = frame.data[gname].cat.codes.to_numpy().astype(np.int64)
-        present = np.flatnonzero(np.bincount(codes) > 0)
-        remap = np.full(codes.max() + 1, -1)
-        remap[present] = np.arange(len(present))
-        g = remap[codes]
-        k = len(present)
-        # the same rule as permutation importance (features.permutation_scopes)
-        scope = permutation_scopes(g[:, None], cl)[0]
-        base = {"attribute": gname, "n_levels": k, "permuted": scope}
-        if k < 2:
-            records.append({**base, "test": "none", "n": len(y_all), "unit": "row"})
-            continue
-        if cl is None:
-            rec = _independent_test(y_all, g, k, alpha, n_boot, rng)
-            rec.update(n=len(y_all), unit="row")
-        elif scope == ACROSS_CLUSTERS:  # constant within every cluster: one row per cluster
-            gc = g[first]
-            kc = len(np.unique(gc))
-            if kc < 2:
-                records.append({**base, "test": "none", "n": len(ybar), "unit": "cluster"})
-                continue
-            rec = _independent_test(ybar, gc, k, alpha, n_boot, rng)
-            rec.update(n=len(ybar), unit="cluster")
-        else:
-            rec = _within_cluster_test(y_all, g, cl, k, alpha, n_perm, n_boot, rng, method)
-            rec.update(n=int(cl.max()) + 1, unit="cluster")
-            note = within_cluster_note(
-                gname, int(clusters_varying(g, cl)[0]), n_cl, "the rank test", frame.cluster
-            )
-            if note:
-                notes.append(note)
-        records.append({**base, **rec})
+        rec, note = _test_group(frame, gname, units, alpha, n_perm, n_boot, rng, method)
+        records.append(rec)
+        if note:
+            notes.append(note)
     table = pd.DataFrame(records).reindex(columns=GROUP_TEST_COLUMNS[:-2])
     table = add_adjusted(table).reindex(columns=GROUP_TEST_COLUMNS)
+    table.attrs["warnings"] = notes + _table_notes(frame, table, n_perm)
+    return table
+
+
+@dataclass(frozen=True)
+class _Units:
+    """The outcome per row, and (with clusters) the cluster codes, each cluster's first row and
+    its mean outcome: the units of the across-cluster tests."""
+
+    y: np.ndarray
+    cl: np.ndarray | None = None
+    first: np.ndarray | None = None
+    ybar: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, frame: AnalysisFrame, outcome: str) -> _Units:
+        y = frame.data[outcome].to_numpy(dtype=float)
+        if frame.cluster is None:
+            return cls(y)
+        cl = pd.factorize(frame.data[frame.cluster])[0]
+        n_cl = int(cl.max()) + 1
+        first = np.empty(n_cl, dtype=np.int64)
+        first[cl[::-1]] = np.arange(len(cl))[::-1]
+        ybar = np.bincount(cl, weights=y, minlength=n_cl) / np.bincount(cl, minlength=n_cl)
+        return cls(y, cl, first, ybar)
+
+
+def _test_group(
+    frame: AnalysisFrame,
+    gname: str,
+    units: _Units,
+    alpha: float,
+    n_perm: int,
+    n_boot: int,
+    rng: np.random.Generator,
+    method: str,
+) -> tuple[dict, str | None]:
+    """One group's record (and a note for an attribute that varies in few clusters): on rows
+    without clusters, on cluster means when constant within clusters, within clusters else."""
+    codes = frame.data[gname].cat.codes.to_numpy().astype(np.int64)
+    present = np.flatnonzero(np.bincount(codes) > 0)
+    remap = np.full(codes.max() + 1, -1)
+    remap[present] = np.arange(len(present))
+    g, k, cl = remap[codes], len(present), units.cl
+    # the same rule as permutation importance (features.permutation_scopes)
+    scope = permutation_scopes(g[:, None], cl)[0]
+    base = {"attribute": gname, "n_levels": k, "permuted": scope}
+    if k < 2:
+        return {**base, "test": "none", "n": len(units.y), "unit": "row"}, None
+    if cl is None:
+        rec = _independent_test(units.y, g, k, alpha, n_boot, rng)
+        return {**base, **rec, "n": len(units.y), "unit": "row"}, None
+    n_cl = len(units.ybar)
+    if scope == ACROSS_CLUSTERS:  # constant within every cluster: one row per cluster
+        gc = g[units.first]
+        if len(np.unique(gc)) < 2:
+            return {**base, "test": "none", "n": n_cl, "unit": "cluster"}, None
+        rec = _independent_test(units.ybar, gc, k, alpha, n_boot, rng)
+        return {**base, **rec, "n": n_cl, "unit": "cluster"}, None
+    rec = _within_cluster_test(units.y, g, cl, k, alpha, n_perm, n_boot, rng, method)
+    varying = int(clusters_varying(g, cl)[0])
+    note = within_cluster_note(gname, varying, n_cl, "the rank test", frame.cluster)
+    return {**base, **rec, "n": n_cl, "unit": "cluster"}, note
+
+
+def _table_notes(frame: AnalysisFrame, table: pd.DataFrame, n_perm: int) -> list[str]:
+    """Notes on the whole table: permutation p-values tied at their floor, and groups that vary
+    within clusters together (each marginal test then carries the others' effects)."""
+    notes = []
     floor = 1.0 / (n_perm + 1.0)
     inside = table[table["permuted"] == WITHIN_CLUSTER]
     permuted = inside[inside["test"].str.endswith("+cluster_permutation")]
@@ -638,8 +673,7 @@ def group_tests(
             f"{floor:.2g}, the smallest {n_perm} permutations can give: each is significant, "
             "but their order is a tie (more permutations, n_perm, would separate them)."
         )
-    inside_groups = inside["attribute"].tolist()
-    confounded = _design_correlation(frame, inside_groups)
+    confounded = _design_correlation(frame, inside["attribute"].tolist())
     if confounded is not None:
         a, b, v = confounded
         notes.append(
@@ -648,8 +682,7 @@ def group_tests(
             "it also picks up the effects of the attributes its group moves with; the GLM's "
             "joint Wald tests adjust for them."
         )
-    table.attrs["warnings"] = notes
-    return table
+    return notes
 
 
 def _cramers_v(a: np.ndarray, b: np.ndarray) -> float:
