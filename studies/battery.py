@@ -365,13 +365,25 @@ def _as_float(x: Any) -> float:
 
 
 def _tests_score(tests: pd.DataFrame | None) -> pd.Series | None:
-    """-log10 p of each group's rank test; a p-value of 0 (underflow) scores the maximum."""
+    """-log10 p of each group's rank test. A within-cluster test with the chi² reference whose
+    p-value is below 1e-300 (or underflowed to 0: a strong switch on a Market-size table) is
+    scored in log space from its statistic Q on ``n_levels - 1`` df, as the GLM is, so strong
+    groups keep their order instead of tying at the maximum; any other p of 0 scores the
+    maximum."""
     if tests is None or tests.empty or "p_value" not in tests.columns:
         return None
+    from scipy import stats
+
     df = tests.drop_duplicates("attribute").set_index("attribute")
     p = pd.to_numeric(df["p_value"], errors="coerce")
     with np.errstate(divide="ignore"):
         score = -np.log10(p)
+    asymptotic = df.get("test", pd.Series("", index=df.index)).astype(str)
+    tiny = asymptotic.str.endswith("+stratified_asymptotic") & (p < _P_TINY)
+    for name in df.index[tiny]:
+        q, k = _as_float(df.at[name, "statistic"]), _as_float(df.at[name, "n_levels"])
+        if np.isfinite(q) and k >= 2:
+            score[name] = -log_sf(stats.chi2(k - 1), q) / _LN10
     return score.clip(upper=_MAX_LOG10).rename("tests")
 
 
