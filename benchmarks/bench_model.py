@@ -1,4 +1,4 @@
-"""MoSAIC-ReID against the plain backbone: throughput and peak memory, eager and compiled.
+"""MoSAIC-ReID with each expert bank against the plain backbone: throughput and peak memory.
 
     python benchmarks/bench_model.py                       # CPU: batch 2, few iterations
     python benchmarks/bench_model.py --device cuda         # GPU: bf16 autocast, batch 64
@@ -9,8 +9,10 @@
 Both models are CLIP ViT-B/16 at 256x128 (open_clip's architecture, random init, nothing
 downloaded) with the same BNNeck + identity classifier (751 identities, as Market-1501's
 training set); MoSAIC adds the Market-1501 schema's 35 LoRA experts at rank 8 in the last
-blocks (default 2) and routes every sample with the oracle router. Both get the same batch of
-images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
+blocks (default 2) and routes every sample with the oracle router. One MoSAIC model per expert
+bank (``--banks``, default both): ``adapter`` (a gated LoRA branch beside the MLP) and ``lora``
+(gated LoRA updates of the MLP's own two linears), each on its own copy of the same backbone.
+All get the same batch of images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
 
 - ``infer``: eval mode, no grad, one forward.
 - ``train``: train mode, forward + identity cross-entropy + backward + AdamW step. The
@@ -20,10 +22,10 @@ images (and MoSAIC its attribute multi-hot, ~12 experts on per sample).
   cold compile time); the first call's time (compilation and warm-up) is shown apart and is
   not in the throughput.
 
-Throughput is the best of ``--repeats`` timed runs, plain and MoSAIC alternating (and which of
-the two goes first alternating too) so that drift of a shared machine hits both. The headline
-ratio is the median (and range) of the ratios of the alternating pairs, which a noisy machine
-moves less than the ratio of the bests, shown beside it. With ``--compile-mode reduce-overhead``
+Throughput is the best of ``--repeats`` timed runs, plain and the MoSAIC models alternating
+(and their order reversed every other repeat) so that drift of a shared machine hits all. The
+headline ratio of a bank is the median (and range) of the ratios to the plain run of the same
+repeat, which a noisy machine moves less than the ratio of the bests, shown beside it. With ``--compile-mode reduce-overhead``
 every step marks a new CUDA-graph step and clones what it returns (see `make_step`).
 
 ``--profile`` adds a table of what one step costs each model: dispatched ATen operations (views
@@ -345,25 +347,25 @@ def profile_report(profiles: list[StepProfile], top: int = 8) -> str:
         "Per step (`--profile`): ATen operations that launch work (views and allocations left "
         "out; eager rows only), CUDA kernels and their summed GPU time, and the wall time of the timed run.",
         "",
-        "| mode | torch.compile | plain ops | MoSAIC ops | extra ops | plain kernels | "
+        "| mode | torch.compile | bank | plain ops | MoSAIC ops | extra ops | plain kernels | "
         "MoSAIC kernels | plain GPU ms | MoSAIC GPU ms | plain wall ms | MoSAIC wall ms | "
         "syncs (plain / MoSAIC) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     by = {(p.model, p.mode, p.compiled): p for p in profiles}
     extra_kernels = []
-    for (model, mode, compiled), a in by.items():
-        if model != "plain" or (b := by.get(("mosaic", mode, compiled))) is None:
+    for (bank, mode, compiled), b in by.items():
+        if bank == "plain" or (a := by.get(("plain", mode, compiled))) is None:
             continue
         if a.skipped or b.skipped:
             lines.append(
-                f"| {mode} | {'yes' if compiled else 'no'} | skipped: "
+                f"| {mode} | {'yes' if compiled else 'no'} | {bank} | skipped: "
                 f"{a.skipped or b.skipped} ||||||||||"
             )
             continue
         extra = None if a.ops is None or b.ops is None else b.ops - a.ops
         lines.append(
-            f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.ops, '.0f')} | "
+            f"| {mode} | {'yes' if compiled else 'no'} | {bank} | {fmt(a.ops, '.0f')} | "
             f"{fmt(b.ops, '.0f')} | {fmt(extra, '+.0f')} | {fmt(a.kernels, '.0f')} | "
             f"{fmt(b.kernels, '.0f')} | {fmt(a.gpu_ms, '.2f')} | {fmt(b.gpu_ms, '.2f')} | "
             f"{fmt(a.wall_ms, '.2f')} | {fmt(b.wall_ms, '.2f')} | "
@@ -375,11 +377,11 @@ def profile_report(profiles: list[StepProfile], top: int = 8) -> str:
                 for k in set(a.kernel_ms) | set(b.kernel_ms)
             }
             worst = sorted(diff.items(), key=lambda kv: -kv[1])[:top]
-            extra_kernels.append((mode, compiled, worst))
-    for mode, compiled, worst in extra_kernels:
+            extra_kernels.append((bank, mode, compiled, worst))
+    for bank, mode, compiled, worst in extra_kernels:
         lines += [
             "",
-            f"Kernels with the most extra GPU time in MoSAIC, {mode}, "
+            f"Kernels with the most extra GPU time in MoSAIC ({bank} bank), {mode}, "
             f"{'compiled' if compiled else 'eager'} (ms per step, MoSAIC minus plain):",
             "",
         ]
@@ -387,7 +389,7 @@ def profile_report(profiles: list[StepProfile], top: int = 8) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[Run]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 64 on CUDA")
@@ -405,6 +407,9 @@ def main(argv: list[str] | None = None) -> list[Run]:
         help="torch.compile the whole model, or each transformer block (regional compilation: "
         "identical blocks share one compiled graph, a fraction of the cold compile time); "
         "default: model on CPU, blocks on CUDA (to finish in ~2-3 minutes)",
+    )
+    p.add_argument(
+        "--banks", default="adapter,lora", help="expert banks to measure, each its own model"
     )
     p.add_argument("--blocks", type=int, default=None, help="expert blocks (default: the model's)")
     p.add_argument("--rank", type=int, default=8)
@@ -440,11 +445,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda was asked for but torch sees no CUDA device.")
-    gpu = device.type == "cuda"
+    gpu = args.device == "cuda"
+    args.banks = [b.strip() for b in args.banks.split(",") if b.strip()]
     args.batch = args.batch or (64 if gpu else 2)
     # launch-bound eager steps at batch 64 are noisy (pair ratios 0.86-1.02 in one run with 3
     # x 20 steps): 5 alternating pairs of 40 steps each, and the median pair ratio as headline
@@ -454,91 +456,134 @@ def main(argv: list[str] | None = None) -> list[Run]:
     args.amp = gpu or args.amp  # bf16 autocast on the GPU; float32 on the CPU unless --amp
     args.compile_scope = args.compile_scope or ("blocks" if gpu else "model")
     args.profile_steps = args.profile_steps or (5 if gpu else 2)
+    return args
+
+
+def build_models(args, schema, size: tuple[int, int]) -> dict[str, nn.Module]:
+    """``{"plain": PlainReID, <bank>: MoSAICReID with that bank, ...}``, each on its own copy
+    of one randomly initialised backbone."""
+    torch.manual_seed(0)
+    tiny = {"tiny": True, "layers": 12} if args.tiny else {}
+    bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=size, **tiny)
+    models: dict[str, nn.Module] = {"plain": PlainReID(copy.deepcopy(bb), bb.width, NUM_CLASSES)}
+    for bank in args.banks:
+        options = dict(
+            pretrained=None,
+            num_classes=NUM_CLASSES,
+            bank=bank,
+            rank=args.rank,
+            pooling=args.pooling,
+            schema=args.schema,
+            img_size=size,
+            backbone_kwargs=tiny,
+        )
+        if args.blocks is not None:
+            options["blocks"] = args.blocks
+        torch.manual_seed(1)  # the same experts' initialisation whatever the order
+        models[bank] = MoSAICReID(
+            MoSAICConfig(**options), backbone=copy.deepcopy(bb), schema=schema
+        )
+    return models
+
+
+def main(argv: list[str] | None = None) -> list[Run]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for but torch sees no CUDA device.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if gpu:
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     started = time.perf_counter()
 
-    torch.manual_seed(0)
     schema = load_schema(args.schema)
     size = (32, 16) if args.tiny else (256, 128)
-    tiny = {"tiny": True, "layers": 12} if args.tiny else {}
-    bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=size, **tiny)
-    plain = PlainReID(copy.deepcopy(bb), bb.width, NUM_CLASSES)
-    cfg_kwargs = dict(
-        pretrained=None,
-        num_classes=NUM_CLASSES,
-        rank=args.rank,
-        pooling=args.pooling,
-        schema=args.schema,
-        img_size=size,
-        backbone_kwargs=tiny,
-    )
-    if args.blocks is not None:
-        cfg_kwargs["expert_blocks"] = args.blocks
-    mosaic = MoSAICReID(MoSAICConfig(**cfg_kwargs), backbone=bb, schema=schema)
-    plain.to(device)
-    mosaic.to(device)
-    share = mosaic.expert_parameter_share()
+    models = build_models(args, schema, size)
+    for model in models.values():
+        model.to(device)
+    shares = {bank: models[bank].expert_parameter_share() for bank in args.banks}
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, *size, generator=g).to(device)
     attrs = random_attributes(schema, args.batch, g).to(device)
     labels = torch.randint(NUM_CLASSES, (args.batch,), generator=g).to(device)
-    memory = Memory(device)
-
-    runs: list[Run] = []
-    profiles: list[StepProfile] = []
-    compiled_models: dict[str, nn.Module] = {}
+    bench = Bench(args, device, models, (x, attrs, labels), shares, started)
     for compiled in [c == "compiled" for c in args.compile.split(",")]:
         for mode in args.modes.split(","):
-            pair = [Run("plain", mode, compiled), Run("mosaic", mode, compiled)]
-            runs += pair
-            for rep in range(args.repeats):
-                # alternate which model goes first: a drift (clocks, another job) between the
-                # two halves of a pair then favours each model equally often
-                for run in pair if rep % 2 == 0 else pair[::-1]:
-                    if args.budget and time.perf_counter() - started > args.budget:
-                        run.skipped = run.skipped or "time budget"
-                        continue
-                    base = plain if run.model == "plain" else mosaic
-                    if compiled:
-                        if run.model not in compiled_models:
-                            compiled_models[run.model] = compile_model(
-                                base, args.compile_scope, args.compile_mode
-                            )
-                        model = compiled_models[run.model]
-                    else:
-                        model = base
-                    try:
-                        measure(run, model, args, device, x, attrs, labels, memory, first=rep == 0)
-                    except Exception as e:  # keep going unattended; report what failed
-                        run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                    print(_progress(run), file=sys.stderr, flush=True)
-                    write_json(args, device, share, runs)  # partial results survive a timeout
+            group = bench.time_group(mode, compiled)
             if args.profile:  # here, before a later compiled pass compiles the blocks in place
-                for run in pair:
-                    prof_run = StepProfile(run.model, mode, compiled)
-                    profiles.append(prof_run)
-                    if run.skipped:
-                        prof_run.skipped = run.skipped
-                        continue
-                    base = plain if run.model == "plain" else mosaic
-                    model = compiled_models[run.model] if compiled else base
-                    try:
-                        profile_step(prof_run, run, model, args, device, x, attrs, labels)
-                    except Exception as e:  # the timings above stay valid
-                        prof_run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                write_json(args, device, share, runs, profiles)
+                bench.profile_group(group, mode, compiled)
 
-    text = report(runs, args, device, share, mosaic, time.perf_counter() - started)
-    if profiles:
-        text += "\n\n" + profile_report(profiles)
+    text = report(bench.runs, args, device, models, time.perf_counter() - started)
+    if bench.profiles:
+        text += "\n\n" + profile_report(bench.profiles)
     print(text)
-    write_json(args, device, share, runs, profiles)
-    return runs
+    bench.write()
+    return bench.runs
+
+
+@dataclass
+class Bench:
+    """The models, the batch and the results of one benchmark invocation."""
+
+    args: argparse.Namespace
+    device: torch.device
+    models: dict[str, nn.Module]
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    shares: dict[str, float]
+    started: float
+    runs: list[Run] = field(default_factory=list)
+    profiles: list[StepProfile] = field(default_factory=list)
+    compiled_models: dict[str, nn.Module] = field(default_factory=dict)
+
+    def model(self, name: str, compiled: bool) -> nn.Module:
+        if not compiled:
+            return self.models[name]
+        if name not in self.compiled_models:
+            self.compiled_models[name] = compile_model(
+                self.models[name], self.args.compile_scope, self.args.compile_mode
+            )
+        return self.compiled_models[name]
+
+    def time_group(self, mode: str, compiled: bool) -> list[Run]:
+        """Time plain and every bank in ``mode``, alternating within each repeat."""
+        args, memory = self.args, Memory(self.device)
+        group = [Run(name, mode, compiled) for name in self.models]
+        self.runs += group
+        for rep in range(args.repeats):
+            # reverse the order every other repeat: a drift (clocks, another job) within a
+            # repeat then favours each model equally often
+            for run in group if rep % 2 == 0 else group[::-1]:
+                if args.budget and time.perf_counter() - self.started > args.budget:
+                    run.skipped = run.skipped or "time budget"
+                    continue
+                try:
+                    model = self.model(run.model, compiled)
+                    measure(run, model, args, self.device, *self.batch, memory, first=rep == 0)
+                except Exception as e:  # keep going unattended; report what failed
+                    run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                print(_progress(run), file=sys.stderr, flush=True)
+                self.write()  # partial results survive a timeout
+        return group
+
+    def profile_group(self, group: list[Run], mode: str, compiled: bool) -> None:
+        for run in group:
+            prof_run = StepProfile(run.model, mode, compiled)
+            self.profiles.append(prof_run)
+            if run.skipped:
+                prof_run.skipped = run.skipped
+                continue
+            model = self.model(run.model, compiled)
+            try:
+                profile_step(prof_run, run, model, self.args, self.device, *self.batch)
+            except Exception as e:  # the timings above stay valid
+                prof_run.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        self.write()
+
+    def write(self) -> None:
+        write_json(self.args, self.device, self.shares, self.runs, self.profiles)
 
 
 def compile_model(model: nn.Module, scope: str, mode: str | None = None) -> nn.Module:
@@ -552,7 +597,7 @@ def compile_model(model: nn.Module, scope: str, mode: str | None = None) -> nn.M
 
 
 def write_json(
-    args, device, share: float, runs: list[Run], profiles: list[StepProfile] = ()
+    args, device, shares: dict[str, float], runs: list[Run], profiles: list[StepProfile] = ()
 ) -> None:
     if not args.json:
         return
@@ -562,7 +607,7 @@ def write_json(
                 "machine": machine(device),
                 "torch": torch.__version__,
                 "args": dict(vars(args)),
-                "expert_share": share,
+                "expert_share": shares,
                 "runs": [asdict(r) for r in runs],
                 "profiles": [asdict(p) for p in profiles],
             },
@@ -591,55 +636,61 @@ def machine(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def report(runs: list[Run], args, device, share: float, mosaic: MoSAICReID, total_s: float) -> str:
-    def fmt(v, spec=".1f"):
-        return "n/a" if v is None or v != v else format(v, spec)
-
+def report(runs: list[Run], args, device, models: dict[str, nn.Module], total_s: float) -> str:
     lines = [
         f"Machine: {machine(device)}; torch {torch.__version__}; "
         f"{'bf16 autocast' if args.amp else 'float32'}; batch {args.batch}, "
         f"torch.compile scope: {args.compile_scope}; "
         f"{args.iters} timed steps after {args.warmup} warm-up, {args.repeats} alternating "
-        f"pairs{'; torch.compile mode ' + args.compile_mode if args.compile_mode else ''}.",
-        f"Experts: {mosaic.schema.name} schema, {mosaic.schema.n_experts} experts, rank {args.rank}, "
-        f"blocks {list(mosaic.experts.block_indices)}, pooling {args.pooling}: "
-        f"{mosaic.expert_parameter_count():,} parameters = {100 * share:.2f} % of the backbone's "
-        f"{mosaic.backbone_parameter_count():,}.",
+        f"repeats{'; torch.compile mode ' + args.compile_mode if args.compile_mode else ''}.",
+    ]
+    for bank in args.banks:
+        mosaic = models[bank]
+        lines.append(
+            f"Experts ({bank} bank): {mosaic.schema.name} schema, {mosaic.schema.n_experts} "
+            f"experts, rank {args.rank}, blocks {list(mosaic.experts.block_indices)}, pooling "
+            f"{args.pooling}: {mosaic.expert_parameter_count():,} parameters = "
+            f"{100 * mosaic.expert_parameter_share():.2f} % of the backbone's "
+            f"{mosaic.backbone_parameter_count():,}."
+        )
+    lines += [
         "",
-        "MoSAIC / plain throughput: the headline is the median of the ratios of the alternating "
-        "pairs (each pair timed back to back, which a drifting machine moves least); the ratio "
-        "of the best runs is beside it.",
+        "MoSAIC / plain throughput per bank: the headline is the median of the ratios to the "
+        "plain run of the same repeat (timed back to back, which a drifting machine moves "
+        "least); the ratio of the best runs is beside it.",
         "",
-        "| mode | torch.compile | plain img/s (best) | MoSAIC img/s (best) | pair ratios: median [min, max] | ratio of bests | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | torch.compile | bank | plain img/s (best) | MoSAIC img/s (best) | pair ratios: median [min, max] | ratio of bests | plain peak MB | MoSAIC peak MB | ratio | first call s (plain / MoSAIC) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     by = {(r.model, r.mode, r.compiled): r for r in runs}
     for compiled in [c == "compiled" for c in args.compile.split(",")]:
         for mode in args.modes.split(","):
-            a, b = by[("plain", mode, compiled)], by[("mosaic", mode, compiled)]
-            if a.skipped or b.skipped:
-                lines.append(
-                    f"| {mode} | {'yes' if compiled else 'no'} | skipped: {a.skipped or b.skipped} ||||||||"
-                )
-                continue
-            ratio = b.images_per_s / a.images_per_s
-            pairs = sorted(rb / ra for ra, rb in zip(a.rates, b.rates, strict=False))
-            spread = (
-                f"{statistics.median(pairs):.3f} [{pairs[0]:.3f}, {pairs[-1]:.3f}]"
-                if pairs
-                else "n/a"
-            )
-            mratio = b.peak_mb / a.peak_mb if a.peak_mb and b.peak_mb is not None else None
-            lines.append(
-                f"| {mode} | {'yes' if compiled else 'no'} | {fmt(a.images_per_s, '.3g')} | "
-                f"{fmt(b.images_per_s, '.3g')} | **{spread}** | {fmt(ratio, '.3f')} | "
-                f"{fmt(a.peak_mb, '.0f')} | "
-                f"{fmt(b.peak_mb, '.0f')} | {fmt(mratio, '.3f')} | "
-                f"{fmt(a.first_call_s)} / {fmt(b.first_call_s)} |"
-            )
+            for bank in args.banks:
+                a, b = by[("plain", mode, compiled)], by[(bank, mode, compiled)]
+                lines.append(_report_row(a, b, mode, compiled, bank))
     lines.append("")
     lines.append(f"Total wall time {total_s:.0f} s.")
     return "\n".join(lines)
+
+
+def _report_row(a: Run, b: Run, mode: str, compiled: bool, bank: str) -> str:
+    """One table row: bank run ``b`` against the plain run ``a``."""
+
+    def fmt(v, spec=".1f"):
+        return "n/a" if v is None or v != v else format(v, spec)
+
+    head = f"| {mode} | {'yes' if compiled else 'no'} | {bank} |"
+    if a.skipped or b.skipped:
+        return f"{head} skipped: {a.skipped or b.skipped} ||||||||"
+    ratio = b.images_per_s / a.images_per_s
+    pairs = sorted(rb / ra for ra, rb in zip(a.rates, b.rates, strict=False))
+    spread = f"{statistics.median(pairs):.3f} [{pairs[0]:.3f}, {pairs[-1]:.3f}]" if pairs else "n/a"
+    mratio = b.peak_mb / a.peak_mb if a.peak_mb and b.peak_mb is not None else None
+    return (
+        f"{head} {fmt(a.images_per_s, '.3g')} | {fmt(b.images_per_s, '.3g')} | **{spread}** | "
+        f"{fmt(ratio, '.3f')} | {fmt(a.peak_mb, '.0f')} | {fmt(b.peak_mb, '.0f')} | "
+        f"{fmt(mratio, '.3f')} | {fmt(a.first_call_s)} / {fmt(b.first_call_s)} |"
+    )
 
 
 if __name__ == "__main__":

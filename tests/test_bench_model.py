@@ -16,35 +16,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 bench_model = pytest.importorskip("bench_model")
 
 
-def test_tiny_run_times_both_models_and_counts_their_operations(tmp_path, capsys):
+def test_tiny_run_times_plain_and_both_banks_and_counts_their_operations(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--tiny", "--profile", "--compile", "eager", "--iters", "1", "--repeats", "2"]
     runs = bench_model.main([*argv, "--json", str(out)])  # no --threads: it is process-wide
     assert {(r.model, r.mode) for r in runs} == {
-        (m, mode) for m in ("plain", "mosaic") for mode in ("infer", "train")
+        (m, mode) for m in ("plain", "adapter", "lora") for mode in ("infer", "train")
     }
     assert all(len(r.rates) == 2 and min(r.rates) > 0 and not r.skipped for r in runs)
     data = json.loads(out.read_text())
     ops = {(p["model"], p["mode"]): p["ops"] for p in data["profiles"]}
-    # the expert branch adds work to every step, and training does more than inference
-    assert ops["mosaic", "infer"] > ops["plain", "infer"] > 0
-    assert ops["mosaic", "train"] > ops["plain", "train"] > ops["plain", "infer"]
+    # each bank adds work to every step, and training does more than inference
+    for bank in ("adapter", "lora"):
+        assert ops[bank, "infer"] > ops["plain", "infer"] > 0
+        assert ops[bank, "train"] > ops["plain", "train"] > ops["plain", "infer"]
+    # the lora bank wraps two linears per block where the adapter wraps one sub-layer
+    assert ops["lora", "infer"] > ops["adapter", "infer"]
+    assert data["expert_share"]["lora"] > data["expert_share"]["adapter"] > 0
     text = capsys.readouterr().out
-    assert "pair ratios: median" in text and "| infer | no |" in text
+    assert "pair ratios: median" in text
+    assert "| infer | no | adapter |" in text and "| train | no | lora |" in text
 
 
-def test_profile_report_ranks_the_kernels_mosaic_adds():
+def test_profile_report_ranks_the_kernels_a_bank_adds():
     plain = bench_model.StepProfile(
         "plain", "train", False, wall_ms=30.0, ops=1000, kernels=900, gpu_ms=20.0,
         kernel_ms={"gemm_big": 15.0, "layernorm": 5.0},
     )  # fmt: skip
     mosaic = bench_model.StepProfile(
-        "mosaic", "train", False, wall_ms=33.0, ops=1040, kernels=930, gpu_ms=22.5,
+        "lora", "train", False, wall_ms=33.0, ops=1040, kernels=930, gpu_ms=22.5,
         kernel_ms={"gemm_big": 15.1, "layernorm": 5.0, "gemm_thin": 2.0, "mul": 0.4},
     )  # fmt: skip
     text = bench_model.profile_report([plain, mosaic])
     row = (
-        "| train | no | 1000 | 1040 | +40 | 900 | 930 | 20.00 | 22.50 | 30.00 | 33.00 | n/a / n/a |"
+        "| train | no | lora | 1000 | 1040 | +40 | 900 | 930 | 20.00 | 22.50 | 30.00 | 33.00 | "
+        "n/a / n/a |"
     )
     assert row in text
     listed = [line for line in text.splitlines() if line.startswith("- ")]

@@ -171,7 +171,7 @@ def test_model_takes_any_bank_built_or_as_a_factory():
         tiny_model(bank="peft")
 
 
-def test_expert_share_market_rank8_vit_b16_is_under_two_percent():
+def test_expert_share_market_rank8_vit_b16_adapter_under_two_percent_lora_five():
     # The real ViT-B/16 architecture (random init, no download), built on the meta device so
     # no memory is allocated; the count is compared with the closed form K·E·r·(D_in + D_out).
     with torch.device("meta"):
@@ -183,6 +183,12 @@ def test_expert_share_market_rank8_vit_b16_is_under_two_percent():
     assert 80e6 < model.backbone_parameter_count() < 90e6
     assert share < 0.02
     assert share == pytest.approx(860_160 / model.backbone_parameter_count())
+    # the lora bank adapts the MLP's own D -> 4D -> D linears: 5x the parameters at rank 8
+    with torch.device("meta"):
+        bb = backbones.build("clip:ViT-B-16", pretrained=None, img_size=(256, 128))
+        lora = MoSAICReID(MoSAICConfig(pretrained=None, bank="lora"), backbone=bb)
+    assert lora.expert_parameter_count() == 2 * schema.n_experts * 8 * (2 * (768 + 3072))
+    assert lora.expert_parameter_share() == pytest.approx(0.0502, abs=1e-4)
 
 
 def test_model_compiles_without_graph_breaks():
