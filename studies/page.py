@@ -171,6 +171,8 @@ class Link:
 
 @dataclass
 class Links:
+    """A list of links to other reports (the study page's links to each battery's own)."""
+
     items: Sequence[Link]
 
 

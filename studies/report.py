@@ -1,7 +1,10 @@
-"""The study report: report.json (the versioned record), report.md, report.html, CSVs, figures.
+"""The battery report of `attrimp study analyze`: report.json (the versioned record), report.md,
+report.html, CSVs, figures.
 
 report.json is the source of truth and is built first; the Markdown and HTML pages are rendered
-from that same dictionary, so the three can never disagree. It is deterministic — no timestamps,
+from that same dictionary (the page of `studies.report_md`, rendered by `studies.page`, the
+renderer the study report of `attrimp study run` uses too), so the three can never disagree.
+Every file is written atomically through `attrimp.io` (torch-free). It is deterministic — no timestamps,
 no timings, keys in a fixed order, NaN written as ``null`` — so the same seed on the same table
 gives byte-identical files. The layout is documented in docs/report-schema.md; change
 :data:`SCHEMA_VERSION` with it (see the version policy there).

@@ -16,7 +16,6 @@ a group's experts are switched off, i.e. positive = the attribute helps re-ident
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from attrimp.config import DESIGNS, StudyConfig
-from attrimp.io import atomic_write_bytes, atomic_write_text
+from attrimp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from attrimp.study.analyses import StudyAnalyses
 from studies.page import (
     Box,
@@ -575,43 +574,12 @@ def answer_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- report.json
 
 
-def write_study_report(
-    out: Path,
-    *,
-    cfg: StudyConfig,
-    data,
-    configs: pd.DataFrame,
-    importance: pd.DataFrame,
-    analyses: StudyAnalyses,
-    baseline: dict[str, Any] | None,
-    importance_retrained: pd.DataFrame | None = None,
-    learned: dict[str, Any] | None,
-    planted: dict[str, Any] | None,
-    model_info: dict[str, Any],
-) -> dict[str, Any]:
-    """Build report.json, write it, then the figures and both pages drawn from it; returns the
-    report dictionary (the caller adds the run's ``timings`` and writes it again)."""
-    report = build_study_report(
-        cfg=cfg,
-        data=data,
-        configs=configs,
-        importance=importance,
-        analyses=analyses,
-        baseline=baseline,
-        importance_retrained=importance_retrained,
-        learned=learned,
-        planted=planted,
-        model_info=model_info,
-    )
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+def write_study_report(out: Path, report: Mapping[str, Any]) -> None:
+    """report.json (`build_study_report`), then figures/*.png, report.md and report.html drawn
+    from it alone (and from ``tables/priors.csv`` when the data stage wrote it)."""
+    atomic_write_json(out / "report.json", report, allow_nan=False)
     priors_csv = out / "tables" / "priors.csv"
-    write_pages(out, report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
-    return report
-
-
-def write_pages(out: Path, report: Mapping[str, Any], priors: pd.DataFrame | None) -> None:
-    """figures/*.png, report.md and report.html, drawn from report.json alone (and the priors)."""
-    figs = _figures(report, priors)
+    figs = _figures(report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
     for name, png in figs.items():
         atomic_write_bytes(out / "figures" / f"{name}.png", png)
     atomic_write_text(out / "report.md", render_markdown(report, list(figs)))
@@ -626,12 +594,13 @@ def build_study_report(
     importance: pd.DataFrame,
     analyses: StudyAnalyses,
     baseline: dict[str, Any] | None,
-    importance_retrained: pd.DataFrame | None,
+    importance_retrained: pd.DataFrame | None = None,
     learned: dict[str, Any] | None,
     planted: dict[str, Any] | None,
     model_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """The report.json dictionary (docs/study.md), JSON-safe (NaN -> null)."""
+    """The report.json dictionary (docs/study.md), JSON-safe (NaN -> null); the run adds its
+    ``timings`` last."""
     answer = build_answer(
         importance,
         analyses.paired,

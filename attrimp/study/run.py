@@ -40,7 +40,7 @@ import pandas as pd
 from attrimp.config import StudyConfig
 from attrimp.io import atomic_write_frame, atomic_write_json, atomic_write_text, run_output
 from attrimp.study.analyses import StudyAnalyses, run_study_analyses
-from attrimp.study.report import write_study_report
+from attrimp.study.report import build_study_report, write_study_report
 
 logger = logging.getLogger(__name__)
 
@@ -551,8 +551,7 @@ def _report_stage(run: _Run, data, model, tables: _Tables, analyses: StudyAnalys
     design_file = Path(data.root) / "synth.json"
     planted = json.loads(design_file.read_text()) if design_file.exists() else None
     with run.stages.stage("report"):
-        report = write_study_report(
-            run.out,
+        report = build_study_report(
             cfg=run.cfg,
             data=data,
             configs=tables.configs,
@@ -564,6 +563,7 @@ def _report_stage(run: _Run, data, model, tables: _Tables, analyses: StudyAnalys
             planted=planted,
             model_info=_model_info(model),
         )
+        write_study_report(run.out, report)
     report["timings"] = run.stages.clock.to_dict()
     atomic_write_json(run.out / "report.json", report, allow_nan=False)
     total = report["timings"]["total_seconds"]
