@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import backbones
 from attrimp.errors import ConfigError
 from attrimp.model import interfaces
 from attrimp.model.experts import ExpertSiteWrapper, GatedLoRA
@@ -304,3 +305,25 @@ def test_lora_bank_compiles_without_graph_breaks():
         torch.testing.assert_close(out, eager)
         out.sum().backward()  # aot_eager traces the backward too
         assert bank.layers[0].B.grad is not None
+
+
+def test_lora_bank_composes_with_peft_lora_on_the_backbone():
+    # adapt = "lora": peft already wrapped the MLP's linears; the bank gates peft's base_layer
+    # and leaves peft's own lora_A / lora_B alone
+    torch.manual_seed(0)
+    bb = backbones.build(
+        "timm:vit_tiny_patch16_224", pretrained=None, img_size=(32, 16), tiny=True, depth=3,
+        adapt="lora",
+    )  # fmt: skip
+    bare = copy.deepcopy(bb)
+    bank = WeightLoRABank(bb, 4, blocks=1)
+    assert sorted(wrapped(bb)) == [
+        "inner.blocks.2.mlp.fc1.base_layer",
+        "inner.blocks.2.mlp.fc2.base_layer",
+    ]
+    x = images(2)
+    with torch.no_grad(), bank.gated(torch.zeros(2, 4)):
+        assert torch.equal(bb(x), bare(x))
+    randomise_experts(bank)
+    with torch.no_grad(), bank.gated(torch.ones(2, 4)):
+        assert not torch.allclose(bb(x), bare(x))
