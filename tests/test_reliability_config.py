@@ -24,6 +24,8 @@ BAD = {
     "data.synthetic.seed": -3,
     "model.img_size": [0, 128],
     "model.stride": 0,
+    "experts.blocks": -1,
+    "experts.rank": 0,
     "experts.alpha": math.nan,
     "experts.dropout": 1.0,
     "router.attribute_loss_weight": -0.5,
