@@ -328,10 +328,11 @@ def test_saving_twice_replaces_atomically(tmp_path):
     assert copy.deepcopy(again.config) == model.config
 
 
-def test_deepcopy_rewires_the_experts_to_the_copy():
+@pytest.mark.parametrize("bank", ["adapter", "lora"])
+def test_deepcopy_rewires_the_experts_to_the_copy(bank):
     # EMA teachers and ablation copies deep-copy the model: the copy's wrapped sites must use
     # the copy's experts and gate state, not the original's.
-    model = tiny_model(router="learned")
+    model = tiny_model(router="learned", bank=bank)
     randomise(model)
     model.eval()
     x, _ = batch(model.schema)
