@@ -4,6 +4,8 @@ CPU and GPU runs (preset world, reference config, `attrimp study run`, stage tab
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -78,3 +80,13 @@ def test_tiny_size_runs_the_study_and_tabulates_every_stage(tmp_path):
     assert "switching: " in log and "s, peak RSS" in log
     # a second run reuses the world instead of drawing it again
     assert bench.draw_world(tmp_path / "world", "tiny", tmp_path)["reused"] is True
+    # the statistics stage alone, again, on the tables the study wrote
+    again = [str(tmp_path / "study"), "--config", str(tmp_path / "config.toml")]
+    script = REPO / "benchmarks" / "bench_study_analyses.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), *again, "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| analyses.switching |" in proc.stdout and "| analyses.attributes |" in proc.stdout

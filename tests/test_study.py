@@ -69,6 +69,7 @@ def test_tiny_study_end_to_end(tmp_path):
     )
     assert {r["attribute"] for r in report["consensus"]} == set(groups)
     assert report["attribute_only"]["mAP"] is not None
+    assert report["model"]["bank"] == "adapter" and report["model"]["n_experts"] == 35
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Leave-one-group-out" in html
     assert (tmp_path / "figures" / "priors.png").exists()

@@ -666,6 +666,7 @@ def _model_info(model) -> dict[str, Any]:
         "backbone": model.config.backbone,
         "pretrained": model.config.pretrained,
         "img_size": list(model.config.img_size),
+        "bank": model.config.bank,
         "expert_blocks": list(model.experts.block_indices),
         "rank": model.config.rank,
         "site": model.config.site,
