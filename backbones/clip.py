@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from attrimp.errors import ConfigError
-from backbones import register_family
 from backbones.base import CLIP_MEAN, CLIP_STD, BackboneFamily, PretrainedCfg, ViTBackbone, grid_for
 
 #: vision-tower overrides for ``tiny=True`` (2 blocks, width 48, 3 heads); user kwargs win
@@ -117,7 +116,6 @@ def _is_plain_vit(cfg: dict[str, Any] | None) -> bool:
     )
 
 
-@register_family("clip")
 class ClipFamily(BackboneFamily):
     """open_clip ViTs by open_clip name; weights by open_clip pretrained tag or a local file."""
 

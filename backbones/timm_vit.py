@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from attrimp.errors import ConfigError
-from backbones import register_family
 from backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -328,6 +327,3 @@ class TimmFamily(BackboneFamily):
             std=tuple(pcfg.get("std", IMAGENET_STD)),
         )
         return TimmViT(inner, cfg=cfg, stride=stride, camera_count=camera_count)
-
-
-register_family("timm")(TimmFamily)
