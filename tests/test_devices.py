@@ -108,9 +108,3 @@ def test_an_unknown_name_is_one_sentence_naming_it(no_torchrun, name):
 
 def test_a_torch_device_is_accepted_as_is(no_torchrun, no_cuda):
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-
-
-def test_the_training_module_re_exports_the_same_function():
-    from attrimp.train import training
-
-    assert training.resolve_device is resolve_device

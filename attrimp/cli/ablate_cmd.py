@@ -44,7 +44,7 @@ def ablate_command(
     """
     from rich.console import Console
 
-    from attrimp.train.training import resolve_device
+    from attrimp.devices import resolve_device
 
     cfg = _with_designs(config, designs)
     dev = resolve_device(device)

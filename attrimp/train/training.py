@@ -68,13 +68,7 @@ STATE_JSON = "trainer_state.json"
 log = logging.getLogger(__name__)
 
 
-__all__ = [  # resolve_device lives in attrimp.devices; re-exported for older imports
-    "TrainResult",
-    "latest_checkpoint",
-    "resolve_checkpoint",
-    "resolve_device",
-    "train",
-]
+__all__ = ["TrainResult", "latest_checkpoint", "resolve_checkpoint", "train"]
 
 
 def seed_everything(seed: int) -> None:
