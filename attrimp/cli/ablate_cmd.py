@@ -118,12 +118,8 @@ def _evaluate_conditions(cfg, model, data, dev, console):
 
 def _write_tables(per_query, groups, out: Path):
     """The four tables of the module docstring, written atomically; returns the config-level one."""
-    from attrimp.study.run import (
-        atomic_write_frame,
-        config_table,
-        delta_table,
-        leave_one_out_importance,
-    )
+    from attrimp.io import atomic_write_frame
+    from attrimp.study.run import config_table, delta_table, leave_one_out_importance
 
     configs = config_table(per_query, groups)
     deltas = delta_table(per_query, groups)
