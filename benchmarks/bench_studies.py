@@ -184,15 +184,9 @@ def _naive(n_rows: int, seed: int) -> dict:
 
 
 def _print(scale: list[dict], naive: dict | None) -> None:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    from bench_reference_study import cpu_name  # beside this script
+
+    print(f"\nMachine: {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     if scale:
         print(
             "| rows | generate s | frame s | battery s | report s | battery + report s | "

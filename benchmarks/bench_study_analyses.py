@@ -12,7 +12,6 @@ clock, and prints the stage table (seconds, rows, peak memory) in Markdown::
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +41,10 @@ def main() -> None:
     run_study_analyses(per_query, configs, schema, cfg, out, clock=clock)
     clock.end()
     wall = time.perf_counter() - start
+    from bench_reference_study import cpu_name  # beside this script
+
     print(
-        f"`bench_study_analyses.py` on {platform.processor() or platform.machine()}, "
+        f"`bench_study_analyses.py` on {cpu_name()}, "
         f"{len(per_query):,} per-query rows; analyses {wall:.1f} s\n"
     )
     print("| stage | wall s | rows | peak memory MB |\n| --- | ---: | ---: | ---: |")
