@@ -46,6 +46,12 @@ class SyntheticConfig:
     seed: int = 0
     #: visibility of each attribute group in the pixels, 1 = fully drawn, 0 = invisible
     visibility: dict[str, float] = field(default_factory=dict)
+    #: how identities' attribute vectors are drawn: "independent" (group by group from
+    #: Market-1501's priors: more unique vectors than real ones, so a larger identity leak) or
+    #: "joint" (whole real vectors resampled from attributes_file: real correlations, real leak)
+    attributes: str = "independent"
+    #: the Market-1501 attribute file (.mat or CSV) the joint draw resamples; joint only
+    attributes_file: str | None = None
 
 
 @dataclass
@@ -296,6 +302,7 @@ class StudyConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
     "data.missing_policy": ("error", "skip"),
+    "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
     "experts.bank": ("adapter", "lora"),
     "experts.site": ("mlp", "attn"),
@@ -495,6 +502,7 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
+    _check_synthetic_draw(cfg.data.synthetic)
     if cfg.data.dataset in ("market1501", "dukemtmc", "synthetic") and cfg.data.schema not in (
         None,
         "market1501" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
@@ -505,6 +513,21 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if cfg.data.dataset != "synthetic" and cfg.data.root is None:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
+
+
+def _check_synthetic_draw(s: SyntheticConfig) -> None:
+    """attributes_file goes with the joint draw and only with it (the file itself is read, and
+    its schema checked, when the world is drawn)."""
+    if s.attributes == "joint" and not s.attributes_file:
+        raise ConfigError(
+            'data.synthetic.attributes = "joint" needs data.synthetic.attributes_file, a '
+            "Market-1501 attribute file (market_attribute.mat) to resample identities from."
+        )
+    if s.attributes != "joint" and s.attributes_file:
+        raise ConfigError(
+            "data.synthetic.attributes_file is read only by the joint draw; add "
+            'data.synthetic.attributes = "joint" or drop it.'
+        )
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> StudyConfig:

@@ -94,6 +94,14 @@ _DISTRACTORS = typer.Option(
     help="Unannotated gallery images (0000) \\[default: 0].",
     show_default=False,
 )
+_ATTRIBUTES_FILE = typer.Option(
+    None,
+    "--attributes-file",
+    help="A Market-1501 attribute file (market_attribute.mat): draw identities' whole attribute "
+    "vectors from it (the joint draw: real correlations and the real identity leak) instead of "
+    "group by group from --priors.",
+    show_default=False,
+)
 _FORMAT = typer.Option("jpg", "--format", help="jpg or png.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing world.")
 _WORKERS = typer.Option(
@@ -113,6 +121,7 @@ def synth(
     visibility: list[str] = _VISIBILITY,
     priors: str = _PRIORS,
     distractors: int | None = _DISTRACTORS,
+    attributes_file: Path | None = _ATTRIBUTES_FILE,
     image_format: str = _FORMAT,
     overwrite: bool = _OVERWRITE,
     workers: int = _WORKERS,
@@ -122,12 +131,14 @@ def synth(
     Example: attrimp data synth --out runs/world --visibility upcolor=0
 
     Full size: attrimp data synth --preset market1501 --out runs/market-synth
+
+    With real identities: ... --preset market1501 --attributes-file market_attribute.mat
     """
     from attrimp.data.synth import make_synthetic_world
     from attrimp.io import run_output
 
     start = time.perf_counter()
-    world = _world_shape(preset, scale, images_per_camera)
+    world = _world_shape(preset, scale, images_per_camera, attributes_file)
     # options given beside a preset win over it (e.g. a smaller --size for a quick look)
     for key, value in (
         ("n_identities", identities),
@@ -155,19 +166,25 @@ def synth(
     _print_world(root, time.perf_counter() - start)
 
 
-def _world_shape(preset: str | None, scale: float, images_per_camera: int) -> dict:
-    """Identities, cameras, image size and distractors: the default world's or a preset's."""
+def _world_shape(
+    preset: str | None, scale: float, images_per_camera: int, attributes_file: Path | None = None
+) -> dict:
+    """Identities, cameras, image size, distractors and the attribute draw (joint where a file
+    is given): the default world's or a preset's."""
     from attrimp.data.synth import preset_world
 
     if preset is None:
         if scale != 1.0:
             raise ConfigError("--scale applies to a --preset; pass --preset market1501 with it.")
-        return {"n_identities": 80, "n_cameras": 4, "size": (128, 64), "distractors": 0}
+        world = {"n_identities": 80, "n_cameras": 4, "size": (128, 64), "distractors": 0}
+        if attributes_file is not None:
+            world.update(attributes="joint", attributes_file=attributes_file)
+        return world
     if images_per_camera != 3:
         raise ConfigError(
             f"--preset {preset} sets the images of every identity itself; drop --images-per-camera."
         )
-    return preset_world(preset, scale)
+    return preset_world(preset, scale, attributes_file=attributes_file)
 
 
 def _print_world(root: Path, seconds: float) -> None:

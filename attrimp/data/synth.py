@@ -20,7 +20,17 @@ Attributes are drawn per identity, independently across groups, from Market-1501
 (`MARKET_PRIORS`, embedded so the package never needs the real file; a test checks it against
 ``../shared/data/market_attribute.mat``) or uniformly (``priors="uniform"``, for balanced designs).
 Independent draws are deliberate: the real file's correlations (e.g. long hair with female) would
-confound a planted-importance design. Annotations are always complete (no "unknown").
+confound a planted-importance design. Annotations are then always complete (no "unknown").
+
+The price is an identity leak larger than real data's: independent vectors are more unique than
+real ones (Market-1501's 750 test identities carry only 484 distinct vectors), so an oracle router
+handing the model the annotation tells it more about who the person is than it would on real data.
+``attributes="joint"`` with ``attributes_file`` (a Market-1501 attribute file) instead resamples
+real identities' whole vectors (`AttributePool`, `assign_identities`): train identities from the
+file's train split, test identities from its test split, without replacement while the split lasts,
+so correlations and uniqueness are the file's. A colour group the file leaves unmarked stays
+unmarked in the world's file (code 1 in every colour column, as in the real file) and is drawn in
+its neutral colour, "a colour not on the list". `attribute_uniqueness` measures the leak.
 
 Visibility: each attribute group has a visibility ``v`` in [0, 1]. For every image and group a
 uniform number ``u`` is drawn (always, so changing one group's visibility changes no other pixel);
@@ -46,6 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
 from attrimp.errors import DataError
@@ -170,6 +181,10 @@ ATTRIBUTE_FILE = "market_attribute.mat"
 ATTRIBUTE_CSV = "market_attribute.csv"
 DESIGN_FILE = "synth.json"
 PRIORS = ("market", "uniform")
+#: how identities' attribute vectors are drawn: per group from the priors, or whole real vectors
+ATTRIBUTE_DRAWS = ("independent", "joint")
+#: group value index of a colour group the real file leaves unmarked (joint draw only)
+NO_VALUE = -1
 IMAGE_FORMATS = ("jpg", "png")
 _FORMAT_VERSION = 1
 #: File-name code of junk images (bad detections), which the standard protocol excludes.
@@ -205,8 +220,15 @@ MARKET1501_FULL = {
 PRESETS = ("market1501",)
 
 
-def preset_world(name: str, scale: float = 1.0) -> dict:
+def preset_world(
+    name: str, scale: float = 1.0, *, attributes_file: str | Path | None = None
+) -> dict:
     """`make_synthetic_world` keyword arguments of a named preset, optionally scaled down.
+
+    With ``attributes_file`` (Market-1501's ``market_attribute.mat``) the preset draws its
+    identities jointly from the real file (``attributes="joint"``): at ``scale=1`` its 751 train
+    and 750 test identities carry exactly the file's train and test vectors, so the world's
+    identity leak is Market's own rather than the larger one of independent draws.
 
     ``scale`` multiplies the number of identities (and distractors and junk); the images per
     identity stay Market's averages, so a scaled world has Market's shape at a fraction of its
@@ -223,7 +245,7 @@ def preset_world(name: str, scale: float = 1.0) -> dict:
     n_train = min(n_ids - 2, max(2, round(sizes.train_identities * scale)))
     n_test = n_ids - n_train
     full_test = full["n_identities"] - sizes.train_identities
-    return {
+    world = {
         "n_identities": n_ids,
         "n_cameras": full["n_cameras"],
         "size": full["size"],
@@ -236,6 +258,9 @@ def preset_world(name: str, scale: float = 1.0) -> dict:
             gallery=round(sizes.gallery * n_test / full_test),
         ),
     }
+    if attributes_file is not None:
+        world.update(attributes="joint", attributes_file=attributes_file)
+    return world
 
 
 def spread(total: int, n: int) -> list[int]:
@@ -406,6 +431,118 @@ def draw_pose(rng: np.random.Generator) -> Pose:
         clutter=tuple(clutter),
         light=float(rng.uniform(0.95, 1.05)),
         noise_index=int(rng.integers(2**31)),
+    )
+
+
+# --- the joint draw: real identities' whole vectors ------------------------------------------
+@dataclass(frozen=True)
+class AttributePool:
+    """Real identities' attribute vectors (group -> value index, `NO_VALUE` for an unmarked
+    colour group), per split of the file they come from (``train`` / ``test``, or ``all`` for a
+    file without splits). ``sha256`` pins the file in the world's synth.json."""
+
+    source: str
+    sha256: str
+    splits: Mapping[str, tuple[dict[str, int], ...]]
+
+    def for_split(self, split: str) -> tuple[dict[str, int], ...]:
+        """The vectors a world's ``split`` identities are drawn from: the same split of the
+        file, or all of it when the file has no splits or lacks that one."""
+        if split in self.splits:
+            return self.splits[split]
+        return tuple(v for part in self.splits.values() for v in part)
+
+
+def load_attribute_pool(path: str | Path) -> AttributePool:
+    """Read a Market-1501 attribute file (the released ``.mat`` or a CSV in its columns) as the
+    pool of the joint draw. The world is drawn in the Market-1501 schema, so another dataset's
+    file is refused in one sentence rather than mapped column by column by guesswork."""
+    from attrimp.data.annotations import load_attribute_file
+    from attrimp.errors import SchemaError
+    from attrimp.io import sha256_file
+
+    try:
+        table = load_attribute_file(path, "market1501")
+    except SchemaError as e:
+        raise DataError(
+            f"{str(e).rstrip('.')}; the synthetic world follows the market1501 schema, so its "
+            "joint draw needs a Market-1501 attribute file."
+        ) from None
+    frame = table.frame
+    splits = {
+        split: tuple(_groups_of_row(row, table.source) for row in part.to_dict("records"))
+        for split, part in frame.groupby("split", sort=True)
+    }
+    return AttributePool(table.source, sha256_file(Path(path)), splits)
+
+
+def _groups_of_row(row: Mapping[str, int], source: str) -> dict[str, int]:
+    """One file row's raw codes as the world's group value indices (inverse of
+    `attribute_codes`); several colours marked has no single rendering and is refused."""
+    out: dict[str, int] = {}
+    for g in GROUPS:
+        if g not in _COLOR_COLUMNS:
+            out[g] = int(row[g]) - 1
+            continue
+        marked = [i for i, col in enumerate(_COLOR_COLUMNS[g]) if int(row[col]) == 2]
+        if len(marked) > 1:
+            raise DataError(
+                f"{source}: identity {row['pid']} has several {g} values marked, and the "
+                "synthetic world draws one colour per group."
+            )
+        out[g] = marked[0] if marked else NO_VALUE
+    return out
+
+
+def assign_identities(
+    pool: AttributePool, seed: int, pids: list[int], split: str
+) -> dict[int, dict[str, int]]:
+    """Each of ``pids`` (one split of the world, in order) gets a real vector of the pool's
+    same split: a seeded permutation of that split's rows, started again when the world has
+    more identities than the file (so no vector repeats before every one has been used, and a
+    world as large as the file carries exactly its vectors, with its uniqueness)."""
+    rows = pool.for_split(split)
+    rng = np.random.default_rng([seed, 7, SPLIT_KEYS[split]])
+    reps = -(-len(pids) // len(rows))
+    order = np.concatenate([rng.permutation(len(rows)) for _ in range(reps)])
+    return {pid: dict(rows[int(i)]) for pid, i in zip(pids, order)}
+
+
+#: the key of each split's permutation in `assign_identities`
+SPLIT_KEYS = {"train": 0, "test": 1}
+
+
+@dataclass(frozen=True)
+class Uniqueness:
+    """How well attribute vectors single out identities (the identity leak of an oracle)."""
+
+    identities: int
+    #: distinct vectors among them
+    distinct: int
+    #: identities whose vector at least one other identity carries too
+    sharing: int
+    #: identities whose vector is theirs alone: the annotation names them
+    unique: int
+    #: identities carrying the most common vector
+    largest: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def attribute_uniqueness(vectors: pd.DataFrame) -> Uniqueness:
+    """Uniqueness of one row per identity (columns: the attributes, any coding; compare raw
+    columns or decoded groups as the question needs). An identity alone with its vector is one
+    the annotation identifies by itself, whatever the image shows."""
+    if len(vectors) == 0:
+        return Uniqueness(0, 0, 0, 0, 0)
+    sizes = vectors.astype(str).value_counts(dropna=False)
+    return Uniqueness(
+        identities=len(vectors),
+        distinct=len(sizes),
+        sharing=int(sizes[sizes > 1].sum()),
+        unique=int((sizes == 1).sum()),
+        largest=int(sizes.max()),
     )
 
 
@@ -842,6 +979,8 @@ def make_synthetic_world(
     distractors: int = 0,
     junk: int = 0,
     split_sizes: SplitSizes | None = None,
+    attributes: str = "independent",
+    attributes_file: str | Path | None = None,
     image_format: str = "jpg",
     overwrite: bool = False,
     progress: bool = False,
@@ -864,8 +1003,70 @@ def make_synthetic_world(
     images in that many processes (the same bytes: every draw is keyed by the image).
     Every random draw is keyed by ``(seed, what, pid, camera, image)``, so the same arguments
     give the same bytes and changing a visibility changes only that group's pixels.
+
+    ``attributes="joint"`` draws every identity's whole attribute vector from the real
+    ``attributes_file`` (Market-1501's; see `assign_identities`) instead of group by group from
+    ``priors``; the default ``"independent"`` is the world as it always was, byte for byte.
     """
     out = Path(out)
+    plan = _prepare(
+        n_identities=n_identities,
+        n_cameras=n_cameras,
+        images_per_identity_per_camera=images_per_identity_per_camera,
+        size=size,
+        seed=seed,
+        visibility=visibility,
+        priors=priors,
+        train_fraction=train_fraction,
+        distractors=distractors,
+        junk=junk,
+        split_sizes=split_sizes,
+        attributes=attributes,
+        attributes_file=attributes_file,
+    )
+    if image_format not in IMAGE_FORMATS:
+        raise DataError(
+            f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}."
+        )
+    _check_output_folder(out, overwrite)
+    # written whole under a temporary name and renamed into place: a killed run never leaves
+    # half a world, and an error leaves the old one (if any) as it was
+    with atomic_folder(out) as tmp:
+        counts = _write_world(tmp, plan, image_format, progress, workers)
+        atomic_write_json(tmp / DESIGN_FILE, _design(plan.settings, counts, image_format))
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a world is before a pixel is drawn: its checked settings, image cells (or
+    None for the grid), training identities, joint-draw pool and every identity's vector."""
+
+    settings: dict
+    cells: list[tuple[int, int, str, int]] | None
+    n_train: int
+    pool: AttributePool | None
+    by_pid: dict[int, dict[str, int]]
+
+
+def _prepare(
+    *,
+    n_identities: int = 80,
+    n_cameras: int = 4,
+    images_per_identity_per_camera: int = 3,
+    size: tuple[int, int] = (128, 64),
+    seed: int = 0,
+    visibility: Mapping[str, float] | float = 1.0,
+    priors: str = "market",
+    train_fraction: float = 0.5,
+    distractors: int = 0,
+    junk: int = 0,
+    split_sizes: SplitSizes | None = None,
+    attributes: str = "independent",
+    attributes_file: str | Path | None = None,
+) -> _Plan:
+    """Check the arguments of `make_synthetic_world` and draw the identities' attributes (cheap:
+    no image), so `world_attributes` and `world_images` see exactly the world it writes."""
     settings = {
         "seed": seed,
         "n_identities": n_identities,
@@ -880,18 +1081,99 @@ def make_synthetic_world(
         "visibility": resolve_visibility(visibility),
     }
     _check_args(settings)
+    pool = None
+    if _check_draw(attributes, attributes_file, priors):
+        pool = load_attribute_pool(attributes_file)
+        # only a joint world names its draw in synth.json: the default world's file is unchanged
+        settings["attributes"] = attributes
+        settings["attributes_file"] = str(attributes_file)
+        settings["attributes_sha256"] = pool.sha256
     cells = plan_images(n_identities, n_cameras, split_sizes) if split_sizes else None
-    if image_format not in IMAGE_FORMATS:
+    n_train = round(n_identities * train_fraction)
+    if cells is not None:
+        n_train = max(pid for pid, _, split, _ in cells if split == "train")
+    if pool is None:
+        by_pid = {pid: _identity(seed, priors, pid)[0] for pid in range(1, n_identities + 1)}
+    else:
+        by_pid = {
+            **assign_identities(pool, seed, list(range(1, n_train + 1)), "train"),
+            **assign_identities(pool, seed, list(range(n_train + 1, n_identities + 1)), "test"),
+        }
+    return _Plan(settings, cells, n_train, pool, by_pid)
+
+
+def _check_draw(attributes: str, attributes_file: str | Path | None, priors: str) -> bool:
+    """Whether the world is drawn jointly from a file; one sentence for a contradiction."""
+    if attributes not in ATTRIBUTE_DRAWS:
         raise DataError(
-            f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}."
+            f"attributes must be one of {', '.join(ATTRIBUTE_DRAWS)}, not {attributes!r}."
         )
-    _check_output_folder(out, overwrite)
-    # written whole under a temporary name and renamed into place: a killed run never leaves
-    # half a world, and an error leaves the old one (if any) as it was
-    with atomic_folder(out) as tmp:
-        counts = _write_world(tmp, settings, cells, image_format, progress, workers)
-        atomic_write_json(tmp / DESIGN_FILE, _design(settings, counts, image_format))
-    return out
+    if attributes == "independent":
+        if attributes_file is not None:
+            raise DataError(
+                "attributes_file is read only by the joint draw; set attributes to 'joint' to "
+                "draw identities from it, or drop it."
+            )
+        return False
+    if attributes_file is None:
+        raise DataError(
+            "The joint attribute draw needs attributes_file, a Market-1501 attribute file "
+            "(market_attribute.mat) to resample identities from."
+        )
+    if priors != "market":
+        raise DataError(
+            f"priors={priors!r} applies to the independent draw only; the joint draw takes "
+            "its vectors from attributes_file."
+        )
+    return True
+
+
+def world_attributes(**world) -> pd.DataFrame:
+    """The attribute table a world would write (``pid, split`` and the raw Market columns, as
+    market_attribute.csv), without drawing an image. ``world``: `make_synthetic_world`'s
+    keyword arguments (a `preset_world` dict, ``seed``, ``attributes``...; image-only ones such
+    as ``size`` are accepted and do not matter). For measuring a world's identity leak cheaply."""
+    plan = _prepare(**world)
+    return _attribute_frame(
+        [(pid, "train" if pid <= plan.n_train else "test", a) for pid, a in plan.by_pid.items()]
+    )
+
+
+def world_images(**world) -> pd.DataFrame:
+    """Every query and gallery image a world would write, as the Market loader lists them
+    (``folder, name, pid, camid`` — camid from 0 —, sorted by name per folder, junk dropped),
+    without drawing one: with `world_attributes`, enough to evaluate attribute-only retrieval
+    on a Market-size world in seconds. Same keyword arguments as `world_attributes`."""
+    plan = _prepare(**world)
+    s = plan.settings
+    others = None if plan.pool is None else plan.pool.for_split("all")
+    jobs = _image_jobs(
+        s["n_identities"],
+        s["n_cameras"],
+        s["images_per_identity_per_camera"],
+        plan.n_train,
+        s["distractors"],
+        0,
+        plan.cells,
+    )
+    rows = []
+    for dest, kind, pid, cam, k in jobs:
+        if dest == "train":
+            continue
+        if kind == "distractor":
+            cam = _stranger(s["seed"], 5, k, s["priors"], others, s["n_cameras"])[2]
+        rows.append((FOLDERS[dest], _image_name(kind, pid, cam, k, "jpg"), pid, cam))
+    frame = pd.DataFrame(rows, columns=["folder", "name", "pid", "camid"])
+    return frame.sort_values(["folder", "name"], ignore_index=True)
+
+
+def _image_name(kind: str, pid: int, cam: int, k: int, fmt: str) -> str:
+    """The Market-style file name of one image (``k``: its index, see `_image_jobs`)."""
+    if kind == "person":
+        return f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
+    if kind == "distractor":
+        return f"0000_c{cam + 1}s1_{990000 + k:06d}_00.{fmt}"
+    return f"-1_c{cam + 1}s1_{970000 + k:06d}_00.{fmt}"
 
 
 def _check_output_folder(out: Path, overwrite: bool) -> None:
@@ -967,22 +1249,17 @@ def _check_args(settings: dict) -> None:
 
 
 def _write_world(
-    root: Path, settings: dict, cells, fmt: str, progress: bool, workers: int = 1
+    root: Path, plan: _Plan, fmt: str, progress: bool, workers: int = 1
 ) -> dict[str, int]:
     """Draw every image and write the attribute files into ``root``; returns the counts."""
+    settings, cells, n_train = plan.settings, plan.cells, plan.n_train
     n_ids, n_cams = settings["n_identities"], settings["n_cameras"]
     n_img, size = settings["images_per_identity_per_camera"], tuple(settings["size"])
     seed, vis, priors = settings["seed"], settings["visibility"], settings["priors"]
     distractors, junk = settings["distractors"], settings["junk"]
     for f in FOLDERS.values():
         (root / f).mkdir()
-    n_train = round(n_ids * settings["train_fraction"])
-    if cells is not None:
-        n_train = max(pid for pid, _, split, _ in cells if split == "train")
-    rows = [
-        (pid, "train" if pid <= n_train else "test", _identity(seed, priors, pid)[0])
-        for pid in range(1, n_ids + 1)
-    ]
+    rows = [(pid, "train" if pid <= n_train else "test", a) for pid, a in plan.by_pid.items()]
     jobs = _image_jobs(n_ids, n_cams, n_img, n_train, distractors, junk, cells)
     counts = {
         "train_identities": n_train,
@@ -993,7 +1270,8 @@ def _write_world(
         "distractor_images": distractors,
         "junk_images": junk,
     }
-    world = (str(root), seed, n_cams, size, tuple(vis.items()), priors, fmt)
+    others = None if plan.pool is None else plan.pool.for_split("all")
+    world = (str(root), seed, n_cams, size, tuple(vis.items()), priors, fmt, plan.by_pid, others)
     chunk = 256
     parts = [(world, jobs[i : i + chunk]) for i in range(0, len(jobs), chunk)]
     with _progress(progress, len(jobs)) as advance:
@@ -1006,7 +1284,7 @@ def _write_world(
             with ProcessPoolExecutor(min(workers, len(parts))) as pool:
                 for done in as_completed([pool.submit(_draw_images, p) for p in parts]):
                     advance(done.result())
-    _write_attribute_files(root, rows)
+    _write_attribute_files(root, _attribute_frame(rows))
     return counts
 
 
@@ -1047,36 +1325,51 @@ def _identity(seed: int, priors: str, pid: int) -> tuple[dict[str, int], Identit
     )
 
 
+def _stranger(
+    seed: int,
+    what: int,
+    k: int,
+    priors: str,
+    others: tuple[dict[str, int], ...] | None,
+    n_cams: int,
+) -> tuple[dict[str, int], IdentityDetail, int, np.random.Generator]:
+    """A distractor's (``what=5``) or junk image's (6) person and camera, and the generator to
+    go on drawing from; under the joint draw the person is a random real vector of ``others``."""
+    rng = np.random.default_rng([seed, what, k])
+    if others is None:
+        attrs = draw_attributes(rng, priors)
+    else:
+        attrs = dict(others[int(rng.integers(len(others)))])
+    detail = draw_identity_detail(rng)
+    return attrs, detail, int(rng.integers(n_cams)), rng
+
+
 def _draw_images(part) -> int:
     """Draw and save one chunk of jobs (in this process or a worker): every draw is keyed by
     the job, so the bytes do not depend on how the jobs are split between workers."""
-    (root, seed, n_cams, size, vis_items, priors, fmt), jobs = part
+    (root, seed, n_cams, size, vis_items, priors, fmt, by_pid, others), jobs = part
     root, vis, groups = Path(root), dict(vis_items), list(GROUPS)
     cameras = [draw_camera(np.random.default_rng([seed, 2, c])) for c in range(n_cams)]
     for dest, kind, pid, cam, k in jobs:
         if kind == "person":
-            attrs, detail = _identity(seed, priors, pid)
+            attrs, detail = by_pid[pid], _identity(seed, priors, pid)[1]
             rng = np.random.default_rng([seed, 3, pid, cam, k])
             pose = draw_pose(rng)
             u = rng.random(len(groups))
             visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
-            name = f"{pid:04d}_c{cam + 1}s1_{pid * 100 + k:06d}_00.{fmt}"
         elif kind == "distractor":
-            rng = np.random.default_rng([seed, 5, k])
-            attrs, detail = draw_attributes(rng, priors), draw_identity_detail(rng)
-            cam = int(rng.integers(n_cams))
+            attrs, detail, cam, _ = _stranger(seed, 5, k, priors, others, n_cams)
             rng = np.random.default_rng([seed, 3, 0, cam, k])
             pose = draw_pose(rng)
             u = rng.random(len(groups))
             visible = {g: bool(u[i] < vis[g]) for i, g in enumerate(groups)}
-            name = f"0000_c{cam + 1}s1_{990000 + k:06d}_00.{fmt}"
         else:  # junk: a bad detection, the person half out of the box as in Market's junk
-            rng = np.random.default_rng([seed, 6, k])
-            attrs, detail = draw_attributes(rng, priors), draw_identity_detail(rng)
-            cam = int(rng.integers(n_cams))
+            attrs, detail, cam, rng = _stranger(seed, 6, k, priors, others, n_cams)
             pose = replace(draw_pose(rng), dx=float(rng.choice([-0.45, 0.45])))
             visible = dict.fromkeys(groups, True)
-            name = f"-1_c{cam + 1}s1_{970000 + k:06d}_00.{fmt}"
+        # a colour the real file leaves unmarked is drawn neutral: a colour not on the list
+        visible.update({g: False for g, v in attrs.items() if v == NO_VALUE})
+        name = _image_name(kind, pid, cam, k, fmt)
         arr = render_person(attrs, detail, pose, cameras[cam], visible, size)
         _save(arr, root / FOLDERS["gallery" if dest == "junk" else dest] / name)
     return len(jobs)
@@ -1112,13 +1405,16 @@ class _progress:
             self._bar.__exit__(*exc)
 
 
-def _write_attribute_files(root: Path, rows: list[tuple[int, str, dict[str, int]]]) -> None:
-    import pandas as pd
-    from scipy.io import savemat
-
-    table = pd.DataFrame(
+def _attribute_frame(rows: list[tuple[int, str, dict[str, int]]]) -> pd.DataFrame:
+    """``pid, split`` and the raw Market columns of each identity, in the released coding."""
+    return pd.DataFrame(
         [{"pid": pid, "split": split, **attribute_codes(attrs)} for pid, split, attrs in rows]
     )[["pid", "split", *MAT_COLUMNS]]
+
+
+def _write_attribute_files(root: Path, table: pd.DataFrame) -> None:
+    from scipy.io import savemat
+
     table.to_csv(root / ATTRIBUTE_CSV, index=False, lineterminator="\n")
     struct = {}
     for split in ("train", "test"):
