@@ -25,6 +25,7 @@ import pandas as pd
 
 from attrimp.io import atomic_write_bytes, atomic_write_frame, atomic_write_text
 from studies.battery import METHODS, TABLES, BatteryResult
+from studies.page import Link
 from studies.report_html import render_html
 from studies.report_md import (
     HIGHER_IS_BETTER,
@@ -369,11 +370,15 @@ def write_report(
     *,
     input_info: Mapping[str, Any] | None = None,
     figures: bool = True,
+    title: str | None = None,
+    home: Link | None = None,
 ) -> ReportFiles:
     """Write report.json, report.md, report.html, tables/*.csv and figures/*.png into out_dir.
 
-    Every file goes through `attrimp.io`'s atomic writers: a reader (or a killed run) sees a
-    file's old contents or its new ones, never half of it."""
+    ``title`` / ``home``: the pages' own title and link back to the report they belong to
+    (default: `studies.report_md.page_identity`, which knows the study's batteries). Every file
+    goes through `attrimp.io`'s atomic writers: a reader (or a killed run) sees a file's old
+    contents or its new ones, never half of it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(result, input_info=input_info)
@@ -385,9 +390,32 @@ def write_report(
     pngs = make_figures(result) if figures else {}
     files.figures = write_figures(pngs, out / "figures")
     rel = {name: f"figures/{p.name}" for name, p in files.figures.items()}
-    atomic_write_text(files.markdown, render_markdown(report, figures=rel))
-    atomic_write_text(files.html, render_html(report, figures=pngs))
+    page = {"title": title, "home": home}
+    atomic_write_text(files.markdown, render_markdown(report, figures=rel, **page))
+    atomic_write_text(files.html, render_html(report, figures=pngs, figure_links=rel, **page))
     return files
+
+
+def read_figures(fig_dir: Path) -> dict[str, bytes]:
+    """The figures a report folder holds (``figures/<name>.png`` or ``.svg``), keyed by name."""
+    if not fig_dir.is_dir():
+        return {}
+    return {
+        p.stem: p.read_bytes()
+        for p in sorted(fig_dir.iterdir())
+        if p.suffix in (".png", ".svg") and p.is_file()
+    }
+
+
+def write_single_file(out_dir: str | Path) -> Path:
+    """``report-single.html`` beside a written report: the same page from its report.json with
+    every figure embedded and no link to a file beside it, for sharing as one file (the battery
+    report has no sub-reports to inline; `attrimp study run` has its own)."""
+    out = Path(out_dir)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    path = out / "report-single.html"
+    atomic_write_text(path, render_html(report, figures=read_figures(out / "figures")))
+    return path
 
 
 def write_tables(
@@ -437,7 +465,9 @@ __all__ = [
     "make_figures",
     "outcome_sense",
     "records",
+    "read_figures",
     "write_figures",
     "write_report",
+    "write_single_file",
     "write_tables",
 ]

@@ -14,11 +14,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from studies.format import CI, format_cell
 from studies.page import (
     Box,
     Bullets,
     Definitions,
     Image,
+    Link,
     Page,
     Section,
     Strong,
@@ -39,7 +41,7 @@ LOWER_IS_BETTER = frozenset({"first_hit"})
 #: the note under the consensus table of both pages
 CONSENSUS_NOTE = (
     "score: mean over methods of the rank-normalised score (1 = every method's top group). "
-    "rank_<method>: each method's own rank. rank_ci_low/rank_ci_high/rank_stability: 95% "
+    "rank by <method>: each method's own rank. rank 95% CI / rank stability: 95% "
     "interval and share of cluster-bootstrap replicates keeping the rank, for the consensus of "
     "the cheap scores re-computed per replicate (linear-model Wald chi-squared and identity-level "
     "eta-squared; the tree models are not refitted), so the interval need not contain the rank."
@@ -266,11 +268,11 @@ def _effect_text(rec: Mapping[str, Any], ci_pct: int | None) -> str:
         return ""
     lo, hi = rec.get("effect_ci_low"), rec.get("effect_ci_high")
     if lo is None or hi is None:
-        return format_value("effect", eff)
-    lo_s, hi_s = format_value("effect", lo), format_value("effect", hi)
+        return format_cell("effect", eff)
+    lo_s, hi_s = format_cell("effect", lo), format_cell("effect", hi)
     if ci_pct is None:
-        return f"{format_value('effect', eff)} [{lo_s}, {hi_s}]"
-    return f"{format_value('effect', eff)} ({ci_pct}% CI {lo_s} to {hi_s})"
+        return f"{format_cell('effect', eff)} [{lo_s}, {hi_s}]"
+    return f"{format_cell('effect', eff)} ({ci_pct}% CI {lo_s} to {hi_s})"
 
 
 def answer_text(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -305,7 +307,7 @@ def _finding_text(
         best = min(tested, key=lambda r: r["p_holm"])
         return (
             f"No attribute group matters for {name} at Holm-adjusted p < {alpha:g} ({src}); "
-            f"the closest is {best['attribute']} (Holm p = {format_value('p_holm', best['p_holm'])})."
+            f"the closest is {best['attribute']} (Holm p = {format_cell('p_holm', best['p_holm'])})."
         )
     return f"No attribute group of {name} could be tested (see the warnings)."
 
@@ -318,7 +320,7 @@ def _agreement_text(outcome: Mapping[str, Any]) -> str:
     if w is not None and len(methods) >= 2:
         text = (
             f" The {len(methods)} methods ({', '.join(methods)}) agree {_agreement_word(w)} on "
-            f"the order of the groups (Kendall's W = {format_value('w', w)}; 1 = the same "
+            f"the order of the groups (Kendall's W = {format_cell('kendall_w', w)}; 1 = the same "
             "ranking)."
         )
     else:
@@ -354,7 +356,7 @@ def _group_sentence(r: Mapping[str, Any], name: str, ci_pct: int) -> str:
                 "helps re-identification" if sense * eff > 0 else "hurts re-identification"
             )
         parts[-1] += ";"
-    parts.append(f"Holm p = {format_value('p_holm', r['p_holm'])};")
+    parts.append(f"Holm p = {format_cell('p_holm', r['p_holm'])};")
     if r.get("methods_testing"):
         parts.append(
             f"found by {r['methods_finding']} of the {r['methods_testing']} methods that test it."
@@ -380,7 +382,10 @@ def summary_rows(report: Mapping[str, Any], outcome: str) -> list[dict[str, Any]
                 "rank": r.get("rank"),
                 "matters": r.get("matters"),
                 "direction (level vs reference)": direction,
-                f"effect [{ci_pct}% CI]": _effect_text(r, None),
+                "effect": r.get("effect"),
+                f"effect {ci_pct}% CI (unadjusted)": CI(
+                    r.get("effect_ci_low"), r.get("effect_ci_high")
+                ),
                 "Holm p": r.get("p_holm"),
                 "methods finding it": found,
             }
@@ -409,9 +414,33 @@ SECTION_FIGURES = {
 }
 
 
-def battery_page(report: Mapping[str, Any]) -> Page:
+#: the input path `attrimp.study.analyses` gives a battery of the study ("study table 'name'")
+_STUDY_TABLE = re.compile(r"^study table '(?P<name>.+)'$")
+
+#: where a battery of the study finds its study's report (it lives in analyses/<name>/)
+STUDY_HOME = Link("back to the study report", markdown="../../report.md", html="../../report.html")
+
+
+def page_identity(
+    report: Mapping[str, Any], title: str | None = None, home: Link | None = None
+) -> tuple[str, Link | None]:
+    """The page's own title and its link home: given ones win; a battery the study ran (input
+    "study table '<name>'") is "Study battery: <name>" and links back to the study report two
+    folders up; any other table is "attrimp study analyze: <file name>", with no home."""
+    path = str((report.get("input") or {}).get("path") or "")
+    m = _STUDY_TABLE.match(path)
+    if m:
+        return title or f"Study battery: {m['name']}", home or STUDY_HOME
+    name = re.split(r"[\\/]", path)[-1] if path else "result table"
+    return title or f"attrimp study analyze: {name}", home
+
+
+def battery_page(
+    report: Mapping[str, Any], *, title: str | None = None, home: Link | None = None
+) -> Page:
     """The whole page, in reading order: answer, glossary, input, groups, warnings, then each
-    outcome's consensus and analyses; figures are referred to by ``"<outcome>_<figure>"``."""
+    outcome's consensus and analyses; figures are referred to by ``"<outcome>_<figure>"``.
+    ``title`` / ``home``: see :func:`page_identity`."""
     sections = [
         _answer_section(report),
         Section("How to read this report", [Definitions(GLOSSARY)]),
@@ -421,11 +450,13 @@ def battery_page(report: Mapping[str, Any]) -> Page:
     ]
     for o in report.get("outcomes", []):
         sections += _outcome_sections(report, o)
+    title, home = page_identity(report, title, home)
     return Page(
-        title="attrimp study report",
+        title=title,
         intro=[Text(INTRO), Text(f"Report schema {report['schema_version']}.", note=True)],
         sections=sections,
         highlight_alpha=float(report.get("settings", {}).get("alpha", 0.05)),
+        home=home,
     )
 
 
@@ -443,7 +474,7 @@ def _answer_section(report: Mapping[str, Any]) -> Section:
         rows = summary_rows(report, name)
         blocks += [
             Box([Text([Strong(f"{name}."), " " + lead]), Bullets(lines)]),
-            Table(rows),
+            Table(rows, stack=True),
             *_blank_p_note(rows),
             Image(f"{figure_tag(name)}_consensus", f"Ranks by method for {name}"),
         ]
@@ -485,7 +516,7 @@ def _warnings_section(warns: Sequence[Mapping[str, Any]]) -> Section:
         for w in warns
     ]
     body = [Box([Bullets(items)], kind="warn")] if items else [Text("None.")]
-    return Section(f"Warnings ({len(warns)})", body)
+    return Section(f"Warnings ({len(warns)})", body, anchor="warnings")
 
 
 def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> list[Section]:
@@ -497,8 +528,8 @@ def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> 
     if outcome.get("kendall_w") is not None:
         facts.append(
             f"Kendall's W across {len(outcome.get('methods', []))} methods = "
-            f"{format_value('w', outcome['kendall_w'])} "
-            f"(p = {format_value('kendall_w_p', outcome.get('kendall_w_p'))})."
+            f"{format_cell('kendall_w', outcome['kendall_w'])} "
+            f"(p = {format_cell('kendall_w_p', outcome.get('kendall_w_p'))})."
         )
     sections = [
         Section(f"Outcome {name}", [Text(" ".join(facts))] if facts else []),
@@ -508,11 +539,25 @@ def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> 
             level=3,
         ),
     ]
+    order = {
+        r["attribute"]: i for i, r in enumerate(for_outcome(report.get("consensus", []), name))
+    }
     for key, title, why in SECTIONS:
-        rows = for_outcome(report["analyses"].get(key, []), name)
+        rows = by_ranking(for_outcome(report["analyses"].get(key, []), name), order)
         if rows:
             sections.append(_analysis_section(name, key, title, why, rows))
     return sections
+
+
+def by_ranking(
+    rows: Sequence[Mapping[str, Any]], order: Mapping[str, int]
+) -> list[Mapping[str, Any]]:
+    """Rows in the consensus order of their ``attribute`` (most important first; a table's own
+    order kept within a group and for rows without a ranked attribute, which come last)."""
+    if not order or not any("attribute" in r for r in rows):
+        return list(rows)
+    last = len(order)
+    return sorted(rows, key=lambda r: order.get(r.get("attribute"), last))
 
 
 def _analysis_section(
@@ -528,9 +573,16 @@ def _analysis_section(
     return Section(title, blocks, level=3)
 
 
-def render_markdown(report: Mapping[str, Any], *, figures: Mapping[str, str] | None = None) -> str:
-    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path."""
-    return to_markdown(battery_page(report), figures)
+def render_markdown(
+    report: Mapping[str, Any],
+    *,
+    figures: Mapping[str, str] | None = None,
+    title: str | None = None,
+    home: Link | None = None,
+) -> str:
+    """The whole report.md; ``figures`` maps ``"<outcome>_<figure>"`` to a relative image path;
+    ``title`` / ``home``: see :func:`page_identity`."""
+    return to_markdown(battery_page(report, title=title, home=home), figures)
 
 
 def figure_tag(outcome: str) -> str:

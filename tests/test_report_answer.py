@@ -165,9 +165,9 @@ def test_answer_sentence_for_a_harmful_level_and_a_lower_is_better_outcome():
     assert lead.startswith("1 of 1 attribute groups matter for ap")
     assert "not measured" in lead  # one method: no agreement to report
     assert lines == [
-        "hat: yes instead of no (the reference) lowers ap: average marginal effect -0.12 "
-        "(95% CI -0.2 to -0.04), hurts re-identification; Holm p = 0.004; found by 1 of the 1 "
-        "methods that test it."
+        "hat: yes instead of no (the reference) lowers ap: average marginal effect −0.120 "
+        "(95% CI −0.200 to −0.040), hurts re-identification; Holm p = 0.004; found by 1 of the "
+        "1 methods that test it."
     ]
     assert outcome_sense("first_hit") == -1 and outcome_sense("mAP") == 1
     assert outcome_sense("latency") == 0

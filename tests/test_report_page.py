@@ -86,7 +86,8 @@ def test_html_escapes_user_text_embeds_figures_and_highlights_p_values():
     src = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(src) == PNG
     assert '<div class="answer"><p><b>&lt;b onmouseover=x&gt;|*_[a](b).</b> leads</p>' in page
-    assert '<td class="sig">4.0e-04</td>' in page and "<td>0.200</td>" in page
+    assert '<td class="num sig" data-label="Holm p (adjusted)"><span>4.0e-04</span></td>' in page
+    assert '<td class="num" data-label="Holm p (adjusted)"><span>0.200</span></td>' in page
     assert "Bold red adjusted p-values are below alpha = 0.05" in page
     assert (
         '<a href="a/report.html">&lt;b' in page and '(<a href="a/report.md">Markdown</a>)' in page

@@ -168,7 +168,7 @@ def test_pages_read_top_to_bottom_with_terms_once_and_links(tmp_path):
         "## Which attributes matter",
         "## Accuracy per configuration",
         "## Detailed batteries",
-        "## Warnings (0)",
+        "## Warnings (0 here, 4 in the batteries)",
     ]
     pos = [md.index(h) for h in order]
     assert pos == sorted(pos)
@@ -182,6 +182,8 @@ def test_pages_read_top_to_bottom_with_terms_once_and_links(tmp_path):
     page = sr.render_html(report, figs)
     assert report_html_problems(page) == []
     assert '<a href="analyses/switching/report.html">switching</a>' in page
+    # the batteries' own warnings are counted and linked from the study's warnings section
+    assert '<a href="analyses/switching/report.html#warnings">switching: 4 warnings</a>' in page
     assert page.index("<h2>Answer</h2>") < page.index("<h2>How to read this report</h2>")
 
 

@@ -99,6 +99,13 @@ _Quick = Annotated[
 _Jobs = Annotated[int, typer.Option("--jobs", help="Threads for the tree models' folds.")]
 _NoFigures = Annotated[bool, typer.Option("--no-figures", help="Skip the PNG figures.")]
 _Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+_SingleFile = Annotated[
+    bool,
+    typer.Option(
+        "--single-file",
+        help="Also write report-single.html: the page with every figure inside, for sharing.",
+    ),
+]
 
 
 @app.command("analyze")
@@ -123,6 +130,7 @@ def analyze(
     jobs: _Jobs = 1,
     no_figures: _NoFigures = False,
     progress: _Progress = True,
+    single_file: _SingleFile = False,
 ) -> None:
     """Run the statistical battery on a result table and write report.json/.md/.html + CSVs.
 
@@ -151,7 +159,7 @@ def analyze(
             figures=not no_figures,
             progress=progress,
         )
-        _analyze(table, out, options)
+        _analyze(table, out, options, single_file=single_file)
     except (StudyInputError, AttrimpError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
@@ -174,15 +182,19 @@ def _check_flags(paired_by, condition, alpha: float, family: str) -> None:
         raise StudyInputError(f"--family {family!r} is unknown; use auto or one of {FAMILIES}.")
 
 
-def _analyze(table: Path, out: Path, options: dict) -> None:
+def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False) -> None:
     """``studies.analyze(table, **options).save(out)`` — the Python API itself, so the command
     and the API cannot drift — with --out checked and locked before the table is read, then
-    the summary printed."""
+    the summary printed; ``single_file`` adds report-single.html."""
     import studies
 
     with run_output(out):
         report = studies.analyze(table, **options)
         files = report.save(out)
+        if single_file:
+            from studies.report import write_single_file
+
+            write_single_file(out)
     _print_summary(report, files)
 
 

@@ -25,6 +25,12 @@ def register(app: typer.Typer) -> None:
             None, "--device", help="auto, cpu or cuda (overrides the config)."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        single_file: bool = typer.Option(
+            False,
+            "--single-file",
+            help="Also write report-single.html: the study page and every battery's page in "
+            "one file with its figures inside, for sharing.",
+        ),
     ) -> None:
         """Run a study: data, model, training, ablations, statistics battery, report.
 
@@ -42,6 +48,10 @@ def register(app: typer.Typer) -> None:
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
         _leave_process_group()
         if result is not None:  # under torchrun, ranks other than 0 end after the sweep
+            if single_file:
+                from attrimp.study.report import write_single_file
+
+                console.print(f"single file: {write_single_file(result.out)}", highlight=False)
             _summary(result, console)
 
     return None

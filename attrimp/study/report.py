@@ -16,6 +16,7 @@ a group's experts are switched off, i.e. positive = the attribute helps re-ident
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,9 @@ from studies.page import (
     Section,
     Table,
     Text,
-    format_fixed,
     format_p,
     to_html,
+    to_html_single,
     to_markdown,
 )
 from studies.report import build_summary, clean_value, records
@@ -714,7 +715,7 @@ def study_page(report: Mapping[str, Any], figures: Collection[str] = ()) -> Page
         *_sections(report),
         *([_priors_section(priors)] if priors else []),
         _batteries_section(report),
-        _warnings_section(report.get("warnings") or []),
+        _warnings_section(report.get("warnings") or [], report.get("battery_warnings") or {}),
     ]
     return Page(
         title=f"attrimp study: {study['name']}",
@@ -729,9 +730,50 @@ def render_markdown(report: Mapping[str, Any], figures: Collection[str] = ()) ->
     return to_markdown(study_page(report, figures), paths)
 
 
-def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes]) -> str:
-    """report.html from report.json and the figures' PNG bytes (embedded, no links to fetch)."""
-    return to_html(study_page(report, figs), figs)
+def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes], *, links: bool = True) -> str:
+    """report.html from report.json and the figures' bytes (embedded, nothing to fetch); with
+    ``links`` each figure also opens its full-size file under figures/ (written beside the
+    page by `write_study_report`)."""
+    full = {name: _figure_file(name, data) for name, data in figs.items()} if links else {}
+    return to_html(study_page(report, figs), figs, figure_links=full)
+
+
+def _figure_file(name: str, data: bytes) -> str:
+    """Where a figure's file sits beside the page: ``figures/<name>.svg`` for SVG bytes, else
+    ``.png``."""
+    head = data.lstrip()[:5]
+    return f"figures/{name}.svg" if head in (b"<?xml", b"<svg ") else f"figures/{name}.png"
+
+
+#: the single-file export's name, beside report.html
+SINGLE_FILE = "report-single.html"
+
+
+def write_single_file(out: Path) -> Path:
+    """``report-single.html``: the study page and every battery's own page in one HTML file,
+    for sharing — figures embedded, the links to ``analyses/<name>/report.html`` (and to their
+    warnings) turned into links within the file, nothing relative left to break. Built from
+    the report.json files and figures already written, so it can be made after any run."""
+    from studies.report import read_figures
+    from studies.report_md import battery_page
+
+    out = Path(out)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    parts, hrefs = [], {}
+    for name in report.get("analyses") or {}:
+        folder = out / "analyses" / name
+        if not (folder / "report.json").exists():
+            continue
+        sub = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        anchor = f"battery-{name}"
+        hrefs[f"analyses/{name}/report.html"] = f"#{anchor}"
+        hrefs[f"analyses/{name}/report.html#warnings"] = f"#{anchor}-warnings"
+        parts.append((anchor, battery_page(sub), read_figures(folder / "figures")))
+    figs = read_figures(out / "figures")
+    html = to_html_single((study_page(report, figs), figs), parts, hrefs=hrefs)
+    path = out / SINGLE_FILE
+    atomic_write_text(path, html)
+    return path
 
 
 def _answer_section(report: Mapping[str, Any]) -> Section:
@@ -741,7 +783,7 @@ def _answer_section(report: Mapping[str, Any]) -> Section:
         "Answer",
         [
             Box([Text(lead), Bullets(lines), *([Text(check)] if check else [])]),
-            Table(answer_rows(report), fmt=format_fixed),
+            Table(answer_rows(report), stack=True),
             Text(SIGN_NOTE, note=True),
             Image("consensus", "consensus heat map"),
         ],
@@ -752,6 +794,14 @@ def _priors_section(priors: list[str]) -> Section:
     """The prior-bar figures, one per split (``priors_<split>``)."""
     images = [Image(f, f"attribute priors, {f.removeprefix('priors_')} split") for f in priors]
     return Section("Attribute priors", images)
+
+
+#: what the links to the batteries' pages say about where those pages are
+BATTERIES_WHERE = (
+    "These pages are files in the analyses/ folder beside this report: copy that folder with "
+    "report.html, or share report-single.html (attrimp study run --single-file), which holds "
+    "them all."
+)
 
 
 def _batteries_section(report: Mapping[str, Any]) -> Section:
@@ -766,22 +816,60 @@ def _batteries_section(report: Mapping[str, Any]) -> Section:
         )
         for name in (report.get("analyses") or {})
     ]
-    return Section("Detailed batteries", [Links(links)])
+    return Section("Detailed batteries", [Links(links, where=BATTERIES_WHERE)])
 
 
-def _warnings_section(warns: list[str]) -> Section:
-    body = [Box([Bullets(warns)], kind="warn")] if warns else [Text("None.")]
-    return Section(f"Warnings ({len(warns)})", body)
+def _warnings_section(warns: list[str], battery_counts: Mapping[str, int]) -> Section:
+    """The study's own warnings, then a count of and a link to each battery's warnings (they
+    are listed on the battery's page): the heading counts both."""
+    body: list[Any] = [Box([Bullets(warns)], kind="warn")] if warns else []
+    theirs = {k: int(v) for k, v in battery_counts.items() if v}
+    if theirs:
+        body.append(
+            Links(
+                [
+                    Link(
+                        f"{name}: {n} warning{'s' if n != 1 else ''}",
+                        markdown=f"analyses/{name}/report.md",
+                        html=f"analyses/{name}/report.html#warnings",
+                        text="listed on the battery's own page",
+                    )
+                    for name, n in theirs.items()
+                ],
+                where="The detailed batteries carry warnings of their own:",
+            )
+        )
+    total = sum(theirs.values())
+    title = f"Warnings ({len(warns)})"
+    if theirs:
+        title = f"Warnings ({len(warns)} here, {total} in the batteries)"
+    return Section(title, body or [Text("None.")], anchor="warnings")
 
 
-def _section(title: str, intro: str, table: Any = None, figure: str | None = None) -> Section:
-    """A study section: its intro, its figure (when drawn), its table (4-decimal numbers)."""
+def _section(
+    title: str,
+    intro: str,
+    table: Any = None,
+    figure: str | None = None,
+    *,
+    order: Mapping[str, int] | None = None,
+) -> Section:
+    """A study section: its intro, its figure (when drawn), its table (numbers by kind, see
+    `studies.format`; rows in the consensus ``order`` of their attribute when given)."""
     blocks: list[Any] = [Text(intro)]
     if figure:
         blocks.append(Image(figure, title))
     if table is not None:
-        blocks.append(Table(table, fmt=format_fixed))
+        if order and isinstance(table, pd.DataFrame) and "attribute" in table.columns:
+            key = table["attribute"].map(lambda a: order.get(a, len(order)))
+            table = table.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k")
+        blocks.append(Table(table))
     return Section(title, blocks)
+
+
+def _consensus_order(report: Mapping[str, Any]) -> dict[str, int]:
+    """Each attribute's place in the study consensus (most important first)."""
+    return {r["attribute"]: i for i, r in enumerate(report.get("consensus") or [])}
 
 
 def _sections(report: Mapping[str, Any]) -> list[Section]:
@@ -812,6 +900,7 @@ def _leave_one_out_section(report: Mapping[str, Any]) -> Section:
         "share_hurt: share of queries losing AP without the group.",
         pd.DataFrame(report.get("leave_one_out") or []),
         "leave_one_out",
+        order=_consensus_order(report),
     )
 
 
@@ -833,6 +922,7 @@ def _paired_section(report: Mapping[str, Any]) -> Section | None:
             else ""
         ),
         paired[[c for c in wanted if c in paired.columns]],
+        order=_consensus_order(report),
     )
 
 
@@ -843,7 +933,7 @@ def _consensus_section(report: Mapping[str, Any]) -> Section:
         "Which attributes matter (consensus of the reliance analyses)",
         "Groups ranked over the reliance analyses: "
         + ", ".join(ANALYSIS_NAMES.values())
-        + f". Kendall's W = {_f(report.get('kendall_w'))}. rank_<analysis>: each analysis's "
+        + f". Kendall's W = {_f(report.get('kendall_w'))}. rank by <analysis>: each analysis's "
         "own rank. In the heat map, colour = direction (blue: switching the group on helps, "
         "red: hurts, grey: no sign), * = the analysis finds the group.",
         cons if len(cons) else None,
@@ -875,6 +965,7 @@ def _retrained_section(report: Mapping[str, Any]) -> Section | None:
         "One model trained and tested without each group: what the model can do without "
         "it, as opposed to how much the one trained model relies on it (above).",
         pd.DataFrame(report["leave_one_out_retrained"]),
+        order=_consensus_order(report),
     )
 
 
