@@ -31,7 +31,7 @@ Every analysis reads the same frame, so the decisions that change answers are ma
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -279,6 +279,7 @@ def build_analysis_frame(
     condition: str | None = None,
     source: str = "table",
     max_levels: int = 20,
+    randomized: Collection | None = None,
 ) -> AnalysisFrame:
     """Validate a result table and build the frame every analysis reads (see module docstring).
 
@@ -286,6 +287,13 @@ def build_analysis_frame(
     name). Raises :class:`StudyInputError` (one sentence naming the column / value) for a user
     mistake: a missing or duplicated column, a non-numeric or all-NaN outcome, an attribute that
     cannot be categorical, a value a schema does not define, fewer usable rows than parameters.
+
+    ``condition`` without ``paired_by`` is a *crossed* design (every query evaluated under every
+    configuration; a configuration switches attributes for all queries at once): the condition
+    is then a second unit of replication beside ``cluster`` (``studies.crossed``).
+    ``randomized`` names the condition values whose attribute assignment the design drew at
+    random (exchangeably); randomisation tests (``studies.randomization``) re-draw only those.
+    Stored as ``frame.randomized_conditions`` (a tuple, or None when not given).
     """
     df = _with_unique_columns(df, source)
     outcomes = _as_list(outcomes)
@@ -326,9 +334,41 @@ def build_analysis_frame(
         source=source,
     )
     frame.excluded_groups.update(excluded)
+    frame.randomized_conditions = _randomized_conditions(df, condition, randomized, source)
     _collinearity_warnings(frame)
     _check_enough_rows(frame)
     return frame
+
+
+def _randomized_conditions(
+    df: pd.DataFrame, condition: str | None, randomized: Collection | None, source: str
+) -> tuple | None:
+    """The randomized condition values, each checked against the table's conditions.
+
+    Why a check: a typo would silently make a condition "fixed", and a randomisation test would
+    then re-draw fewer assignments than the design did (still valid, but less powerful and not
+    what the user meant)."""
+    if randomized is None:
+        return None
+    if condition is None:
+        raise StudyInputError(
+            f"{source}: randomized conditions were given but no condition column names them."
+        )
+    values = [randomized] if isinstance(randomized, str) else list(randomized)
+    present = pd.unique(df[condition].dropna())
+    by_name = {_level_name(v): v for v in present}
+    out = []
+    for v in values:
+        if any(_same_code(v, c) for c in present):
+            out.append(next(c for c in present if _same_code(v, c)))
+        elif _level_name(v) in by_name:
+            out.append(by_name[_level_name(v)])
+        else:
+            raise StudyInputError(
+                f"{source}: the randomized condition {_level_name(v)!r} is not a value of the "
+                f"condition column {condition!r}."
+            )
+    return tuple(dict.fromkeys(out))
 
 
 def _with_unique_columns(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -368,7 +408,7 @@ def _column_roles(
                     f"Column {c!r} is given both as the {roles[c]} and as the {role} column."
                 )
             roles[c] = role
-    if (paired_by is None) != (condition is None):
+    if paired_by is not None and condition is None:
         raise StudyInputError("A paired design needs both --paired-by and --condition.")
     return roles
 

@@ -45,6 +45,7 @@ real table. With ``effects=None`` every outcome is null: no attribute matters, r
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -327,3 +328,71 @@ def simulate_small_cluster_table(
     u = rng.normal(0.0, cluster_sd, n_clusters)[pid]
     ap = expit(0.5 + u + rng.normal(0.0, noise_sd, n) + shift)
     return pd.DataFrame({"pid": pid, **cols, "ap": ap})
+
+
+def simulate_crossed_table(
+    n_identities: int,
+    queries_per_identity: int,
+    n_configs: int,
+    groups: Sequence[str],
+    *,
+    effects: Mapping[str, float] | None = None,
+    config_sd: float = 0.0,
+    identity_sd: float = 0.5,
+    query_sd: float = 0.5,
+    noise_sd: float = 0.3,
+    intercept: float = 0.0,
+    unequal: bool = True,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A crossed switching table: every query evaluated under every configuration.
+
+    Each configuration switches every group on or off for all queries at once; each group's
+    on/off column is an independently shuffled balanced column, as attrimp's random-subsets
+    design draws it (``balanced_subsets``), so every configuration is randomized
+    (``df.attrs["randomized_conditions"]`` lists them). Latent model of query ``i`` of identity
+    ``p`` under configuration ``k`` (logit scale)::
+
+        ap = expit(intercept + u_p + v_i + c_k + sum_g effects[g] * on_gk + e_ik)
+
+    ``u_p ~ N(0, identity_sd²)``, ``v_i ~ N(0, query_sd²)``, ``e_ik ~ N(0, noise_sd²)``, and
+    ``c_k ~ N(0, config_sd²)``: the configuration's own noise, shared by all its queries -- what
+    interactions between groups look like to an additive analysis, and what makes the
+    configuration a unit of replication. ``unequal``: identities hold 1 to
+    ``2 * queries_per_identity - 1`` queries (uniform), as real query sets are unequal.
+    Columns: ``pid, query, config, ap`` and one ``"on"`` / ``"off"`` column per group."""
+    effects = dict(effects or {})
+    unknown = set(effects) - set(groups)
+    if unknown:
+        raise StudyInputError(f"effects name groups that are not simulated: {sorted(unknown)}.")
+    rng = np.random.default_rng(seed)
+    if unequal:
+        sizes = rng.integers(1, 2 * queries_per_identity, n_identities)
+    else:
+        sizes = np.full(n_identities, queries_per_identity)
+    pid = np.repeat(np.arange(n_identities), sizes)
+    n_q = len(pid)
+    on = np.zeros((n_configs, len(groups)), dtype=bool)
+    for j in range(len(groups)):
+        col = np.zeros(n_configs, dtype=bool)
+        col[: n_configs // 2 + int(rng.integers(0, 2)) * (n_configs % 2)] = True
+        rng.shuffle(col)
+        on[:, j] = col
+    q_latent = rng.normal(0, identity_sd, n_identities)[pid] + rng.normal(0, query_sd, n_q)
+    c_latent = rng.normal(0, config_sd, n_configs) + on @ np.array(
+        [effects.get(g, 0.0) for g in groups], dtype=float
+    )
+    latent = intercept + q_latent[:, None] + c_latent[None, :]
+    latent = latent + rng.normal(0, noise_sd, latent.shape)
+    df = pd.DataFrame(
+        {
+            "pid": np.repeat(pid, n_configs),
+            "query": np.repeat(np.arange(n_q), n_configs),
+            "config": np.tile(np.arange(n_configs), n_q),
+            "ap": expit(latent).ravel(),
+        }
+    )
+    for j, g in enumerate(groups):
+        df[g] = np.where(np.tile(on[:, j], n_q), "on", "off")
+    df.attrs["randomized_conditions"] = tuple(range(n_configs))
+    return df
