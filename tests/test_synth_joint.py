@@ -340,3 +340,44 @@ def test_cli_preset_with_an_attribute_file_draws_jointly(
         main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+# --- bench_leak.py computes the study's attribute-only mAP ---------------------------------------
+def test_bench_leak_attribute_only_equals_the_loaded_world_s(tmp_path):
+    """The image-free path of benchmarks/bench_leak.py against the study's path: the world
+    written, read by the Market loader, its query and gallery records' annotations ranked by
+    `attribute_only_baseline`. 100 test identities at Market's priors: 13 share their vector with
+    another (mAP 0.952), so ties and their order in the gallery are exercised, and distractors
+    (unannotated, pid 0) sort first in the gallery."""
+    import importlib.util
+
+    import torch
+
+    from attrimp.evaluate.conditions import SplitTensors, attribute_only_baseline
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_leak", REPO / "benchmarks" / "bench_leak.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    world = dict(n_identities=200, n_cameras=2, images_per_identity_per_camera=2, size=(32, 16))
+    world.update(distractors=5, seed=3)
+    root = synth.make_synthetic_world(tmp_path / "w", **world)
+    data = load_reid_dataset(root, "market1501", root / synth.ATTRIBUTE_FILE)
+
+    def tensors(records) -> SplitTensors:
+        return SplitTensors(
+            attributes=torch.from_numpy(np.stack([r.attributes for r in records])),
+            pids=np.array([r.pid for r in records]),
+            camids=np.array([r.camid for r in records]),
+            names=[r.path.name for r in records],
+        )
+
+    schema = load_schema("market1501")
+    study, _ = attribute_only_baseline(schema, tensors(data.query), tensors(data.gallery))
+    mine = bench.attribute_only(world)
+    assert mine["mAP"] == pytest.approx(study.summary()["mAP"], abs=1e-12)
+    assert mine["rank1"] == pytest.approx(study.summary()["rank1"], abs=1e-12)
+    assert mine["uniqueness"]["identities"] == 100 and mine["uniqueness"]["sharing"] == 13
+    assert mine["mAP"] < 0.96
