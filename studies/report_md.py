@@ -226,6 +226,13 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ),
 )
 
+#: the note under the answer table: which of its quantities are adjusted for the many groups
+ADJUSTED_NOTE = (
+    "matters follows the group's Holm p, adjusted over all the groups; the effect and its CI are "
+    "the headline level's alone and not adjusted, so a CI that excludes 0 can sit beside "
+    "matters = no."
+)
+
 #: the note under a table that has a blank p-value
 BLANK_P_NOTE = (
     "A blank p-value means the test could not be run there (a level seen in too few clusters, "
@@ -475,6 +482,7 @@ def _answer_section(report: Mapping[str, Any]) -> Section:
         blocks += [
             Box([Text([Strong(f"{name}."), " " + lead]), Bullets(lines)]),
             Table(rows, stack=True),
+            Text(ADJUSTED_NOTE, note=True),
             *_blank_p_note(rows),
             Image(f"{figure_tag(name)}_consensus", f"Ranks by method for {name}"),
         ]
@@ -524,7 +532,7 @@ def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> 
     name = outcome["outcome"]
     facts = []
     if outcome.get("family"):
-        facts.append(f"GLM family: {outcome['family']}.")
+        facts.append(f"GLM family: {format_cell('family', outcome['family'])}.")
     if outcome.get("kendall_w") is not None:
         facts.append(
             f"Kendall's W across {len(outcome.get('methods', []))} methods = "
