@@ -263,6 +263,9 @@ class AnalysisConfig:
     alpha: float = 0.05
     seed: int = 0
     repeats: int = 5
+    #: the equivalence margin of the verdicts, in mAP (fraction): a group whose leave-one-out
+    #: ΔmAP lies within ±margin by two one-sided tests is "negligible" (``--margin``)
+    margin: float = 0.01
 
 
 @dataclass
@@ -430,6 +433,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("analysis.alpha", lambda v: 0.0 < v < 1.0, "strictly between 0 and 1"),
     ("analysis.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     ("analysis.repeats", lambda v: v >= 1, "1 or more"),
+    ("analysis.margin", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("eval.max_rank", lambda v: v >= 1, "1 or more"),
     ("eval.batch_size", lambda v: v >= 1, "1 or more"),
 )

@@ -24,6 +24,13 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(
             None, "--device", help="auto, cpu or cuda (overrides the config)."
         ),
+        margin: float = typer.Option(
+            None,
+            "--margin",
+            help="Equivalence margin of the verdicts in mAP (fraction, default 0.01): a group "
+            "whose ΔmAP is shown to lie within ±margin is 'negligible' (overrides the config).",
+            show_default=False,
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
         single_file: bool = typer.Option(
             False,
@@ -42,8 +49,12 @@ def register(app: typer.Typer) -> None:
         from attrimp.study.run import run_study
 
         # the same config loading as attrimp.run_study (built-in study when CONFIG is absent)
-        overrides = {"device": device} if device is not None else {}
-        cfg = study_config(config, overrides_source="--device", **overrides)
+        overrides: dict[str, object] = {}
+        if device is not None:
+            overrides["device"] = device
+        if margin is not None:
+            overrides["analysis.margin"] = margin
+        cfg = study_config(config, overrides_source=_flags(overrides), **overrides)
         console = Console(stderr=True)
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
         _leave_process_group()
@@ -57,6 +68,12 @@ def register(app: typer.Typer) -> None:
     return None
 
 
+def _flags(overrides: dict[str, object]) -> str:
+    """The command-line flags an override came from, for a config error's sentence."""
+    names = {"device": "--device", "analysis.margin": "--margin"}
+    return " / ".join(names[k] for k in overrides) or "the command line"
+
+
 def _leave_process_group() -> None:
     import torch.distributed as dist
 
@@ -67,21 +84,29 @@ def _leave_process_group() -> None:
 def _summary(result, console) -> None:
     from rich.table import Table
 
-    consensus = result.report.get("consensus") or []
-    table = Table(title="Which attributes matter (consensus, most important first)")
-    table.add_column("rank", justify="right")
-    table.add_column("attribute")
-    table.add_column("score", justify="right")
-    table.add_column("ΔmAP without it", justify="right")
-    loo = {r["attribute"]: r for r in result.report.get("leave_one_out") or []}
-    for row in consensus:
-        d = loo.get(row["attribute"], {})
-        delta = d.get("delta_map")
+    answer = result.report.get("answer") or {}
+    table = Table(
+        title="Which attributes matter (strongest evidence first, either direction; "
+        "untestable groups unranked)"
+    )
+    for name, justify in (
+        ("rank", "right"),
+        ("attribute", "left"),
+        ("verdict", "left"),
+        ("direction", "left"),
+        ("ΔmAP without it", "right"),
+        ("MDE", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for g in answer.get("groups") or []:
+        delta, mde = g.get("delta_map"), g.get("mde")
         table.add_row(
-            f"{row['rank']:g}",
-            row["attribute"],
-            f"{row['score']:.3f}" if row.get("score") is not None else "",
+            f"{g['rank']:g}" if g.get("rank") is not None else "–",
+            g["attribute"],
+            g.get("verdict") or "",
+            g.get("direction") or "",
             f"{delta:+.4f}" if delta is not None else "",
+            f"{mde:.4f}" if mde is not None else "",
         )
     console.print(table)
     h = result.report.get("headline", {})

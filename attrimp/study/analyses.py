@@ -11,7 +11,23 @@
 same at the level the paper reports (mAP); ``paired`` is the leave-one-group-out test with a
 p-value that respects identity clustering; ``attributes`` says which attribute *values* make a
 query hard, which is a different question (difficulty, not reliance) and is reported apart.
-The study's consensus ranks the groups over the reliance analyses only.
+
+The switching table crosses queries with configurations, and a configuration switches a group
+for every query at once: the configuration is a unit the design varied, so its frame names the
+configuration as the condition and the random-subset configurations as randomised; the battery
+then adds a randomisation test across configurations (table ``randomization``), the test the
+answer trusts for that analysis.
+
+Every group gets a verdict from the leave-one-out design (``verdicts``: helps / hurts /
+negligible within ±``analysis.margin`` / inconclusive with its minimum detectable effect / not
+testable with the reason), and ``shapley`` sets the conditional leave-one-out effect beside the
+average (Shapley) effect over the sampled coalitions, saying where they disagree and why.
+
+The study's consensus ranks the groups over the reliance analyses only, on unsigned evidence
+(−log10 p of leave-one-out's clustered paired test and of the switching analysis's randomisation
+test, the configuration battery's consensus score), so a group whose experts significantly
+*hurt* ranks as high as one that helps; the direction is shown beside the rank. A group that is
+not testable gets no rank and is listed after the ranked ones with its reason.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from attrimp.config import StudyConfig
 from attrimp.io import atomic_write_frame
@@ -42,6 +59,12 @@ class StudyAnalyses:
     consensus: pd.DataFrame | None = None
     kendall_w: float | None = None
     warnings: list[str] = field(default_factory=list)
+    #: one row per group: the leave-one-out verdict (`loo_verdicts`)
+    verdicts: pd.DataFrame | None = None
+    #: leave-one-out beside Shapley per group (`studies.shapley.conditional_vs_average`)
+    shapley: pd.DataFrame | None = None
+    #: per group: the switching battery's identity-clustered p and the randomisation p
+    switching_tests: pd.DataFrame | None = None
 
 
 def on_off(table: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
@@ -76,6 +99,13 @@ def run_study_analyses(
     if switching["config"].nunique() > 2:
         runner.run("switching", lambda: _switching_frame(switching, groups))
     runner.result.paired = _paired(valid, groups, cfg, out, clock)
+    runner.result.verdicts = loo_verdicts(
+        valid, groups, alpha=cfg.analysis.alpha, margin=cfg.analysis.margin
+    )
+    if runner.result.verdicts is not None:
+        atomic_write_frame(runner.result.verdicts, out / "verdicts.csv")
+    if switching["config"].nunique() > 2:
+        runner.result.shapley = _shapley(switching, groups, cfg, out, clock, runner.result)
     cfg_rows = configs[configs["design"].isin(SWITCHING_DESIGNS)]
     if len(cfg_rows) > len(groups) + 1:
         cv = min(5, max(2, len(cfg_rows) // 5))
@@ -88,6 +118,7 @@ def run_study_analyses(
     full = valid[valid["config"] == "full"]
     if len(full):
         runner.run("attributes", lambda: _attributes_frame(full, groups))
+    runner.result.switching_tests = switching_tests(runner.result, cfg.analysis.alpha)
     _study_consensus(runner.result, out)
     return runner.result
 
@@ -138,12 +169,21 @@ class _Batteries:
 
 
 def _switching_frame(switching: pd.DataFrame, groups: list[str]):
-    """Per query x configuration: AP on the group-on indicators ("off"/"on"), by identity."""
-    table = switching[["pid", "ap"] + [f"on_{g}" for g in groups]].rename(
+    """Per query x configuration: AP on the group-on indicators ("off"/"on"), by identity and
+    by configuration (crossed: a configuration switches a group for every query at once); the
+    random-subset configurations are the ones whose switches the design drew at random, so a
+    randomisation test may re-draw exactly those."""
+    table = switching[["pid", "config", "ap"] + [f"on_{g}" for g in groups]].rename(
         columns={f"on_{g}": g for g in groups}
     )
+    randomized = pd.unique(switching.loc[switching["design"] == "random_subsets", "config"])
     return build_analysis_frame(
-        on_off(table, groups), outcomes=["ap"], cluster="pid", source="study table 'switching'"
+        on_off(table, groups),
+        outcomes=["ap"],
+        cluster="pid",
+        condition="config",
+        randomized=list(randomized) if len(randomized) else None,
+        source="study table 'switching'",
     )
 
 
@@ -192,28 +232,213 @@ def _paired(
     return paired
 
 
-def _study_consensus(result: StudyAnalyses, out: Path) -> None:
-    """Rank the groups over the reliance analyses (switching, configurations, leave-one-out)
-    into ``result.consensus`` / ``kendall_w`` and ``out/consensus.csv``."""
-    from studies.consensus import consensus_ranking
+def loo_verdicts(
+    valid: pd.DataFrame, groups: list[str], *, alpha: float, margin: float
+) -> pd.DataFrame | None:
+    """One verdict per group from the leave-one-out design (None without a ``full`` row).
 
+    Per query, ΔAP = AP with every expert on minus AP without the group's experts (paired by
+    query; positive = the group helps); its mean is the group's ΔmAP, with an identity-cluster
+    robust (CR1) standard error on G - 1 df, because the queries of one identity share its
+    annotation and its experts. The two-sided t test's p is Holm-adjusted over the testable
+    groups; `studies.verdicts.group_verdicts` turns it, the TOST within ±``margin`` and the
+    minimum detectable effect into the verdict. A group is not testable when no leave-one-out
+    configuration switched it, or when switching it off changed no query's AP at all."""
+    from studies.verdicts import clustered_mean, group_verdicts
+
+    full = valid[valid["config"] == "full"].set_index("query")
+    if full.empty:
+        return None
+    tests, levels = [], []
+    for g in groups:
+        other = valid[valid["config"] == f"without:{g}"].set_index("query")
+        both = full[["pid", "ap", *([g] if g in full else [])]].join(
+            other[["ap"]], rsuffix="_without", how="inner"
+        )
+        d = (both["ap"] - both["ap_without"]).to_numpy(dtype=float)
+        reason = _untestable_reason(both, g, d)
+        row = {"attribute": g, "queries": len(d), "identities": both["pid"].nunique()}
+        if reason is None:
+            mean, se, df = clustered_mean(d, both["pid"].to_numpy())
+            if np.isfinite(se) and se > 0:
+                p = float(2 * stats.t.sf(abs(mean / se), df))
+                row.update(estimate=mean, std_err=se, df=df, p_value=p, testable=True)
+                levels.append({"attribute": g, "level": "without", **row})
+            else:
+                reason = "its paired differences do not vary between identities"
+        if reason is not None:
+            row.update(testable=False, reason=reason)
+        tests.append(row)
+    tests_df = pd.DataFrame(tests)
+    tests_df["p_holm"] = _holm(tests_df.get("p_value", pd.Series(np.nan, index=tests_df.index)))
+    level_df = pd.DataFrame(levels, columns=["attribute", "level", "estimate", "std_err", "df"])
+    verdicts = group_verdicts(level_df, tests_df, margin=margin, alpha=alpha)
+    extra = tests_df.reindex(
+        columns=["attribute", "std_err", "df", "p_value", "testable", "queries", "identities"]
+    )
+    out = verdicts.merge(extra, on="attribute", how="left")
+    out["testable"] = out["verdict"] != "not testable"
+    return out
+
+
+def _untestable_reason(both: pd.DataFrame, group: str, d: np.ndarray) -> str | None:
+    """Why a group's leave-one-out cannot be tested (None when it can)."""
+    if not len(d):
+        return "no leave-one-out configuration switched it off on a valid query"
+    if np.all(d == 0):
+        values = pd.unique(both[group].dropna()) if group in both else []
+        if len(values) == 1:
+            return (
+                f"every test query has {group} = {values[0]}, and switching its experts off "
+                "changed no query's AP (every paired difference is exactly 0)"
+            )
+        return (
+            "switching its experts off changed no query's AP (every paired difference is "
+            "exactly 0): no test query activates them"
+        )
+    return None
+
+
+def _holm(p: pd.Series) -> np.ndarray:
+    """Holm-adjusted p over the finite entries (NaN stays NaN: an untestable group is not in
+    the family)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = pd.to_numeric(p, errors="coerce").to_numpy(dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out
+
+
+def _shapley(
+    switching: pd.DataFrame,
+    groups: list[str],
+    cfg: StudyConfig,
+    out: Path,
+    clock,
+    result: StudyAnalyses,
+) -> pd.DataFrame | None:
+    """Leave-one-out beside each group's Shapley value on mAP over the sampled coalitions
+    (`studies.shapley.conditional_vs_average`, CI by resampling identities), written to
+    ``out/shapley.csv``; a design it cannot use becomes a warning."""
+    from studies.errors import StudyInputError
+    from studies.shapley import conditional_vs_average
+
+    table = switching[["pid", "config", "design", "ap"] + [f"on_{g}" for g in groups]]
+    with _timed(clock, "analyses.shapley", rows=len(table)):
+        try:
+            shap = conditional_vs_average(
+                table, groups, alpha=cfg.analysis.alpha, seed=cfg.analysis.seed
+            )
+        except StudyInputError as e:
+            result.warnings.append(f"shapley: not analysed: {e}")
+            return None
+    shap = shap.reset_index(drop=True)
+    atomic_write_frame(shap, out / "shapley.csv")
+    return shap
+
+
+def switching_tests(result: StudyAnalyses, alpha: float = 0.05) -> pd.DataFrame | None:
+    """Per group, three tests of the switching table side by side: the GLM group test
+    clustered by identity only (``p_switching_identity``: the test before the design's second
+    unit was seen, which counts every query under every configuration as fresh evidence, kept
+    for contrast), the battery's own group test (``p_switching_battery``: two-way clustered by
+    identity and configuration on a crossed frame) and the randomisation test across
+    configurations (``p_switching_randomization`` and its Holm p; the battery's
+    ``randomization`` table), the one the answer trusts. None without a switching battery."""
+    from studies.glm import fit_glm
+    from studies.report import build_summary
+
+    battery = result.batteries.get("switching")
+    if battery is None or not battery.outcomes:
+        return None
+    first = battery.outcomes[0].outcome
+    own = {r["attribute"]: r.get("p_holm") for r in build_summary(battery) if r["outcome"] == first}
+    table = pd.DataFrame({"attribute": list(own), "p_switching_battery": list(own.values())})
+    try:
+        identity = fit_glm(battery.frame, first, alpha=alpha, cov_type="CR2").group_tests
+        table["p_switching_identity"] = table["attribute"].map(
+            identity.drop_duplicates("attribute").set_index("attribute")["p_holm"]
+        )
+    except Exception as e:  # noqa: BLE001 - a contrast column; its failure must not stop the study
+        result.warnings.append(f"switching: no identity-clustered GLM for contrast: {e}")
+        table["p_switching_identity"] = np.nan
+    rand = battery.outcomes[0].table("randomization")
+    if rand.empty or "attribute" not in rand:
+        table["p_switching_randomization"] = np.nan
+        table["p_switching_randomization_holm"] = np.nan
+        return table
+    rand = rand.drop_duplicates("attribute").set_index("attribute")
+    table["p_switching_randomization"] = table["attribute"].map(
+        pd.to_numeric(rand["p_value"], errors="coerce")
+    )
+    table["p_switching_randomization_holm"] = table["attribute"].map(
+        pd.to_numeric(rand["p_holm"], errors="coerce")
+    )
+    return table
+
+
+def _evidence(p: pd.Series) -> pd.Series:
+    """−log10 p: unsigned evidence that a group matters (p floored at 1e-300)."""
+    p = pd.to_numeric(p, errors="coerce")
+    return -np.log10(p.clip(lower=1e-300))
+
+
+def _reliance_scores(result: StudyAnalyses) -> dict[str, pd.Series]:
+    """Each reliance analysis's unsigned score per group (higher = stronger evidence that
+    switching the group changes re-identification, in either direction)."""
     scores: dict[str, pd.Series] = {}
-    for name in ("switching", "configurations"):
-        battery = result.batteries.get(name)
-        if battery is None:
-            continue
+    tests = result.switching_tests
+    if tests is not None and tests["p_switching_randomization"].notna().any():
+        # the test at the unit the design varied; the identity-clustered one overstates
+        scores["switching"] = _evidence(
+            tests.set_index("attribute")["p_switching_randomization"]
+        ).dropna()
+    elif "switching" in result.batteries:
+        cons = result.batteries["switching"].outcomes[0].table("consensus")
+        if not cons.empty:
+            scores["switching"] = cons.set_index("attribute")["score"].astype(float)
+    battery = result.batteries.get("configurations")
+    if battery is not None:
         cons = battery.outcomes[0].table("consensus")
         if not cons.empty:
-            scores[name] = cons.set_index("attribute")["score"].astype(float)
-    if result.paired is not None:
-        wil = result.paired[result.paired["test"] == result.paired["test"].iloc[0]]
-        # importance = how much AP drops without the group: the paired tests' mean difference
-        # (full - without, positive = the group helps)
-        scores["leave_one_out"] = wil.set_index("attribute")["mean_difference"].astype(float)
+            scores["configurations"] = cons.set_index("attribute")["score"].astype(float)
+    if result.verdicts is not None:
+        scores["leave_one_out"] = _evidence(
+            result.verdicts.set_index("attribute")["p_value"]
+        ).dropna()
+    return scores
+
+
+def _study_consensus(result: StudyAnalyses, out: Path) -> None:
+    """Rank the testable groups over the reliance analyses (switching, configurations,
+    leave-one-out) on unsigned evidence into ``result.consensus`` / ``kendall_w`` and
+    ``out/consensus.csv``; each row carries the leave-one-out verdict, direction, MDE and TOST
+    p beside its rank, and the untestable groups follow, unranked, with their reason."""
+    from studies.consensus import consensus_ranking
+
+    verdicts = result.verdicts
+    untestable: dict[str, str] = {}
+    if verdicts is not None:
+        off = verdicts[~verdicts["testable"]]
+        untestable = dict(zip(off["attribute"], off["reason"].fillna("not testable")))
+    scores = {
+        k: s.drop([a for a in untestable if a in s.index])
+        for k, s in _reliance_scores(result).items()
+    }
+    scores = {k: s for k, s in scores.items() if len(s)}
     if not scores:
         return
     cons = consensus_ranking(scores)
-    result.consensus = cons.ranking.reset_index(drop=True)
+    ranked = cons.ranking.reset_index(drop=True)
+    tail = pd.DataFrame({"attribute": list(untestable)})
+    table = pd.concat([ranked, tail], ignore_index=True) if len(tail) else ranked
+    if verdicts is not None:
+        keep = ["attribute", "verdict", "direction", "mde", "p_tost", "testable", "reason"]
+        table = table.merge(verdicts[keep], on="attribute", how="left")
+    result.consensus = table
     result.kendall_w = None if np.isnan(cons.kendall_w) else float(cons.kendall_w)
     result.warnings += list(cons.warnings)
     atomic_write_frame(result.consensus, out / "consensus.csv")

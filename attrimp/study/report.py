@@ -21,12 +21,26 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from attrimp.config import DESIGNS, StudyConfig
 from attrimp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from attrimp.study.analyses import StudyAnalyses
+from attrimp.study.answer import (  # _on_direction, answer_paragraphs: re-exported
+    _battery_signals,
+    answer_rows,
+    answer_text,
+    build_answer,
+    leak_block,
+    planted_check,
+    planted_sentence,
+)
+from attrimp.study.answer import (
+    _on_direction as _on_direction,
+)
+from attrimp.study.answer import (
+    answer_paragraphs as answer_paragraphs,
+)
 from studies.page import (
     Box,
     Bullets,
@@ -38,15 +52,22 @@ from studies.page import (
     Section,
     Table,
     Text,
-    format_p,
     to_html,
     to_html_single,
     to_markdown,
 )
-from studies.report import build_summary, clean_value, records
+from studies.report import clean_value, records
 
-#: /2 added ``answer`` (the plain-words answer as data) and ``battery_warnings``
-SCHEMA_VERSION = "attrimp.study.run-report/2"
+#: /2 added ``answer`` (the plain-words answer as data) and ``battery_warnings``.
+#: /3: the consensus ranks on unsigned evidence (−log10 p) and leaves untestable groups unranked
+#: (``consensus`` rows gain verdict, direction, mde, p_tost, testable, reason; rank null when not
+#: testable); ``answer`` gains ``margin``, ``analyses``, ``ranking``, ``leak`` (the attribute-only
+#: baseline against the oracle's gain, stated first) and per group ``verdict``, ``direction``,
+#: ``mde``, ``p_tost``, ``margin``, ``testable``, ``reason``, ``p_value``, ``p_holm`` (now the
+#: clustered t test's), ``p_holm_wilcoxon``, ``p_switching_identity``,
+#: ``p_switching_randomization(_holm)``, ``shapley`` with CI, ``disagree``, ``explanation``
+#: (``effect`` is gone: the verdict replaces it); new blocks ``verdicts`` and ``shapley``.
+SCHEMA_VERSION = "attrimp.study.run-report/3"
 
 DESIGN_ORDER = DESIGNS
 
@@ -263,315 +284,6 @@ def _consensus_matrices(report: Mapping[str, Any]):
 # --------------------------------------------------------------------------- the answer
 
 
-def _on_direction(rec: Mapping[str, Any]) -> float | None:
-    """+1 when switching a group's experts on raises the battery's outcome, -1 when it lowers
-    it (the battery compares a level with its reference; which of on/off is the reference
-    depends on the table)."""
-    eff = rec.get("effect")
-    if eff is None or not np.isfinite(eff) or eff == 0:
-        return None
-    s = float(np.sign(eff))
-    if str(rec.get("level")).lower() in _ON:
-        return s
-    if str(rec.get("reference")).lower() in _ON:
-        return -s
-    return None
-
-
-def _battery_signals(analyses: StudyAnalyses) -> dict[str, dict[str, dict[str, Any]]]:
-    """analysis -> group -> {direction, found} from each reliance battery's summary (its first
-    outcome: AP for switching, mAP for configurations)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in ("switching", "configurations"):
-        battery = analyses.batteries.get(name)
-        if battery is None:
-            continue
-        first = battery.outcomes[0].outcome if battery.outcomes else None
-        out[name] = {
-            r["attribute"]: {"direction": _on_direction(r), "found": r.get("matters")}
-            for r in build_summary(battery)
-            if r["outcome"] == first
-        }
-    return out
-
-
-def build_answer(
-    importance: pd.DataFrame,
-    paired: pd.DataFrame | None,
-    consensus: pd.DataFrame | None,
-    kendall_w: float | None,
-    signals: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    *,
-    alpha: float,
-) -> dict[str, Any]:
-    """The answer as data: per group (consensus order) its leave-one-out ΔmAP with CI, whether
-    it helps or hurts, the Holm p of the paired Wilcoxon test (and of the paired t test), and
-    what each reliance analysis says (direction, found)."""
-    wil, t = _paired_by_test(paired)
-    loo = importance.set_index("attribute").to_dict("index") if len(importance) else {}
-    if consensus is not None and len(consensus):
-        order = list(consensus["attribute"])
-        ranks = consensus.set_index("attribute")["rank"].to_dict()
-    else:
-        order, ranks = list(loo), {}
-    groups = [
-        _group_answer(
-            a,
-            _finite(ranks.get(a)),
-            loo=loo.get(a, {}),
-            wilcoxon=wil.get(a, {}),
-            paired_t=t.get(a, {}),
-            signals={name: dict(s.get(a, {})) for name, s in signals.items()},
-            alpha=alpha,
-        )
-        for a in order
-    ]
-    return {
-        "alpha": alpha,
-        "test": "wilcoxon_signed_rank",
-        "kendall_w": kendall_w,
-        "groups": groups,
-    }
-
-
-def _paired_by_test(paired: pd.DataFrame | None) -> tuple[dict, dict]:
-    """The paired tests per group: (Wilcoxon signed-rank, paired t), each attribute -> row."""
-    if paired is None or not len(paired):
-        return {}, {}
-    by_test = {k: v.set_index("attribute") for k, v in paired.groupby("test", sort=False)}
-    wil = by_test.get("wilcoxon_signed_rank", pd.DataFrame()).to_dict("index")
-    t = by_test.get("paired_t", pd.DataFrame()).to_dict("index")
-    return wil, t
-
-
-def _group_answer(
-    attribute: str,
-    rank: float | None,
-    *,
-    loo: Mapping[str, Any],
-    wilcoxon: Mapping[str, Any],
-    paired_t: Mapping[str, Any],
-    signals: dict[str, dict[str, Any]],
-    alpha: float,
-) -> dict[str, Any]:
-    """One group of ``answer.groups``: the leave-one-out ΔmAP with CI and its effect word, the
-    paired tests' Holm p, whether it matters, and each analysis's signal (leave-one-out's own
-    added: the sign of ΔmAP, found when the Wilcoxon Holm p is below alpha)."""
-    p = _finite(wilcoxon.get("p_holm"))
-    delta = _finite(loo.get("delta_map"))
-    lo, hi = _finite(loo.get("ci_low")), _finite(loo.get("ci_high"))
-    found = None if p is None else bool(p < alpha)
-    signals["leave_one_out"] = {
-        "direction": None if not delta else float(np.sign(delta)),
-        "found": found,
-    }
-    return {
-        "attribute": attribute,
-        "rank": rank,
-        "delta_map": delta,
-        "ci_low": lo,
-        "ci_high": hi,
-        "effect": _effect_word(delta, lo, hi),
-        "p_holm": p,
-        "p_holm_paired_t": _finite(paired_t.get("p_holm")),
-        "matters": found,
-        "share_hurt": _finite(loo.get("share_hurt")),
-        "signals": signals,
-    }
-
-
-def _effect_word(delta: float | None, lo: float | None, hi: float | None) -> str | None:
-    """helps: the CI is above 0; hurts: below; unclear: it holds 0; none: switching the group
-    off changed no query (the CI is exactly 0)."""
-    if delta is None or lo is None or hi is None:
-        return None
-    if lo == hi == 0:
-        return "none"
-    return "helps" if lo > 0 else "hurts" if hi < 0 else "unclear"
-
-
-def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
-def answer_text(report: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The answer in plain words: a paragraph and one sentence per group that matters."""
-    ans = report.get("answer") or {}
-    groups = ans.get("groups", [])
-    found = [g for g in groups if g.get("matters")]
-    lead = (
-        _finding_text(groups, found, ans.get("alpha", 0.05))
-        + _agreement_text(ans.get("kendall_w"), report.get("consensus") or [])
-        + _accuracy_text(report.get("headline") or {})
-    )
-    return lead, [_group_sentence(g) for g in found]
-
-
-def _finding_text(groups: list[Mapping[str, Any]], found: list[Mapping[str, Any]], alpha) -> str:
-    """How many groups change re-identification, which help and which hurt (or the closest)."""
-    tested = [g for g in groups if g.get("p_holm") is not None]
-    lead = (
-        f"{len(found)} of {len(groups)} attribute groups change re-identification when their "
-        f"experts are switched off (paired Wilcoxon signed-rank test per identity, Holm-adjusted "
-        f"p < {alpha:g})"
-    )
-    if found:
-        helps = [g["attribute"] for g in found if (g.get("delta_map") or 0) > 0]
-        hurts = [g["attribute"] for g in found if (g.get("delta_map") or 0) < 0]
-        parts = []
-        if helps:
-            parts.append(f"the model relies on {', '.join(helps)} (switching it off costs mAP)")
-        if hurts:
-            parts.append(
-                f"the experts of {', '.join(hurts)} hurt it (switching them off raises mAP)"
-            )
-        return lead + ": " + "; ".join(parts) + "."
-    if tested:
-        best = min(tested, key=lambda g: g["p_holm"])
-        return (
-            lead
-            + f"; none does, the closest is {best['attribute']} (Holm p = {_p(best['p_holm'])})."
-        )
-    return lead + "; no group could be tested."
-
-
-def _agreement_text(w: float | None, consensus: list[Mapping[str, Any]]) -> str:
-    if w is None:
-        return ""
-    n_methods = len(_analysis_names(consensus[0])) if consensus else 0
-    word = "strongly" if w >= 0.7 else "moderately" if w >= 0.4 else "weakly"
-    return (
-        f" The {n_methods} reliance analyses agree {word} on the order of the groups "
-        f"(Kendall's W = {w:.2f}; 1 = the same ranking)."
-    )
-
-
-def _accuracy_text(h: Mapping[str, Any]) -> str:
-    if h.get("full_mAP") is None:
-        return ""
-    learned = f", learned router {_f(h['learned_mAP'])}" if h.get("learned_mAP") is not None else ""
-    return (
-        f" Accuracy (mAP, fraction): full oracle {_f(h['full_mAP'])}, backbone only "
-        f"{_f(h.get('backbone_mAP'))}{learned}."
-    )
-
-
-def _group_sentence(g: Mapping[str, Any]) -> str:
-    """A group that matters: what switching it off costs or gains, with CI, Holm p, rank and
-    how many analyses find it."""
-    delta = g["delta_map"]
-    verb = "costs" if delta > 0 else "gains"
-    paired_t = (
-        f" (paired t: {_p(g['p_holm_paired_t'])})" if g.get("p_holm_paired_t") is not None else ""
-    )
-    return (
-        f"{g['attribute']} {'helps' if delta > 0 else 'hurts'}: switching its experts off "
-        f"{verb} {abs(delta):.3f} mAP (ΔmAP = {delta:+.3f}, 95% CI {g['ci_low']:+.3f} to "
-        f"{g['ci_high']:+.3f}); Holm p = {_p(g['p_holm'])}{paired_t}; consensus rank "
-        f"{g['rank']:g}; {_found_text(g)}."
-    )
-
-
-def _found_text(g: Mapping[str, Any]) -> str:
-    """How many reliance analyses find the group, and which of them that find it point the
-    other way (a real disagreement the reader should see, e.g. switching vs leave-one-out)."""
-    sig = g.get("signals", {})
-    tested = [k for k, v in sig.items() if v.get("found") is not None]
-    hits = [k for k in tested if sig[k]["found"]]
-    text = f"found by {len(hits)} of the {len(tested)} reliance analyses that test it"
-    own = np.sign(g.get("delta_map") or 0.0)
-    against = [
-        ANALYSIS_NAMES.get(k, k)
-        for k in hits
-        if k != "leave_one_out" and own and sig[k].get("direction") == -own
-    ]
-    if against:
-        text += f", but the {' and the '.join(against)} finds the opposite direction"
-    return text
-
-
-def planted_sentence(planted: Mapping[str, Any] | None) -> str | None:
-    """The planted design of the synthetic world in words (None for real data)."""
-    if not planted:
-        return None
-    vis = planted.get("visibility") or {}
-    hidden = [g for g, v in vis.items() if v == 0]
-    dim = [f"{g} ({100 * v:.0f}% visible)" for g, v in vis.items() if 0 < v < 1]
-    counts = planted.get("counts") or {}
-    split = ""
-    if counts.get("train_identities") is not None:
-        split = (
-            f" ({counts['train_identities']} for training, "
-            f"{counts.get('test_identities')} for testing)"
-        )
-    text = (
-        f"Synthetic world (seed {planted.get('seed')}): {planted.get('n_identities')} identities "
-        f"seen by {planted.get('n_cameras')} cameras{split}, attributes drawn with "
-        f"{planted.get('priors', 'the dataset')} priors."
-    )
-    if hidden or dim:
-        what = [*(f"{g} (invisible)" for g in hidden), *dim]
-        one = len(what) == 1
-        text += (
-            f" Planted truth: {', '.join(what)} {'stays' if one else 'stay'} in the annotations "
-            f"but not in the pixels, so only {'its expert' if one else 'their experts'} can "
-            f"carry {'it' if one else 'them'}: {'it' if one else 'they'} should come out among "
-            "the most important groups. Every other attribute is drawn visibly."
-        )
-    else:
-        text += " Every attribute is drawn visibly (no planted reliance)."
-    return text
-
-
-def planted_check(report: Mapping[str, Any]) -> str | None:
-    """Where the planted (invisible) groups landed in the consensus."""
-    planted = report.get("planted_design") or {}
-    hidden = [g for g, v in (planted.get("visibility") or {}).items() if v < 1]
-    cons = {r["attribute"]: r for r in report.get("consensus") or []}
-    if not hidden or not cons:
-        return None
-    n = len(cons)
-    where = [f"{g} ranks {cons[g]['rank']:g} of {n}" for g in hidden if g in cons]
-    return "Planted truth check: " + "; ".join(where) + "." if where else None
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else format_p(p)
-
-
-def answer_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The answer as a compact table, every group in consensus order."""
-    rows = []
-    for g in (report.get("answer") or {}).get("groups", []):
-        ci = (
-            f"{g['delta_map']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
-            if g.get("delta_map") is not None and g.get("ci_low") is not None
-            else ""
-        )
-        sig = g.get("signals", {})
-        rows.append(
-            {
-                "attribute": g["attribute"],
-                "rank": g.get("rank"),
-                "ΔmAP without it [95% CI]": ci,
-                "effect": g.get("effect") or "",
-                "Holm p (Wilcoxon)": g.get("p_holm"),
-                "share_hurt": g.get("share_hurt"),
-                **{
-                    f"found: {k}": ("yes" if v.get("found") else "no")
-                    if v.get("found") is not None
-                    else ""
-                    for k, v in sig.items()
-                },
-            }
-        )
-    return rows
-
-
 # --------------------------------------------------------------------------- report.json
 
 
@@ -602,6 +314,8 @@ def build_study_report(
 ) -> dict[str, Any]:
     """The report.json dictionary (docs/study.md), JSON-safe (NaN -> null); the run adds its
     ``timings`` last."""
+    headline = _headline(configs, baseline)
+    attribute_only = _attribute_only(baseline)
     answer = build_answer(
         importance,
         analyses.paired,
@@ -609,6 +323,11 @@ def build_study_report(
         analyses.kendall_w,
         _battery_signals(analyses),
         alpha=cfg.analysis.alpha,
+        verdicts=analyses.verdicts,
+        switching=analyses.switching_tests,
+        shapley=analyses.shapley,
+        margin=cfg.analysis.margin,
+        leak=leak_block(headline, attribute_only),
     )
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -620,16 +339,18 @@ def build_study_report(
         "data": _data_block(cfg, data),
         "model": model_info,
         "planted_design": planted,
-        "headline": _headline(configs, baseline),
+        "headline": headline,
         "answer": answer,
         "configurations": records(configs),
         "leave_one_out": records(importance),
         "leave_one_out_retrained": records(importance_retrained),
         "paired_tests": records(analyses.paired),
+        "verdicts": records(analyses.verdicts),
+        "shapley": records(analyses.shapley),
         "consensus": records(_consensus_columns(analyses.consensus)),
         "kendall_w": analyses.kendall_w,
         "learned_router": learned,
-        "attribute_only": _attribute_only(baseline),
+        "attribute_only": attribute_only,
         "analyses": {name: f"analyses/{name}/report.json" for name in analyses.batteries},
         "battery_warnings": {name: len(b.warnings) for name, b in analyses.batteries.items()},
         "warnings": analyses.warnings + list(data.report.warnings),
@@ -688,8 +409,9 @@ def _attribute_only(baseline: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _consensus_columns(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The study consensus as report.json keeps it: attribute, score, rank and each analysis's
-    own rank (the bootstrap rank interval stays in analyses/consensus.csv)."""
+    """The study consensus as report.json keeps it: attribute, score, rank, each analysis's
+    own rank, and the leave-one-out verdict, direction, MDE, TOST p, testable and reason beside
+    the rank (the bootstrap rank interval stays in analyses/consensus.csv)."""
     if consensus is None:
         return None
     own = [
@@ -697,7 +419,12 @@ def _consensus_columns(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
         for c in consensus.columns
         if c.startswith("rank_") and c not in ("rank_ci_low", "rank_ci_high", "rank_stability")
     ]
-    return consensus[["attribute", "score", "rank", *own]]
+    beside = [
+        c
+        for c in ("verdict", "direction", "mde", "p_tost", "testable", "reason")
+        if c in consensus.columns
+    ]
+    return consensus[["attribute", "score", "rank", *own, *beside]]
 
 
 # --------------------------------------------------------------------------- pages
