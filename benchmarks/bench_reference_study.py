@@ -167,9 +167,18 @@ def _run(cmd: list[str], log: Path) -> dict[str, float]:
     }
 
 
-def draw_world(world: Path, size: str, out: Path, scale: float | None = None) -> dict[str, Any]:
-    """The preset world (reused when ``world`` already holds the one this size asks for)."""
+def draw_world(
+    world: Path,
+    size: str,
+    out: Path,
+    scale: float | None = None,
+    attributes_file: Path | None = None,
+) -> dict[str, Any]:
+    """The preset world (reused when ``world`` already holds the one this size asks for); with
+    ``attributes_file`` (market_attribute.mat) its identities are drawn jointly from the real
+    file, so the study sees Market's identity leak rather than independent draws' larger one."""
     from attrimp.data.synth import preset_world
+    from attrimp.io import sha256_file
 
     spec = SIZES[size]
     scale = spec["scale"] if scale is None else scale
@@ -183,6 +192,8 @@ def draw_world(world: Path, size: str, out: Path, scale: float | None = None) ->
             design.get("split_sizes") == vars(want["split_sizes"])
             and design["n_identities"] == want["n_identities"]
             and design["size"] == list(want["size"])
+            and design.get("attributes_sha256")
+            == (None if attributes_file is None else sha256_file(attributes_file))
         ):
             return {"reused": True, "images": _world_images(design), "design": design}
     cmd = [sys.executable, "-m", "attrimp", "data", "synth", "--preset", "market1501"]
@@ -190,6 +201,8 @@ def draw_world(world: Path, size: str, out: Path, scale: float | None = None) ->
     cmd += ["--workers", str(len(os.sched_getaffinity(0)))]
     if spec["image_size"]:
         cmd += ["--size", spec["image_size"]]
+    if attributes_file is not None:
+        cmd += ["--attributes-file", str(attributes_file)]
     stats = _run(cmd, out / "world.log")
     design = json.loads(design_file.read_text(encoding="utf-8"))
     return {"reused": False, "images": _world_images(design), "design": design, **stats}
@@ -208,6 +221,7 @@ def run_reference(
     epochs: int | None = None,
     work: Path | None = None,
     scale: float | None = None,
+    attributes_file: Path | None = None,
 ):
     """Draw the world, run the study, return everything the table needs.
 
@@ -218,7 +232,7 @@ def run_reference(
     work = work or out
     work.mkdir(parents=True, exist_ok=True)
     world = world or work / "world"
-    world_info = draw_world(world, size, out, scale)
+    world_info = draw_world(world, size, out, scale, attributes_file)
     cfg = study_config(size, world, epochs)
     config_path = out / "config.toml"
     config_path.write_text(to_toml(cfg), encoding="utf-8")
@@ -232,6 +246,7 @@ def run_reference(
             ["python", "benchmarks/bench_reference_study.py", "--size", size]
             + ([] if scale is None else ["--scale", str(scale)])
             + ([] if epochs is None else ["--epochs", str(epochs)])
+            + ([] if attributes_file is None else ["--attributes-file", str(attributes_file)])
         ),
         "machine": machine(),
         "world": {k: v for k, v in world_info.items() if k != "design"},
@@ -374,11 +389,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scale", type=float, default=None, help="world scale instead of the size's (0-1]"
     )
+    parser.add_argument(
+        "--attributes-file",
+        type=Path,
+        default=None,
+        help="market_attribute.mat: draw the world's identities jointly from it (the real leak)",
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix=f"bench-ref-{args.size}-"))
     _, table = run_reference(
-        args.size, args.out, world=args.world, epochs=args.epochs, work=args.work, scale=args.scale
+        args.size,
+        args.out,
+        world=args.world,
+        epochs=args.epochs,
+        work=args.work,
+        scale=args.scale,
+        attributes_file=args.attributes_file,
     )
     print(table)
     print(f"(tables and logs in {args.out})", file=sys.stderr)

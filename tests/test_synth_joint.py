@@ -381,3 +381,24 @@ def test_bench_leak_attribute_only_equals_the_loaded_world_s(tmp_path):
     assert mine["rank1"] == pytest.approx(study.summary()["rank1"], abs=1e-12)
     assert mine["uniqueness"]["identities"] == 100 and mine["uniqueness"]["sharing"] == 13
     assert mine["mAP"] < 0.96
+
+
+def test_reference_bench_draws_the_preset_jointly_where_the_file_is_given(shared_data, tmp_path):
+    """bench_reference_study.py passes --attributes-file to the preset and does not reuse a
+    world drawn the other way."""
+    import importlib.util
+    import json
+
+    from tests.conftest import REPO
+
+    path = REPO / "benchmarks" / "bench_reference_study.py"
+    spec = importlib.util.spec_from_file_location("bench_reference_study", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    world, market = tmp_path / "world", shared_data / MARKET
+    first = bench.draw_world(world, "tiny", tmp_path, 0.005, attributes_file=market)
+    assert first["reused"] is False and first["design"]["attributes"] == "joint"
+    assert bench.draw_world(world, "tiny", tmp_path, 0.005, attributes_file=market)["reused"]
+    plain = bench.draw_world(world, "tiny", tmp_path, 0.005)
+    assert plain["reused"] is False
+    assert "attributes" not in json.loads((world / synth.DESIGN_FILE).read_text())
