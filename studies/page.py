@@ -520,7 +520,9 @@ def _html_block(block: Block, ctx: _Html) -> str:
     if isinstance(block, Image):
         return _html_image(block, ctx)
     if isinstance(block, Links):
-        where = f'<p class="note">{escape(block.where)}</p>\n' if block.where else ""
+        # the note on where the links point is moot once they all point within the page
+        local = all(ctx.href(k.html).startswith("#") for k in block.items)
+        where = f'<p class="note">{escape(block.where)}</p>\n' if block.where and not local else ""
         return where + "<ul>\n" + "\n".join(_html_link(k, ctx) for k in block.items) + "\n</ul>"
     if isinstance(block, Box):
         inner = _html_blocks(block.blocks, ctx)

@@ -366,6 +366,7 @@ def test_single_file_holds_the_sub_reports_and_no_relative_links(tmp_path: Path)
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "analyses/" not in "".join(hrefs) and "overflow-wrap:anywhere" not in html
+    assert "copy that folder" not in html  # the links no longer point at files
 
 
 def test_report_html_figures_open_their_full_size_file():
