@@ -9,6 +9,7 @@ Every function returns a Figure or None when its table is empty; :func:`png_byte
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 from collections.abc import Sequence
 
@@ -22,17 +23,94 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 _WIDTH = 8.0
-_COLORS = {"rf": "#1f77b4", "xgb": "#ff7f0e"}
-_FALLBACK = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+# --------------------------------------------------------------------------- one visual language
+#: The one diverging palette of every figure: blue = helps / raises the outcome, orange = hurts /
+#: lowers it, a near-white middle for "about zero". Blue-orange (ColorBrewer PuOr/BrBG family) is
+#: told apart under every common colour-vision deficiency, unlike blue-red or green-red.
+DIVERGING_COLOURS = (
+    "#b35806", "#e08214", "#fdb863", "#fee0b6", "#f7f7f7", "#d1e5f0", "#92c5de", "#4393c3",
+    "#2166ac",
+)  # fmt: skip
+HELPS = "#2166ac"
+HURTS = "#c4620b"
+#: no direction, or a CI that includes 0
+NEUTRAL = "#9a9a9a"
+#: categorical colours for models and configuration kinds (Paul Tol's muted set, without its
+#: blue and orange so that nothing categorical reads as helps / hurts)
+_COLORS = {"rf": "#44AA99", "xgb": "#AA4499"}
+_FALLBACK = ["#DDCC77", "#117733", "#882255", "#999933", "#CC6677"]
+
+
+def diverging_cmap():
+    """The palette as a matplotlib colormap (0 = hurts, 0.5 = neutral white, 1 = helps)."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    return LinearSegmentedColormap.from_list("attrimp_diverging", DIVERGING_COLOURS)
+
+
+def direction_colour(value: float, lo: float | None = None, hi: float | None = None) -> str:
+    """HELPS for a positive value, HURTS for a negative one, NEUTRAL for 0 / NaN or when a
+    given CI [lo, hi] includes 0 (the direction is then not established)."""
+    if value is None or not np.isfinite(value) or value == 0:
+        return NEUTRAL
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi) and lo <= 0 <= hi:
+        return NEUTRAL
+    return HELPS if value > 0 else HURTS
+
+
+# --------------------------------------------------------------------------- rendering
+
+#: SVG larger than this is replaced by a 2x PNG (a scatter of thousands of points)
+SVG_LIMIT = 250_000
+_PAD = 0.08
 
 
 def png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
-    """PNG of a figure without the software/date metadata, so equal figures give equal bytes."""
+    """PNG of a figure without the software/date metadata, so equal figures give equal bytes;
+    ``bbox_inches="tight"`` keeps any text the layout could not fit inside the image."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    # every figure calls tight_layout itself; bbox_inches="tight" would draw it twice
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=dpi,
+        metadata={"Software": None},
+        bbox_inches="tight",
+        pad_inches=_PAD,
+    )
     return buf.getvalue()
+
+
+def svg_bytes(fig: Figure) -> bytes:
+    """SVG of a figure, text drawn as glyph paths (every browser shows the fonts measured here,
+    so nothing drawn can overflow), without date or random ids (equal figures, equal bytes)."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "attrimp"}):
+        fig.savefig(
+            buf, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=_PAD
+        )
+    return buf.getvalue()
+
+
+def figure_bytes(fig: Figure) -> bytes:
+    """The figure for a page: vector SVG where that stays under :data:`SVG_LIMIT` bytes (bars,
+    heat maps), else PNG at twice the screen resolution (220 dpi) so it stays sharp when opened
+    full size. :func:`figure_suffix` tells the two apart."""
+    svg = svg_bytes(fig)
+    return svg if len(svg) <= SVG_LIMIT else png_bytes(fig, dpi=220)
+
+
+def figure_suffix(data: bytes) -> str:
+    """``".svg"`` for SVG bytes, ``".png"`` otherwise (the file name and MIME type to use)."""
+    head = data[:256].lstrip()
+    return ".svg" if head.startswith((b"<?xml", b"<svg")) else ".png"
+
+
+def figure_mime(data: bytes) -> str:
+    """The MIME type of figure bytes (``image/svg+xml`` or ``image/png``)."""
+    return "image/svg+xml" if figure_suffix(data) == ".svg" else "image/png"
 
 
 #: tick labels longer than this are shortened with an ellipsis (the tables carry full names)
@@ -48,9 +126,24 @@ def short_label(text: object, limit: int = LABEL_CHARS) -> str:
     return s[: keep - keep // 3] + "…" + s[-(keep // 3) :]
 
 
+def wrap_note(text: str, fig: Figure, fontsize: float = 7.0) -> str:
+    """A footnote wrapped to the figure's width (DejaVu Sans averages ~0.6 em per character; 0.65
+    leaves a margin), so it never runs past the canvas however long the caller's note is."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.65 * fontsize)))
+    return "\n".join(textwrap.wrap(" ".join(text.split()), chars))
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure with constrained layout: titles, tick labels, legends placed "outside" and
+    ``supxlabel`` footnotes are measured into the canvas rather than clipped."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
 def _tight(fig: Figure, **kwargs: object) -> None:
-    """tight_layout without matplotlib's warning when a label is too long for it (the figure is
-    still drawn; library calls stay quiet)."""
+    """Kept for callers that draw their own figures: constrained layout does the work now; a
+    figure without it gets tight_layout, quietly."""
+    if fig.get_layout_engine() is not None:
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout(**kwargs)
@@ -58,6 +151,16 @@ def _tight(fig: Figure, **kwargs: object) -> None:
 
 def _model_color(model: str, i: int) -> str:
     return _COLORS.get(model, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _direction_legend(ax, *, positive: str, negative: str, neutral: str | None, **kw) -> None:
+    """The key of the direction colours."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=HELPS, label=positive), Patch(color=HURTS, label=negative)]
+    if neutral:
+        handles.append(Patch(color=NEUTRAL, label=neutral))
+    ax.legend(handles=handles, fontsize=7, **kw)
 
 
 def _finite(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -68,7 +171,8 @@ def _finite(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 
 def glm_forest(coefficients: pd.DataFrame, *, title: str = "", xlabel: str = "") -> Figure | None:
-    """Forest plot: one row per attribute level (against its reference), estimate and CI."""
+    """Forest plot: one row per attribute level (against its reference), estimate and CI,
+    coloured by direction (blue raises, orange lowers the outcome, grey: the CI includes 0)."""
     if coefficients is None or coefficients.empty:
         return None
     df = coefficients
@@ -82,34 +186,51 @@ def glm_forest(coefficients: pd.DataFrame, *, title: str = "", xlabel: str = "")
         f"{a} = {lv}" if str(lv) != "" else str(a) for a, lv in zip(df["attribute"], df["level"])
     ]
     y = np.arange(len(df))[::-1]
-    fig = Figure(figsize=(_WIDTH, 1.2 + 0.24 * len(df)))
+    fig = _figure(_WIDTH, 1.6 + 0.22 * len(df))
     ax = fig.subplots()
     coef = df["coef"].to_numpy(float)
     lo = df["ci_low"].to_numpy(float)
     hi = df["ci_high"].to_numpy(float)
-    groups = pd.factorize(df["attribute"])[0]
-    colors = np.where(groups % 2 == 0, "#1f77b4", "#d62728")
+    colors = [direction_colour(c, a, b) for c, a, b in zip(coef, lo, hi)]
     ax.hlines(y, lo, hi, colors=colors, linewidth=1.5)
     ax.scatter(coef, y, c=colors, s=18, zorder=3)
     ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    # a thin band per attribute group, so the levels of one group read together (no colour)
+    starts = np.flatnonzero(
+        np.r_[True, df["attribute"].to_numpy()[1:] != df["attribute"].to_numpy()[:-1]]
+    )
+    for k, s0 in enumerate(starts):
+        if k % 2 == 1:
+            s1 = starts[k + 1] if k + 1 < len(starts) else len(df)
+            ax.axhspan(y[s1 - 1] - 0.5, y[s0] + 0.5, color="#f2f2f2", zorder=0, linewidth=0)
     ax.set_yticks(y)
     ax.set_yticklabels([short_label(x) for x in labels], fontsize=7)
     ax.set_xlabel(xlabel or "coefficient (link scale) with 95% CI")
     ax.set_title(title or "GLM coefficients against each attribute's reference level", fontsize=10)
     ax.set_ylim(-1, len(df))
-    _tight(fig)
+    _direction_legend(
+        ax,
+        positive="raises the outcome (CI > 0)",
+        negative="lowers it (CI < 0)",
+        neutral="CI includes 0",
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0 + 0.25 / fig.get_figheight()),
+        ncol=3,
+        frameon=False,
+    )
     return fig
 
 
 def importance_bars(importance: pd.DataFrame, *, title: str = "") -> Figure | None:
-    """Grouped horizontal bars: permutation importance per attribute group and model, with CIs."""
+    """Grouped horizontal bars: permutation importance per attribute group and model, with CIs
+    (models in categorical colours that never read as helps / hurts)."""
     if importance is None or importance.empty:
         return None
     df = importance.copy()
     models = list(dict.fromkeys(df["model"]))
     order = df.groupby("attribute", sort=False)["importance"].mean().sort_values(ascending=True)
     attrs = list(order.index)
-    fig = Figure(figsize=(_WIDTH, 1.2 + 0.32 * len(attrs) * max(1, len(models)) / 1.5))
+    fig = _figure(_WIDTH, 1.4 + 0.32 * len(attrs) * max(1, len(models)) / 1.5)
     ax = fig.subplots()
     h = 0.8 / max(1, len(models))
     for i, m in enumerate(models):
@@ -134,23 +255,20 @@ def importance_bars(importance: pd.DataFrame, *, title: str = "") -> Figure | No
     ax.set_yticklabels([short_label(a) for a in attrs], fontsize=8)
     ax.set_xlabel("drop in held-out score when the whole group is permuted (95% CI)")
     ax.set_title(title or "Grouped permutation importance", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    _tight(fig)
+    ax.legend(fontsize=8, loc="lower right", title="model", title_fontsize=8)
     return fig
 
 
 def shap_summary(
     group_table: pd.DataFrame, level_table: pd.DataFrame | None = None, *, title: str = ""
 ) -> Figure | None:
-    """Left: mean |SHAP| per attribute group and model. Right: signed mean SHAP per level."""
+    """Left: mean |SHAP| per attribute group and model. Right: signed mean SHAP per level, each
+    dot named by its level and coloured by direction."""
     if group_table is None or group_table.empty:
         return None
     has_levels = level_table is not None and not level_table.empty
-    fig = Figure(
-        figsize=(
-            _WIDTH + (4.0 if has_levels else 0.0),
-            1.4 + 0.3 * group_table["attribute"].nunique(),
-        )
+    fig = _figure(
+        _WIDTH + (4.0 if has_levels else 0.0), 1.8 + 0.3 * group_table["attribute"].nunique()
     )
     axes = fig.subplots(1, 2 if has_levels else 1, squeeze=False)[0]
     ax = axes[0]
@@ -172,27 +290,43 @@ def shap_summary(
     ax.set_yticklabels([short_label(a) for a in attrs], fontsize=8)
     ax.set_xlabel("mean |SHAP| of the group (sum of its columns per row)")
     ax.set_title(title or "SHAP importance by attribute group", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right", title="model", title_fontsize=8)
     if has_levels:
-        ax2 = axes[1]
-        lv = level_table.copy()
-        first = models[0] if models else lv["model"].iloc[0]
-        if "model" in lv.columns and (lv["model"] == first).any():
-            lv = lv[lv["model"] == first]
-        rank = {a: i for i, a in enumerate(attrs)}
-        lv = lv[lv["attribute"].isin(rank)]
-        ys = lv["attribute"].map(rank).to_numpy(float)
-        vals = lv["mean_shap"].to_numpy(float)
-        sizes = 8 + 40 * np.sqrt(lv["n"].to_numpy(float) / max(1.0, float(lv["n"].max())))
-        ax2.scatter(vals, ys, s=sizes, c=np.where(vals >= 0, "#2ca02c", "#d62728"), alpha=0.7)
-        ax2.axvline(0.0, color="grey", linewidth=0.8)
-        ax2.set_yticks(np.arange(len(attrs)))
-        ax2.set_yticklabels([])
-        ax2.set_ylim(ax.get_ylim())
-        ax2.set_xlabel(f"mean signed SHAP per level ({first}; dot size ~ rows)")
-        ax2.set_title("Direction of each level", fontsize=10)
-    _tight(fig)
+        _shap_levels(axes[1], level_table, attrs, models, ax.get_ylim())
     return fig
+
+
+def _shap_levels(ax, level_table: pd.DataFrame, attrs: list, models: list, ylim) -> None:
+    """The direction panel: one dot per level (size ~ rows), named, blue raises / orange lowers."""
+    lv = level_table.copy()
+    first = models[0] if models else lv["model"].iloc[0]
+    if "model" in lv.columns and (lv["model"] == first).any():
+        lv = lv[lv["model"] == first]
+    rank = {a: i for i, a in enumerate(attrs)}
+    lv = lv[lv["attribute"].isin(rank)]
+    if "is_reference" in lv.columns:  # the reference level's SHAP is ~0 by construction
+        lv = lv[~lv["is_reference"].fillna(False).astype(bool)]
+    ys = lv["attribute"].map(rank).to_numpy(float)
+    vals = lv["mean_shap"].to_numpy(float)
+    sizes = 8 + 40 * np.sqrt(lv["n"].to_numpy(float) / max(1.0, float(lv["n"].max())))
+    ax.scatter(vals, ys, s=sizes, c=[direction_colour(v) for v in vals], alpha=0.8)
+    top = np.nanmax(np.abs(vals)) if np.isfinite(vals).any() else 0.0
+    for k, (v, yy, name) in enumerate(zip(vals, ys, lv["level"].astype(str))):
+        if np.isfinite(v) and abs(v) >= 0.05 * top:  # near-zero levels crowd at 0 unnamed
+            ax.annotate(
+                short_label(name, 14), (v, yy), fontsize=6, xytext=(0, 4 if k % 2 else -9),
+                textcoords="offset points", ha="center", color="#333",
+            )  # fmt: skip
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(np.arange(len(attrs)))
+    ax.set_yticklabels([])
+    ax.set_ylim(ylim)
+    ax.set_xlabel(f"mean signed SHAP per level ({first}; dot size ~ rows)")
+    ax.set_title("Direction of each level", fontsize=10)
+    _direction_legend(
+        ax, positive="raises the prediction", negative="lowers it", neutral=None,
+        loc="lower right",
+    )  # fmt: skip
 
 
 def consensus_heatmap(
@@ -200,6 +334,7 @@ def consensus_heatmap(
     direction: pd.DataFrame | None = None,
     significant: pd.DataFrame | None = None,
     *,
+    effects: pd.DataFrame | None = None,
     title: str = "",
     legend: str = "",
     positive_label: str = "raises the outcome",
@@ -207,106 +342,114 @@ def consensus_heatmap(
 ) -> Figure | None:
     """Methods (rows) x attribute groups (columns, consensus order).
 
-    Each cell shows the method's rank of the group (1 = most important) and encodes three
-    things: the hue is the direction the method gives the group (blue: its headline level
-    raises the outcome against the reference, red: lowers it, grey: the method has no sign,
-    e.g. permutation importance), the depth of colour is the rank (deep = near the top), and a
-    star plus a black frame mark the groups the method finds (Holm p < alpha, or an importance
-    CI above 0). ``direction`` and ``significant`` are aligned with ``ranks`` (NaN = none)."""
+    Each cell shows the method's rank of the group (1 = most important). Its colour is the
+    direction (blue: the group raises the outcome, orange: lowers it, grey: the method has no
+    sign) and the depth of the colour is the size of the effect relative to the largest in the
+    row (``effects``: the signed effect, or an unsigned score where the method has no sign), so
+    an effect of -3e-6 beside one of 0.002 is near-white whatever its rank. Without ``effects``
+    every signed cell gets one middle depth: rank alone never sets the colour. A star plus a
+    black frame mark the groups the method finds. ``direction``, ``significant`` and
+    ``effects`` are aligned with ``ranks`` (NaN = none)."""
     if ranks is None or ranks.empty:
         return None
     mat = ranks.to_numpy(float)
-    n = max(2.0, float(np.nanmax(mat)) if np.isfinite(mat).any() else 2.0)
-    strength = np.clip((n - mat) / (n - 1.0), 0.0, 1.0)  # 1 = top rank
     n_rows, n_cols = mat.shape
-    fig = Figure(figsize=(max(_WIDTH, 0.6 * n_cols + 2.5), 1.9 + 0.5 * n_rows))
+    fig = _figure(max(_WIDTH, 0.6 * n_cols + 2.5), 2.4 + 0.5 * n_rows)
     ax = fig.subplots()
-    ax.imshow(
-        _heat_colours(mat, _aligned(direction, ranks), strength),
-        aspect="auto",
-        interpolation="nearest",
-    )
+    rgba = _heat_colours(mat, _aligned(direction, ranks), _row_sizes(_aligned(effects, ranks)))
+    ax.imshow(rgba, aspect="auto", interpolation="nearest")
     ax.set_xticks(np.arange(n_cols))
     ax.set_xticklabels([short_label(c) for c in ranks.columns], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(np.arange(n_rows))
     ax.set_yticklabels([short_label(i) for i in ranks.index], fontsize=8)
-    _mark_ranks(ax, mat, _aligned(significant, ranks), strength)
-    ax.set_title(
-        title or "Rank of each attribute group by method (number = rank, deeper = higher)",
-        fontsize=10,
-    )
-    _heat_legend(fig, legend, positive_label, negative_label)
+    _mark_ranks(ax, mat, _aligned(significant, ranks), rgba)
+    ax.set_title(title or "Rank of each attribute group by method (number = rank)", fontsize=10)
+    _heat_legend(fig, ax, legend, positive_label, negative_label, effects is not None)
     return fig
 
 
-_HUES = ("Blues", "Reds", "Greys")
+def _row_sizes(eff: np.ndarray) -> np.ndarray:
+    """|effect| / the row's largest |effect| (methods have different units); NaN where none."""
+    size = np.full(eff.shape, np.nan)
+    for r in range(eff.shape[0]):
+        row = np.abs(eff[r])
+        top = np.nanmax(row) if np.isfinite(row).any() else np.nan
+        if np.isfinite(top) and top > 0:
+            size[r] = row / top
+    return size
 
 
-def _heat_colours(mat: np.ndarray, dirs: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """RGBA per cell: the hue from the direction (blue +, red -, grey none), the depth from the
-    rank; white where there is no rank."""
-    blues, reds, greys = (matplotlib.colormaps[c] for c in _HUES)
+def _heat_colours(mat: np.ndarray, dirs: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """RGBA per cell: the diverging palette at 0.5 +/- 0.45 x size (blue +, orange -), grey
+    depth by size for a method without sign, white where there is no rank."""
+    from matplotlib.colors import to_rgba
+
+    cmap = diverging_cmap()
+    greys = matplotlib.colormaps["Greys"]
     rgba = np.ones((*mat.shape, 4))
-    for (r, c), s in np.ndenumerate(strength):
-        if not np.isfinite(mat[r, c]):
+    for (r, c), v in np.ndenumerate(mat):
+        if not np.isfinite(v):
             continue
-        level = 0.15 + 0.7 * s
+        s = size[r, c] if np.isfinite(size[r, c]) else 0.6
         d = dirs[r, c]
-        cmap = blues if d > 0 else reds if d < 0 else greys
-        rgba[r, c] = cmap(level * (0.75 if cmap is greys else 1.0))
+        if np.isfinite(d) and d != 0:
+            rgba[r, c] = cmap(0.5 + 0.45 * np.sign(d) * s)
+        else:
+            rgba[r, c] = greys(0.05 + 0.45 * s) if np.isfinite(size[r, c]) else to_rgba("#cfcfcf")
     return rgba
 
 
-def _mark_ranks(ax, mat: np.ndarray, sig: np.ndarray, strength: np.ndarray) -> None:
-    """Write each rank in its cell (white on deep colour); a found group gets a star, bold
-    text and a black frame."""
+def _mark_ranks(ax, mat: np.ndarray, sig: np.ndarray, rgba: np.ndarray) -> None:
+    """Write each rank in its cell (white on a dark cell); a found group gets a star, bold
+    text and a black frame. Ranks print as integers, "4.5" only for a true tie."""
     from matplotlib.patches import Rectangle
 
     for (r, c), v in np.ndenumerate(mat):
         if not np.isfinite(v):
             continue
         star = sig[r, c] > 0
-        dark = 0.15 + 0.7 * strength[r, c] > 0.55
+        lum = 0.299 * rgba[r, c, 0] + 0.587 * rgba[r, c, 1] + 0.114 * rgba[r, c, 2]
         ax.text(
             c,
             r,
-            f"{v:g}{'*' if star else ''}",
+            f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}",
             ha="center",
             va="center",
             fontsize=7,
             fontweight="bold" if star else "normal",
-            color="white" if dark else "black",
+            color="white" if lum < 0.5 else "black",
         )
         if star:
+            ax.text(c + 0.42, r - 0.42, "*", ha="right", va="top", fontsize=8, fontweight="bold",
+                    color="white" if lum < 0.5 else "black")  # fmt: skip
             ax.add_patch(
                 Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
             )
 
 
-def _heat_legend(fig: Figure, note: str, positive_label: str, negative_label: str) -> None:
-    """The colour key in a strip under the plot, the caller's note under it, then the layout."""
+def _heat_legend(
+    fig: Figure, ax, note: str, positive_label: str, negative_label: str, sized: bool
+) -> None:
+    """The colour key outside the plot and the caller's note wrapped above it as the axes'
+    x label; constrained layout measures both into the canvas."""
     from matplotlib.patches import Patch
 
-    blues, reds, greys = (matplotlib.colormaps[c] for c in _HUES)
     handles = [
-        Patch(color=blues(0.7), label=positive_label),
-        Patch(color=reds(0.7), label=negative_label),
-        Patch(color=greys(0.5), label="no direction (unsigned method)"),
-        Patch(facecolor="white", edgecolor="black", label="* found (Holm p < α / CI > 0)"),
+        Patch(color=HELPS, label=positive_label),
+        Patch(color=HURTS, label=negative_label),
+        Patch(color="#bdbdbd", label="no direction (unsigned method)"),
+        Patch(facecolor="white", edgecolor="black", label="* found"),
     ]
-    height_in = fig.get_figheight()
-    foot = (0.55 if note else 0.35) / height_in  # legend (and note) strip, in figure units
-    fig.legend(
-        handles=handles,
-        loc="lower center",
-        bbox_to_anchor=(0.5, (0.2 if note else 0.02) / height_in),
-        ncol=4,
-        fontsize=7,
-        frameon=False,
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    depth = (
+        "Colour depth = the size of the effect relative to the largest in its row (near-white: "
+        "about zero). "
+        if sized
+        else ""
     )
-    if note:
-        fig.text(0.5, 0.04 / height_in, note, ha="center", va="bottom", fontsize=7, color="#444")
-    _tight(fig, rect=(0, foot, 1, 1))
+    text = depth + (note or "")
+    if text:
+        ax.set_xlabel(wrap_note(text, fig), fontsize=7, color="#444", labelpad=6)
 
 
 def _aligned(values: pd.DataFrame | None, like: pd.DataFrame) -> np.ndarray:
@@ -317,11 +460,37 @@ def _aligned(values: pd.DataFrame | None, like: pd.DataFrame) -> np.ndarray:
     return v.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
 
 
+def method_effects(
+    method_scores: pd.DataFrame, shap_levels: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Methods x groups: the effect sizes a consensus heat map colours by. Each method's score
+    (its importance, >= 0) signed by its direction; SHAP's two-level groups take the signed mean
+    SHAP of their level (averaged over models), so +0.0023 and -0.0023 that average to -3e-6
+    give a near-white cell, not a deep one."""
+    if method_scores is None or method_scores.empty:
+        return pd.DataFrame()
+    ms = method_scores.copy()
+    d = pd.to_numeric(ms.get("direction"), errors="coerce")
+    score = pd.to_numeric(ms["score"], errors="coerce").abs()
+    ms["effect"] = np.where(np.isfinite(d), score * np.sign(d), score)
+    out = ms.pivot_table(index="method", columns="attribute", values="effect", sort=False)
+    if shap_levels is not None and not shap_levels.empty and "shap" in out.index:
+        lv = shap_levels
+        if "is_reference" in lv.columns:
+            lv = lv[~lv["is_reference"].astype(bool)]
+        for a, part in lv.groupby("attribute", sort=False):
+            per_level = part.groupby("level", sort=False)["mean_shap"].mean()
+            if len(per_level) == 1 and a in out.columns:
+                out.loc["shap", a] = float(per_level.iloc[0])
+    return out
+
+
 def value_bars(
     labels: Sequence[str],
     values: Sequence[float],
     *,
     colors: Sequence[str] | None = None,
+    legend: Sequence[tuple[str, str]] = (),
     reference: float | None = None,
     reference_label: str = "",
     xlim: tuple[float, float] | None = None,
@@ -329,21 +498,28 @@ def value_bars(
     title: str = "",
 ) -> Figure | None:
     """Horizontal bars, the first label on top, with an optional dashed reference line (e.g.
-    each configuration's mAP against the full model's)."""
+    each configuration's mAP against the full model's); ``legend`` explains the colours as
+    ``(colour, label)`` pairs."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     if len(labels) == 0:
         return None
-    fig = Figure(figsize=(7, 0.28 * len(labels) + 1.2))
+    fig = _figure(7, 0.26 * len(labels) + 1.5)
     ax = fig.subplots()
-    colors = list(colors) if colors is not None else ["#1f77b4"] * len(labels)
+    colors = list(colors) if colors is not None else [_FALLBACK[1]] * len(labels)
     ax.barh([short_label(x) for x in labels][::-1], list(values)[::-1], color=colors[::-1])
+    ax.tick_params(axis="y", labelsize=8)
+    handles = [Patch(color=c, label=lab) for c, lab in legend]
     if reference is not None:
-        ax.axvline(reference, color="k", lw=0.8, ls="--", label=reference_label)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axvline(reference, color="k", lw=0.8, ls="--")
+        handles.append(Line2D([], [], color="k", lw=0.8, ls="--", label=reference_label))
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=7)
     if xlim is not None:
         ax.set_xlim(*xlim)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    _tight(fig)
     return fig
 
 
@@ -355,57 +531,150 @@ def interval_bars(
     *,
     xlabel: str = "",
     title: str = "",
+    positive_label: str = "helps (CI > 0)",
+    negative_label: str = "hurts (CI < 0)",
 ) -> Figure | None:
-    """Signed horizontal bars with their CIs, the first label on top: blue where the value is
-    positive, red where it is negative, a line at 0 (e.g. the leave-one-group-out ΔmAP)."""
+    """Signed horizontal bars with their CIs, the first label on top: blue where the CI is
+    above 0, orange where below, grey where it includes 0, a line at 0 and the key (e.g. the
+    leave-one-group-out ΔmAP)."""
     if len(labels) == 0:
         return None
     val = np.asarray(values, float)[::-1]
-    err = np.vstack([val - np.asarray(ci_low, float)[::-1], np.asarray(ci_high, float)[::-1] - val])
-    fig = Figure(figsize=(7, 0.35 * len(labels) + 1.3))
+    lo = np.asarray(ci_low, float)[::-1]
+    hi = np.asarray(ci_high, float)[::-1]
+    err = np.vstack([val - lo, hi - val])
+    err = np.where(np.isfinite(err), np.clip(err, 0, None), 0.0)
+    fig = _figure(7, 0.32 * len(labels) + 1.6)
     ax = fig.subplots()
-    colors = ["#1f77b4" if v > 0 else "#d62728" for v in val]
+    colors = [direction_colour(v, a, b) for v, a, b in zip(val, lo, hi)]
     ax.barh([short_label(x) for x in labels][::-1], val, xerr=err, color=colors, capsize=3)
+    ax.tick_params(axis="y", labelsize=8)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    _tight(fig)
+    _direction_legend(
+        ax, positive=positive_label, negative=negative_label, neutral="CI includes 0",
+        loc="best",
+    )  # fmt: skip
     return fig
 
 
-def prevalence_scatter(prev: pd.DataFrame, *, x: str, y: str, title: str = "") -> Figure | None:
-    """Per-instance effect against population-level importance: a rare strong group stands out."""
+def counterfactual_bars(
+    configs: pd.DataFrame, full_map: float, *, title: str = ""
+) -> Figure | None:
+    """ΔmAP = full mAP minus the mAP when a group's annotation is swapped to another value for
+    every query and gallery image (the ``cf:<group>=<value>`` configurations), one row per
+    swap, grouped by attribute group: positive (blue) = the true value helps, negative (orange)
+    = the swapped value does better."""
+    if configs is None or configs.empty or not np.isfinite(full_map):
+        return None
+    cf = configs[configs["config"].astype(str).str.startswith("cf:")]
+    cf = _finite(cf, ["mAP"])
+    if cf.empty:
+        return None
+    parts = cf["config"].str.removeprefix("cf:").str.split("=", n=1, expand=True)
+    df = pd.DataFrame(
+        {"group": parts[0], "value": parts[1], "delta": full_map - cf["mAP"].to_numpy(float)}
+    )
+    order = df.groupby("group", sort=False)["delta"].apply(lambda d: d.abs().max())
+    df["_o"] = df["group"].map(
+        {g: i for i, g in enumerate(order.sort_values(ascending=False).index)}
+    )
+    df = df.sort_values(["_o", "delta"], ascending=[True, False], kind="stable")
+    y = np.arange(len(df))[::-1]
+    fig = _figure(7, 0.2 * len(df) + 1.7)
+    ax = fig.subplots()
+    delta = df["delta"].to_numpy(float)
+    ax.barh(y, delta, color=[direction_colour(v) for v in delta], height=0.75)
+    ax.set_yticks(y)
+    ax.set_yticklabels(
+        [short_label(f"{g} → {v}") for g, v in zip(df["group"], df["value"])], fontsize=7
+    )
+    codes = df["_o"].to_numpy()
+    for k in np.flatnonzero(codes[1:] != codes[:-1]):
+        ax.axhline(y[k] - 0.5, color="#bbb", lw=0.6)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_ylim(-0.7, len(df) - 0.3)
+    ax.set_xlabel("ΔmAP = full mAP − mAP with the group's annotation swapped to the value")
+    ax.set_title(title or "Counterfactual: each group's attribute swapped", fontsize=10)
+    _direction_legend(
+        ax, positive="the true value helps", negative="the swapped value does better",
+        neutral=None, loc="best",
+    )  # fmt: skip
+    return fig
+
+
+def prevalence_scatter(
+    prev: pd.DataFrame,
+    *,
+    x: str = "prevalence",
+    y: str = "per_instance_effect",
+    title: str = "",
+    max_labels: int = 20,
+) -> Figure | None:
+    """Per-instance effect against prevalence, one dot per non-reference level with its CI:
+    a rare strong level stands out at the left, far from 0. Coloured by direction (grey: the
+    CI includes 0); the ``max_labels`` levels with the largest |effect| are named."""
     if prev is None or prev.empty or x not in prev.columns or y not in prev.columns:
         return None
     df = _finite(prev, [x, y])
+    if "is_reference" in df.columns:
+        df = df[~df["is_reference"].fillna(False).astype(bool)]
     if df.empty:
         return None
-    fig = Figure(figsize=(_WIDTH * 0.8, 5.0))
+    from matplotlib.ticker import PercentFormatter
+
+    fig = _figure(_WIDTH * 0.85, 5.0)
     ax = fig.subplots()
-    ax.scatter(df[x].to_numpy(float), df[y].to_numpy(float), color="#1f77b4")
-    for _, row in df.iterrows():
+    xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
+    lo = df.get("effect_ci_low", df[y]).to_numpy(float)
+    hi = df.get("effect_ci_high", df[y]).to_numpy(float)
+    colors = [direction_colour(v, a, b) for v, a, b in zip(ys, lo, hi)]
+    err = np.where(np.isfinite(np.vstack([ys - lo, hi - ys])), np.vstack([ys - lo, hi - ys]), 0)
+    ax.errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="none", ecolor="#ccc", lw=0.8, zorder=1)
+    ax.scatter(xs, ys, c=colors, s=22, zorder=3, edgecolors="white", linewidths=0.4)
+    names = [f"{a} = {lv}" for a, lv in zip(df["attribute"], df.get("level", df["attribute"]))]
+    for i in np.argsort(-np.abs(ys))[:max_labels]:
         ax.annotate(
-            str(row["attribute"]),
-            (float(row[x]), float(row[y])),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+            short_label(names[i], 24), (xs[i], ys[i]), fontsize=6, xytext=(3, 3),
+            textcoords="offset points", color="#333",
+        )  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    if x.startswith("prevalence"):
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_xlabel("prevalence (share of rows at the level)" if x == "prevalence" else x)
+    ax.set_ylabel(
+        "per-instance effect vs the reference level (95% CI)" if y == "per_instance_effect" else y
+    )
     ax.set_title(title or "Effect vs. prevalence", fontsize=10)
-    _tight(fig)
+    _direction_legend(
+        ax, positive="raises the outcome", negative="lowers it", neutral="CI includes 0",
+        loc="best",
+    )  # fmt: skip
     return fig
 
 
 __all__ = [
+    "DIVERGING_COLOURS",
+    "HELPS",
+    "HURTS",
+    "NEUTRAL",
     "consensus_heatmap",
+    "counterfactual_bars",
+    "direction_colour",
+    "diverging_cmap",
+    "figure_bytes",
+    "figure_mime",
+    "figure_suffix",
     "glm_forest",
     "importance_bars",
     "interval_bars",
+    "method_effects",
     "png_bytes",
     "prevalence_scatter",
     "shap_summary",
     "short_label",
+    "svg_bytes",
     "value_bars",
+    "wrap_note",
 ]
