@@ -29,6 +29,15 @@ data where none matters (``tests/test_studies_calibration.py`` shows it). So, wi
   bootstrap* evaluated exactly from cluster-pair rank counts (no resample is materialised).
   All of it is ours (scipy has no stratified rank test).
 
+**Crossed designs** (``frame.condition`` without ``paired_by``: every query evaluated under every
+configuration, ``studies.crossed``): a group that is constant within conditions -- a switch the
+configuration sets for all its queries at once -- is tested on one row per condition, the
+condition's mean outcome against its level (``test`` ends in ``+per_condition``, ``unit`` is
+``condition``, ``permuted`` is ``across_conditions``). Its queries are not independent evidence
+about the switch: every one of them shares the configuration's own effect, and testing rows
+gave every group of the built-in study Holm p < 1e-170 on null data. Other groups follow the
+rules below.
+
 The rule is ``features.permutation_scopes``, shared with permutation importance, and the table
 says which applied in ``permuted`` ("across_clusters": tested on cluster means, the null
 exchanges clusters; "within_cluster": permuted inside clusters; "rows": no clusters).
@@ -57,6 +66,7 @@ import pingouin as pg
 from scipy import optimize, sparse, stats
 
 from studies.corrections import add_adjusted
+from studies.crossed import is_crossed
 from studies.errors import StudyInputError
 from studies.features import (
     ACROSS_CLUSTERS,
@@ -584,11 +594,15 @@ def group_tests(
             f"The rank tests' method must be one of {', '.join(WITHIN_METHODS)}, not {method!r}."
         )
     units = _Units.of(frame, outcome)
+    by_condition = _ConditionUnits.of(frame, outcome) if is_crossed(frame) else None
     records = []
     notes: list[str] = []
     for gi, gname in enumerate(frame.groups if groups is None else groups):
         rng = np.random.default_rng([seed, gi])
-        rec, note = _test_group(frame, gname, units, alpha, n_perm, n_boot, rng, method)
+        rec = _per_condition_test(frame, gname, by_condition, alpha, n_boot, rng)
+        note = None
+        if rec is None:
+            rec, note = _test_group(frame, gname, units, alpha, n_perm, n_boot, rng, method)
         records.append(rec)
         if note:
             notes.append(note)
@@ -619,6 +633,52 @@ class _Units:
         first[cl[::-1]] = np.arange(len(cl))[::-1]
         ybar = np.bincount(cl, weights=y, minlength=n_cl) / np.bincount(cl, minlength=n_cl)
         return cls(y, cl, first, ybar)
+
+
+@dataclass(frozen=True)
+class _ConditionUnits:
+    """Crossed designs: each row's condition code, each condition's first row and mean."""
+
+    cond: np.ndarray
+    first: np.ndarray
+    ybar: np.ndarray
+
+    @classmethod
+    def of(cls, frame: AnalysisFrame, outcome: str) -> _ConditionUnits:
+        y = frame.data[outcome].to_numpy(dtype=float)
+        b = pd.factorize(frame.data[frame.condition])[0]
+        n_b = int(b.max()) + 1
+        first = np.empty(n_b, dtype=np.int64)
+        first[b[::-1]] = np.arange(len(b))[::-1]
+        ybar = np.bincount(b, weights=y, minlength=n_b) / np.bincount(b, minlength=n_b)
+        return cls(b, first, ybar)
+
+
+def _per_condition_test(
+    frame: AnalysisFrame,
+    gname: str,
+    units: _ConditionUnits | None,
+    alpha: float,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> dict | None:
+    """A crossed design's group that is constant within conditions, tested on the condition
+    means (MWU / KW over conditions); None when the group is not such a switch."""
+    if units is None:
+        return None
+    codes = frame.data[gname].cat.codes.to_numpy().astype(np.int64)
+    per = codes[units.first]
+    if not np.array_equal(per[units.cond], codes):
+        return None
+    present = np.unique(per)
+    base = {"attribute": gname, "n_levels": len(present), "permuted": "across_conditions"}
+    n_b = len(units.ybar)
+    if len(present) < 2:
+        return {**base, "test": "none", "n": n_b, "unit": "condition"}
+    g = np.searchsorted(present, per)
+    rec = _independent_test(units.ybar, g, len(present), alpha, n_boot, rng)
+    rec["test"] = f"{rec['test']}+per_condition"
+    return {**base, **rec, "n": n_b, "unit": "condition"}
 
 
 def _test_group(

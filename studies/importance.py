@@ -26,7 +26,13 @@ Honesty with clustered rows (``frame.cluster``, e.g. the identity in a ReID tabl
   whatever the model does), and otherwise it would mix the group's effect with the clusters'
   random effects;
 - the confidence interval redraws held-out clusters, not rows (see
-  ``grouped_permutation_importance``).
+  ``grouped_permutation_importance``);
+- on a crossed design (``frame.condition`` without ``paired_by``: every query under every
+  configuration, ``studies.crossed``) the folds hold out whole *conditions* (``GroupKFold`` on
+  the condition), so a model is judged on configurations it did not see: with folds by
+  identity every configuration is in every training fold, and a model that memorises the
+  configurations' own effects (interactions included) scores as if the switches predicted
+  them. The table's ``held_out`` column says which unit the folds held out.
 
 Speed, so it runs on 1M rows: attributes are categorical, so models are fit on the distinct
 attribute rows of the training fold, weighted by their row counts, with the mean outcome as
@@ -51,6 +57,7 @@ from joblib import Parallel, delayed
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, ShuffleSplit
 
+from studies.crossed import is_crossed
 from studies.errors import StudyInputError
 from studies.features import (
     WITHIN_CLUSTER,
@@ -450,6 +457,8 @@ class _Setup:
     splits: list[tuple[np.ndarray, np.ndarray]]
     #: per group: ``features.ACROSS_CLUSTERS``, ``WITHIN_CLUSTER`` or ``ROWS``
     scopes: tuple[str, ...]
+    #: the unit whole folds hold out: "rows", "cluster <name>" or "condition <name>"
+    held_out: str = "rows"
 
     @property
     def metric(self) -> str:
@@ -494,14 +503,19 @@ def _setup(
     y = outcome_values(frame, outcome)
     enc, codes = encode_frame(frame, None if groups is None else list(groups))
     clusters = cluster_codes(frame)
+    fold_units, held_out = clusters, "rows" if clusters is None else f"cluster {frame.cluster}"
+    if is_crossed(frame):  # judge the model on configurations it did not see
+        fold_units = pd.factorize(frame.data[frame.condition], sort=True)[0].astype(np.int64)
+        held_out = f"condition {frame.condition}"
     return _Setup(
         y=y,
         enc=enc,
         codes=codes,
         binary=is_binary(y),
         clusters=clusters,
-        splits=make_splits(len(y), clusters, cv, seed),
+        splits=make_splits(len(y), fold_units, cv, seed),
         scopes=tuple(permutation_scopes(codes, clusters)),
+        held_out=held_out,
     )
 
 
@@ -773,6 +787,7 @@ def _importance_table(
                 "n_boot": o.n_boot,
                 "metric": s.metric,
                 "permuted": s.scopes[j],
+                "held_out": s.held_out,
             }
         )
     return pd.DataFrame(rows)
@@ -820,6 +835,11 @@ def grouped_permutation_importance(
     o = _Options(model, n_repeats, seed, n_boot, max_score_rows, model_params)
     name = MODEL_NAMES[model]
     warnings = _input_warnings(frame, outcome, s, name)
+    if s.held_out.startswith("condition"):
+        warnings.append(
+            f"{name}: cross-validation holds out whole conditions ({frame.condition!r}), so "
+            "each model is scored on configurations it did not see (column 'held_out')."
+        )
     total = len(s.splits) * (1 + len(s.enc.groups))
     bar = _Progress(progress, total, f"{name} importance ({outcome})")
     try:

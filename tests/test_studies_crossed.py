@@ -206,3 +206,45 @@ def test_randomization_size_across_noise_and_configurations() -> None:
         se = np.sqrt(0.05 * 0.95 / 600)
         assert 0.05 - 3.5 * se <= rates["size"] <= 0.05 + 3 * se, (sd, k, rates)
         assert rates["fwer"] <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 150), (sd, k, rates)
+
+
+def test_rank_tests_on_crossed_frame_use_condition_means() -> None:
+    from scipy import stats
+
+    from studies.hypothesis import group_tests
+
+    df = simulate_crossed_table(12, 2, 16, GROUPS, effects={"g0": 0.3}, config_sd=0.1, seed=11)
+    table = group_tests(_frame(df), "ap", n_boot=0).set_index("attribute")
+    means = df.groupby("config").agg(ap=("ap", "mean"), **{g: (g, "first") for g in GROUPS})
+    for g in GROUPS:
+        ref = stats.mannwhitneyu(
+            means.loc[means[g] == "on", "ap"], means.loc[means[g] == "off", "ap"]
+        )
+        assert table.loc[g, "test"] == "mann_whitney_u+per_condition"
+        assert table.loc[g, "unit"] == "condition" and table.loc[g, "n"] == 16
+        assert table.loc[g, "p_value"] == pytest.approx(ref.pvalue, rel=1e-10)
+
+
+def test_importance_on_crossed_frame_holds_out_whole_conditions() -> None:
+    from studies.importance import grouped_permutation_importance
+
+    df = simulate_crossed_table(8, 2, 15, GROUPS, effects={"g0": 0.5}, seed=12)
+    frame = _frame(df)
+    res = grouped_permutation_importance(frame, "ap", n_repeats=2, cv=3, n_boot=20)
+    assert (res.table["held_out"] == "condition config").all()
+    cond = frame.data["config"].to_numpy()
+    for fm in res.fitted_models:
+        test_rows = np.zeros(len(cond), dtype=bool)
+        test_rows[fm.test_index] = True
+        assert not set(cond[test_rows]) & set(cond[~test_rows])
+    assert any("holds out whole conditions" in w for w in res.warnings)
+
+
+def test_two_way_glm_holds_size_on_crossed_null() -> None:
+    """Configuration noise (SD 0.3, 20 configurations): the default two-way GLM test keeps its
+    size within binomial error where identity clustering alone rejects most nulls."""
+    rej = []
+    for r in range(30):
+        df = simulate_crossed_table(16, 2, 20, GROUPS, config_sd=0.3, seed=80_000 + r)
+        rej.append(fit_glm(_frame(df), "ap").group_tests["p_value"].to_numpy() < 0.05)
+    assert np.mean(rej) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 120)
