@@ -402,3 +402,40 @@ def test_reference_bench_draws_the_preset_jointly_where_the_file_is_given(shared
     plain = bench.draw_world(world, "tiny", tmp_path, 0.005)
     assert plain["reused"] is False
     assert "attributes" not in json.loads((world / synth.DESIGN_FILE).read_text())
+
+
+# --- the study's data stage passes the draw on -------------------------------------------------
+def test_prepare_data_draws_the_configured_joint_world_and_redraws_on_a_change(
+    tmp_path, shared_data
+):
+    """`attrimp study run` / `train` build the world through prepare_data: a joint [data.synthetic]
+    must reach the world (synth.json says joint), and switching back to the independent draw
+    must redraw it instead of reusing the joint one."""
+    import json
+
+    from attrimp.train.pipeline import prepare_data
+
+    def config(**synthetic):
+        return config_from_dict(
+            {
+                "data": {
+                    "dataset": "synthetic",
+                    "synthetic": {
+                        "identities": 24,
+                        "cameras": 2,
+                        "images_per_camera": 1,
+                        "size": [32, 16],
+                        **synthetic,
+                    },
+                },
+                "model": {"backbone": "timm:vit_tiny_patch16_224", "pretrained": False},
+            }
+        )
+
+    joint = config(attributes="joint", attributes_file=str(shared_data / MARKET))
+    prepare_data(joint, tmp_path, model_check=False)
+    design = json.loads((tmp_path / "world" / synth.DESIGN_FILE).read_text())
+    assert design["attributes"] == "joint"
+    prepare_data(config(), tmp_path, model_check=False)
+    design = json.loads((tmp_path / "world" / synth.DESIGN_FILE).read_text())
+    assert design.get("attributes", "independent") == "independent"

@@ -103,6 +103,8 @@ def prepare_data(
                 size=tuple(s.size),
                 seed=s.seed,
                 visibility=dict(s.visibility) or 1.0,
+                attributes=s.attributes,
+                attributes_file=s.attributes_file,
                 overwrite=True,
                 progress=progress,
             )
@@ -123,6 +125,13 @@ def _world_differs(design_file: Path, s) -> str | None:
     if not design_file.is_file():
         return None
     design = json.loads(design_file.read_text(encoding="utf-8"))
+    wanted_file = str(s.attributes_file) if s.attributes_file else None
+    # synth.json carries the draw's keys only for joint worlds
+    if (
+        design.get("attributes", "independent") != s.attributes
+        or design.get("attributes_file") != wanted_file
+    ):
+        return "attributes"
     wanted = {
         "seed": s.seed,
         "n_identities": s.identities,
