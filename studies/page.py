@@ -376,7 +376,6 @@ dt{font-weight:bold}dd{margin:0}
 body{margin:1em auto;padding:0 .6em}
 .hint{display:block}
 dl{display:block}dt{margin-top:.7em}dd{margin:0}
-figure img{max-width:none;width:100%}
 table.stack,table.stack tbody,table.stack tr,table.stack td{display:block;width:100%}
 table.stack thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 table.stack tr{border:1px solid #ccc;margin:.6em 0;padding:.2em .5em}
@@ -405,10 +404,22 @@ def png_data_uri(png: bytes) -> str:
     return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
 
 
-def _png_width(data: bytes) -> int | None:
-    """A PNG's width in pixels from its header (None for anything else)."""
+def figure_css_width(data: bytes) -> int | None:
+    """The width in CSS pixels a figure is drawn for: a PNG's pixel width scaled by its
+    resolution (the ``pHYs`` chunk matplotlib writes: a 2x PNG saved at 192 dpi is shown at half
+    its pixels, so it stays sharp on a dense screen), an SVG's ``width`` in pt or px; None when
+    unknown (the browser then uses the natural size)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big")
+        pixels = int.from_bytes(data[16:20], "big")
+        at = data.find(b"pHYs", 0, 4096)
+        if at > 0 and data[at + 12] == 1:  # unit: metre
+            dpi = int.from_bytes(data[at + 4 : at + 8], "big") * 0.0254
+            if dpi > 0:
+                return max(1, round(pixels * 96 / dpi))
+        return pixels
+    m = re.search(rb'<svg[^>]*?\swidth="([\d.]+)(pt|px)?"', data[:2048])
+    if m:
+        return round(float(m.group(1)) * (96 / 72 if m.group(2) == b"pt" else 1))
     return None
 
 
@@ -488,10 +499,11 @@ def _html_image(block: Image, ctx: _Html) -> str:
     data = ctx.figures.get(block.key)
     if not data:
         return ""
-    width = _png_width(data)
-    # below 600 px the figure keeps at least 45 % of its pixel width (legible) and scrolls
-    style = f' style="min-width:{min(int(width * 0.45), 560)}px"' if width else ""
-    img = f'<img alt="{escape(block.alt)}" src="{png_data_uri(data)}"{style}>'
+    width = figure_css_width(data)
+    # drawn at its own width at most (shrunk to the page by CSS); on a narrow screen it keeps
+    # at least half of it (labels stay legible) and scrolls in its box instead
+    size = f' width="{width}" style="min-width:{min(width // 2, 560)}px"' if width else ""
+    img = f'<img alt="{escape(block.alt)}" src="{png_data_uri(data)}"{size}>'
     full = ctx.figure_links.get(block.key)
     if not full:
         return f'<figure><div class="fig">{img}</div></figure>'
@@ -637,6 +649,7 @@ __all__ = [
     "Table",
     "Text",
     "display_rows",
+    "figure_css_width",
     "format_cell",
     "format_fixed",
     "format_p",

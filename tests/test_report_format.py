@@ -24,7 +24,7 @@ from studies.format import (
     human_value,
     merge_ci_columns,
 )
-from studies.page import CSS, Page, Section, Table, to_html, to_markdown
+from studies.page import CSS, Image, Page, Section, Table, figure_css_width, to_html, to_markdown
 from studies.report_html import render_html
 from studies.report_md import battery_page, render_markdown
 
@@ -323,18 +323,29 @@ def test_the_study_page_counts_and_links_its_batteries_warnings():
     assert "copy that folder with report.html" in page
 
 
-def _png() -> bytes:
+def _png(inches: float = 2.0, dpi: int = 100, fmt: str = "png") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(2, 1))
+    fig, ax = plt.subplots(figsize=(inches, 1))
     ax.plot([0, 1], [0, 1])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt, dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
+
+
+def test_a_figure_is_shown_at_the_width_it_was_drawn_for():
+    # 7 inches are 672 CSS pixels (96 per inch) whether saved at 1x (100 dpi) or 2x (192 dpi)
+    for dpi in (100, 192):
+        assert figure_css_width(_png(7.0, dpi)) == 672
+    assert figure_css_width(_png(7.0, fmt="svg")) == 672 and figure_css_width(b"GIF89a") is None
+    page = to_html(
+        Page("t", sections=[Section("s", [Image("f", "a figure")])]), {"f": _png(7.0, 192)}
+    )
+    assert 'width="672" style="min-width:336px"' in page
 
 
 def test_single_file_holds_the_sub_reports_and_no_relative_links(tmp_path: Path):
