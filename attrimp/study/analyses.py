@@ -252,8 +252,8 @@ def loo_verdicts(
     tests, levels = [], []
     for g in groups:
         other = valid[valid["config"] == f"without:{g}"].set_index("query")
-        both = full[["pid", "ap", *([g] if g in full else [])]].join(
-            other[["ap"]], rsuffix="_without", how="inner"
+        both = full[["pid", "ap", *([g] if g in full else [])]].merge(
+            other[["ap"]], left_index=True, right_index=True, suffixes=("", "_without")
         )
         d = (both["ap"] - both["ap_without"]).to_numpy(dtype=float)
         reason = _untestable_reason(both, g, d)

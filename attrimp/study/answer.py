@@ -126,6 +126,7 @@ def build_answer(
         )
         for a in order
     ]
+    groups.sort(key=lambda g: not g["testable"])  # stable: the untestable after the ranked
     return {
         "alpha": alpha,
         "margin": margin,
@@ -466,9 +467,28 @@ def _group_sentence(g: Mapping[str, Any]) -> str:
     switching = _switching_clause(g)
     if switching:
         text += f"; {switching}"
+    text += f"; {_found_text(g)}"
     if g.get("disagree") and g.get("explanation"):
         text += f". {g['explanation']}"
     return text.rstrip(".") + "."
+
+
+def _found_text(g: Mapping[str, Any]) -> str:
+    """How many reliance analyses find the group, and which of them that find it point the
+    other way (a real disagreement the reader should see, e.g. switching vs leave-one-out)."""
+    sig = g.get("signals", {})
+    tested = [k for k, v in sig.items() if v.get("found") is not None]
+    hits = [k for k in tested if sig[k]["found"]]
+    text = f"found by {len(hits)} of the {len(tested)} reliance analyses that test it"
+    own = np.sign(g.get("delta_map") or 0.0)
+    against = [
+        ANALYSIS_NAMES.get(k, k)
+        for k in hits
+        if k != "leave_one_out" and own and sig[k].get("direction") == -own
+    ]
+    if against:
+        text += f", but the {' and the '.join(against)} finds the opposite direction"
+    return text
 
 
 def _verdict_clause(g: Mapping[str, Any]) -> str:
