@@ -295,6 +295,28 @@ def test_noiseless_additive_game_agrees_exactly():
     }
 
 
+def test_planted_complementary_pair_is_explained():
+    """AP = base + a·[g1 and g2]: LOO = a for each (removing either loses all), Shapley = a/2;
+    LOO above Shapley, each names the other as complementary."""
+    rng = np.random.default_rng(8)
+    table = per_query_table(
+        study_design(6, 24, 8),
+        lambda z: 0.3 + A * z[0] * z[1],
+        GROUPS6,
+        n_ids=60,
+        queries=3,
+        noise=0.1,
+        rng=rng,
+    )
+    out = conditional_vs_average(table, GROUPS6, seed=1).set_index("attribute")
+    for g, other in (("g1", "g2"), ("g2", "g1")):
+        row = out.loc[g]
+        assert abs(row["loo"] - A) < 0.033 and abs(row["shapley"] - A / 2) < 0.02
+        assert row["disagree"] and row["interacting"] == [other]
+        assert f"complementary with {other}" in row["explanation"]
+        assert "larger than its Shapley value" in row["explanation"]
+
+
 def test_bad_input_is_one_sentence():
     table = _redundant_world(seed=3)
     with pytest.raises(StudyInputError, match="no column 'on_g7'"):
@@ -305,6 +327,14 @@ def test_bad_input_is_one_sentence():
     full_only = table[table["design"].isin(["backbone", "full"])]
     with pytest.raises(StudyInputError, match="do not identify"):
         shapley_values(full_only, GROUPS6)
+    with pytest.raises(StudyInputError, match="Unknown Shapley estimator"):
+        shapley_values(table, GROUPS6, estimator="permutation")
+    with pytest.raises(StudyInputError, match="n_boot"):
+        shapley_values(table, GROUPS6, n_boot=1)
+    with pytest.raises(StudyInputError, match="lacks a row"):
+        conditional_vs_average(
+            table, GROUPS6, shapley=pd.DataFrame({"attribute": ["g1"], "shapley": [0.1]})
+        )
     mixed = table.copy()
     mixed.loc[mixed.index[0], "on_g1"] = 1 - mixed.loc[mixed.index[0], "on_g1"]
     with pytest.raises(StudyInputError, match="one coalition"):
