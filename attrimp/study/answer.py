@@ -388,7 +388,11 @@ def _finding_text(groups: list[Mapping[str, Any]], ans: Mapping[str, Any]) -> st
         )
         parts.append(f"this study cannot tell for {_names(by['inconclusive'])} (inconclusive{mde})")
     if by["not testable"]:
-        parts.append(f"{_names(by['not testable'])} cannot be tested here and get no rank")
+        one = len(by["not testable"]) == 1
+        parts.append(
+            f"{_names(by['not testable'])} cannot be tested here and "
+            f"{'gets' if one else 'get'} no rank"
+        )
     test = (
         f" Verdicts come from leave-one-out: per-query ΔAP paired by query, an "
         f"identity-clustered t test, Holm over the {len(testable)} testable groups at "
@@ -487,7 +491,8 @@ def _found_text(g: Mapping[str, Any]) -> str:
         if k != "leave_one_out" and own and sig[k].get("direction") == -own
     ]
     if against:
-        text += f", but the {' and the '.join(against)} finds the opposite direction"
+        verb = "finds" if len(against) == 1 else "find"
+        text += f", but the {' and the '.join(against)} {verb} the opposite direction"
     return text
 
 
