@@ -33,6 +33,8 @@ DESIGNS = (
     "counterfactual",
     "noisy",
     "learned",
+    "matched_noisy",
+    "partial_oracle",
     "attribute_only",
 )
 
@@ -46,12 +48,6 @@ class SyntheticConfig:
     seed: int = 0
     #: visibility of each attribute group in the pixels, 1 = fully drawn, 0 = invisible
     visibility: dict[str, float] = field(default_factory=dict)
-    #: how identities' attribute vectors are drawn: "independent" (group by group from
-    #: Market-1501's priors: more unique vectors than real ones, so a larger identity leak) or
-    #: "joint" (whole real vectors resampled from attributes_file: real correlations, real leak)
-    attributes: str = "independent"
-    #: the Market-1501 attribute file (.mat or CSV) the joint draw resamples; joint only
-    attributes_file: str | None = None
 
 
 @dataclass
@@ -159,7 +155,7 @@ class MoSAICConfig(ExpertConfig, ModelConfig):
             schema=schema,
             num_classes=num_classes,
             router=r.name,
-            router_kwargs={"gates": r.gates, "norm": r.norm} if r.name == "learned" else {},
+            router_kwargs=r.learned_kwargs() if r.name == "learned" else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +196,17 @@ class RouterConfig:
     #: scratch, whose CLS token at the decision point is nearly the same for every image)
     norm: str = "layer"
     attribute_loss_weight: float = 1.0
+    #: for "learned": the attribute heads read a detached copy of the CLS token, so their loss
+    #: (and a soft gate's gradient) trains the heads only and never reaches the backbone
+    detach: bool = False
+
+    def learned_kwargs(self) -> dict[str, Any]:
+        """The learned router's constructor options; ``detach`` only when on, so a model
+        trained without it keeps the checkpoint config it had before the option existed."""
+        kwargs: dict[str, Any] = {"gates": self.gates, "norm": self.norm}
+        if self.detach:
+            kwargs["detach"] = True
+        return kwargs
 
 
 @dataclass
@@ -236,6 +243,11 @@ class TrainConfig:
     #: does; > 0 teaches the model to work with any subset of groups, so that test-time ablations
     #: are in-distribution and the backbone cannot lean on the attribute tags alone.
     group_dropout: float = 0.0
+    #: scheduled sampling for a learned router: per sample and training step, the probability
+    #: that the experts are gated from the router's prediction instead of the annotation. 0 is
+    #: teacher forcing (the experts always see the true attributes in training, predicted ones
+    #: at test time); > 0 shows them the router's errors while they train.
+    predicted_gates_p: float = 0.0
 
     def weighted_losses_off(self) -> bool:
         """Whether the ID, triplet and centre losses are all switched off (weight 0): then only
@@ -263,9 +275,6 @@ class AnalysisConfig:
     alpha: float = 0.05
     seed: int = 0
     repeats: int = 5
-    #: the equivalence margin of the verdicts, in mAP (fraction): a group whose leave-one-out
-    #: ΔmAP lies within ±margin by two one-sided tests is "negligible" (``--margin``)
-    margin: float = 0.01
 
 
 @dataclass
@@ -305,7 +314,6 @@ class StudyConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
     "data.missing_policy": ("error", "skip"),
-    "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
     "experts.bank": ("adapter", "lora"),
     "experts.site": ("mlp", "attn"),
@@ -428,12 +436,12 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     ("train.eval_every", lambda v: v >= 0, "0 or more"),
     ("train.max_steps_per_epoch", lambda v: v >= 0, "0 or more"),
+    ("train.predicted_gates_p", lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
     ("ablation.random_subsets", lambda v: v >= 0, "0 or more"),
     ("ablation.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     ("analysis.alpha", lambda v: 0.0 < v < 1.0, "strictly between 0 and 1"),
     ("analysis.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     ("analysis.repeats", lambda v: v >= 1, "1 or more"),
-    ("analysis.margin", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("eval.max_rank", lambda v: v >= 1, "1 or more"),
     ("eval.batch_size", lambda v: v >= 1, "1 or more"),
 )
@@ -498,6 +506,9 @@ def _validate(cfg: StudyConfig) -> None:
             "train.id_loss_weight and train.triplet_loss_weight are both 0 and no other loss is "
             "on, so nothing would train the model."
         )
+    if cfg.router.name != "learned" and (cfg.train.predicted_gates_p > 0 or cfg.router.detach):
+        what = "train.predicted_gates_p" if cfg.train.predicted_gates_p > 0 else "router.detach"
+        raise ConfigError(f"{what} applies to the learned router only; set router.name = 'learned'.")
     if not 0.0 <= cfg.train.group_dropout < 1.0:
         raise ConfigError(f"train.group_dropout must lie in [0, 1), not {cfg.train.group_dropout}.")
     if not all(0.0 <= p <= 1.0 for p in cfg.ablation.noisy_p):
@@ -506,7 +517,6 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
-    _check_synthetic_draw(cfg.data.synthetic)
     if cfg.data.dataset in ("market1501", "dukemtmc", "synthetic") and cfg.data.schema not in (
         None,
         "market1501" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
@@ -517,21 +527,6 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if cfg.data.dataset != "synthetic" and cfg.data.root is None:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
-
-
-def _check_synthetic_draw(s: SyntheticConfig) -> None:
-    """attributes_file goes with the joint draw and only with it (the file itself is read, and
-    its schema checked, when the world is drawn)."""
-    if s.attributes == "joint" and not s.attributes_file:
-        raise ConfigError(
-            'data.synthetic.attributes = "joint" needs data.synthetic.attributes_file, a '
-            "Market-1501 attribute file (market_attribute.mat) to resample identities from."
-        )
-    if s.attributes != "joint" and s.attributes_file:
-        raise ConfigError(
-            "data.synthetic.attributes_file is read only by the joint draw; add "
-            'data.synthetic.attributes = "joint" or drop it.'
-        )
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> StudyConfig:

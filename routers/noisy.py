@@ -5,6 +5,11 @@ For every sample and every group that has a value, with probability ``p`` the va
 by one drawn uniformly from the group's *other* values (so a corrupted value always changes);
 then the base router (the oracle by default) gates from the corrupted annotations.
 
+``p`` is one rate for every group, or a rate per group (a mapping group -> probability; groups
+not named are left clean). Per-group rates give the *matched-noise* oracle of a study: each
+group corrupted at the learned router's own error rate on the test split, which asks whether
+the learned router loses more than random errors at the same rates would cost.
+
 Decisions:
 - missing stays missing: a group with no value (unannotated, or switched off by the schema's
   policies) is never given one, since noise models a wrong label, not an invented one;
@@ -16,6 +21,7 @@ Decisions:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 import torch
@@ -40,13 +46,39 @@ def _group_table(schema: AttributeSchema) -> tuple[torch.Tensor, torch.Tensor]:
     return index, valid
 
 
+def group_rates(p: float | Mapping[str, float], schema: AttributeSchema) -> float | torch.Tensor:
+    """``p`` as `corrupt` uses it: a float as is, a per-group mapping as a ``[n_groups]`` tensor
+    in the schema's group order (unnamed groups 0). An unknown group name or a rate outside
+    [0, 1] is a `ConfigError`."""
+    if not isinstance(p, Mapping):
+        return float(p)
+    unknown = sorted(set(p) - set(schema.group_names))
+    if unknown:
+        raise ConfigError(
+            f"Noise rate for unknown group {unknown[0]!r}; the schema {schema.name!r} has "
+            f"{list(schema.group_names)}."
+        )
+    _check_rates(p)
+    return torch.tensor([float(p.get(g, 0.0)) for g in schema.group_names])
+
+
+def _check_rates(p: float | Mapping[str, float]) -> None:
+    values = p.values() if isinstance(p, Mapping) else [p]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise ConfigError(f"The noise rate p must be a probability in [0, 1], not {v!r}.")
+
+
 def corrupt(
     attributes: torch.Tensor,
     schema: AttributeSchema,
-    p: float,
+    p: float | Mapping[str, float],
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A corrupted copy of the multi-hot ``attributes`` (see the module docstring)."""
+    """A corrupted copy of the multi-hot ``attributes`` (see the module docstring). ``p`` is
+    one rate, or a rate per group name; the random draws are the same either way, so a mapping
+    that gives every group the same rate corrupts exactly as that float does."""
+    rate = group_rates(p, schema)
     x = check_attributes(attributes, schema)
     batch, device = x.shape[0], x.device
     marked = (x > 0).cpu()
@@ -59,7 +91,7 @@ def corrupt(
     index, valid = _group_table(schema)
     grouped = score[:, index].masked_fill(~valid, -2.0)  # [batch, n_groups, max_values]
     best, pick = grouped.max(dim=2)
-    flip = (draw < p) & present & (best >= 0)  # best < 0: every value already marked
+    flip = (draw < rate) & present & (best >= 0)  # best < 0: every value already marked
     chosen = index.gather(1, pick.T).T  # slot of the new value, [batch, n_groups]
     flip_slots = flip[:, sg]
     out = x.clone()
@@ -71,10 +103,11 @@ def corrupt(
 class NoisyRouter(Router):
     name = "noisy"
 
-    def __init__(self, p: float, seed: int = 0, *, base: Router | None = None) -> None:
-        if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"The noise rate p must be a probability in [0, 1], not {p!r}.")
-        self.p = float(p)
+    def __init__(
+        self, p: float | Mapping[str, float], seed: int = 0, *, base: Router | None = None
+    ) -> None:
+        _check_rates(p)
+        self.p = {str(k): float(v) for k, v in p.items()} if isinstance(p, Mapping) else float(p)
         self.seed = int(seed)
         self.base = base if base is not None else OracleRouter()
         self.generator = torch.Generator(device="cpu")

@@ -5,6 +5,18 @@ MoSAIC-ReID's controlled switching (full oracle, backbone only, leave-one-group-
 only-one-group), plus a seeded balanced random-subset design whose group-on indicators are
 orthogonal enough for a GLM of configuration-level metrics, counterfactual interventions, a noisy
 oracle sweep and the learned router.
+
+Two designs read the learned router against the oracle (they run only on a model trained with
+the learned router; `LEARNED_ROUTERS` names the routers that need one):
+
+- ``matched_noisy``: the oracle with each group's annotation corrupted at the learned router's
+  own per-group error rate on the test split (the rates are measured by the evaluator on the
+  trained model, so the condition itself names no rate). If it does as well as the learned
+  router, the router's errors cost what random errors at those rates cost; if better, the
+  router's errors are worse than random (e.g. always the majority value).
+- ``partial_oracle``: one condition per group, ``partial_oracle:<group>``: true attributes for
+  that group, the learned router's predicted values for every other. Its gain over the learned
+  router is what that group's prediction errors cost.
 """
 
 from __future__ import annotations
@@ -32,13 +44,25 @@ class Condition:
     noise_p: float | None = None
     router: str = "oracle"
     seed: int = 0
+    #: for router "partial_oracle": the groups gated from the annotation; every other group is
+    #: gated from the learned router's prediction
+    oracle_groups: tuple[str, ...] | None = None
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """A hash of the condition (its cache file name). Fields added after the first release
+        enter it only when set, so every older condition keeps its key and its cached table."""
+        fields = asdict(self)
+        if fields["oracle_groups"] is None:
+            del fields["oracle_groups"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def group_mask(self, schema: AttributeSchema) -> dict[str, int]:
         return {g: int(g in self.groups_on) for g in schema.group_names}
+
+
+#: routers of conditions that need a model trained with the learned router
+LEARNED_ROUTERS = ("learned", "matched_noisy", "partial_oracle")
 
 
 def balanced_subsets(groups: Sequence[str], n: int, seed: int) -> list[tuple[str, ...]]:
@@ -108,6 +132,13 @@ def make_conditions(
             ]
         elif design == "learned":
             out.append(Condition("learned", design, groups, router="learned"))
+        elif design == "matched_noisy":
+            out.append(Condition("matched_noisy", design, groups, router=design, seed=seed))
+        elif design == "partial_oracle":
+            out += [
+                Condition(f"partial_oracle:{g}", design, groups, router=design, oracle_groups=(g,))
+                for g in groups
+            ]
         elif design == "attribute_only":
             continue  # not a model configuration: the study computes it from annotations alone
         else:

@@ -21,6 +21,13 @@ Which samples each router bends (documented in docs/study.md):
   (the deployed model sees the same switch everywhere);
 - a counterfactual edits the QUERY's annotation only: "if this person's upper colour were red,
   would we still find them in a gallery annotated truthfully?".
+- the learned router's readings (``matched_noisy``, ``partial_oracle:<group>``) apply to query
+  AND gallery, like the learned router itself. Both start from the learned router's prediction
+  on each split, computed once from the cached prefix (the router reads the CLS token at the
+  input of the first expert block, which is exactly the prefix's first token): the partial
+  oracle gates the oracle from the predicted values with its groups' columns replaced by the
+  annotation's; the matched-noise oracle corrupts the annotation at the prediction's per-group
+  error rates on the query and gallery images together.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attrimp.errors import ConfigError
 from attrimp.evaluate.ablation import Condition
 from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
 from attrimp.model.interfaces import Router
@@ -41,18 +49,28 @@ from attrimp.model.schema import AttributeSchema
 from attrimp.threads import cpu_threads, threads_for
 
 
-def build_router(condition: Condition, schema: AttributeSchema, *, query: bool) -> Router:
-    """The router that realises ``condition`` (for the query side when ``query``)."""
+def build_router(
+    condition: Condition,
+    schema: AttributeSchema,
+    *,
+    query: bool,
+    noise_rates: dict[str, float] | None = None,
+) -> Router:
+    """The router that realises ``condition`` (for the query side when ``query``).
+
+    ``noise_rates`` (per group) replaces the condition's single noise rate: the matched-noise
+    oracle's rates, which come from the trained model, not from the condition."""
     from routers.counterfactual import CounterfactualRouter
     from routers.mask import MaskRouter
     from routers.noisy import NoisyRouter
     from routers.oracle import OracleRouter
 
     base: Router = OracleRouter()
-    if condition.noise_p is not None:
+    noise = noise_rates if noise_rates is not None else condition.noise_p
+    if noise is not None:
         # Query and gallery draw from different streams: one seed for both would corrupt the
         # i-th query and the i-th gallery image alike.
-        base = NoisyRouter(condition.noise_p, seed=condition.seed * 2 + int(query))
+        base = NoisyRouter(noise, seed=condition.seed * 2 + int(query))
     if condition.counterfactual is not None and query:
         group, value = condition.counterfactual
         base = CounterfactualRouter(group, value, base=base, schema=schema)
@@ -103,6 +121,8 @@ class ConditionEvaluator:
         self.split_block = blocks[0] if blocks else len(model.backbone.blocks)
         self.use_prefix = model.backbone.splits_forward
         self.splits = {name: self._prepare(name, ds) for name, ds in self.sets.items()}
+        #: the learned router's attribute logits per split (`learned_logits`), computed once
+        self._learned_logits: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(
@@ -187,21 +207,32 @@ class ConditionEvaluator:
         }
 
     # ------------------------------------------------------------------ features
-    def features(self, name: str, router: Router | None, *, reset: bool = True) -> torch.Tensor:
-        """BNNeck features of split ``name`` under ``router`` (None = the model's own router)."""
+    def features(
+        self,
+        name: str,
+        router: Router | None,
+        *,
+        reset: bool = True,
+        attributes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """BNNeck features of split ``name`` under ``router`` (None = the model's own router).
+
+        ``attributes`` (``[N, n_slots]`` on the device) replaces the split's annotation as the
+        router's input: the partial oracle's mix of predicted and true values."""
         if reset and router is not None:
             router.reset()
         split = self.splits[name]
+        routed = attributes if attributes is not None else split.device_attributes
         out = []
         with torch.no_grad(), self._autocast(), cpu_threads(self._threads(self.batch_size)):
             if router is None or not self.use_prefix or router.needs_features:
                 for start, images, camids in self._batches(self.sets[name]):
-                    attrs = split.device_attributes[start : start + len(images)]
+                    attrs = routed[start : start + len(images)]
                     feats = self.model(images, attrs, self._camids(camids), router=router).features
                     out.append(feats.float())
             else:
                 for start in range(0, len(split.attributes), self.batch_size):
-                    attrs = split.device_attributes[start : start + self.batch_size]
+                    attrs = routed[start : start + self.batch_size]
                     gates = router.route(attrs, self.schema).to(self.device)
                     x = split.prefix[start : start + self.batch_size]
                     with self.model.experts.gated(gates):
@@ -214,12 +245,15 @@ class ConditionEvaluator:
     def run(self, condition: Condition) -> tuple[EvalResult, dict[str, float]]:
         """Metrics of one condition, plus the mean gate of each group over the queries."""
         if condition.router == "learned":
-            q_router = g_router = None  # the model's own (learned) router
+            qf, gf = self.features("query", None), self.features("gallery", None)
+        elif condition.router == "partial_oracle":
+            qf, gf = (self._partial_oracle_features(condition, n) for n in ("query", "gallery"))
         else:
-            q_router = build_router(condition, self.schema, query=True)
-            g_router = build_router(condition, self.schema, query=False)
-        qf = self.features("query", q_router)
-        gf = self.features("gallery", g_router)
+            rates = self.learned_error_rates() if condition.router == "matched_noisy" else None
+            qf, gf = (
+                self.features(n, build_router(condition, self.schema, query=q, noise_rates=rates))
+                for n, q in (("query", True), ("gallery", False))
+            )
         work = qf.shape[0] * gf.shape[0] * qf.shape[1]  # one matrix product
         cpu = self.device.type == "cpu"
         with cpu_threads(threads_for(work) if cpu else torch.get_num_threads()):
@@ -227,6 +261,66 @@ class ConditionEvaluator:
         q, g = self.splits["query"], self.splits["gallery"]
         result = evaluate(dist, q.pids, g.pids, q.camids, g.camids, max_rank=self.max_rank)
         return result, condition.group_mask(self.schema)
+
+    # ------------------------------------------------------------------ the learned router
+    def learned_logits(self, name: str) -> torch.Tensor:
+        """The model's learned router's attribute logits ``[N, n_slots]`` on split ``name``
+        (CPU, float32), computed once: from the cached prefix's CLS token when there is one
+        (what the router reads inside the forward), else from full forward passes."""
+        if name in self._learned_logits:
+            return self._learned_logits[name]
+        router, split = self.model.router, self.splits[name]
+        if not router.needs_features:
+            raise ConfigError(
+                "The learned router's readings (matched_noisy, partial_oracle) need a model "
+                "trained with the learned router (router.name = 'learned')."
+            )
+        out = []
+        with torch.no_grad(), self._autocast(), cpu_threads(self._threads(self.batch_size)):
+            if self.use_prefix:
+                for start in range(0, len(split.attributes), self.batch_size):
+                    out.append(router(split.prefix[start : start + self.batch_size, 0]).float())
+            else:
+                for start, images, camids in self._batches(self.sets[name]):
+                    attrs = split.device_attributes[start : start + len(images)]
+                    logits = self.model(images, attrs, self._camids(camids)).attr_logits
+                    out.append(logits.float())
+        self._learned_logits[name] = torch.cat(out).cpu()
+        return self._learned_logits[name]
+
+    def learned_accuracy(self) -> dict[str, Any]:
+        """`routers.learned.group_accuracy` of the learned router on the test split (query and
+        gallery images together, the images it routes in every condition)."""
+        from routers.learned import group_accuracy
+
+        names = ("query", "gallery")
+        logits = torch.cat([self.learned_logits(n) for n in names])
+        truth = torch.cat([self.splits[n].attributes for n in names])
+        return group_accuracy(logits, truth, self.schema)
+
+    def learned_error_rates(self) -> dict[str, float]:
+        """Per group, the learned router's error rate on the test split (0 where no image is
+        annotated for the group): the matched-noise oracle's rates."""
+        errors = self.learned_accuracy()["error_rate"]
+        return {g: (float(v) if v == v else 0.0) for g, v in errors.items()}
+
+    def _partial_oracle_features(self, condition: Condition, name: str) -> torch.Tensor:
+        """Features of split ``name`` gated from the learned router's predicted values, with the
+        condition's ``oracle_groups`` taken from the annotation instead (`partial_oracle`)."""
+        from routers.mask import MaskRouter
+        from routers.oracle import OracleRouter
+
+        mixed = partial_oracle_slots(
+            self.model.router,
+            self.learned_logits(name),
+            self.splits[name].attributes,
+            self.schema,
+            condition.oracle_groups or (),
+        )
+        router: Router = OracleRouter()
+        if set(condition.groups_on) != set(self.schema.group_names):
+            router = MaskRouter(list(condition.groups_on), base=router, schema=self.schema)
+        return self.features(name, router, attributes=mixed.to(self.device))
 
     def table(self, condition: Condition, result: EvalResult) -> pd.DataFrame:
         """The per-query rows of the ReID result table for one condition."""
@@ -250,6 +344,33 @@ class ConditionEvaluator:
         for group, on in condition.group_mask(self.schema).items():
             frame[f"on_{group}"] = on
         return frame
+
+
+def partial_oracle_slots(
+    router,
+    logits: torch.Tensor,
+    attributes: torch.Tensor,
+    schema: AttributeSchema,
+    oracle_groups: tuple[str, ...] | list[str],
+) -> torch.Tensor:
+    """The slot values ``[N, n_slots]`` from which the oracle gates a partial oracle.
+
+    The learned router's own gate values per slot (its per-group one-hot for hard gates, its
+    per-group probabilities for soft ones), so that the oracle's gather of them at the expert
+    slots gives exactly the learned router's gates; then the columns of ``oracle_groups`` are
+    replaced by the annotation's. With no oracle group this is the learned router; with every
+    group, the oracle.
+    """
+    unknown = sorted(set(oracle_groups) - set(schema.group_names))
+    if unknown:
+        raise ConfigError(f"partial oracle: unknown group {unknown[0]!r}.")
+    hard = getattr(router, "gate_mode", "hard") == "hard"
+    slots = router.predict(logits) if hard else router.probabilities(logits)
+    slots = slots.to(torch.float32).clone()
+    for g in oracle_groups:
+        cols = schema.group_slots(g)
+        slots[:, cols] = attributes[:, cols].to(torch.float32)
+    return slots
 
 
 def attribute_only_baseline(

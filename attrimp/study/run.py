@@ -591,9 +591,10 @@ def _write_priors(data, cfg: StudyConfig, out: Path) -> None:
 
 
 def study_conditions(cfg: StudyConfig, schema, model) -> list:
-    """The test-time conditions of ``cfg.ablation.designs`` that ``model`` can run (a learned-
-    router condition needs a model trained with the learned router)."""
-    from attrimp.evaluate.ablation import make_conditions
+    """The test-time conditions of ``cfg.ablation.designs`` that ``model`` can run (the learned
+    router's conditions, its matched-noise and partial oracles included, need a model trained
+    with the learned router)."""
+    from attrimp.evaluate.ablation import LEARNED_ROUTERS, make_conditions
 
     learned = model.router.needs_features
     return [
@@ -605,7 +606,7 @@ def study_conditions(cfg: StudyConfig, schema, model) -> list:
             noisy_p=cfg.ablation.noisy_p,
             seed=cfg.ablation.seed,
         )
-        if c.router != "learned" or learned
+        if c.router not in LEARNED_ROUTERS or learned
     ]
 
 
@@ -680,23 +681,32 @@ def _model_info(model) -> dict[str, Any]:
 
 
 def _learned_router_accuracy(model, evaluator, data) -> dict[str, Any] | None:
-    """Attribute accuracy and mA of the learned router on the query images."""
+    """How well the learned router predicts each group on the test split (query and gallery
+    images), each accuracy beside the majority-class rate a constant guess would score, and
+    the balanced accuracy under its own name (`routers.learned.group_accuracy`).
+
+    ``mA_binary`` is the pedestrian-attribute convention: the mean balanced accuracy over the
+    binary attributes (one per two-valued group, one per value of a multi-valued group). The
+    old keys ``mA`` (= ``mA_binary``) and ``group_accuracy`` (= ``accuracy``) stay until the
+    report reads the new names; neither is "mean per-group accuracy"."""
+    if not model.router.needs_features:
+        return None
     import torch
 
-    router = model.router
-    if not router.needs_features:
-        return None
     from routers.learned import attribute_accuracy
 
-    preds = []
-    ds = evaluator.sets["query"]
-    split = evaluator.splits["query"]
-    with torch.no_grad():
-        for start, images, camids in evaluator._batches(ds):
-            attrs = split.attributes[start : start + len(images)].to(evaluator.device)
-            out = model(images, attrs, evaluator._camids(camids))
-            preds.append(router.predict(out.attr_logits).cpu())
-    acc = attribute_accuracy(torch.cat(preds), split.attributes, data.schema)
+    acc = evaluator.learned_accuracy()
+    logits = torch.cat([evaluator.learned_logits(n) for n in ("query", "gallery")])
+    truth = torch.cat([evaluator.splits[n].attributes for n in ("query", "gallery")])
+    binary = attribute_accuracy(logits, truth, data.schema)
+    acc.update(
+        split="test (query + gallery images)",
+        images=len(truth),
+        binary_balanced_accuracy=binary["balanced_accuracy"],
+        mA_binary=binary["mA"],
+        mA=binary["mA"],
+        group_accuracy=acc["accuracy"],
+    )
     return json.loads(json.dumps(acc, default=float))
 
 

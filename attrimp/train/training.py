@@ -474,6 +474,7 @@ def train(
     device = resolve_device(device)  # a bare "cuda" is this process's GPU (DDP needs one)
     dist_info = init_distributed(device)
     _check_trainable(model, train_set, config)
+    _schedule_sampling(model, config)
     # The order of the next steps is fixed: each draws from the seeded RNG, so an exact resume
     # (and the same result as before any refactoring) depends on it.
     seed_everything(config.seed)
@@ -517,6 +518,22 @@ def _check_trainable(model: MoSAICReID, train_set: ReIDImageDataset, config: Tra
         raise ConfigError(
             "Every training loss is switched off: set train.id_loss_weight or "
             "train.triplet_loss_weight above 0."
+        )
+
+
+def _schedule_sampling(model: MoSAICReID, config: TrainConfig) -> None:
+    """Hand ``train.predicted_gates_p`` (scheduled sampling) to a learned router.
+
+    The mixing happens inside the router, where both the annotation and the prediction are at
+    hand; the probability is a training setting, so the loop sets it on every call (a model
+    trained before with another value gets this run's). 0 leaves the router as it is."""
+    p = config.predicted_gates_p
+    if hasattr(model.router, "predicted_gates_p"):
+        model.router.predicted_gates_p = float(p)
+    elif p > 0:
+        raise ConfigError(
+            "train.predicted_gates_p trains the experts on a learned router's predicted gates; "
+            f"the model's router {model.router.name!r} predicts none (use router.name = 'learned')."
         )
 
 
