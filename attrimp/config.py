@@ -48,6 +48,12 @@ class SyntheticConfig:
     seed: int = 0
     #: visibility of each attribute group in the pixels, 1 = fully drawn, 0 = invisible
     visibility: dict[str, float] = field(default_factory=dict)
+    #: how identities' attribute vectors are drawn: "independent" (group by group from
+    #: Market-1501's priors: more unique vectors than real ones, so a larger identity leak) or
+    #: "joint" (whole real vectors resampled from attributes_file: real correlations, real leak)
+    attributes: str = "independent"
+    #: the Market-1501 attribute file (.mat or CSV) the joint draw resamples; joint only
+    attributes_file: str | None = None
 
 
 @dataclass
@@ -275,6 +281,9 @@ class AnalysisConfig:
     alpha: float = 0.05
     seed: int = 0
     repeats: int = 5
+    #: the equivalence margin of the verdicts, in mAP (fraction): a group whose leave-one-out
+    #: ΔmAP lies within ±margin by two one-sided tests is "negligible" (``--margin``)
+    margin: float = 0.01
 
 
 @dataclass
@@ -314,6 +323,7 @@ class StudyConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
     "data.missing_policy": ("error", "skip"),
+    "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
     "experts.bank": ("adapter", "lora"),
     "experts.site": ("mlp", "attn"),
@@ -442,6 +452,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("analysis.alpha", lambda v: 0.0 < v < 1.0, "strictly between 0 and 1"),
     ("analysis.seed", lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     ("analysis.repeats", lambda v: v >= 1, "1 or more"),
+    ("analysis.margin", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("eval.max_rank", lambda v: v >= 1, "1 or more"),
     ("eval.batch_size", lambda v: v >= 1, "1 or more"),
 )
@@ -517,6 +528,7 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
+    _check_synthetic_draw(cfg.data.synthetic)
     if cfg.data.dataset in ("market1501", "dukemtmc", "synthetic") and cfg.data.schema not in (
         None,
         "market1501" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
@@ -527,6 +539,21 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if cfg.data.dataset != "synthetic" and cfg.data.root is None:
         raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
+
+
+def _check_synthetic_draw(s: SyntheticConfig) -> None:
+    """attributes_file goes with the joint draw and only with it (the file itself is read, and
+    its schema checked, when the world is drawn)."""
+    if s.attributes == "joint" and not s.attributes_file:
+        raise ConfigError(
+            'data.synthetic.attributes = "joint" needs data.synthetic.attributes_file, a '
+            "Market-1501 attribute file (market_attribute.mat) to resample identities from."
+        )
+    if s.attributes != "joint" and s.attributes_file:
+        raise ConfigError(
+            "data.synthetic.attributes_file is read only by the joint draw; add "
+            'data.synthetic.attributes = "joint" or drop it.'
+        )
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> StudyConfig:
