@@ -322,9 +322,12 @@ def format_cell(key: str, value: Any) -> str:
 
 
 def is_number_cell(value: Any) -> bool:
-    """Whether a cell holds a number or an interval (right-aligned, never wrapped)."""
+    """Whether a cell holds a number, an interval or a list of numbers (right-aligned, never
+    wrapped)."""
     if isinstance(value, (bool, np.bool_)):
         return False
+    if isinstance(value, (list, tuple)):  # e.g. the per-fold scores of a model
+        return bool(value) and all(is_number_cell(v) for v in value)
     return isinstance(value, (CI, int, float, np.number))
 
 

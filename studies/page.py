@@ -370,8 +370,8 @@ background-attachment:local,local,scroll,scroll}
 figure{margin:.8em 0}.fig{overflow-x:auto;max-width:100%}
 figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#555;font-size:.85em}
-dl{display:grid;grid-template-columns:minmax(8em,max-content) 1fr;gap:.3em 1em}
-dt{font-weight:bold}dd{margin:0}
+dl{display:grid;grid-template-columns:minmax(8em,max-content) minmax(0,1fr);gap:.3em 1em}
+dt{font-weight:bold;max-width:22em}dd{margin:0;min-width:0}
 @media (max-width:600px){
 body{margin:1em auto;padding:0 .6em}
 .hint{display:block}
@@ -502,7 +502,7 @@ def _html_image(block: Image, ctx: _Html) -> str:
     width = figure_css_width(data)
     # drawn at its own width at most (shrunk to the page by CSS); on a narrow screen it keeps
     # at least half of it (labels stay legible) and scrolls in its box instead
-    size = f' width="{width}" style="min-width:{min(width // 2, 560)}px"' if width else ""
+    size = f' width="{width}" style="min-width:{-(-width // 2)}px"' if width else ""
     img = f'<img alt="{escape(block.alt)}" src="{png_data_uri(data)}"{size}>'
     full = ctx.figure_links.get(block.key)
     if not full:
