@@ -502,7 +502,8 @@ def _html_image(block: Image, ctx: _Html) -> str:
     width = figure_css_width(data)
     # drawn at its own width at most (shrunk to the page by CSS); on a narrow screen it keeps
     # at least half of it (labels stay legible) and scrolls in its box instead
-    size = f' width="{width}" style="min-width:{-(-width // 2)}px"' if width else ""
+    # (52 %: a margin over half, for the rounding of the width to whole pixels)
+    size = f' width="{width}" style="min-width:{-(-width * 52 // 100)}px"' if width else ""
     img = f'<img alt="{escape(block.alt)}" src="{png_data_uri(data)}"{size}>'
     full = ctx.figure_links.get(block.key)
     if not full:
