@@ -662,7 +662,8 @@ def _consensus_section(report: Mapping[str, Any]) -> Section:
         + ", ".join(ANALYSIS_NAMES.values())
         + f". Kendall's W = {_f(report.get('kendall_w'))}. rank by <analysis>: each analysis's "
         "own rank. In the heat map, colour = direction (blue: switching the group on helps, "
-        "red: hurts, grey: no sign), * = the analysis finds the group.",
+        "orange: hurts, grey: no sign; paler = a smaller effect), * = the analysis finds the "
+        "group.",
         cons if len(cons) else None,
     )
 
