@@ -396,3 +396,21 @@ def test_markdown_of_a_table_keeps_its_columns_with_an_interval_cell():
     )
     rows = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert rows[0] == "| x | 95% CI |" and rows[2] == f"| 1.000 | [{M}0.500, +0.500] |"
+
+
+def test_the_study_tables_follow_the_consensus_ranking():
+    from attrimp.study import report as sr
+
+    report = _study_report({"switching": 0})
+    ranked = [r["attribute"] for r in report["consensus"]]
+    report["leave_one_out"] = list(reversed(report["leave_one_out"]))
+    report["paired_tests"] = list(reversed(report["paired_tests"]))
+    md = sr.render_markdown(report, [])
+    for start, end in (
+        ("## Leave-one-group-out", "## Paired tests"),
+        ("## Paired tests", "## Which"),
+    ):
+        section = md[md.index(start) : md.index(end)]
+        rows = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ")]
+        order = list(dict.fromkeys(a for a in rows[1:] if a in ranked))
+        assert order == ranked, (start, order)
