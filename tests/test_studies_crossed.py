@@ -248,3 +248,25 @@ def test_two_way_glm_holds_size_on_crossed_null() -> None:
         df = simulate_crossed_table(16, 2, 20, GROUPS, config_sd=0.3, seed=80_000 + r)
         rej.append(fit_glm(_frame(df), "ap").group_tests["p_value"].to_numpy() < 0.05)
     assert np.mean(rej) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 120)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "fractional_logit"])
+def test_one_cell_cr2_shortcut_equals_general_cr2(family: str) -> None:
+    """The vectorised CR2 of one-cell clusters equals small_sample.cr2_pieces (itself checked
+    against clubSandwich) on the (identity, configuration) clusters of a crossed table."""
+    from studies import glm
+    from studies.small_sample import cr2_pieces
+
+    df = simulate_crossed_table(10, 2, 8, GROUPS[:3], config_sd=0.2, seed=3)
+    frame = _frame(df)
+    y = frame.data["ap"].to_numpy()
+    levels, codes = glm._present_levels(frame, GROUPS[:3], len(y))
+    d, _ = glm._two_way_design(frame, codes, GROUPS[:3], levels, y, "twoway")
+    fam = glm._sm_family(family)
+    b, _ = glm._fit_cells(d, d.X, family, [])
+    mu = np.asarray(fam.link.inverse(d.X @ b))
+    v = np.asarray(fam.variance(mu))
+    dmu = np.asarray(fam.link.inverse_deriv(fam.link(mu)))
+    r = d.sy - d.n * mu
+    general = cr2_pieces(d.X, d.n, v, dmu, r, d.cell_cluster, icc=0.0).covariance
+    np.testing.assert_allclose(glm._one_cell_cr2(d, d.X, v, r), general, rtol=1e-10, atol=1e-14)
