@@ -26,6 +26,7 @@ machine values of a few descriptive columns likewise (:func:`human_value`: ``wal
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -272,15 +273,14 @@ _FORMATS = {
 }
 
 
+#: "p" as a word of a column name: ``p_value``, ``kendall_p``, "Holm p (Wilcoxon)",
+#: "TOST p (±0.010)", "switching p (randomisation)"
+_P_WORD = re.compile(r"(^|[\s_])p($|[\s_(])")
+
+
 def is_p_key(key: str) -> bool:
-    """Whether a column holds p-values."""
-    return (
-        key.startswith("p_")
-        or key.endswith("_p")
-        or key.startswith("Holm p")
-        or key.startswith("BH p")
-        or key in ("p", "kendall_w_p")
-    )
+    """Whether a column holds p-values: its name has "p" as a word."""
+    return bool(_P_WORD.search(key))
 
 
 def column_kind(key: str) -> str:

@@ -43,6 +43,8 @@ M = "\u2212"  # the true minus sign the pages print
         ("p_fdr_bh", 0.00095, "9.5e-04"),
         ("Holm p (Wilcoxon)", 0.116, "0.116"),
         ("p_tost", 1.0, "1.000"),
+        ("TOST p (±0.010)", 2e-7, "2.0e-07"),
+        ("switching p (randomisation)", 0.05, "0.050"),
         # effects: signed, 3 decimals, true minus; a tiny non-zero one is never "-0.000"
         ("coef", -0.04523, f"{M}0.045"),
         ("ame", 0.0124, "+0.012"),
@@ -88,6 +90,7 @@ def test_an_interval_is_one_unit_and_rank_intervals_read_as_ranks():
     assert cols == ["attribute", "ame", "ame_ci", "rank_ci", "n"]
     assert rows[0]["ame_ci"] == CI(0.05, 0.15) and rows[0]["rank_ci"] == CI(1.0, 2.5, "rank")
     assert column_kind("rank1") == "number" and column_kind("rank_mean") == "rank"
+    assert column_kind("MDE (80% power)") == "number" and column_kind("prevalence") == "number"
 
 
 def test_machine_column_names_read_as_words():
