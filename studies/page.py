@@ -397,10 +397,8 @@ WIDE_COLUMNS = 7
 def png_data_uri(png: bytes) -> str:
     """A figure as a ``data:`` URI, so the page needs no file beside it: PNG bytes, or SVG text
     (bytes starting with ``<svg`` or ``<?xml``) as ``image/svg+xml``."""
-    head = png.lstrip()[:5]
-    mime = (
-        "image/svg+xml" if head in (b"<svg ", b"<?xml") or head.startswith(b"<svg") else "image/png"
-    )
+    svg = png[:256].lstrip().startswith((b"<?xml", b"<svg"))
+    mime = "image/svg+xml" if svg else "image/png"
     return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
 
 

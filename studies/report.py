@@ -277,7 +277,8 @@ def dumps(report: Mapping[str, Any]) -> str:
 
 
 def make_figures(result: BatteryResult) -> dict[str, bytes]:
-    """PNG bytes of every figure, keyed ``"<outcome>_<figure>"``."""
+    """Every figure's bytes (`studies.plots.figure_bytes`: SVG where small, else PNG at 2x),
+    keyed ``"<outcome>_<figure>"``."""
     from studies import plots
 
     figs: dict[str, bytes] = {}
@@ -318,7 +319,7 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
         for name, make in candidates.items():
             fig = make()
             if fig is not None:
-                figs[f"{tag}_{name}"] = plots.png_bytes(fig)
+                figs[f"{tag}_{name}"] = plots.figure_bytes(fig)
     return figs
 
 
@@ -389,7 +390,7 @@ def write_report(
     files.tables = write_tables(result, report["warnings"], out / "tables")
     pngs = make_figures(result) if figures else {}
     files.figures = write_figures(pngs, out / "figures")
-    rel = {name: f"figures/{p.name}" for name, p in files.figures.items()}
+    rel = {name: f"figures/{p.name}" for name, p in files.figures.items()}  # .svg or .png
     page = {"title": title, "home": home}
     atomic_write_text(files.markdown, render_markdown(report, figures=rel, **page))
     atomic_write_text(files.html, render_html(report, figures=pngs, figure_links=rel, **page))
@@ -434,10 +435,12 @@ def write_tables(
 
 
 def write_figures(pngs: Mapping[str, bytes], fig_dir: Path) -> dict[str, Path]:
-    """Each figure as ``<name>.png`` (no folder when there is none); returns name -> path."""
+    """Each figure as ``<name>.svg`` or ``<name>.png`` by its bytes (no folder when there is
+    none); returns name -> path."""
     paths: dict[str, Path] = {}
     for name, data in pngs.items():
-        paths[name] = fig_dir / f"{name}.png"
+        suffix = ".svg" if data[:256].lstrip().startswith((b"<?xml", b"<svg")) else ".png"
+        paths[name] = fig_dir / f"{name}{suffix}"
         atomic_write_bytes(paths[name], data)
     return paths
 

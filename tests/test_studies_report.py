@@ -139,15 +139,23 @@ def test_csv_tables_say_what_the_json_says(written):
 
 def test_html_is_self_contained_with_all_figures(written):
     html = written.html.read_text(encoding="utf-8")
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    images = re.findall(r'src="data:image/(png|svg\+xml);base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) >= 4  # forest plot, importance bars, SHAP summary, consensus heat map
-    for b64 in images:
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    for mime, b64 in images:  # a 2x PNG, or SVG where that stays small (studies.plots)
+        data = base64.b64decode(b64)
+        if mime == "png":
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert b"<svg" in data[:512] and data.rstrip().endswith(b"</svg>")
     assert "<script" not in html.lower()
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert set(written.figures) >= {"ap_glm_forest", "ap_importance", "ap_shap", "ap_consensus"}
     md = written.markdown.read_text(encoding="utf-8")
-    assert "](figures/ap_consensus.png)" in md and "## Outcome ap" in md
+    consensus = written.figures["ap_consensus"]
+    assert consensus.suffix in (".png", ".svg") and consensus.exists()
+    assert f"](figures/{consensus.name})" in md and "## Outcome ap" in md
+    # each figure opens its own file, named by what it holds
+    assert f'<a href="figures/{consensus.name}">' in html
 
 
 def test_same_seed_gives_byte_identical_json(frame, written, tmp_path):

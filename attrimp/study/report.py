@@ -451,10 +451,16 @@ def study_page(report: Mapping[str, Any], figures: Collection[str] = ()) -> Page
     )
 
 
-def render_markdown(report: Mapping[str, Any], figures: Collection[str] = ()) -> str:
-    """report.md from report.json; ``figures`` names the PNGs under figures/."""
-    paths = {name: f"figures/{name}.png" for name in figures}
-    return to_markdown(study_page(report, figures), paths)
+def render_markdown(
+    report: Mapping[str, Any], figures: Collection[str] | Mapping[str, bytes] = ()
+) -> str:
+    """report.md from report.json; ``figures`` names the figures under figures/ or maps each
+    name to its bytes (then an SVG is linked as ``.svg``; names alone are taken as PNGs)."""
+    if isinstance(figures, Mapping):
+        paths = {name: _figure_file(name, data) for name, data in figures.items()}
+    else:
+        paths = {name: f"figures/{name}.png" for name in figures}
+    return to_markdown(study_page(report, list(paths)), paths)
 
 
 def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes], *, links: bool = True) -> str:
@@ -468,8 +474,8 @@ def render_html(report: Mapping[str, Any], figs: Mapping[str, bytes], *, links: 
 def _figure_file(name: str, data: bytes) -> str:
     """Where a figure's file sits beside the page: ``figures/<name>.svg`` for SVG bytes, else
     ``.png``."""
-    head = data.lstrip()[:5]
-    return f"figures/{name}.svg" if head in (b"<?xml", b"<svg ") else f"figures/{name}.png"
+    svg = data[:256].lstrip().startswith((b"<?xml", b"<svg"))
+    return f"figures/{name}.svg" if svg else f"figures/{name}.png"
 
 
 #: the single-file export's name, beside report.html
