@@ -193,6 +193,8 @@ def analyze(
     exclude: Iterable[str] = (),
     paired_by: str | None = None,
     condition: str | None = None,
+    randomized: Iterable[Any] | None = None,
+    margin: float | None = None,
     alpha: float = 0.05,
     seed: int = 0,
     family: str = "auto",
@@ -215,8 +217,11 @@ def analyze(
         schema: grouping of columns into attribute groups: a TOML file, a built-in schema name
             (``"market1501"``) or a `studies.design.GroupSpec`; None = one group per column.
         exclude: columns that are neither outcome nor attribute (e.g. ``"query"``).
-        paired_by, condition: paired designs — the unit measured under every condition, and the
-            column naming the condition (both or neither).
+        paired_by, condition: a paired design names both; ``condition`` alone is a crossed
+            design (every query under every configuration), tested across conditions.
+        randomized: crossed designs: the condition values the design drew at random (None:
+            all). margin: the ``negligible`` verdict's margin on the outcome's scale (None:
+            ``studies.verdicts.default_margin``: 0.01 on [0, 1], else 0.1 SD).
         alpha: family-wise / FDR level. family: the GLM family, "auto" or one of
             ``studies.glm.FAMILIES``. models: tree models for importance and SHAP.
         n_repeats, cv, shap_rows, n_bootstrap: battery sizes (None = the default, or the
@@ -229,18 +234,14 @@ def analyze(
     """
     from studies.battery import run_battery
 
-    _check_options(paired_by, condition, alpha, family)
+    _check_options(paired_by, condition, alpha, family, margin)
     settings = _battery_sizes(
         quick, n_repeats=n_repeats, cv=cv, shap_rows=shap_rows, n_bootstrap=n_bootstrap
     )
-    frame, input_info = _frame(table, outcome, cluster, schema, exclude, paired_by, condition)
-    log.info(
-        "battery on %s: %d rows, %d attribute groups, outcomes %s",
-        frame.source,
-        frame.rows_used,
-        len(frame.groups),
-        frame.outcomes,
+    frame, input_info = _frame(
+        table, outcome, cluster, schema, exclude, paired_by, condition, randomized
     )
+    log.info("battery on %s: %d rows, %d groups", frame.source, frame.rows_used, len(frame.groups))
     result = run_battery(
         frame,
         alpha=alpha,
@@ -249,25 +250,35 @@ def analyze(
         n_jobs=n_jobs,
         progress=progress,
         glm_family=family,
+        margin=margin,
         **settings,
     )
     report = StudyReport(result, input_info=input_info, figures=figures)
-    log.info(
-        "battery done in %.1f s with %d warnings",
-        result.timings.get("total", 0.0),
-        len(result.warnings),
-    )
+    log.info("battery done in %.1f s", result.timings.get("total", 0.0))
     return report
 
 
-def _check_options(paired_by: str | None, condition: str | None, alpha: float, family: str) -> None:
-    """The options that need no table: a paired design names both columns, alpha in (0, 1), a
-    known GLM family (checked before a large table is read)."""
+def _check_options(
+    paired_by: str | None,
+    condition: str | None,
+    alpha: float,
+    family: str,
+    margin: float | None = None,
+) -> None:
+    """The options that need no table: a paired design names its condition (a condition alone
+    is a crossed design), alpha in (0, 1), a positive margin, a known GLM family (checked
+    before a large table is read)."""
     from studies.glm import FAMILIES
 
-    if (paired_by is None) != (condition is None):
-        given, missing = ("paired_by", "condition") if paired_by else ("condition", "paired_by")
-        raise StudyInputError(f"{given} needs {missing} as well: a paired design names both.")
+    if paired_by is not None and condition is None:
+        raise StudyInputError(
+            "paired_by needs condition as well: a paired design names both "
+            "(condition alone is a crossed design)."
+        )
+    if margin is not None and not (isinstance(margin, (int, float)) and 0 < margin < float("inf")):
+        raise StudyInputError(
+            f"The margin must be a positive number on the outcome's scale, not {margin}."
+        )
     if not 0.0 < alpha < 1.0:
         raise StudyInputError(f"alpha must lie strictly between 0 and 1, not {alpha}.")
     if family not in ("auto", *FAMILIES):
@@ -286,7 +297,7 @@ def _battery_sizes(quick: bool, **given: int | None) -> dict[str, int]:
     return settings
 
 
-def _frame(table, outcome, cluster, schema, exclude, paired_by, condition):
+def _frame(table, outcome, cluster, schema, exclude, paired_by, condition, randomized=None):
     """Read the table (a path) and build the analysis frame; also the report's ``input`` info."""
     from studies.design import build_analysis_frame, load_group_spec
     from studies.io import read_table, table_format
@@ -310,6 +321,9 @@ def _frame(table, outcome, cluster, schema, exclude, paired_by, condition):
         paired_by=paired_by,
         condition=condition,
         source=source,
+        randomized=(
+            randomized if randomized is None or isinstance(randomized, str) else list(randomized)
+        ),
     )
     info = {
         "path": source,

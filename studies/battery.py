@@ -34,6 +34,8 @@ METHODS: dict[str, str] = {
     "rf": "random-forest grouped permutation importance",
     "xgb": "XGBoost grouped permutation importance",
     "shap": "mean |SHAP| of the group, as a share of the model's total, averaged over models",
+    "randomization": "-log10 p of the group's randomisation test across configurations "
+    "(crossed designs; it replaces the rank tests there)",
 }
 
 #: table names of one outcome's results, in report order (report.json ``analyses`` keys)
@@ -43,6 +45,7 @@ TABLES: tuple[str, ...] = (
     "glm_group_tests",
     "tests",
     "paired_tests",
+    "randomization",
     "permutation_importance",
     "model_quality",
     "shap",
@@ -51,6 +54,7 @@ TABLES: tuple[str, ...] = (
     "method_scores",
     "method_agreement",
     "stability",
+    "verdicts",
     "consensus",
 )
 
@@ -76,6 +80,11 @@ class BatterySettings:
     #: cluster-bootstrap replicates for the stability of the consensus ranks
     n_bootstrap: int = 50
     n_jobs: int = 1
+    #: equivalence margin of the verdicts on the outcome's scale; None = per outcome,
+    #: ``studies.verdicts.default_margin`` (0.01 for an outcome in [0, 1], else 0.1 SD)
+    margin: float | None = None
+    #: re-draws of the randomisation test on crossed frames
+    n_perm: int = 999
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -90,6 +99,8 @@ class BatterySettings:
             raise StudyInputError("Cross-validation needs at least 2 folds (cv >= 2).")
         if self.n_bootstrap < 0:
             raise StudyInputError("The number of bootstrap replicates cannot be negative.")
+        if self.margin is not None and not (np.isfinite(self.margin) and self.margin > 0):
+            raise StudyInputError(f"--margin must be a positive number, not {self.margin}.")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +111,7 @@ class BatterySettings:
             "cv": self.cv,
             "shap_rows": self.shap_rows,
             "n_bootstrap": self.n_bootstrap,
+            "margin": self.margin,
         }
 
 
@@ -473,6 +485,22 @@ def _test_signals(res: OutcomeResult, alpha: float) -> list[dict[str, Any]]:
     return out
 
 
+def _randomization_signals(res: OutcomeResult, alpha: float) -> list[dict[str, Any]]:
+    """Randomisation tests (crossed frames): no sign; found when Holm p < alpha."""
+    out = []
+    for row in res.table("randomization").to_dict("records"):
+        p = _as_float(row.get("p_holm"))
+        out.append(
+            {
+                "attribute": row["attribute"],
+                "method": "randomization",
+                "direction": np.nan,
+                "significant": (p < alpha) if np.isfinite(p) else np.nan,
+            }
+        )
+    return out
+
+
 def _importance_signals(res: OutcomeResult, models: tuple[str, ...]) -> list[dict[str, Any]]:
     """Permutation importance: no sign; found when the CI's lower end is above 0."""
     out = []
@@ -519,6 +547,7 @@ def method_signals(
     out = (
         _glm_signals(res, alpha)
         + _test_signals(res, alpha)
+        + _randomization_signals(res, alpha)
         + _importance_signals(res, models)
         + _shap_signals(res)
     )
@@ -542,6 +571,8 @@ def run_battery(
     progress: bool | ProgressCallback = False,
     strict: bool = False,
     glm_family: str = "auto",
+    margin: float | None = None,
+    n_perm: int = 999,
 ) -> BatteryResult:
     """Run every analysis on every outcome of ``frame``; same ``seed``, same result.
 
@@ -549,6 +580,9 @@ def run_battery(
     warnings are collected in the result. ``progress=True`` shows a transient progress bar on
     stderr (what the CLI asks for); a callable receives ``(label, steps done, steps total)``.
     ``strict=True`` re-raises a step that failed instead of reporting it as a warning.
+    ``margin``: the verdicts' equivalence margin on the outcome's scale (None: per outcome,
+    ``studies.verdicts.default_margin``). On a crossed frame (a condition, no paired_by) the
+    randomisation test across conditions (``n_perm`` re-draws) is the primary group test.
     """
     settings = BatterySettings(
         glm_family=glm_family,
@@ -560,6 +594,8 @@ def run_battery(
         shap_rows=shap_rows,
         n_bootstrap=n_bootstrap,
         n_jobs=n_jobs,
+        margin=margin,
+        n_perm=n_perm,
     )
     if not frame.groups:
         raise StudyInputError(
@@ -567,7 +603,8 @@ def run_battery(
             "used, so there is nothing to analyse."
         )
     paired = frame.paired_by is not None and frame.condition is not None
-    per_outcome = 2 + int(paired) + 2 * len(settings.models) + 3
+    crossed = frame.condition is not None and frame.paired_by is None
+    per_outcome = 2 + int(paired) + int(crossed) + 2 * len(settings.models) + 4
     t_start = time.perf_counter()
     results: list[OutcomeResult] = []
     with _Runner(per_outcome * len(frame.outcomes), progress, strict) as run:
@@ -625,16 +662,19 @@ def _run_outcome(
     paired: bool,
     run: _Runner,
 ) -> OutcomeResult:
-    """Every step on one outcome, in order: GLM, rank tests, tree models and SHAP, effect vs
-    prevalence, then the method scores, their stability and the consensus."""
+    """Every step on one outcome, in order: GLM, rank tests (and the randomisation test on a
+    crossed frame), tree models and SHAP, effect vs prevalence, the verdicts, then the method
+    scores, their stability and the consensus."""
     o = _OutcomeRun(frame, outcome, s, run, OutcomeResult(outcome=outcome))
     glm = _glm_step(o)
     tests = _test_steps(o, paired)
+    rand = _randomization_step(o)
     shap_tables = _tree_steps(o)
     _prevalence_step(o, glm)
-    scores = _method_scores(o, glm, tests, shap_tables)
+    verdicts = _verdict_step(o, glm, rand)
+    scores = _method_scores(o, glm, tests, shap_tables, rand)
     boot = _stability_step(o, scores)
-    _consensus_step(o, scores, boot)
+    _consensus_step(o, scores, boot, verdicts)
     return o.res
 
 
@@ -697,6 +737,66 @@ def _test_steps(o: _OutcomeRun, paired: bool) -> pd.DataFrame | None:
             o.absorb_attrs("paired_tests", pt)
             o.put("paired_tests", pt, adjusted=True)
     return tests
+
+
+def _randomization_step(o: _OutcomeRun) -> pd.DataFrame | None:
+    """2b. On a crossed frame (a condition column, no paired_by): the randomisation test of each
+    group across the conditions (``studies.randomization``), the primary group test there. Not
+    a step on other frames."""
+    if o.frame.condition is None or o.frame.paired_by is not None:
+        return None
+    from studies import randomization
+
+    s = o.s
+    rand = o.step(
+        "randomisation tests",
+        "randomization",
+        lambda: randomization.randomization_tests(
+            o.frame, o.outcome, n_perm=s.n_perm, seed=s.seed, alpha=s.alpha
+        ),
+    )
+    if rand is not None:
+        o.absorb_attrs("randomization", rand)
+        o.put("randomization", rand)
+    return rand
+
+
+def _verdict_step(o: _OutcomeRun, glm: Any, rand: pd.DataFrame | None) -> pd.DataFrame | None:
+    """5b. One verdict per group (``studies.verdicts``): helps / hurts from the primary group
+    test (the GLM's Wald test; the randomisation test on a crossed frame), negligible from TOST
+    on the GLM's average marginal effects within ±margin, the MDE at 80 % power, and the groups
+    the frame left out as not testable. Needs the GLM's level effects."""
+    from studies import verdicts as v
+
+    if glm is None:
+        o.run.skip()
+        return None
+    s = o.s
+
+    def compute() -> pd.DataFrame:
+        margin = s.margin if s.margin is not None else v.default_margin(o.frame.data[o.outcome])
+        primary = (
+            v.tests_from_glm(glm.group_tests)
+            if rand is None
+            else (v.tests_from_randomization(rand))
+        )
+        tests = pd.concat([primary, v.excluded_tests(o.frame.excluded_groups)], ignore_index=True)
+        levels = v.levels_from_glm(glm.coefficients)
+        return v.group_verdicts(levels, tests, margin=margin, alpha=s.alpha)
+
+    table = o.step("verdicts", "verdicts", compute)
+    if table is not None:
+        o.put("verdicts", table)
+    return table
+
+
+def _randomization_score(rand: pd.DataFrame | None) -> pd.Series | None:
+    """-log10 p of each group's randomisation test (a Monte-Carlo p is never below
+    1 / (n_perm + 1), so no log-space recomputation is needed)."""
+    if rand is None or rand.empty:
+        return None
+    p = pd.to_numeric(rand.set_index("attribute")["p_value"], errors="coerce")
+    return (-np.log10(p)).rename("randomization")
 
 
 def _tree_steps(o: _OutcomeRun) -> list[pd.DataFrame]:
@@ -770,13 +870,21 @@ def _prevalence_step(o: _OutcomeRun, glm: Any) -> None:
 
 
 def _method_scores(
-    o: _OutcomeRun, glm: Any, tests: pd.DataFrame | None, shap_tables: list[pd.DataFrame]
+    o: _OutcomeRun,
+    glm: Any,
+    tests: pd.DataFrame | None,
+    shap_tables: list[pd.DataFrame],
+    rand: pd.DataFrame | None = None,
 ) -> dict[str, pd.Series]:
     """6. Each method's score per group (the methods that scored something, in ``METHODS``
-    order), stored as the long ``method_scores`` table with ranks, directions and evidence."""
+    order), stored as the long ``method_scores`` table with ranks, directions and evidence.
+    Every score is unsigned (evidence that the group changes the outcome, either way). On a
+    crossed frame the randomisation test's score replaces the rank tests', which count every
+    query as independent of its configuration."""
     candidates = {
         "glm": _glm_score(glm.group_tests if glm is not None else None),
-        "tests": _tests_score(tests),
+        "tests": _tests_score(tests) if rand is None else None,
+        "randomization": _randomization_score(rand),
         "shap": _shap_score(shap_tables),
     }
     for model in o.s.models:
@@ -829,8 +937,12 @@ def _stability_step(o: _OutcomeRun, scores: dict[str, pd.Series]) -> Any:
     return boot
 
 
-def _consensus_step(o: _OutcomeRun, scores: dict[str, pd.Series], boot: Any) -> None:
-    """8. The consensus ranking of the groups across methods, with the methods' agreement."""
+def _consensus_step(
+    o: _OutcomeRun, scores: dict[str, pd.Series], boot: Any, verdicts: pd.DataFrame | None = None
+) -> None:
+    """8. The consensus ranking of the groups across methods (``studies.consensus``'s ranking
+    rule: not-testable groups unranked, last), with each group's verdict and the methods'
+    agreement."""
     from studies import consensus as consensus_mod
 
     if not scores:
@@ -843,14 +955,15 @@ def _consensus_step(o: _OutcomeRun, scores: dict[str, pd.Series], boot: Any) -> 
     cons = o.step(
         "consensus",
         "consensus",
-        lambda: consensus_mod.consensus_ranking(scores, bootstrap_scores=boot_scores),
+        lambda: consensus_mod.rank_with_verdicts(scores, verdicts, bootstrap_scores=boot_scores),
     )
     if cons is None:
         return
     o.absorb("consensus", cons)
     res = o.res
     res.raw["consensus"] = cons
-    ranking = cons.ranking.sort_values("rank", kind="stable").reset_index(drop=True)
+    ranking = cons.ranking.sort_values("rank", kind="stable", na_position="last")
+    ranking = ranking.reset_index(drop=True)
     o.put("consensus", ranking)
     o.put("method_agreement", cons.agreement)
     res.excluded_methods = dict(getattr(cons, "excluded", None) or {})

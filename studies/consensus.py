@@ -1,5 +1,15 @@
 """One ranking of the attribute groups across methods, their agreement, and its stability.
 
+**The ranking rule** (one rule for ``studies.analyze``, its heat map, report.json and the study's
+reliance consensus): groups are ordered by the *strength of evidence that they change the
+outcome, in either direction* — the Borda consensus of unsigned evidence scores: -log10 p of the
+group tests (GLM Wald, rank tests, the randomisation test on crossed designs), permutation-
+importance drops, mean |SHAP|. No score fed to the consensus carries a sign, so a group that
+significantly *hurts* ranks as high as one that helps equally strongly; the direction (helps /
+hurts, ``studies.verdicts``) is shown beside the rank and never folded into it. A group that
+cannot be tested (constant, excluded, no test possible: verdict ``not testable``) gets no rank
+(NaN) and is listed after the ranked ones with its reason (:func:`rank_with_verdicts`).
+
 Input convention: every method hands a ``pd.Series`` of scores indexed by attribute group,
 **higher = more important**. Callers convert: a test's p-value as ``-log10(p)``, a GLM's joint
 Wald test as its chi² (or ``-log10(p)``), a permutation importance or mean |SHAP| as is. Only
@@ -34,6 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from studies.crossed import is_crossed, two_way_resample
 from studies.errors import StudyInputError
 from studies.features import (
     CellStats,
@@ -333,6 +344,57 @@ def consensus_ranking(
     )
 
 
+#: the verdict columns ``rank_with_verdicts`` adds to a ranking (``studies.verdicts``)
+VERDICT_COLUMNS = ("verdict", "direction", "mde", "p_tost", "margin", "test", "reason")
+
+
+def rank_with_verdicts(
+    scores: dict[str, pd.Series],
+    verdicts: pd.DataFrame | None,
+    *,
+    bootstrap_scores: Sequence[dict[str, pd.Series]] | None = None,
+    ci: float = 0.95,
+) -> ConsensusResult:
+    """The consensus ranking of the testable groups, with each group's verdict beside its rank.
+
+    ``verdicts`` is ``studies.verdicts.group_verdicts``' table. Groups whose verdict is ``not
+    testable`` are dropped from every method's scores *before* ranking (so they neither take a
+    rank nor shift the others' Borda scores) and appended after the ranked groups with NaN score
+    and rank and their reason. ``direction`` is a column, never part of the score. Without a
+    verdicts table (the GLM could not run) this is :func:`consensus_ranking` with empty verdict
+    columns."""
+    verdicts = verdicts if verdicts is not None else pd.DataFrame(columns=["attribute", "verdict"])
+    untestable = verdicts.loc[verdicts["verdict"] == "not testable", "attribute"].tolist()
+    kept = {k: s.drop(labels=untestable, errors="ignore") for k, s in scores.items()}
+    kept = {k: s for k, s in kept.items() if len(s)}
+    if kept:
+        cons = consensus_ranking(kept, bootstrap_scores=bootstrap_scores, ci=ci)
+    else:
+        cons = ConsensusResult(
+            ranking=pd.DataFrame(columns=["attribute", "score", "rank"]),
+            kendall_w=float("nan"),
+            kendall_w_p=float("nan"),
+            agreement=pd.DataFrame(columns=_AGREEMENT_COLUMNS),
+            warnings=["No group can be tested, so there is no ranking."],
+        )
+    return replace(cons, ranking=attach_verdicts(cons.ranking, verdicts))
+
+
+def attach_verdicts(ranking: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """``ranking`` with the verdict columns, ranked groups first (by rank), then every group the
+    verdicts call ``not testable`` or the ranking lacks (NaN rank), in the verdicts' order."""
+    v = verdicts.drop_duplicates("attribute").set_index("attribute")
+    v = v.reindex(columns=list(VERDICT_COLUMNS))
+    ranked = ranking.sort_values(["rank", "attribute"], kind="stable").reset_index(drop=True)
+    missing = [a for a in v.index if a not in set(ranked["attribute"])]
+    if missing:
+        extra = pd.DataFrame({"attribute": missing, "score": np.nan, "rank": np.nan})
+        ranked = pd.concat([ranked, extra], ignore_index=True, sort=False)
+    for col in VERDICT_COLUMNS:
+        ranked[col] = ranked["attribute"].map(v[col]).to_numpy() if len(v) else np.nan
+    return ranked
+
+
 # ---------------------------------------------------------------------------------------------
 # Cluster bootstrap
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +530,9 @@ def stability_by_cluster_bootstrap(
     cluster variation; without ``frame.cluster`` rows are drawn. Drawing whole clusters is right
     whether an attribute is constant within clusters or varies within them (a switching
     design): the cluster is the independent unit either way, and a drawn cluster keeps all of
-    its rows, so a within-cluster contrast stays within its cluster. Default scores (cheap, exact,
+    its rows, so a within-cluster contrast stays within its cluster. On a crossed frame
+    (``studies.crossed.is_crossed``: a condition column, no paired_by) identities and
+    conditions are both resampled (``studies.crossed.two_way_resample``). Default scores (cheap, exact,
     computed from cell sums so a replicate is a reweighting, not a copy of the table):
 
     - ``linear_wald_chi2``: the joint Wald chi² of the group in a linear model of the outcome on
@@ -486,6 +550,12 @@ def stability_by_cluster_bootstrap(
     if n_boot < 1:
         raise StudyInputError(f"n_boot={n_boot}: the bootstrap needs at least one replicate.")
     rng = np.random.default_rng(seed)
+    if frame.cluster is not None and is_crossed(frame):
+        # a crossed design has two units of replication: identities AND configurations are
+        # resampled (pigeonhole bootstrap), or the intervals miss the configurations' variation
+        fn = score_fn or (lambda f: default_stability_scores(f, outcome))
+        reps = [fn(two_way_resample(frame, rng)) for _ in range(n_boot)]
+        return BootstrapScores(reps, observed=fn(frame))
     if score_fn is not None:
         reps = [score_fn(resample_clusters(frame, rng)) for _ in range(n_boot)]
         return BootstrapScores(reps, observed=score_fn(frame))

@@ -78,19 +78,31 @@ def minimum_detectable_effect(
     alpha: float = 0.05,
     power: float = 0.8,
     family_size: int = 1,
+    median_unbiased: bool = True,
 ) -> float:
     """(t_{1-alpha/(2m), df} + t_{power, df}) * se: the effect a two-sided test at the Holm
     first-step level alpha/m detects with the given power (m = family_size).
 
     Why the shifted-t and not the noncentral t: it is closed-form, needs only the standard error
     and df a table already has, and is within 1 % of the noncentral answer for df >= 30.
+
+    ``median_unbiased`` (default) multiplies by ``sqrt(df / median(chi2_df))``. Why: the formula
+    wants the *true* standard error, and the table has an estimate whose square is, under the
+    Satterthwaite approximation behind the df, ``se^2 chi2_df / df``; its median is below the
+    true value (by 3.5 % at df = 10, 1.1 % at df = 30, 0 at df = inf), so the plain plug-in
+    MDE is optimistic exactly where few clusters make it matter. The factor makes the reported
+    MDE median-unbiased for the design's MDE (measured: power at the reported MDE on a rare level
+    carried by 10 identities, df ~ 10: docs/studies.md). ``False`` gives the textbook formula.
     """
     se = float(std_err)
     if not (np.isfinite(se) and se > 0):
         return float("nan")
     m = max(int(family_size), 1)
     dist = _dist(df)
-    return float((dist.ppf(1.0 - alpha / (2.0 * m)) + dist.ppf(power)) * se)
+    mde = (dist.ppf(1.0 - alpha / (2.0 * m)) + dist.ppf(power)) * se
+    if median_unbiased and df is not None and np.isfinite(df):
+        mde *= math.sqrt(df / stats.chi2.median(df))
+    return float(mde)
 
 
 def clustered_mean(values: np.ndarray, clusters: np.ndarray | None) -> tuple[float, float, float]:
@@ -163,7 +175,7 @@ def group_verdicts(
     """levels: attribute, level, estimate, std_err, df (one row per level contrast on the
     outcome's scale); tests: attribute, p_value, p_holm (and optional testable, reason).
     Returns one row per attribute: attribute, verdict, direction, estimate, p_holm, p_tost, mde,
-    margin, reason. Multi-level groups: negligible only if every level is (intersection-union
+    margin, reason (and test, when ``tests`` has that column). Multi-level groups: negligible only if every level is (intersection-union
     test: p_tost = max over levels); direction and estimate of the largest-|t| level; mde = the
     largest level MDE (conservative), family_size = number of testable groups.
 
@@ -190,7 +202,10 @@ def group_verdicts(
             rows.append(_row(a, "not testable", margin, reason=reason, p_holm=p_holm))
             continue
         rows.append(_testable_row(a, by_attr[a], p_holm, margin=margin, alpha=alpha, m=m))
-    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    out = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    if "test" in tests.columns:  # which test each verdict used, where the caller says
+        out["test"] = [info.get(a, {}).get("test") for a in order]
+    return out
 
 
 def _testable(test: dict[str, Any] | None, lv: pd.DataFrame | None) -> tuple[bool, str | None]:
@@ -241,11 +256,108 @@ def _row(attribute: str, v: str, margin: float, **values: Any) -> dict[str, Any]
     return out
 
 
+# --------------------------------------------------------------------------- inputs from tables
+
+
+def default_margin(values: np.ndarray | pd.Series) -> float:
+    """The equivalence margin when none is given, on the outcome's scale.
+
+    An outcome in [0, 1] (AP, mAP, rank-1 as 0/1) gets 0.01 — one point of mAP, the study's
+    default too: a smaller change is below what ReID papers report as a difference. Any other
+    outcome gets 0.1 standard deviations of the outcome (a tenth of Cohen's "small" 0.2 would be
+    too strict to ever show; 0.1 SD is a conventional "trivial" effect). A constant outcome
+    falls back to 0.01 (nothing can be tested on it anyway)."""
+    y = np.asarray(values, dtype=float)
+    y = y[np.isfinite(y)]
+    if y.size == 0 or (y.min() >= 0.0 and y.max() <= 1.0):
+        return 0.01
+    sd = float(y.std(ddof=1)) if y.size > 1 else 0.0
+    return 0.1 * sd if sd > 0 else 0.01
+
+
+def levels_from_glm(coefficients: pd.DataFrame) -> pd.DataFrame:
+    """The ``levels`` input of :func:`group_verdicts` from a GLM coefficient table
+    (``studies.glm.GLMResult.coefficients``): each tested level's average marginal effect on
+    the outcome's scale (``ame``, ``ame_std_err``) with its coefficient's denominator df
+    (``df_denom``: HTZ / Satterthwaite, two-way ``min(G) - 1``, inf for a normal reference).
+    Untested, separated and aliased levels are left out: their estimates mean nothing."""
+    cols = ["attribute", "level", "estimate", "std_err", "df"]
+    need = {"attribute", "level", "ame", "ame_std_err", "df_denom", "p_value"}
+    if coefficients is None or coefficients.empty or not need <= set(coefficients.columns):
+        return pd.DataFrame(columns=cols)
+    df = coefficients[coefficients["attribute"].notna()]
+    keep = pd.to_numeric(df["p_value"], errors="coerce").notna()
+    for flag in ("separation", "aliased"):
+        if flag in df.columns:
+            keep &= ~df[flag].fillna(False).astype(bool)
+    df = df[keep]
+    return pd.DataFrame(
+        {
+            "attribute": df["attribute"].to_numpy(),
+            "level": df["level"].astype(str).to_numpy(),
+            "estimate": pd.to_numeric(df["ame"], errors="coerce").to_numpy(),
+            "std_err": pd.to_numeric(df["ame_std_err"], errors="coerce").to_numpy(),
+            "df": pd.to_numeric(df["df_denom"], errors="coerce").fillna(np.inf).to_numpy(),
+        },
+        columns=cols,
+    )
+
+
+def tests_from_glm(group_tests: pd.DataFrame) -> pd.DataFrame:
+    """The ``tests`` input of :func:`group_verdicts` from the GLM's group Wald tests."""
+    out = group_tests[["attribute", "p_value", "p_holm"]].copy()
+    p = pd.to_numeric(out["p_value"], errors="coerce")
+    out["testable"] = p.notna().to_numpy()
+    out["reason"] = np.where(
+        p.notna(), None, "the GLM could test none of its levels (too few rows or clusters)"
+    )
+    out["test"] = group_tests["test"].to_numpy() if "test" in group_tests.columns else "glm"
+    return out.reset_index(drop=True)
+
+
+def tests_from_randomization(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``tests`` input of :func:`group_verdicts` from ``studies.randomization``'s table: a
+    group whose test is ``not testable`` (not constant within configurations, or never
+    switched) keeps the table's note as its reason."""
+    out = table[["attribute", "p_value", "p_holm"]].copy()
+    test = table["test"].astype(str)
+    p = pd.to_numeric(out["p_value"], errors="coerce")
+    out["testable"] = ((test != "not testable") & p.notna()).to_numpy()
+    note = table["note"] if "note" in table.columns else pd.Series("", index=table.index)
+    out["reason"] = [
+        None if ok else (n or "no randomisation test possible")
+        for ok, n in zip(out["testable"], note.fillna(""))
+    ]
+    out["test"] = test.to_numpy()
+    return out.reset_index(drop=True)
+
+
+def excluded_tests(excluded: dict[str, str]) -> pd.DataFrame:
+    """``tests`` rows for groups the frame left out (single level, ...): not testable, with the
+    frame's reason."""
+    return pd.DataFrame(
+        {
+            "attribute": list(excluded),
+            "p_value": np.nan,
+            "p_holm": np.nan,
+            "testable": False,
+            "reason": [f"left out of the analysis: {r}" for r in excluded.values()],
+            "test": "none",
+        },
+        columns=["attribute", "p_value", "p_holm", "testable", "reason", "test"],
+    )
+
+
 __all__ = [
     "VERDICTS",
     "VERDICT_COLUMNS",
     "clustered_mean",
+    "default_margin",
+    "excluded_tests",
     "group_verdicts",
+    "levels_from_glm",
+    "tests_from_glm",
+    "tests_from_randomization",
     "minimum_detectable_effect",
     "tost_p",
     "verdict",

@@ -49,7 +49,27 @@ _PairedBy = Annotated[
 ]
 _Condition = Annotated[
     str | None,
-    typer.Option("--condition", help="Paired designs: the column naming the condition."),
+    typer.Option(
+        "--condition",
+        help="The column naming the condition. With --paired-by: a paired design; alone: a "
+        "crossed design (every query under every configuration), tested across conditions.",
+    ),
+]
+_Randomized = Annotated[
+    list[str],
+    typer.Option(
+        "--randomized",
+        help="Crossed designs: a condition value whose assignment the design drew at random "
+        "(repeatable; @FILE reads one value per line). Default: every condition.",
+    ),
+]
+_Margin = Annotated[
+    float | None,
+    typer.Option(
+        "--margin",
+        help="Equivalence margin of the 'negligible' verdict, on the outcome's scale "
+        "(default: 0.01 for an outcome in [0, 1] such as AP, else 0.1 x its SD).",
+    ),
 ]
 _Alpha = Annotated[float, typer.Option("--alpha", help="Family-wise / FDR level.")]
 _Family = Annotated[
@@ -117,6 +137,8 @@ def analyze(
     schema: _Schema = None,
     paired_by: _PairedBy = None,
     condition: _Condition = None,
+    randomized: _Randomized = [],  # noqa: B006
+    margin: _Margin = None,
     alpha: _Alpha = 0.05,
     family: _Family = "auto",
     seed: _Seed = 0,
@@ -146,6 +168,8 @@ def analyze(
             exclude=exclude,
             paired_by=paired_by,
             condition=condition,
+            randomized=_randomized_values(randomized),
+            margin=margin,
             alpha=alpha,
             seed=seed,
             family=family,
@@ -171,15 +195,36 @@ def _check_flags(paired_by, condition, alpha: float, family: str) -> None:
     GLM family."""
     from studies.glm import FAMILIES
 
-    if (paired_by is None) != (condition is None):
-        given, missing = (
-            ("--paired-by", "--condition") if paired_by else ("--condition", "--paired-by")
+    if paired_by is not None and condition is None:
+        raise StudyInputError(
+            "--paired-by needs --condition as well: a paired design names both "
+            "(--condition alone is a crossed design)."
         )
-        raise StudyInputError(f"{given} needs {missing} as well: a paired design names both.")
     if not 0.0 < alpha < 1.0:
         raise StudyInputError(f"--alpha must lie strictly between 0 and 1, not {alpha}.")
     if family not in ("auto", *FAMILIES):
         raise StudyInputError(f"--family {family!r} is unknown; use auto or one of {FAMILIES}.")
+
+
+def _randomized_values(given: list[str]) -> list[str] | None:
+    """--randomized values (None when not given); ``@FILE`` reads one value per line (blank
+    lines and ``#`` comments skipped), for designs with many random configurations."""
+    if not given:
+        return None
+    out: list[str] = []
+    for v in given:
+        if not v.startswith("@"):
+            out.append(v)
+            continue
+        path = Path(v[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise StudyInputError(
+                f"--randomized {v}: cannot read {path}: {exc.strerror}."
+            ) from None
+        out.extend(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    return out
 
 
 def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False) -> None:
