@@ -492,12 +492,14 @@ def _answer_section(report: Mapping[str, Any]) -> Section:
 
 def _input_definitions(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     inp = report["input"]
-    items = [(k, format_value(k, v)) for k, v in input_facts(inp)]
+    items = [(k, format_cell(k, v)) for k, v in input_facts(inp)]
     items += [
         ("rows dropped", f"{int(n)} ({reason})")
         for reason, n in (inp.get("rows_dropped") or {}).items()
     ]
-    settings = ", ".join(f"{k}={format_value(k, v)}" for k, v in report["settings"].items())
+    settings = ", ".join(
+        f"{k}={format_value(k, v)}" for k, v in report["settings"].items() if v is not None
+    )
     return [*items, ("settings", settings)]
 
 

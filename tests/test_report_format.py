@@ -417,3 +417,12 @@ def test_the_study_tables_follow_the_consensus_ranking():
         rows = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| ")]
         order = list(dict.fromkeys(a for a in rows[1:] if a in ranked))
         assert order == ranked, (start, order)
+
+
+def test_input_facts_read_as_counts_and_unset_settings_are_left_out():
+    report = _battery_report()
+    report["input"]["rows_read"] = 4000
+    report["settings"] = {"alpha": 0.05, "margin": None}
+    md = render_markdown(report)
+    assert "- **rows read**: 4,000" in md
+    assert "alpha=0.05" in md and "margin=" not in md
