@@ -10,7 +10,7 @@ not only in `attrimp.cli.main`, so that the command behaves the same under typer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -276,22 +276,31 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _test_column(o) -> tuple[str, Any]:
+    """The second p-value column: the randomisation test on a crossed design (the verdicts'
+    primary test there), else the rank tests."""
+    rand = o.table("randomization")
+    if "p_holm" in rand:
+        return "randomisation p_holm", rand.set_index("attribute")["p_holm"]
+    tests = o.table("tests")
+    if "p_holm" not in tests:
+        return "test p_holm", {}
+    return "test p_holm", tests.drop_duplicates("attribute").set_index("attribute")["p_holm"]
+
+
 def _summary(console: Console, result, alpha: float) -> None:
-    """One table per outcome: consensus rank, score, and the key adjusted p-values."""
+    """One table per outcome: consensus rank, score, the key adjusted p-values, and each
+    group's verdict and minimum detectable effect."""
     for o in result.outcomes:
         cons = o.table("consensus")
         if cons.empty:
             console.print(f"[yellow]No consensus ranking for {o.outcome}.[/]")
             continue
         glm = o.table("glm_group_tests")
-        tests = o.table("tests")
         imp = o.table("permutation_importance")
         glm_p = glm.set_index("attribute")["p_holm"] if "p_holm" in glm else {}
-        test_p = (
-            tests.drop_duplicates("attribute").set_index("attribute")["p_holm"]
-            if "p_holm" in tests
-            else {}
-        )
+        test_label, test_p = _test_column(o)
+        verdicts = "verdict" in cons.columns and bool(cons["verdict"].notna().any())
         title = f"Which attributes matter for {o.outcome}"
         if o.family:
             title += f" (GLM: {o.family})"
@@ -306,7 +315,10 @@ def _summary(console: Console, result, alpha: float) -> None:
         if has_ci:
             t.add_column("boot rank CI", justify="right")
         t.add_column("GLM p_holm", justify="right")
-        t.add_column("test p_holm", justify="right")
+        t.add_column(test_label, justify="right")
+        if verdicts:
+            t.add_column("verdict", no_wrap=True)
+            t.add_column("MDE", justify="right")
         models = list(dict.fromkeys(imp["model"])) if "model" in imp else []
         for m in models:
             t.add_column(f"{m} imp", justify="right")
@@ -319,6 +331,8 @@ def _summary(console: Console, result, alpha: float) -> None:
                 p = ps.get(a) if hasattr(ps, "get") else None
                 s = _fmt_p(p)
                 cells.append(f"[bold]{s}[/]" if p is not None and p == p and p < alpha else s)
+            if verdicts:
+                cells += [escape(str(row.get("verdict") or "-")), _fmt(row.get("mde"), 2)]
             for m in models:
                 v = imp[(imp["model"] == m) & (imp["attribute"] == a)]["importance"]
                 cells.append(_fmt(float(v.iloc[0]), 2) if len(v) else "-")
