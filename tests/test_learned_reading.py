@@ -133,7 +133,9 @@ def test_read_learned_router_reads_the_planted_table_and_is_json_safe():
     # gender 0.9 vs 0.6 at n = 100 is beyond binomial noise; hat at its majority rate is not
     assert res["accuracy"]["groups_above_majority"] == 1
     assert res["accuracy"]["groups_tested"] == 2
-    assert "40.0 %" in res["summary"] and "majority-class rate" in res["summary"]
+    assert "40.0 %" in res["summary"] and "sit at the majority-class rate" in res["summary"]
+    acc["majority_rate"]["hat"] = 0.5  # now both groups beat a constant guess
+    assert "sit above the majority-class rate" in read_learned_router(table, acc)["summary"]
     assert read_learned_router(table[table["config"] != "learned"], None) is None
 
 

@@ -305,7 +305,8 @@ def learned_summary(result: Mapping[str, Any]) -> str:
         head += f"; against the backbone alone p = {tests[BACKBONE]['p']:.2g}"
     acc = result.get("accuracy")
     if acc and acc.get("mean_accuracy") is not None:
-        where = "above" if acc["groups_above_majority"] else "at"
+        # "above" only when most groups beat a constant guess beyond binomial noise
+        where = "above" if acc["groups_above_majority"] > acc["groups_tested"] / 2 else "at"
         head += (
             f"; its per-group accuracies (mean {acc['mean_accuracy']:.3f}) sit {where} the "
             f"majority-class rate (mean {acc['mean_majority_rate']:.3f}; above it beyond "
