@@ -36,7 +36,7 @@ from studies.report_md import (
 )
 
 #: major.minor: a new optional key bumps minor; a renamed/removed key or changed meaning, major
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 #: tables that go under ``analyses`` in report.json (the consensus ranking is top-level)
 ANALYSES: tuple[str, ...] = tuple(t for t in TABLES if t != "consensus")
@@ -128,27 +128,30 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "effect_name",
     "methods_finding",
     "methods_testing",
+    "verdict",
+    "mde",
+    "p_tost",
 )
 
 
 def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
-    """One record per attribute group per outcome, in consensus order: does the group matter
-    (Holm-adjusted GLM group test, the rank test where there is no GLM), which way (the
+    """One record per attribute group per outcome, in consensus order: the group's verdict
+    (helps / hurts / negligible / inconclusive / not testable) and its minimum detectable effect,
+    does it matter (the Holm-adjusted primary test that gave the verdict: the GLM group test, the
+    randomisation test on a crossed table, the rank test where neither ran), which way (the
     headline level against the reference), how much (its average marginal effect on the
     outcome's scale, with CI), and how many of the methods that test find it (a method left out
     of the consensus because its scores rank nothing is left out of that count too)."""
     from studies.battery import headline_levels
 
-    alpha = result.settings.alpha
     rows: list[dict[str, Any]] = []
     for o in result.outcomes:
         cons = o.table("consensus")
         order = list(cons["attribute"]) if not cons.empty else list(result.frame.groups)
-        coefs = o.table("glm_coefficients")
-        head = headline_levels(coefs).set_index("attribute")
-        glm_p = _column(o.table("glm_group_tests"), "p_holm")
-        test_p = _column(o.table("tests"), "p_holm")
-        scores = o.table("method_scores")
+        head = headline_levels(o.table("glm_coefficients")).set_index("attribute")
+        primary = _primary_p(o)
+        verdicts = o.table("verdicts")
+        verdicts = verdicts.set_index("attribute") if not verdicts.empty else verdicts
         for a in order:
             rec: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
             rec.update(outcome=o.outcome, attribute=a)
@@ -157,35 +160,60 @@ def build_summary(result: BatteryResult) -> list[dict[str, Any]]:
                 rec.update(rank=c.get("rank"), score=c.get("score"))
             levels = result.frame.levels(a) if a in result.frame.groups else []
             rec["reference"] = levels[0] if levels else None
-            p, src = glm_p.get(a, np.nan), "glm"
-            if not np.isfinite(p) and np.isfinite(test_p.get(a, np.nan)):
-                p, src = test_p[a], "tests"
+            p, src = primary.get(a, (np.nan, None))
             if np.isfinite(p):
-                rec.update(p_holm=float(p), p_source=src, matters=bool(p < alpha))
+                rec.update(p_holm=float(p), p_source=src, matters=bool(p < result.settings.alpha))
+            if a in verdicts.index:
+                v = verdicts.loc[a]
+                rec.update(verdict=v.get("verdict"), mde=_num(v.get("mde")))
+                rec["p_tost"] = _num(v.get("p_tost"))
             if a in head.index:
-                h = head.loc[a]
-                use_ame = np.isfinite(_num(h.get("ame")))
-                eff = _num(h.get("ame")) if use_ame else _num(h.get("coef"))
-                lo = _num(h.get("ame_ci_low" if use_ame else "ci_low"))
-                hi = _num(h.get("ame_ci_high" if use_ame else "ci_high"))
-                rec.update(
-                    level=h.get("level"),
-                    effect=eff,
-                    effect_ci_low=lo,
-                    effect_ci_high=hi,
-                    effect_name="average_marginal_effect" if use_ame else "coefficient",
-                    direction="raises" if eff > 0 else "lowers" if eff < 0 else None,
-                )
-            if not scores.empty and "significant" in scores.columns:
-                keep = (scores["attribute"] == a) & ~scores["method"].isin(o.excluded_methods)
-                sig = scores[keep]["significant"]
-                tested = sig[sig.notna()]
-                rec.update(
-                    methods_finding=int(sum(bool(v) for v in tested)),
-                    methods_testing=int(len(tested)),
-                )
+                rec.update(_headline_effect(head.loc[a]))
+            rec.update(_methods_finding(o, a))
             rows.append(rec)
     return rows
+
+
+def _primary_p(o) -> dict[str, tuple[float, str]]:
+    """attribute -> (Holm p, source) of the test that gives the verdict: the randomisation test
+    on a crossed table, else the GLM group test, else the rank test."""
+    out: dict[str, tuple[float, str]] = {}
+    for source, table in (
+        ("tests", "tests"),
+        ("glm", "glm_group_tests"),
+        ("randomization", "randomization"),
+    ):
+        for a, p in _column(o.table(table), "p_holm").items():
+            if np.isfinite(p):
+                out[a] = (p, source)
+    return out
+
+
+def _headline_effect(h: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline level's average marginal effect (its coefficient where there is no AME)."""
+    use_ame = np.isfinite(_num(h.get("ame")))
+    eff = _num(h.get("ame")) if use_ame else _num(h.get("coef"))
+    return {
+        "level": h.get("level"),
+        "effect": eff,
+        "effect_ci_low": _num(h.get("ame_ci_low" if use_ame else "ci_low")),
+        "effect_ci_high": _num(h.get("ame_ci_high" if use_ame else "ci_high")),
+        "effect_name": "average_marginal_effect" if use_ame else "coefficient",
+        "direction": "raises" if eff > 0 else "lowers" if eff < 0 else None,
+    }
+
+
+def _methods_finding(o, attribute: str) -> dict[str, int]:
+    """How many of the methods that test the group find it (consensus-excluded ones left out)."""
+    scores = o.table("method_scores")
+    if scores.empty or "significant" not in scores.columns:
+        return {}
+    keep = (scores["attribute"] == attribute) & ~scores["method"].isin(o.excluded_methods)
+    tested = scores[keep]["significant"].dropna()
+    return {
+        "methods_finding": int(sum(bool(v) for v in tested)),
+        "methods_testing": int(len(tested)),
+    }
 
 
 def _column(df: pd.DataFrame, col: str) -> dict[str, float]:

@@ -127,9 +127,9 @@ def _bad_tables(tmp_path, small_table):
         [path, "--outcome", "ap", "--paired-by", "query"],
         "--condition",
     )
-    t["condition without paired-by"] = (
-        [path, "--outcome", "ap", "--condition", "camid"],
-        "--paired-by",
+    t["bad margin"] = (
+        [path, "--outcome", "ap", "--margin", "-1", "--schema", schema],
+        "margin",
     )
     t["bad alpha"] = ([path, "--outcome", "ap", "--alpha", "1.5", "--schema", schema], "--alpha")
     t["missing schema"] = ([path, "--outcome", "ap", "--schema", tmp_path / "no.toml"], "no.toml")
@@ -156,7 +156,7 @@ BAD = [
     "nothing varies",
     "duplicated column",
     "paired-by without condition",
-    "condition without paired-by",
+    "bad margin",
     "bad alpha",
     "missing schema",
 ]

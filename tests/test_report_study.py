@@ -83,7 +83,13 @@ def _report() -> dict:
             "gender": {"direction": 1.0, "found": False},
         }
     }
-    answer = sr.build_answer(_importance(), _paired(), _consensus(), 0.73, signals, alpha=0.05)
+    leak = sr.leak_block(
+        {"full_mAP": 0.8955, "backbone_mAP": 0.1587},
+        {"mAP": 0.986, "unique_signature_share": 0.958},
+    )
+    answer = sr.build_answer(
+        _importance(), _paired(), _consensus(), 0.73, signals, alpha=0.05, leak=leak
+    )
     return {
         "schema_version": sr.SCHEMA_VERSION,
         "study": {"name": "synthetic", "description": "upcolor invisible"},
@@ -110,30 +116,33 @@ def _report() -> dict:
 def test_answer_names_who_helps_who_hurts_with_ci_and_holm_p():
     report = _report()
     groups = {g["attribute"]: g for g in report["answer"]["groups"]}
-    assert groups["upcolor"]["effect"] == "helps" and groups["upcolor"]["matters"]
-    assert groups["clothes"]["effect"] == "hurts" and groups["clothes"]["matters"]
-    assert groups["hat"]["effect"] == "none" and groups["hat"]["matters"] is None
-    assert groups["gender"]["effect"] == "unclear" and groups["gender"]["matters"] is False
+    # without a verdicts table the verdict falls back to the Wilcoxon Holm p (never negligible)
+    assert groups["upcolor"]["verdict"] == "helps" and groups["upcolor"]["matters"]
+    assert groups["clothes"]["verdict"] == "hurts" and groups["clothes"]["matters"]
+    assert groups["hat"]["verdict"] == "not testable" and groups["hat"]["matters"] is None
+    assert groups["hat"]["rank"] is None  # an untestable group gets no rank
+    assert groups["gender"]["verdict"] == "inconclusive" and groups["gender"]["matters"] is False
     # leave-one-out and the paired tests share one sign: positive = helps
     assert groups["upcolor"]["signals"]["leave_one_out"] == {"direction": 1.0, "found": True}
     assert groups["clothes"]["signals"]["leave_one_out"]["direction"] == -1.0
+    assert groups["clothes"]["direction"] == "hurts"
     lead, lines = sr.answer_text(report)
-    assert lead.startswith("2 of 4 attribute groups change re-identification")
+    assert lead.startswith("Attributes alone retrieve at mAP 0.986")  # the leak first
     assert "the model relies on upcolor" in lead and "the experts of clothes hurt it" in lead
     assert "Kendall's W = 0.73" in lead and "full oracle 0.895" in lead
-    assert lines[0] == (
-        "upcolor helps: switching its experts off costs 0.129 mAP (ΔmAP = +0.129, 95% CI +0.079 "
-        "to +0.184); Holm p = 9.1e-05 (paired t: 9.1e-05); consensus rank 1; found by 2 of the 2 "
-        "reliance analyses that test it."
+    assert lines[0].startswith(
+        "rank 1: upcolor helps: switching its experts off costs 0.129 mAP (ΔmAP = +0.129, 95% CI "
+        "+0.079 to +0.184); Holm p = 9.1e-05"
     )
-    assert lines[1].startswith("clothes hurts: switching its experts off gains 0.036 mAP")
+    assert lines[1].startswith("rank 2: clothes hurts: switching its experts off gains 0.036 mAP")
     assert "opposite" not in lines[1]  # switching agrees: clothes hurts there too
     report["answer"]["groups"][1]["signals"]["switching"]["direction"] = 1.0
+    report["answer"]["groups"][1]["signals"]["switching"]["found"] = True
     _, lines = sr.answer_text(report)
     assert lines[1].endswith(
-        "found by 2 of the 2 reliance analyses that test it, but the per-query switching "
-        "battery finds the opposite direction."
+        "but the per-query switching battery finds the opposite direction."
     )
+    assert lines[-1].startswith("hat is not testable")
 
 
 def test_on_direction_follows_which_level_is_the_reference():
