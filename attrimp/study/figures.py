@@ -107,14 +107,18 @@ def consensus_figure(report: Mapping[str, Any]):
     if mats is None:
         return None
     alpha = (report.get("answer") or {}).get("alpha", 0.05)
+    effects = _effect_sizes(report, mats[0])
+    # a group no analysis could rank (not testable) is named so rather than left a blank column
+    untested = {a: f"{a} (not testable)" for a in mats[0].columns if mats[0][a].isna().all()}
+    mats = tuple(m.rename(columns=untested) for m in mats)
     return consensus_heatmap(
         *mats,
-        effects=_effect_sizes(report, mats[0]),
+        effects=effects.rename(columns=untested),
         title="Rank of each group per reliance analysis",
-        legend=f"The batteries' rows give a direction only (one middle depth). * = found "
-        f"(leave-one-out: paired Wilcoxon Holm p < {alpha:g}; batteries: Holm p < {alpha:g} "
-        "in their GLM group test). Consensus row: colour = the leave-one-out direction where "
-        "its CI excludes 0, grey where it is unclear.",
+        legend="The batteries' rows give a direction only (one middle depth). * = found: the "
+        f"analysis's own test, Holm p < {alpha:g} (leave-one-out: the paired test over "
+        "identities; batteries: their group test). Consensus row: colour = the group's verdict "
+        "(helps / hurts), grey where it is negligible or inconclusive.",
         positive_label="switching it on helps",
         negative_label="hurts",
     )
@@ -162,8 +166,9 @@ def consensus_matrices(report: Mapping[str, Any]):
             sig = rec.get("signals", {}).get(m, {})
             direction.loc[m, a] = sig.get("direction")
             found.loc[m, a] = None if sig.get("found") is None else float(sig["found"])
-        # report.json /2 calls the consensus direction "effect", later schemas "direction"
-        word = rec.get("effect", rec.get("direction"))
+        # report.json /3: the group's verdict (helps / hurts / negligible / inconclusive / not
+        # testable); /2 called it "effect"
+        word = rec.get("verdict", rec.get("effect"))
         direction.loc["consensus", a] = {"helps": 1.0, "hurts": -1.0}.get(word)
         found.loc["consensus", a] = None if rec.get("matters") is None else float(rec["matters"])
     return ranks, direction, found
