@@ -212,22 +212,19 @@ def analyze(
 
     Args:
         table: a DataFrame, or a .csv/.tsv/.parquet/.jsonl file (.gz for text formats).
-        outcome: the outcome column(s), e.g. ``"ap"`` or ``["ap", "rank1"]``.
-        cluster: rows sharing this column are not independent (ReID: ``"pid"``).
-        schema: grouping of columns into attribute groups: a TOML file, a built-in schema name
-            (``"market1501"``) or a `studies.design.GroupSpec`; None = one group per column.
-        exclude: columns that are neither outcome nor attribute (e.g. ``"query"``).
+        outcome: the outcome column(s), e.g. ``"ap"`` or ``["ap", "rank1"]``. cluster: rows
+            sharing this column are not independent (ReID: ``"pid"``). schema: a TOML file, a
+            built-in schema name (``"market1501"``) or a `studies.design.GroupSpec`; None =
+            one group per column. exclude: neither outcome nor attribute (e.g. ``"query"``).
         paired_by, condition: a paired design names both; ``condition`` alone is a crossed
-            design (every query under every configuration), tested across conditions.
-        randomized: crossed designs: the condition values the design drew at random (None:
-            all). margin: the ``negligible`` verdict's margin on the outcome's scale (None:
-            ``studies.verdicts.default_margin``: 0.01 on [0, 1], else 0.1 SD).
-        alpha: family-wise / FDR level. family: the GLM family, "auto" or one of
-            ``studies.glm.FAMILIES``. models: tree models for importance and SHAP.
-        n_repeats, cv, shap_rows, n_bootstrap: battery sizes (None = the default, or the
-            ``quick`` value); quick: fewer repeats, folds and bootstraps, a first look.
-        figures: whether :meth:`StudyReport.save` draws figures. progress: a rich progress bar
-            on stderr (True) or a ``callback(step, done, total)``; off by default.
+            design (every query under every configuration), tested across conditions;
+            randomized: the condition values its design drew at random (None: all).
+        margin: the ``negligible`` verdict's margin on the outcome's scale (None: 0.01 on
+            [0, 1], else 0.1 SD). alpha: family-wise / FDR level. family: the GLM family.
+        models, n_repeats, cv, shap_rows, n_bootstrap: tree models and battery sizes (None =
+            the default, or the ``quick`` value: a first look). figures: whether
+            :meth:`StudyReport.save` draws figures. progress: a rich progress bar (True) or a
+            ``callback(step, done, total)``; off by default.
 
     Raises:
         StudyInputError: one sentence naming the file, column, value or option at fault.
