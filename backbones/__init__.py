@@ -30,11 +30,9 @@ from backbones.base import (
     PretrainedCfg,
     ViTBackbone,
     as_size,
-    load_weights,
-    read_state_dict,
     resample_pos_embed,
-    save_weights,
 )
+from backbones.weights import load_weights, read_state_dict, save_weights
 
 __all__ = [
     "FAMILIES",
@@ -220,7 +218,7 @@ def build(
         pretrained: ``None`` (random init), a hub tag (``"openai"``; checked before any
             download, an unknown one lists the known tags), ``True`` (the default tag), or a
             local weight file (.safetensors first; .pt/.pth/.bin with ``weights_only=True``),
-            adapted to this model by `backbones.base.load_weights`.
+            adapted to this model by `backbones.weights.load_weights`.
         img_size: ``(height, width)`` of the input; the position embedding is resampled to it.
         stride: overlapping patch stride (e.g. 12 for 16-pixel patches, as in TransReID);
             ``None`` = non-overlapping.

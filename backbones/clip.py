@@ -19,10 +19,21 @@ import torch
 from torch import nn
 
 from attrimp.errors import ConfigError
-from backbones.base import CLIP_MEAN, CLIP_STD, BackboneFamily, PretrainedCfg, ViTBackbone, grid_for
+from backbones.base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    BackboneFamily,
+    PretrainedCfg,
+    ViTBackbone,
+    grid_for,
+    pooling_refusal,
+)
 
 #: vision-tower overrides for ``tiny=True`` (2 blocks, width 48, 3 heads); user kwargs win
 TINY_VISION = {"layers": 2, "width": 48, "head_width": 16}
+
+#: open_clip ``pool_type`` values that read the class token
+_CLS_POOLS = (None, "tok")
 
 _FEATURED = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "ViT-L-14", "ViT-L-14-336"]
 
@@ -112,8 +123,13 @@ def _is_plain_vit(cfg: dict[str, Any] | None) -> bool:
         isinstance(vision.get("layers"), int)
         and not vision.get("timm_model_name")
         and not vision.get("attentional_pool")
-        and vision.get("pool_type") in (None, "tok")
+        and _pooling_refusal(vision) is None
     )
+
+
+def _pooling_refusal(vision: dict[str, Any]) -> str | None:
+    """`pooling_refusal` for an open_clip vision config (its option is ``pool_type``)."""
+    return pooling_refusal(vision.get("pool_type"), setting="pool_type", cls_pools=_CLS_POOLS)
 
 
 class ClipFamily(BackboneFamily):
@@ -143,7 +159,6 @@ class ClipFamily(BackboneFamily):
             return None
         vision = (open_clip.get_model_config(model) or {}).get("vision_cfg", {})
         timm_name = vision.get("timm_model_name")
-        pool = vision.get("pool_type")
         if timm_name:
             return (
                 f"its image tower is timm's {timm_name!r}, which the clip family does not wrap "
@@ -153,13 +168,8 @@ class ClipFamily(BackboneFamily):
             return "its image tower is a ResNet, not a ViT"
         if vision.get("attentional_pool"):
             return "it pools with attention (CoCa-style) and has no class token to read"
-        if pool not in (None, "tok"):
-            return (
-                f"it pools by averaging its patch tokens (pool_type={pool!r}), not through its "
-                "class token, which attrimp reads as the image embedding; it is refused rather "
-                "than read a token its weights never trained as the output"
-            )
-        return None
+        refusal = _pooling_refusal(vision)
+        return f"it {refusal}" if refusal else None
 
     def weight_source(self, model: str, tag: str) -> tuple[str | None, str | None]:
         import open_clip

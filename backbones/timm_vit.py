@@ -22,6 +22,7 @@ from backbones.base import (
     PretrainedCfg,
     ViTBackbone,
     grid_for,
+    pooling_refusal,
 )
 
 #: timm modules whose models share VisionTransformer's layout (patch_embed, blocks, norm)
@@ -79,14 +80,14 @@ class TimmViT(ViTBackbone):
                 f"timm model {cfg.model!r} is a {type(inner).__name__}, not a ViT the timm family "
                 "supports (VisionTransformer, DeiT, Eva)."
             )
-        pool = getattr(inner, "global_pool", "token")
-        if pool not in _CLS_POOLS:
-            how = "with an attention head" if pool == "map" else "by averaging its patch tokens"
-            raise ConfigError(
-                f"timm model {cfg.model!r} pools {how} (global_pool={pool!r}), not through its "
-                "class token, which attrimp reads as the image embedding; it is refused rather "
-                "than read a token its weights never trained as the output."
-            )
+        refusal = pooling_refusal(
+            getattr(inner, "global_pool", "token"),
+            setting="global_pool",
+            cls_pools=_CLS_POOLS,
+            attention_pools=("map",),
+        )
+        if refusal:
+            raise ConfigError(f"timm model {cfg.model!r} {refusal}.")
         if getattr(inner, "cls_token", None) is None:
             raise ConfigError(
                 f"timm model {cfg.model!r} has no class token, and a ReID backbone reads its CLS token."

@@ -17,13 +17,8 @@ from torch import nn
 import backbones
 from attrimp.errors import AttrimpError, CheckpointError, ConfigError, DataError
 from attrimp.model.interfaces import Backbone
-from backbones.base import (
-    CLIP_MEAN,
-    infer_grid,
-    load_weights,
-    resample_pos_embed,
-    save_weights,
-)
+from backbones.base import CLIP_MEAN, infer_grid, resample_pos_embed
+from backbones.weights import load_weights, save_weights
 
 TIMM = "timm:vit_tiny_patch16_224"
 CLIP = "clip:ViT-B-16"
