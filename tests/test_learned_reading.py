@@ -27,7 +27,7 @@ from attrimp.study.learned import (
     read_learned_router,
     share_of_gain,
 )
-from attrimp.study.run import study_conditions
+from attrimp.study.run import _learned_router_accuracy, study_conditions
 from attrimp.train.pipeline import build_model, datasets, prepare_data
 from attrimp.train.training import latest_checkpoint, train
 from routers.learned import LearnedRouter, group_accuracy
@@ -378,3 +378,14 @@ def test_evaluator_readings_agree_with_the_learned_router(world):
     np.testing.assert_allclose(a.ap, b.ap, atol=1e-6)
     rates = ev.learned_error_rates()
     assert set(rates) == set(MARKET.group_names) and all(0 <= r <= 1 for r in rates.values())
+    # the study's accuracy block: over query + gallery, named keys, gender counted by hand
+    acc = _learned_router_accuracy(model, ev, SimpleNamespace(schema=model.schema))
+    logits = torch.cat([ev.learned_logits("query"), ev.learned_logits("gallery")])
+    truth = torch.cat([ev.splits["query"].attributes, ev.splits["gallery"].attributes])
+    slots = MARKET.group_slots("gender")
+    known = truth[:, slots].sum(1) == 1
+    hand = (logits[known][:, slots].argmax(1) == truth[known][:, slots].argmax(1)).float().mean()
+    assert acc["accuracy"]["gender"] == pytest.approx(float(hand))
+    assert acc["error_rate"]["gender"] == pytest.approx(rates["gender"])
+    assert acc["images"] == len(truth) and acc["mA"] == acc["mA_binary"]
+    assert {"majority_rate", "balanced_accuracy", "mean_balanced_accuracy"} <= set(acc)
