@@ -41,6 +41,7 @@ from attrimp.study.answer import (
 from attrimp.study.answer import (
     answer_paragraphs as answer_paragraphs,
 )
+from attrimp.study.figures import analysis_names, consensus_matrices, study_figures
 from studies.page import (
     Box,
     Bullets,
@@ -114,7 +115,9 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     (
         "oracle router",
         "switches each query's experts from its annotated attributes; the learned router "
-        "predicts them from the image instead (mA = its mean per-group attribute accuracy).",
+        "predicts them from the image instead. Its accuracy is shown per group beside the "
+        "majority-class rate (the accuracy of always guessing the commonest value); balanced "
+        "accuracy = the mean recall over a group's values.",
     ),
     (
         "Holm p",
@@ -153,132 +156,11 @@ _ON = {"1", "1.0", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------- figures
+# The figures are attrimp.study.figures (study_figures); the names below keep older imports.
 
-#: the configurations of the accuracy figure (the random subsets and only-one runs are left out)
-_ACCURACY_DESIGNS = ("full", "backbone", "leave_one_out", "learned", "noisy")
-
-
-def _figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dict[str, bytes]:
-    """Every figure of the page as PNG bytes, drawn from report.json's records (and the priors
-    table): accuracy per configuration, leave-one-out ΔmAP, the consensus heat map, priors."""
-    from studies.plots import png_bytes  # matplotlib is imported when a figure is drawn
-
-    drawn = {
-        "accuracy": _accuracy_figure(pd.DataFrame(report.get("configurations") or [])),
-        "leave_one_out": _leave_one_out_figure(pd.DataFrame(report.get("leave_one_out") or [])),
-        "consensus": _consensus_figure(report),
-    }
-    figs = {name: png_bytes(fig) for name, fig in drawn.items() if fig is not None}
-    if priors is not None and len(priors):
-        figs.update(_prior_figures(priors))
-    return figs
-
-
-def _accuracy_figure(configs: pd.DataFrame):
-    """mAP of the main configurations, leave-one-out bars in blue, the full oracle dashed."""
-    from studies.plots import value_bars
-
-    if not len(configs):
-        return None
-    main = configs[configs["design"].isin(_ACCURACY_DESIGNS)]
-    full = configs.loc[configs["config"] == "full", "mAP"]
-    return value_bars(
-        list(main["config"]),
-        main["mAP"].to_numpy(float),
-        colors=["#1f77b4" if d == "leave_one_out" else "#ff7f0e" for d in main["design"]],
-        reference=float(full.iloc[0]) if len(full) else None,
-        reference_label="full oracle",
-        xlim=(0, 1),
-        xlabel="mAP (fraction)",
-        title="Re-ID accuracy per configuration",
-    )
-
-
-def _leave_one_out_figure(loo: pd.DataFrame):
-    """ΔmAP per group with its identity-bootstrap CI (positive = the attribute helps)."""
-    from studies.plots import interval_bars
-
-    if not len(loo):
-        return None
-    return interval_bars(
-        list(loo["attribute"]),
-        loo["delta_map"].to_numpy(float),
-        loo["ci_low"].to_numpy(float),
-        loo["ci_high"].to_numpy(float),
-        xlabel="ΔmAP: mAP lost when the group's experts are switched off (95% identity-bootstrap "
-        "CI)\npositive (blue) = the attribute helps, negative (red) = its experts hurt",
-        title="Leave-one-group-out",
-    )
-
-
-def _consensus_figure(report: Mapping[str, Any]):
-    """Each reliance analysis's rank of each group, coloured by direction, found starred."""
-    from studies.plots import consensus_heatmap
-
-    mats = _consensus_matrices(report)
-    if mats is None:
-        return None
-    alpha = (report.get("answer") or {}).get("alpha", 0.05)
-    return consensus_heatmap(
-        *mats,
-        title="Rank of each group per reliance analysis",
-        legend=f"* = found (leave-one-out: paired Wilcoxon Holm p < {alpha:g}; batteries: "
-        f"Holm p < {alpha:g} in their GLM group test). Consensus row: colour = the "
-        "leave-one-out direction where its CI excludes 0, grey where it is unclear.",
-        positive_label="switching it on helps",
-        negative_label="hurts",
-    )
-
-
-def _prior_figures(priors: pd.DataFrame) -> dict[str, bytes]:
-    """One prior-bar figure per split (attrimp.data.priors draws the splits side by side: 17 inches
-    wide, its segment labels shrink to ~3 pt at page width; one split per figure is drawn at
-    about the page's own width, so every label stays readable)."""
-    import tempfile
-
-    from attrimp.data.priors import plot_priors
-
-    figs: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for split in dict.fromkeys(priors["split"]):
-            # no suptitle: the panel's own title names the split and its identities
-            path = plot_priors(priors[priors["split"] == split], Path(tmp) / "priors.png")
-            figs[f"priors_{split}"] = path.read_bytes()
-    return figs
-
-
-def _analysis_names(consensus_record: Mapping[str, Any]) -> list[str]:
-    """The analyses that ranked the groups, from a consensus record's ``rank_<analysis>``."""
-    names = [c.removeprefix("rank_") for c in consensus_record if c.startswith("rank_")]
-    return [n for n in names if n not in ("ci_low", "ci_high", "stability")]
-
-
-def _consensus_matrices(report: Mapping[str, Any]):
-    """Rank, direction (+1 helps / -1 hurts) and found (1/0) per analysis x group, with the
-    consensus row; None without a consensus."""
-    cons = report.get("consensus") or []
-    if not cons:
-        return None
-    groups = [r["attribute"] for r in cons]
-    rows = _analysis_names(cons[0])
-    ranks = pd.DataFrame(index=rows + ["consensus"], columns=groups, dtype=float)
-    direction = pd.DataFrame(index=ranks.index, columns=groups, dtype=float)
-    found = pd.DataFrame(index=ranks.index, columns=groups, dtype=float)
-    for r in cons:
-        for m in rows:
-            ranks.loc[m, r["attribute"]] = r.get(f"rank_{m}")
-        ranks.loc["consensus", r["attribute"]] = r.get("rank")
-    for rec in (report.get("answer") or {}).get("groups", []):
-        a = rec["attribute"]
-        if a not in groups:
-            continue
-        for m in rows:
-            sig = rec.get("signals", {}).get(m, {})
-            direction.loc[m, a] = sig.get("direction")
-            found.loc[m, a] = None if sig.get("found") is None else float(sig["found"])
-        direction.loc["consensus", a] = {"helps": 1.0, "hurts": -1.0}.get(rec.get("effect"))
-        found.loc["consensus", a] = None if rec.get("matters") is None else float(rec["matters"])
-    return ranks, direction, found
+_figures = study_figures
+_consensus_matrices = consensus_matrices
+_analysis_names = analysis_names
 
 
 # --------------------------------------------------------------------------- the answer
@@ -292,9 +174,11 @@ def write_study_report(out: Path, report: Mapping[str, Any]) -> None:
     from it alone (and from ``tables/priors.csv`` when the data stage wrote it)."""
     atomic_write_json(out / "report.json", report, allow_nan=False)
     priors_csv = out / "tables" / "priors.csv"
-    figs = _figures(report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
-    for name, png in figs.items():
-        atomic_write_bytes(out / "figures" / f"{name}.png", png)
+    from studies.plots import figure_suffix  # matplotlib only where figures are drawn
+
+    figs = study_figures(report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
+    for name, data in figs.items():
+        atomic_write_bytes(out / "figures" / f"{name}{figure_suffix(data)}", data)
     atomic_write_text(out / "report.md", render_markdown(report, list(figs)))
     atomic_write_text(out / "report.html", render_html(report, figs))
 
@@ -314,7 +198,7 @@ def build_study_report(
 ) -> dict[str, Any]:
     """The report.json dictionary (docs/study.md), JSON-safe (NaN -> null); the run adds its
     ``timings`` last."""
-    headline = _headline(configs, baseline)
+    headline = _headline(configs, baseline) | _learned_headline(learned)
     attribute_only = _attribute_only(baseline)
     answer = build_answer(
         importance,
@@ -389,6 +273,20 @@ def _headline(configs: pd.DataFrame, baseline: Mapping[str, Any] | None) -> dict
     if headline["full_mAP"] is not None and headline["learned_mAP"] is not None:
         headline["learned_vs_oracle_gap"] = headline["full_mAP"] - headline["learned_mAP"]
     return headline
+
+
+def _learned_headline(learned: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The learned router's share of the oracle's gain (with its identity-bootstrap CI) and its
+    reading in one sentence, for the headline; empty without a learned router."""
+    reading = (learned or {}).get("reading") or {}
+    share = reading.get("share_of_gain") or {}
+    if not share:
+        return {}
+    keys = ("estimate", "ci_low", "ci_high", "level")
+    return {
+        "learned_share_of_gain": {k: share.get(k) for k in keys},
+        "learned_summary": reading.get("summary"),
+    }
 
 
 def _attribute_only(baseline: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -719,23 +617,34 @@ def _attribute_only_section(report: Mapping[str, Any]) -> Section | None:
 
 
 def _learned_router_section(report: Mapping[str, Any]) -> Section | None:
+    """How much of MoSAIC's gain survives without annotations: the share of the oracle's gain
+    the learned router keeps, its paired tests, per-group accuracy beside the majority-class
+    rate (balanced accuracy named as such), and whose prediction errors cost most."""
     lr = report.get("learned_router")
     if not lr:
         return None
-    h = report["headline"]
-    acc = lr.get("group_accuracy") or {}
-    table = (
-        pd.DataFrame({"attribute": list(acc), "accuracy": list(acc.values())})
-        if isinstance(acc, dict) and acc
-        else None
+    reading = lr.get("reading") or {}
+    summary = reading.get("summary") or (
+        f"The learned router reaches mAP {_f(report['headline'].get('learned_mAP'))} against "
+        f"the oracle's {_f(report['headline'].get('full_mAP'))}."
     )
-    return _section(
-        "Learned router vs oracle",
-        f"The learned router predicts attributes from the image (mean accuracy mA "
-        f"{_f(lr.get('mA'))}) and reaches mAP {_f(h['learned_mAP'])} against the "
-        f"oracle's {_f(h['full_mAP'])}.",
-        table,
-    )
+    groups = (reading.get("accuracy") or {}).get("groups")
+    accuracy = pd.DataFrame(groups) if groups else None
+    if accuracy is not None:
+        keep = ["group", "accuracy", "majority_rate", "balanced_accuracy", "images"]
+        accuracy = accuracy[[c for c in keep if c in accuracy.columns]]
+    blocks = list(_section("Learned router vs oracle", summary, accuracy).blocks)
+    for title, rows in (
+        ("Paired tests (per query, clustered by identity)", reading.get("tests")),
+        (
+            "Partial oracle: true attributes for one group, predicted for the rest (what each "
+            "group's prediction errors cost)",
+            reading.get("partial_oracle"),
+        ),
+    ):
+        if rows:
+            blocks += [Text(title + ":"), Table(pd.DataFrame(rows))]
+    return Section("Learned router vs oracle", blocks)
 
 
 def _design_sorted(configs: pd.DataFrame) -> pd.DataFrame:
