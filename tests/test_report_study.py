@@ -202,7 +202,10 @@ def test_consensus_heat_map_of_the_study_carries_direction_and_found():
     assert direction.loc["leave_one_out", "clothes"] == -1.0
     assert direction.loc["switching", "upcolor"] == 1.0
     assert direction.loc["consensus", "upcolor"] == 1.0
-    assert found.loc["leave_one_out", "upcolor"] == 1.0 and found.loc["switching", "gender"] == 0
+    assert found.loc["leave_one_out", "upcolor"] == 1.0
+    # this fixture's switching battery has no randomisation table: its identity-clustered test
+    # alone no longer counts as finding a group (issue 16), so switching's "found" is unknown
+    assert np.isnan(found.loc["switching", "gender"])
 
 
 def test_prior_bars_are_drawn_one_split_per_page_wide_figure():

@@ -443,9 +443,10 @@ def _accuracy_text(h: Mapping[str, Any]) -> str:
     if h.get("full_mAP") is None:
         return ""
     learned = f", learned router {_f(h['learned_mAP'])}" if h.get("learned_mAP") is not None else ""
+    reading = f" {h['learned_summary']}" if h.get("learned_summary") else ""
     return (
         f" Accuracy (mAP, fraction): full oracle {_f(h['full_mAP'])}, backbone only "
-        f"{_f(h.get('backbone_mAP'))}{learned}."
+        f"{_f(h.get('backbone_mAP'))}{learned}.{reading}"
     )
 
 

@@ -479,9 +479,22 @@ def _tables_stage(run: _Run, data, model, sweep: _Sweep) -> _Tables:
         tables.baseline = _attribute_only(run, data, sweep.evaluator)
         tables.learned = _learned_router_accuracy(model, sweep.evaluator, data)
         if tables.learned is not None:
-            atomic_write_json(run.out / "tables" / "learned_router.json", tables.learned)
+            _learned_reading(run, per_query, tables.learned)
     record["per_query_rows"] = len(per_query)
     return tables
+
+
+def _learned_reading(run: _Run, per_query: pd.DataFrame, learned: dict[str, Any]) -> None:
+    """How much of the oracle's gain the learned router keeps and whose prediction errors cost
+    most (attrimp.study.learned), added to ``learned`` as ``reading`` and written to
+    ``tables/learned_router.json`` and ``tables/partial_oracle.csv``."""
+    from attrimp.study.learned import partial_oracle_table, read_learned_router
+
+    a = run.cfg.analysis
+    learned["reading"] = read_learned_router(per_query, learned, alpha=a.alpha, seed=a.seed)
+    atomic_write_json(run.out / "tables" / "learned_router.json", learned)
+    partial = partial_oracle_table(per_query, learned, alpha=a.alpha, seed=a.seed)
+    atomic_write_frame(partial, run.out / "tables" / "partial_oracle.csv")
 
 
 def _effect_tables(run: _Run, per_query: pd.DataFrame, groups: list[str], retrained: bool):
