@@ -250,3 +250,28 @@ class _Factory:
         path = self.root / name
         path.mkdir()
         return path
+
+
+def test_priors_are_one_compact_panel_with_every_split():
+    """One figure for all splits (the three near-identical full panels took more of the page
+    than the results): one bar per split and group, no taller than one old panel per group
+    row, values named once, nothing outside the canvas."""
+    from attrimp.study.figures import priors_figure, study_figures
+
+    rows = [
+        {"split": s, "attribute": g, "value": v, "count": 10, "probability": 1 / len(vs)}
+        for s in ("train", "test", "all")
+        for g, vs in (("gender", ["male", "female"]), ("upcolor", ["black", "white", "red"]))
+        for v in vs
+    ]
+    priors = pd.DataFrame(rows)
+    fig = priors_figure(priors)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3 * (2 + 3)  # every split's segments in the one panel
+    names = [t.get_text() for t in ax.texts]
+    assert {"train", "test", "all"} <= set(names)
+    assert sum("male" in n for n in names) == 2  # male and female, named on one bar only
+    # the old plot_priors: 0.55 in per group + 1.6, per panel, three panels
+    assert fig.get_figheight() < 0.55 * 2 + 1.6 and fig.get_figwidth() <= 8.0
+    assert _texts_outside(fig) == []
+    assert [k for k in study_figures({}, priors) if k.startswith("priors")] == ["priors"]
