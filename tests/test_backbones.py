@@ -548,3 +548,30 @@ def test_bf16_autocast_on_cpu(name, images):
         out = bb(images, torch.tensor([0, 1]))
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert torch.nn.functional.cosine_similarity(out.float(), ref).min() > 0.98
+
+
+def test_weight_file_names_import_from_weights_base_and_the_package():
+    import backbones.base as base
+    import backbones.weights as weights
+
+    for name in ("load_weights", "read_state_dict", "save_weights", "unwrap_site_keys"):
+        assert getattr(base, name) is getattr(weights, name)
+    assert backbones.load_weights is weights.load_weights
+    with pytest.raises(AttributeError):
+        base.no_such_name  # noqa: B018
+
+
+def test_one_pooling_check_words_every_refusal():
+    from backbones.base import pooling_refusal
+
+    kw = dict(setting="global_pool", cls_pools=("token", ""), attention_pools=("map",))
+    assert pooling_refusal("token", **kw) is None and pooling_refusal("", **kw) is None
+    assert pooling_refusal("map", **kw).startswith(
+        "pools with an attention head (global_pool='map')"
+    )
+    assert pooling_refusal("avg", **kw).startswith("pools by averaging its patch tokens")
+    # open_clip's option and values: None and "tok" read the class token
+    assert pooling_refusal(None, setting="pool_type", cls_pools=(None, "tok")) is None
+    assert "(pool_type='avg')" in pooling_refusal(
+        "avg", setting="pool_type", cls_pools=(None, "tok")
+    )

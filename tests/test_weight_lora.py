@@ -327,3 +327,69 @@ def test_lora_bank_composes_with_peft_lora_on_the_backbone():
     randomise_experts(bank)
     with torch.no_grad(), bank.gated(torch.ones(2, 4)):
         assert not torch.allclose(bb(x), bare(x))
+
+
+# --- timm EVA attention: every projection trains, or the site is refused -------------------------
+#: EVA-01 / EVA-CLIP giant: fused qkv with q/v biases, applied as F.linear(x, qkv.weight, bias)
+EVA_FUSED = "timm:eva_giant_patch14_clip_224"
+#: EVA-02: separate q_proj / k_proj / v_proj, each called as a module
+EVA_SPLIT = "timm:eva02_base_patch16_clip_224"
+#: a few patches of 14 and of 16 pixels
+IMG_EVA = (56, 32)
+
+
+def tiny_eva(name: str) -> backbones.ViTBackbone:
+    """A random 2-block, 48-wide EVA at `IMG_EVA` (timm's own class; nothing is downloaded)."""
+    torch.manual_seed(0)
+    return backbones.build(name, pretrained=None, img_size=IMG_EVA, tiny=True)
+
+
+def uncalled_attention_linears(bb: nn.Module, block: int = -1) -> list[str]:
+    """The ``nn.Linear`` layers of one block's attention that a forward never calls."""
+    attn = bb.blocks[block].attn
+    called: set[str] = set()
+    hooks = [
+        m.register_forward_hook(lambda *_, n=name: called.add(n))
+        for name, m in attn.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    with torch.no_grad():
+        bb(torch.randn(2, 3, *IMG_EVA))
+    for h in hooks:
+        h.remove()
+    return sorted(
+        name for name, m in attn.named_modules() if isinstance(m, nn.Linear) and name not in called
+    )
+
+
+def test_lora_bank_refuses_eva_attention_that_applies_qkv_functionally():
+    bb = tiny_eva(EVA_FUSED)
+    # the premise: timm's EvaAttention never calls this qkv as a module, so a LoRA on it
+    # would train nothing (the output projection alone would run)
+    assert uncalled_attention_linears(bb) == ["qkv"]
+    before = dict(bb.named_modules())
+    with pytest.raises(ConfigError, match=r"cannot reach the 'attn' projection 'qkv' of TimmViT"):
+        WeightLoRABank(bb, 3, blocks=1, site="attn")
+    after = dict(bb.named_modules())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    WeightLoRABank(bb, 3, blocks=1, site="mlp")  # its MLP is reachable: not refused
+
+
+def test_lora_bank_trains_every_projection_of_eva02_attention():
+    bb = tiny_eva(EVA_SPLIT)
+    bare = copy.deepcopy(bb)
+    bank = WeightLoRABank(bb, 3, blocks=1, site="attn", rank=2)
+    got = sorted(n.rsplit(".", 1)[-1] for n in wrapped(bb))
+    assert got == ["k_proj", "proj", "q_proj", "v_proj"]
+    with bank.gated(torch.ones(2, 3)):
+        assert uncalled_attention_linears(bb) == []  # each wrapped projection runs
+    x = torch.randn(3, 3, *IMG_EVA, generator=torch.Generator().manual_seed(1))
+    randomise_experts(bank)
+    with torch.no_grad(), bank.gated(torch.zeros(3, 3)):
+        assert torch.equal(bb(x), bare(x))  # all gates off: the backbone, bit for bit
+    with bank.gated(torch.ones(3, 3)):
+        out = bb(x)
+        out.pow(2).sum().backward()
+    assert not torch.allclose(out, bare(x))
+    for layer in bank.layers:  # every projection's experts learn
+        assert layer.A.grad is not None and torch.count_nonzero(layer.A.grad) > 0

@@ -13,7 +13,11 @@ linears: every ``nn.Linear`` of the site's sub-layer — the MLP's two (``fc1``/
 projection for ``site = "attn"`` where the backbone calls them as modules (timm). open_clip's
 ``nn.MultiheadAttention`` applies ``in_proj_weight`` and ``out_proj`` functionally inside
 ``F.multi_head_attention_forward``; a wrapper around ``out_proj`` would never run, so that
-combination is refused with a `ConfigError` rather than silently training nothing.
+combination is refused with a `ConfigError` rather than silently training nothing. So is timm's
+``EvaAttention`` with a fused ``qkv`` and q/v biases (EVA-01 and the EVA-CLIP giants): it computes
+``F.linear(x, qkv.weight, cat(q_bias, k_bias, v_bias))``, so a LoRA on ``qkv`` would never run
+(`_functional_projection`). EVA-02 (separate ``q_proj`` / ``k_proj`` / ``v_proj``) calls every
+projection as a module, and there the ``attn`` site works.
 
 Why our own code and not peft: peft's LoRA layers apply one adapter (or a fixed weighted mix)
 to the whole batch, and its mixed-batch ``adapter_names`` forward is inference-only and splits
@@ -86,6 +90,14 @@ class WeightLoRABank(GatedBank):
                     "nn.MultiheadAttention applies them functionally, not as nn.Linear modules; "
                     "use experts.site = 'mlp' or experts.bank = 'adapter'."
                 )
+        skipped = _functional_projection(getattr(where.parent, where.attr))
+        if skipped is not None:
+            raise ConfigError(
+                f"The 'lora' expert bank cannot reach the {site!r} projection {skipped!r} of "
+                f"{type(backbone).__name__} (block {block_index}): the model applies its weight "
+                "functionally (F.linear with the q/v biases), not as an nn.Linear module, so a "
+                "LoRA there would never run; use experts.site = 'mlp' or experts.bank = 'adapter'."
+            )
         if not found:
             raise ConfigError(
                 f"The 'lora' expert bank found no nn.Linear in the {site!r} sub-layer of "
@@ -119,3 +131,23 @@ def _module_linears(
             else:
                 found.append((owner, attr, sub))
     return found
+
+
+def _functional_projection(module: nn.Module) -> str | None:
+    """The name of a linear that ``module`` applies through its weight, not by calling it, so
+    that a wrapper around it would never run; None when every linear is called as a module.
+
+    The one case known: timm's ``EvaAttention`` with a fused ``qkv`` and q/v biases and without
+    ``qkv_bias_separate`` passes ``qkv.weight`` to ``F.linear`` itself (timm's ``eva.py``). Read
+    from the attributes that decide that branch, so a timm version or a look-alike that calls
+    ``qkv`` as a module is not refused.
+    """
+    for name, sub in module.named_modules():
+        qkv = getattr(sub, "qkv", None)
+        if (
+            isinstance(qkv, nn.Linear)
+            and getattr(sub, "q_bias", None) is not None
+            and not getattr(sub, "qkv_bias_separate", False)
+        ):
+            return f"{name}.qkv" if name else "qkv"
+    return None
