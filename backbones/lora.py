@@ -22,6 +22,26 @@ from backbones.base import ViTBackbone, freeze
 _ALWAYS_TRAINABLE = ("camera_embed",)
 
 
+def _refuse_functional_qkv(module: nn.Module, base: str) -> None:
+    """timm's EVA attention with a fused ``qkv`` and q/v biases (EVA-01, the EVA-CLIP giants)
+    passes ``qkv.weight`` to ``F.linear`` itself, so a LoRA wrapped around ``qkv`` would never
+    run and its parameters would never train: refuse it rather than train nothing. EVA-02's
+    separate q/k/v projections are called as modules and are adapted as usual."""
+    for name, sub in module.named_modules():
+        if (
+            isinstance(getattr(sub, "qkv", None), nn.Linear)
+            and getattr(sub, "q_bias", None) is not None
+            and not getattr(sub, "qkv_bias_separate", False)
+        ):
+            where = f"{base}.{name}.qkv" if name else f"{base}.qkv"
+            raise ConfigError(
+                f"LoRA cannot adapt the attention projection {where!r}: this EVA block applies "
+                "its weight functionally (F.linear with the q/v biases), so the LoRA would never "
+                "run; adapt the 'mlp' target only (lora_targets=('mlp',) in attrimp.create_model "
+                "or backbones.build) or set model.adapt to 'full' or 'frozen'."
+            )
+
+
 def lora_target_names(
     backbone: ViTBackbone,
     targets: Sequence[str] = ("attn", "mlp"),
@@ -45,6 +65,7 @@ def lora_target_names(
             if isinstance(module, nn.MultiheadAttention):
                 out.append(base)
                 continue
+            _refuse_functional_qkv(module, base)
             for sub_name, sub in module.named_modules():
                 if isinstance(sub, nn.Linear):
                     out.append(f"{base}.{sub_name}" if sub_name else base)

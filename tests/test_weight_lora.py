@@ -393,3 +393,16 @@ def test_lora_bank_trains_every_projection_of_eva02_attention():
     assert not torch.allclose(out, bare(x))
     for layer in bank.layers:  # every projection's experts learn
         assert layer.A.grad is not None and torch.count_nonzero(layer.A.grad) > 0
+
+
+def test_backbone_lora_refuses_the_fused_eva_qkv_it_could_not_train_and_adapts_the_split_one():
+    """adapt = 'lora' (peft on the backbone) had the lora bank's blind spot: on an EVA with a
+    fused qkv and q/v biases, timm applies qkv.weight with F.linear, so peft's LoRA on qkv got no
+    gradient. It is refused with a sentence; EVA-02's separate projections are still adapted."""
+    from backbones.lora import lora_target_names
+
+    with pytest.raises(ConfigError, match=r"functionally .*'mlp' target only"):
+        lora_target_names(tiny_eva(EVA_FUSED), ("attn",))
+    assert lora_target_names(tiny_eva(EVA_FUSED), ("mlp",))
+    split = lora_target_names(tiny_eva(EVA_SPLIT), ("attn",), blocks=[0])
+    assert {n.rsplit(".", 1)[-1] for n in split} >= {"q_proj", "k_proj", "v_proj", "proj"}
