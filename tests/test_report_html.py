@@ -454,6 +454,7 @@ def test_the_reader_checks_find_what_the_issue_saw(tmp_path):
     found = "\n".join(check_page(browser, page, 412, tmp_path))
     for what in (
         "broken mid-word",
+        "script/console error: failed to load http://127.0.0.1:9/x.png",
         "network request",
         "image 0 did not load",
         "image 1 is clipped",
