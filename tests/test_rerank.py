@@ -27,9 +27,10 @@ def released_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=
     ``round(k1/2)`` set when ``|intersection| > 2/3 |set|`` (``>=`` when ``ge``, the paper's
     wording); ``np.unique`` of the expansion; weights ``exp(-d)`` normalised to sum 1; query
     expansion as the mean of the rows of the first ``k2`` (skipped when ``k2 == 1``); Jaccard
-    as ``1 - m / (2 - m)`` with ``m`` the sum of minima (the released code's form, which relies
-    on the rows summing to 1; its inverted index only skips zeros, so the sum over all columns
-    is the same number); ``lambda`` mix; the query-gallery block.
+    as ``1 - m / (2 - m)`` with ``m`` the sum of minima, accumulated in float32 through an
+    inverted index (column -> rows holding a non-zero) as the released code does (the form
+    relies on the rows summing to 1); ``lambda`` mix; the query-gallery block. The benchmark
+    ``benchmarks/bench_rerank.py`` times this function as the peers' algorithm.
 
     Returns the re-ranked distances and how many (sample, candidate) pairs had an overlap of
     exactly 2/3, the case where ``>`` and ``>=`` part."""
@@ -62,9 +63,12 @@ def released_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=
         v[i, expansion] = w / np.sum(w)
     if k2 != 1:
         v = np.stack([np.mean(v[order[i, :k2]], axis=0) for i in range(n)]).astype(np.float32)
+    holders = [np.where(v[:, j] != 0)[0] for j in range(n)]  # inverted index: column -> rows
     jaccard = np.zeros((nq, n), np.float32)
     for i in range(nq):
-        m = np.minimum(v[i][None, :], v).sum(1)
+        m = np.zeros(n, np.float32)  # sum of minima, accumulated column by column
+        for j in np.where(v[i] != 0)[0]:
+            m[holders[j]] += np.minimum(v[i, j], v[holders[j], j])
         jaccard[i] = 1 - m / (2.0 - m)
     final = jaccard * (1 - lambda_value) + d[:nq] * lambda_value
     return final[:, nq:], exact
@@ -224,6 +228,27 @@ def test_workers_split_rows_without_changing_the_result():
     two = k_reciprocal_rerank(*sq, threads=2).numpy()
     np.testing.assert_allclose(two, one, atol=1e-12, rtol=0)
     assert torch.get_num_threads() >= 1  # the thread setting is restored (no error raised)
+
+
+def test_gpu_path_sums_equal_the_cpu_path():
+    """The Jaccard sums have two forms: sparse through an inverted index (CPU) and dense over
+    each query's support (GPU). Run both on the CPU on a real ``V`` and against numpy."""
+    from attrimp.evaluate import rerank as rr
+
+    qf, gf, _ = identities(5, nq=30, ng=150)
+    dist = rr._joint_distances(
+        *[torch.as_tensor(b**2) for b in blocks(qf, gf)], rr._Blocks(torch.device("cpu"), 2)
+    )
+    nn = rr._nearest(dist, 21, rr._Blocks(torch.device("cpu"), 1))
+    v = rr._k_reciprocal_weights(dist, nn, 20, 10, False, rr._Blocks(torch.device("cpu"), 1))
+    v = rr._expand_queries(v, nn, 6, rr._Blocks(torch.device("cpu"), 1)).numpy()
+    want = np.minimum(v[:30, None, :], v[None, 30:, :]).sum(2)
+    for workers in (1, 2):
+        b = rr._Blocks(torch.device("cpu"), workers)
+        sparse = rr._sparse_min_sums(torch.from_numpy(v), 30, b).numpy()
+        dense = rr._dense_min_sums(torch.from_numpy(v), 30, b).numpy()
+        np.testing.assert_allclose(sparse, want, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(dense, want, atol=1e-12, rtol=0)
 
 
 def test_improves_map_when_neighbours_carry_identity():

@@ -256,23 +256,66 @@ def _expand_queries(v: torch.Tensor, nn: torch.Tensor, k2: int, blocks: _Blocks)
 
 
 def _jaccard_distance(v: torch.Tensor, nq: int, blocks: _Blocks) -> torch.Tensor:
-    """Jaccard distance between each query and each gallery sample (Eq. 10), over the query's
-    support only: min(a, b) = 0 wherever a = 0, and sum(max) = sum(a) + sum(b) - sum(min)."""
+    """Jaccard distance between each query and each gallery sample (Eq. 10): ``1 - m / (|V_q|
+    + |V_g| - m)`` with ``m = sum(min(V_q, V_g))`` (``sum(max) = sum(a) + sum(b) - sum(min)``).
+
+    ``V`` is sparse (each row holds a few hundred non-zeros), so on the CPU ``m`` is summed only
+    where both rows are non-zero, through an inverted index as the released code does: 50-100x
+    less work than the dense form at Market-like sizes. On a GPU the dense form over each
+    query's support is used: it is fast there, and the sparse form's scattered additions
+    (atomics) would make the float sums' order vary from run to run."""
     vg = v[nq:]
-    ng = vg.shape[0]
-    vg_sum = vg.sum(1)
-    support = int((v[:nq] > 0).sum(1).max())
-    jac = torch.empty(nq, ng, dtype=v.dtype, device=v.device)
+    q_sum, g_sum = v[:nq].sum(1, keepdim=True), vg.sum(1)[None]
+    if v.device.type == "cpu":
+        mins = _sparse_min_sums(v, nq, blocks)
+    else:
+        mins = _dense_min_sums(v, nq, blocks)
+    return 1.0 - mins / (q_sum + g_sum - mins)
+
+
+def _sparse_min_sums(v: torch.Tensor, nq: int, blocks: _Blocks) -> torch.Tensor:
+    """``sum(min(V_q, V_g))`` for every query-gallery pair, over the columns both hold: each
+    query's non-zero column ``j`` meets the gallery rows that hold ``j`` (the inverted index),
+    and the minima are added into ``[query, gallery]`` in column order."""
+    vg = v[nq:]
+    ng, n = vg.shape
+    col, row = (vg.T > 0).nonzero(as_tuple=True)  # holders, by column then gallery row
+    held_val = vg[row, col]
+    first = torch.searchsorted(col, torch.arange(n + 1, device=v.device))
+    held = first[1:] - first[:-1]  # gallery rows holding each column
+    q_nz = v[:nq] > 0
+    pairs = int((q_nz * held[None]).sum(1).max()) if nq else 0
+    out = torch.zeros(nq, ng, dtype=v.dtype, device=v.device)
 
     def fill(s: int, rows: int) -> None:
-        vqr = v[s : min(s + rows, nq)]
-        val, idx = torch.topk(vqr, support, dim=1)  # each query's support (zeros pad)
-        b = vg[:, idx.flatten()].view(ng, vqr.shape[0], support)
-        mins = torch.minimum(b, val[None]).sum(2).T  # [c, G]
-        jac[s : s + rows] = 1.0 - mins / (vqr.sum(1, keepdim=True) + vg_sum[None] - mins)
+        qi, qj = q_nz[s : s + rows].nonzero(as_tuple=True)
+        cnt = held[qj]
+        start = torch.repeat_interleave(first[qj] - (cnt.cumsum(0) - cnt), cnt)
+        pos = torch.arange(start.shape[0], device=v.device) + start  # into the holder lists
+        q_val = torch.repeat_interleave(v[s + qi, qj], cnt)
+        target = torch.repeat_interleave(qi, cnt) * ng + row[pos]
+        block = out[s : s + rows]
+        block.view(-1).index_add_(0, target, torch.minimum(q_val, held_val[pos]))
+
+    blocks.run(fill, nq, 6 * max(1, pairs) + ng)
+    return out
+
+
+def _dense_min_sums(v: torch.Tensor, nq: int, blocks: _Blocks) -> torch.Tensor:
+    """``sum(min(V_q, V_g))`` over each query's support (min is 0 wherever ``V_q`` is), dense in
+    the gallery: the GPU path."""
+    vg = v[nq:]
+    ng = vg.shape[0]
+    support = int((v[:nq] > 0).sum(1).max())
+    out = torch.empty(nq, ng, dtype=v.dtype, device=v.device)
+
+    def fill(s: int, rows: int) -> None:
+        val, idx = torch.topk(v[s : min(s + rows, nq)], support, dim=1)  # zeros pad
+        b = vg[:, idx.flatten()].view(ng, val.shape[0], support)
+        out[s : s + rows] = torch.minimum(b, val[None]).sum(2).T
 
     blocks.run(fill, nq, 2 * ng * support)
-    return jac
+    return out
 
 
 def rerank_features(
