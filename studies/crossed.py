@@ -44,7 +44,7 @@ def randomized_conditions(frame: AnalysisFrame) -> tuple | None:
 
     ``build_analysis_frame(..., randomized=...)`` stores them on the frame; a frame made another
     way (or copied by ``dataclasses.replace``, which keeps declared fields only) has none."""
-    return getattr(frame, "randomized_conditions", None)
+    return frame.randomized_conditions
 
 
 def unit_codes(frame: AnalysisFrame) -> tuple[np.ndarray, np.ndarray]:

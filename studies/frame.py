@@ -36,6 +36,9 @@ class AnalysisFrame:
     source: str = "table"
     #: attribute groups left out of every analysis (e.g. single-level), name -> reason
     excluded_groups: dict[str, str] = field(default_factory=dict)
+    #: crossed designs: the condition values whose assignment the design drew at random (the
+    #: randomisation test re-draws only these); None = not said (every condition assumed)
+    randomized_conditions: tuple | None = None
 
     @property
     def rows_used(self) -> int:

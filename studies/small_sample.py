@@ -83,6 +83,50 @@ def _power_psd(B: np.ndarray, power: float) -> np.ndarray:
     return (Q * val) @ Q.T
 
 
+def _adjustment(
+    theta: np.ndarray,
+    U: np.ndarray,
+    bread: np.ndarray,
+    N_mat: np.ndarray,
+    w_inv: np.ndarray,
+    *,
+    independent: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``R = Theta^(1/2)`` and the CR2 adjustment ``A = R (R K R)^(-1/2) R`` of one cluster,
+    ``K = Theta - H Theta - Theta H' + U N U'``.
+
+    Why a second path: a crossed table's configuration is one cluster of ~750 cells, and two
+    eigendecompositions of its 750 x 750 matrices per configuration made the two-way GLM of a
+    Market-size switching table take over a minute. Under working independence ``N = M`` and
+    ``W Theta = I``, so ``K = Theta - U M U'``; when the cluster's cells also share one variance
+    ``c`` (a switch set per configuration gives every cell of it the same mean), ``Theta = c I``
+    and ``A = (I - U M U' / c)^(-1/2)``, an identity plus a rank-p correction computed from the
+    p x p eigenproblem of ``M^(1/2) U'U M^(1/2) / c``. Equal to the general path (tested)."""
+    v = np.diag(theta)
+    c = float(v[0]) if len(v) else 0.0
+    diagonal_constant = (
+        independent
+        and c > 0
+        and len(v) > 2 * U.shape[1]
+        and np.all(np.abs(v - c) <= 1e-12 * c)
+        and not np.any(theta - np.diag(v))
+    )
+    if not diagonal_constant:
+        R = _power_psd(theta, 0.5)
+        H = U @ bread @ (U * w_inv[:, None]).T  # U M U' W
+        K = theta - H @ theta - theta @ H.T + U @ N_mat @ U.T
+        return R, R @ _power_psd(R @ K @ R, -0.5) @ R
+    root_m = _power_psd(bread, 0.5)
+    B = U @ root_m / np.sqrt(c)
+    lam, V = np.linalg.eigh(B.T @ B)
+    keep = lam > _EIG_TOL * max(float(lam.max(initial=0.0)), 1e-300)
+    Q = B @ V[:, keep] / np.sqrt(lam[keep])
+    gap = 1.0 - lam[keep]  # eigenvalues of I - B B' on B's column space (1 elsewhere)
+    val = np.where(gap > _EIG_TOL, np.clip(gap, _EIG_TOL, None) ** -0.5, 0.0)
+    A = np.eye(len(v)) + (Q * (val - 1.0)) @ Q.T
+    return np.sqrt(c) * np.eye(len(v)), A
+
+
 def _units(n: np.ndarray, cluster: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
     """The cells of each cluster, and each unit's multiplicity."""
     if cluster is None:  # every row its own cluster: one unit per cell, counted n_c times
@@ -142,10 +186,7 @@ def cr2_pieces(
     Y = np.zeros((len(units), p, 2 * p))
     for k, (idx, theta) in enumerate(zip(units, thetas, strict=True)):
         U, w_inv = U_all[idx], 1.0 / v[idx]
-        R = _power_psd(theta, 0.5)
-        H = U @ bread @ (U * w_inv[:, None]).T  # U M U' W
-        K = theta - H @ theta - theta @ H.T + U @ N_mat @ U.T
-        A = R @ _power_psd(R @ K @ R, -0.5) @ R
+        R, A = _adjustment(theta, U, bread, N_mat, w_inv, independent=icc == 0.0)
         E = (U * w_inv[:, None]).T @ A
         ME = bread @ E
         if scores is not None:  # the residual along each cell-mean direction

@@ -275,3 +275,31 @@ def test_hotelling_approximation_refuses_too_few_df():
     F, df = htz_test(10.0, 2, 8.0)
     assert df == pytest.approx(7.0) and pytest.approx(7.0 / 8.0 * 10.0 / 2) == F
     assert stats.f.sf(F, 2, df) > stats.chi2.sf(10.0, 2)
+
+
+def test_cr2_low_rank_adjustment_equals_the_general_one_on_configuration_clusters(monkeypatch):
+    """A crossed table's configuration clusters hold hundreds of cells sharing one variance; the
+    CR2 adjustment is then computed from a p x p eigenproblem instead of two n x n ones. It must
+    give the same pieces (covariance and HTZ df) as the general clubSandwich form."""
+    import studies.small_sample as ss
+
+    rng = np.random.default_rng(5)
+    n_cfg, n_id, p = 6, 40, 4
+    on = rng.integers(0, 2, (n_cfg, p - 1))
+    X = np.column_stack([np.ones(n_cfg * n_id), np.repeat(on, n_id, axis=0)]).astype(float)
+    mu = 1 / (1 + np.exp(-(X @ rng.normal(0, 0.5, p))))
+    v = mu * (1 - mu)  # one variance per configuration: its cells share the mean
+    n = rng.integers(1, 6, len(mu)).astype(float)
+    r = rng.normal(0, 1, len(mu)) * np.sqrt(n * v)
+    cluster = np.repeat(np.arange(n_cfg), n_id)
+    fast = ss.cr2_pieces(X, n, v, v, r, cluster, icc=0.0)
+    general = ss._adjustment
+
+    def force_general(*args, **kw):
+        return general(*args, **{**kw, "independent": False})
+
+    monkeypatch.setattr(ss, "_adjustment", force_general)
+    slow = ss.cr2_pieces(X, n, v, v, r, cluster, icc=0.0)
+    np.testing.assert_allclose(fast.covariance, slow.covariance, rtol=1e-9, atol=1e-14)
+    C = np.eye(p)[1:2]
+    assert ss.htz_df(fast, C) == pytest.approx(ss.htz_df(slow, C), rel=1e-9)
