@@ -8,7 +8,10 @@ importance drops, mean |SHAP|. No score fed to the consensus carries a sign, so 
 significantly *hurts* ranks as high as one that helps equally strongly; the direction (helps /
 hurts, ``studies.verdicts``) is shown beside the rank and never folded into it. A group that
 cannot be tested (constant, excluded, no test possible: verdict ``not testable``) gets no rank
-(NaN) and is listed after the ranked ones with its reason (:func:`rank_with_verdicts`).
+(NaN) and is listed after the ranked ones with its reason (:func:`rank_with_verdicts`). Where
+verdicts exist the rank is tiered (:func:`tiered`): the groups the primary test finds (helps /
+hurts) first, then the inconclusive, then those shown negligible, the consensus deciding within
+a tier; the plain Borda rank stays beside it as ``consensus_rank``.
 
 Input convention: every method hands a ``pd.Series`` of scores indexed by attribute group,
 **higher = more important**. Callers convert: a test's p-value as ``-log10(p)``, a GLM's joint
@@ -377,7 +380,40 @@ def rank_with_verdicts(
             agreement=pd.DataFrame(columns=_AGREEMENT_COLUMNS),
             warnings=["No group can be tested, so there is no ranking."],
         )
-    return replace(cons, ranking=attach_verdicts(cons.ranking, verdicts))
+    return replace(cons, ranking=tiered(attach_verdicts(cons.ranking, verdicts)))
+
+
+#: the verdict tiers of the ranking: what the primary test finds first, what it cannot tell
+#: next, what it shows negligible last
+VERDICT_TIERS = {"helps": 0, "hurts": 0, "inconclusive": 1, "negligible": 2}
+
+
+def tiered(ranking: pd.DataFrame) -> pd.DataFrame:
+    """``rank`` ordered by verdict tier first (helps / hurts, then inconclusive, then
+    negligible), by the consensus score within a tier; the Borda rank it replaces is kept as
+    ``consensus_rank`` (the bootstrap rank interval and stability describe that one).
+
+    Why: a ranking by evidence alone put groups the primary test found (e.g. one whose experts
+    significantly hurt) below groups it could not tell from zero, and a reader takes rank 2 to
+    matter more than rank 8. Within a tier the analyses' consensus decides, as before. Groups
+    without a verdict (no primary test) sit with the inconclusive ones; untestable ones keep no
+    rank."""
+    if ranking.empty or "verdict" not in ranking.columns:
+        return ranking
+    out = ranking.copy()
+    ranked = out["rank"].notna()
+    tier = out["verdict"].map(VERDICT_TIERS).fillna(1.0)
+    key = pd.DataFrame({"tier": tier, "score": -out["score"].astype(float)})[ranked]
+    order = key.apply(tuple, axis=1)
+    out["consensus_rank"] = out["rank"]
+    out.loc[ranked, "rank"] = order.rank(method="average").to_numpy()
+    sort_key = out["rank"].fillna(np.inf)
+    return (
+        out.assign(_k=sort_key)
+        .sort_values("_k", kind="stable")
+        .drop(columns="_k")
+        .reset_index(drop=True)
+    )
 
 
 def attach_verdicts(ranking: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:

@@ -242,3 +242,43 @@ def test_replicate_ranks_follow_the_same_rule_as_the_observed_ranking():
     for b, rep in enumerate(reps):
         single = consensus_ranking(rep).ranking.set_index("attribute")["rank"]
         assert list(got[b]) == list(single.reindex(attrs))
+
+
+def test_ranking_puts_what_the_primary_test_finds_before_what_it_cannot_tell():
+    """The issue's defect: groups whose verdict is inconclusive outranked one whose experts
+    significantly hurt. Verdict tier first (helps / hurts, inconclusive, negligible), the
+    consensus within a tier; the plain Borda rank is kept as consensus_rank; untestable unranked."""
+    from studies.consensus import rank_with_verdicts
+
+    groups = ["loud", "found_hurts", "found_helps", "null_small", "null_unclear", "hat"]
+    scores = {
+        "a": pd.Series([9.0, 4.0, 5.0, 1.0, 8.0, 0.0], index=groups),
+        "b": pd.Series([8.0, 5.0, 4.0, 2.0, 9.0, 0.0], index=groups),
+    }
+    verdicts = pd.DataFrame(
+        {
+            "attribute": groups,
+            "verdict": [
+                "inconclusive",
+                "hurts",
+                "helps",
+                "negligible",
+                "inconclusive",
+                "not testable",
+            ],
+        }
+    )
+    r = rank_with_verdicts(scores, verdicts).ranking
+    # Borda: loud and null_unclear tie on top, the two found groups tie next, null_small last
+    ranks = dict(zip(r["attribute"], r["rank"]))
+    assert {a: ranks[a] for a in groups[:5]} == {
+        "found_helps": 1.5,
+        "found_hurts": 1.5,
+        "loud": 3.5,
+        "null_unclear": 3.5,
+        "null_small": 5.0,
+    }
+    assert np.isnan(ranks["hat"]) and r["attribute"].iloc[-1] == "hat"
+    by = r.set_index("attribute")
+    assert by.loc["loud", "consensus_rank"] < by.loc["found_hurts", "consensus_rank"]
+    assert r["rank"].dropna().is_monotonic_increasing

@@ -97,7 +97,9 @@ def run_study_analyses(
     valid = per_query[per_query["valid"]]
     switching = valid[valid["design"].isin(SWITCHING_DESIGNS)]
     if switching["config"].nunique() > 2:
-        runner.run("switching", lambda: _switching_frame(switching, groups))
+        # 9,999 re-draws: with 999 the smallest p is 0.001 and most groups of the built-in
+        # study tie there (0.012 after Holm over 12), so the ranking could not order them
+        runner.run("switching", lambda: _switching_frame(switching, groups), n_perm=9_999)
     runner.result.paired = _paired(valid, groups, cfg, out, clock)
     runner.result.verdicts = loo_verdicts(
         valid, groups, alpha=cfg.analysis.alpha, margin=cfg.analysis.margin
@@ -415,29 +417,20 @@ def _reliance_scores(result: StudyAnalyses) -> dict[str, pd.Series]:
 def _study_consensus(result: StudyAnalyses, out: Path) -> None:
     """Rank the testable groups over the reliance analyses (switching, configurations,
     leave-one-out) on unsigned evidence into ``result.consensus`` / ``kendall_w`` and
-    ``out/consensus.csv``; each row carries the leave-one-out verdict, direction, MDE and TOST
-    p beside its rank, and the untestable groups follow, unranked, with their reason."""
-    from studies.consensus import consensus_ranking
+    ``out/consensus.csv`` by the battery's one rule (`studies.consensus.rank_with_verdicts`:
+    verdict tier first, the consensus within a tier); each row carries the leave-one-out
+    verdict, direction, MDE and TOST p beside its rank, and the untestable groups follow,
+    unranked, with their reason."""
+    from studies.consensus import rank_with_verdicts
 
-    verdicts = result.verdicts
-    untestable: dict[str, str] = {}
-    if verdicts is not None:
-        off = verdicts[~verdicts["testable"]]
-        untestable = dict(zip(off["attribute"], off["reason"].fillna("not testable")))
-    scores = {
-        k: s.drop([a for a in untestable if a in s.index])
-        for k, s in _reliance_scores(result).items()
-    }
-    scores = {k: s for k, s in scores.items() if len(s)}
+    scores = {k: s for k, s in _reliance_scores(result).items() if len(s)}
     if not scores:
         return
-    cons = consensus_ranking(scores)
-    ranked = cons.ranking.reset_index(drop=True)
-    tail = pd.DataFrame({"attribute": list(untestable)})
-    table = pd.concat([ranked, tail], ignore_index=True) if len(tail) else ranked
-    if verdicts is not None:
-        keep = ["attribute", "verdict", "direction", "mde", "p_tost", "testable", "reason"]
-        table = table.merge(verdicts[keep], on="attribute", how="left")
+    verdicts = result.verdicts
+    cons = rank_with_verdicts(scores, verdicts)
+    table = cons.ranking
+    if verdicts is not None and "testable" in verdicts.columns:
+        table["testable"] = table["attribute"].map(verdicts.set_index("attribute")["testable"])
     result.consensus = table
     result.kendall_w = None if np.isnan(cons.kendall_w) else float(cons.kendall_w)
     result.warnings += list(cons.warnings)
