@@ -16,8 +16,8 @@ default the result equals theirs (to float32 rounding, ~1e-6) on the same distan
   ``overlap=``: ``"released"`` (default) keeps ``q`` when ``|R(p, k1) ∩ R(q, k1/2)| > 2/3
   |R(q, k1/2)|``, the rule of the released code with which published re-ranked numbers were
   made; ``"paper"`` uses the paper's wording, ``>= 2/3``. They differ only where the overlap is
-  exactly 2/3 (e.g. 2 of 3, 4 of 6), which is common: on random data at k1 = 20 it moved
-  distances by up to 6e-2 and mAP by 2e-3;
+  exactly 2/3 (e.g. 2 of 3, 4 of 6), which is common: on random data at k1 = 20 the paper's
+  rule moved distances by up to ~9e-2 and mAP by up to ~4e-3 (``benchmarks/bench_rerank.py``);
 * ``V[p, g] = exp(-d(p, g))`` on ``R*(p, k1)``, 0 elsewhere (Eq. 7), normalised to sum 1;
 * local query expansion averages ``V`` over the ``k2`` nearest samples, ``p`` first (Eq. 11);
 * Jaccard distance ``1 - sum(min(V_p, V_g)) / sum(max(V_p, V_g))`` (Eq. 10), final distance
@@ -26,10 +26,12 @@ default the result equals theirs (to float32 rounding, ~1e-6) on the same distan
 Which distance: `k_reciprocal_rerank` uses the distances it is given *as they are*. The peers
 square theirs first (``original_dist = np.power(dist, 2)``), so torchreid's / fast-reid's
 ``re_ranking(D_qg, D_qq, D_gg)`` equals ``k_reciprocal_rerank(D_qg**2, D_qq**2, D_gg**2)``;
-their engines pass squared Euclidean distances, i.e. re-rank on ``|q - g|**4``.
+torchreid's engine passes it squared Euclidean distances, i.e. re-ranks on ``|q - g|**4``
+(fast-reid's evaluator calls a separate faiss-based Jaccard path, not this function).
 `rerank_features` computes the blocks with `attrimp.evaluate.metrics.pairwise_distance`:
 ``metric="sqeuclidean"`` is the peers' re-ranking of plain Euclidean distances (and the
-authors' original feature-based version).
+feature-based ``re_ranking(probFea, galFea, ...)`` variants, which compute squared Euclidean
+distances).
 
 Speed: every stage works on blocks of rows. On the CPU the blocks go to independent workers
 (one per available CPU, each with torch held to one intra-op thread), as
@@ -260,8 +262,8 @@ def _jaccard_distance(v: torch.Tensor, nq: int, blocks: _Blocks) -> torch.Tensor
     + |V_g| - m)`` with ``m = sum(min(V_q, V_g))`` (``sum(max) = sum(a) + sum(b) - sum(min)``).
 
     ``V`` is sparse (each row holds a few hundred non-zeros), so on the CPU ``m`` is summed only
-    where both rows are non-zero, through an inverted index as the released code does: 50-100x
-    less work than the dense form at Market-like sizes. On a GPU the dense form over each
+    where both rows are non-zero, through an inverted index as the released code does (~15x
+    faster than the dense form at 7,500 images). On a GPU the dense form over each
     query's support is used: it is fast there, and the sparse form's scattered additions
     (atomics) would make the float sums' order vary from run to run."""
     vg = v[nq:]
