@@ -220,9 +220,11 @@ def test_study_page_shows_counterfactual_priors_in_one_panel(tmp_path):
     out = study_dir.__wrapped__(_Factory(tmp_path))
     html = (out / "report.html").read_text(encoding="utf-8")
     files = {p.stem: p for p in (out / "figures").iterdir()}
-    assert {"counterfactual", "priors", "consensus", "leave_one_out", "accuracy"} <= set(files)
-    assert not any(k.startswith("priors_") for k in files)
-    for key in ("counterfactual", "priors"):
+    assert {"counterfactual", "priors_every", "consensus", "leave_one_out", "accuracy"} <= set(
+        files
+    )
+    assert [k for k in files if k.startswith("priors")] == ["priors_every"]
+    for key in ("priors_every", "counterfactual"):
         embedded = base64.b64encode(files[key].read_bytes()).decode() in html
         assert embedded, f"the {key} figure is drawn but not on the page"
 
@@ -274,4 +276,4 @@ def test_priors_are_one_compact_panel_with_every_split():
     # the old plot_priors: 0.55 in per group + 1.6, per panel, three panels
     assert fig.get_figheight() < 0.55 * 2 + 1.6 and fig.get_figwidth() <= 8.0
     assert _texts_outside(fig) == []
-    assert [k for k in study_figures({}, priors) if k.startswith("priors")] == ["priors"]
+    assert [k for k in study_figures({}, priors) if k.startswith("priors")] == ["priors_every"]

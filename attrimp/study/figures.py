@@ -19,6 +19,10 @@ import pandas as pd
 #: the configurations of the accuracy figure (the random subsets and only-one runs are left out)
 ACCURACY_DESIGNS = ("full", "backbone", "leave_one_out", "learned", "noisy")
 
+#: the key of the one priors panel: the study page shows the figures named ``priors_<what>``
+#: under "Attribute priors" (alt text "attribute priors, every split")
+PRIORS_KEY = "priors_every"
+
 #: the two kinds of bar in the accuracy figure (categorical colours, not helps / hurts)
 _LOO_COLOUR = "#88CCEE"
 _OTHER_COLOUR = "#555555"
@@ -26,8 +30,9 @@ _OTHER_COLOUR = "#555555"
 
 def study_figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dict[str, bytes]:
     """Every figure of the study page as bytes (SVG or PNG), keyed by the name the page uses:
-    ``accuracy``, ``leave_one_out``, ``counterfactual``, ``consensus`` and ``priors`` (one
-    compact panel for all splits); a figure without data is left out."""
+    ``accuracy``, ``leave_one_out``, ``counterfactual``, ``consensus`` and ``priors_every``
+    (:data:`PRIORS_KEY`, one compact panel for all splits); a figure without data is left
+    out."""
     from studies.plots import figure_bytes  # matplotlib is imported when a figure is drawn
 
     configs = pd.DataFrame(report.get("configurations") or [])
@@ -36,7 +41,7 @@ def study_figures(report: Mapping[str, Any], priors: pd.DataFrame | None) -> dic
         "leave_one_out": leave_one_out_figure(pd.DataFrame(report.get("leave_one_out") or [])),
         "counterfactual": counterfactual_figure(configs),
         "consensus": consensus_figure(report),
-        "priors": priors_figure(priors) if priors is not None and len(priors) else None,
+        PRIORS_KEY: priors_figure(priors) if priors is not None and len(priors) else None,
     }
     return {name: figure_bytes(fig) for name, fig in drawn.items() if fig is not None}
 
@@ -265,6 +270,7 @@ def _prior_bar(ax, rows: pd.DataFrame, pos: float, height: float, *, label: bool
 
 __all__ = [
     "ACCURACY_DESIGNS",
+    "PRIORS_KEY",
     "accuracy_figure",
     "analysis_names",
     "consensus_figure",
