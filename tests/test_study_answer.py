@@ -260,3 +260,24 @@ def test_a_study_where_no_group_can_be_tested_ranks_nothing(tmp_path):
     lead, lines = sa.answer_text(_report(answer))
     assert "none is shown to matter" in lead and "hat and bag cannot be tested" in lead
     assert all("not testable" in s for s in lines)
+
+
+def test_the_answer_states_how_many_configurations_were_drawn_and_what_they_could_detect(planted):
+    """The number of random configurations is a design choice whose MDE the reader must see
+    (issue 16, item 4): the answer names the count and the switching design's median MDE."""
+    _, _, v = planted
+    switching = pd.DataFrame(
+        {
+            "attribute": ["helps", "hurts"],
+            "p_switching_randomization": [0.3, 0.001],
+            "p_switching_randomization_holm": [0.3, 0.002],
+            "mde_switching": [0.02, 0.04],
+            "n_randomized": [24, 24],
+        }
+    )
+    answer = sa.build_answer(
+        pd.DataFrame(), None, None, None, {}, alpha=ALPHA, verdicts=v, switching=switching
+    )
+    lead, _ = sa.answer_text(_report(answer))
+    assert "It drew 24 random configurations" in lead
+    assert "about 0.030 AP per group" in lead

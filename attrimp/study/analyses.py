@@ -356,9 +356,14 @@ def switching_tests(result: StudyAnalyses, alpha: float = 0.05) -> pd.DataFrame 
     battery = result.batteries.get("switching")
     if battery is None or not battery.outcomes:
         return None
-    first = battery.outcomes[0].outcome
-    own = {r["attribute"]: r.get("p_holm") for r in build_summary(battery) if r["outcome"] == first}
-    table = pd.DataFrame({"attribute": list(own), "p_switching_battery": list(own.values())})
+    out = battery.outcomes[0]
+    first = out.outcome
+    groups = [r["attribute"] for r in build_summary(battery) if r["outcome"] == first]
+    table = pd.DataFrame({"attribute": groups})
+    table["p_switching_battery"] = _by_attribute(table, out.table("glm_group_tests"), "p_holm")
+    # how large an average effect the configurations design could detect (the battery's
+    # verdicts: the two-way GLM's standard error), and how many configurations it drew
+    table["mde_switching"] = _by_attribute(table, out.table("verdicts"), "mde")
     try:
         identity = fit_glm(battery.frame, first, alpha=alpha, cov_type="CR2").group_tests
         table["p_switching_identity"] = table["attribute"].map(
@@ -372,6 +377,7 @@ def switching_tests(result: StudyAnalyses, alpha: float = 0.05) -> pd.DataFrame 
         table["p_switching_randomization"] = np.nan
         table["p_switching_randomization_holm"] = np.nan
         return table
+    table["n_randomized"] = _by_attribute(table, rand, "n_randomized")
     rand = rand.drop_duplicates("attribute").set_index("attribute")
     table["p_switching_randomization"] = table["attribute"].map(
         pd.to_numeric(rand["p_value"], errors="coerce")
@@ -380,6 +386,14 @@ def switching_tests(result: StudyAnalyses, alpha: float = 0.05) -> pd.DataFrame 
         pd.to_numeric(rand["p_holm"], errors="coerce")
     )
     return table
+
+
+def _by_attribute(table: pd.DataFrame, source: pd.DataFrame, column: str) -> pd.Series:
+    """``source[column]`` per attribute of ``table`` (NaN where the source has none)."""
+    if source.empty or column not in source.columns:
+        return pd.Series(np.nan, index=table.index)
+    values = source.drop_duplicates("attribute").set_index("attribute")[column]
+    return table["attribute"].map(pd.to_numeric(values, errors="coerce"))
 
 
 def _evidence(p: pd.Series) -> pd.Series:
