@@ -23,20 +23,24 @@ from typing import Any, Literal
 
 from attrimp.errors import ConfigError
 
-#: the test-time ablation designs, in the order a study runs and reports them
-DESIGNS = (
-    "full",
-    "backbone",
-    "leave_one_out",
-    "only_one",
-    "random_subsets",
-    "counterfactual",
-    "noisy",
-    "learned",
-    "matched_noisy",
-    "partial_oracle",
-    "attribute_only",
-)
+def _default_designs() -> list[str]:
+    """The test-time designs a study runs by default, in order: the ``attrimp.designs``
+    registry's built-ins (`attrimp.evaluate.designs`; imported on first use)."""
+    from attrimp.evaluate.designs import default_designs
+
+    return default_designs()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``DESIGNS`` / ``RETRAIN_DESIGNS``, kept for callers of the old constants, read from the
+    design registry when asked for (a plug-in design module may import this one)."""
+    from attrimp.evaluate import designs
+
+    if name == "DESIGNS":
+        return tuple(d.name for d in designs.ordered())
+    if name == "RETRAIN_DESIGNS":
+        return tuple(designs.retrainable_designs())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -268,7 +272,7 @@ class TrainConfig:
 @dataclass
 class AblationConfig:
     #: test-time designs run on the trained model, in this order
-    designs: list[str] = field(default_factory=lambda: list(DESIGNS))
+    designs: list[str] = field(default_factory=_default_designs)
     random_subsets: int = 16
     noisy_p: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
     #: retrain one model per configuration of these designs (train-time ablation; expensive)
@@ -339,9 +343,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-#: designs that can be retrained per configuration (a counterfactual or learned-router run is a
-#: test-time intervention on one trained model, not a way to train one)
-RETRAIN_DESIGNS = ("full", "backbone", "leave_one_out", "only_one", "random_subsets", "noisy")
+#: designs that can be retrained per configuration are those whose `Design.retrainable` is set (a
+#: counterfactual or learned-router run is a test-time intervention on one trained model, not a
+#: way to train one)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -486,11 +490,12 @@ def _check_fields(obj: Any, section: str) -> None:
 
 def _validate(cfg: StudyConfig) -> None:
     _check_ranges(cfg)
+    from attrimp.evaluate.designs import DESIGNS, ordered, retrainable_designs
+
     bad = [d for d in cfg.ablation.designs if d not in DESIGNS]
     if bad:
-        raise ConfigError(
-            f"ablation.designs has unknown design {bad[0]!r}; known: {list(DESIGNS)}."
-        )
+        known = [d.name for d in ordered()]
+        raise ConfigError(f"ablation.designs has unknown design {bad[0]!r}; known: {known}.")
     for name, value in (
         ("train.epochs", cfg.train.epochs),
         ("train.identities_per_batch", cfg.train.identities_per_batch),
@@ -498,10 +503,11 @@ def _validate(cfg: StudyConfig) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, not {value}.")
-    bad = [d for d in cfg.ablation.retrain if d not in RETRAIN_DESIGNS]
+    retrainable = retrainable_designs()
+    bad = [d for d in cfg.ablation.retrain if d not in retrainable]
     if bad:
         raise ConfigError(
-            f"ablation.retrain cannot retrain the design {bad[0]!r}; retrainable: {list(RETRAIN_DESIGNS)}."
+            f"ablation.retrain cannot retrain the design {bad[0]!r}; retrainable: {retrainable}."
         )
     for name, value in (
         ("train.id_loss_weight", cfg.train.id_loss_weight),

@@ -48,7 +48,13 @@ from attrimp.model.schema import AttributeSchema
 from studies.design import build_analysis_frame
 from studies.report import write_report
 
-SWITCHING_DESIGNS = ("full", "backbone", "leave_one_out", "only_one", "random_subsets")
+
+def _switching_designs() -> tuple[str, ...]:
+    """The designs that switch expert groups on and off (their `Design.role`), read from the
+    design registry so that a plug-in coalition design joins the switching analyses."""
+    from attrimp.evaluate.designs import designs_with_role
+
+    return designs_with_role("switching")
 
 
 @dataclass
@@ -95,7 +101,8 @@ def run_study_analyses(
     runner = _Batteries(cfg, out, progress=progress, clock=clock)
     groups = schema.group_names
     valid = per_query[per_query["valid"]]
-    switching = valid[valid["design"].isin(SWITCHING_DESIGNS)]
+    switching_designs = _switching_designs()
+    switching = valid[valid["design"].isin(switching_designs)]
     if switching["config"].nunique() > 2:
         # 9,999 re-draws: with 999 the smallest p is 0.001 and most groups of the built-in
         # study tie there (0.012 after Holm over 12), so the ranking could not order them
@@ -108,7 +115,7 @@ def run_study_analyses(
         atomic_write_frame(runner.result.verdicts, out / "verdicts.csv")
     if switching["config"].nunique() > 2:
         runner.result.shapley = _shapley(switching, groups, cfg, out, clock, runner.result)
-    cfg_rows = configs[configs["design"].isin(SWITCHING_DESIGNS)]
+    cfg_rows = configs[configs["design"].isin(switching_designs)]
     if len(cfg_rows) > len(groups) + 1:
         cv = min(5, max(2, len(cfg_rows) // 5))
         runner.run("configurations", lambda: _configurations_frame(cfg_rows, groups), cv=cv)
@@ -213,9 +220,11 @@ def _paired(
 ) -> pd.DataFrame | None:
     """The paired leave-one-group-out tests (full vs without each group, paired by query,
     clustered by identity), written to ``out/paired_tests.csv``; None without a pair."""
+    from attrimp.evaluate.designs import off_conditions
     from studies.hypothesis import paired_tests
 
-    loo = valid[valid["config"].isin(["full"] + [f"without:{g}" for g in groups])]
+    group_of = {name: g for g, name in off_conditions(groups).items()}
+    loo = valid[valid["config"].isin(["full", *group_of])]
     if loo["config"].nunique() <= 1:
         return None
     with _timed(clock, "analyses.paired", rows=len(loo)):
@@ -228,7 +237,7 @@ def _paired(
             source="study table 'paired'",
         )
         paired = paired_tests(frame, "ap", reference="full", alpha=cfg.analysis.alpha)
-        paired["attribute"] = paired["attribute"].str.removeprefix("without:")
+        paired["attribute"] = paired["attribute"].map(group_of)
         paired = paired.reset_index(drop=True)
         atomic_write_frame(paired, out / "paired_tests.csv")
     return paired
@@ -246,14 +255,16 @@ def loo_verdicts(
     groups; `studies.verdicts.group_verdicts` turns it, the TOST within ±``margin`` and the
     minimum detectable effect into the verdict. A group is not testable when no leave-one-out
     configuration switched it, or when switching it off changed no query's AP at all."""
+    from attrimp.evaluate.designs import off_conditions
     from studies.verdicts import clustered_mean, group_verdicts
 
     full = valid[valid["config"] == "full"].set_index("query")
     if full.empty:
         return None
+    off = off_conditions(groups)  # group -> its leave-one-out condition's name
     tests, levels = [], []
     for g in groups:
-        other = valid[valid["config"] == f"without:{g}"].set_index("query")
+        other = valid[valid["config"] == off.get(g)].set_index("query")
         both = full[["pid", "ap", *([g] if g in full else [])]].merge(
             other[["ap"]], left_index=True, right_index=True, suffixes=("", "_without")
         )

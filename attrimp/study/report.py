@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from attrimp.config import DESIGNS, StudyConfig
+from attrimp.config import StudyConfig
 from attrimp.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from attrimp.study.analyses import StudyAnalyses
 from attrimp.study.answer import (  # _on_direction, answer_paragraphs: re-exported
@@ -70,7 +70,26 @@ from studies.report import clean_value, records
 #: (``effect`` is gone: the verdict replaces it); new blocks ``verdicts`` and ``shapley``.
 SCHEMA_VERSION = "attrimp.study.run-report/3"
 
-DESIGN_ORDER = DESIGNS
+
+def _design_order() -> dict[str, int]:
+    """Design name -> its place in the report: the design registry's order (`Design.order`), so a
+    plug-in design sorts where it says instead of needing a name list here."""
+    from attrimp.evaluate.designs import ordered
+
+    return {d.name: i for i, d in enumerate(ordered())}
+
+
+def _design_labels(names) -> str:
+    """The report's words for the designs ``names`` (each `Design.label`), in report order."""
+    from attrimp.evaluate.designs import DESIGNS
+
+    order = _design_order()
+    known = sorted({n for n in names if n in DESIGNS}, key=lambda n: order.get(n, len(order)))
+    labels = [DESIGNS[n].label for n in known]
+    if len(labels) < 2:
+        return "".join(labels)
+    return ", ".join(labels[:-1]) + " and " + labels[-1]
+
 
 #: the reliance analyses of the study consensus, as the pages name them
 ANALYSIS_NAMES = {
@@ -576,14 +595,13 @@ def _accuracy_section(report: Mapping[str, Any]) -> Section:
     h = report["headline"]
     gap = h.get("learned_vs_oracle_gap")
     configs = pd.DataFrame(report.get("configurations") or [])
+    words = _design_labels(configs["design"]) if "design" in configs else ""
     return _section(
         "Accuracy per configuration",
         f"mAP (fraction): full oracle {_f(h['full_mAP'])}, backbone only "
         f"{_f(h['backbone_mAP'])}, learned router {_f(h['learned_mAP'])}"
         + (f" (gap to the oracle {_f(gap)})" if gap is not None else "")
-        + ". One row per configuration: full, backbone only, each group off (without:), "
-        "each group alone (only:), random subsets, counterfactual values (cf:), noisy "
-        "annotations and the learned router.",
+        + (f". One row per configuration: {words}." if words else "."),
         _design_sorted(configs) if len(configs) else None,
         "accuracy",
     )
@@ -648,7 +666,7 @@ def _learned_router_section(report: Mapping[str, Any]) -> Section | None:
 
 
 def _design_sorted(configs: pd.DataFrame) -> pd.DataFrame:
-    key = {d: i for i, d in enumerate(DESIGN_ORDER)}
+    key = _design_order()
     cols = [
         c
         for c in ["config", "design", "mAP", "rank1", "rank5", "rank10", "mINP", "queries"]
