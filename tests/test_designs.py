@@ -137,12 +137,22 @@ def test_a_condition_carries_the_group_it_concerns():
     off = designs.off_conditions(schema)
     assert off == {c.group: c.name for c in by_design["leave_one_out"]}
     assert designs.off_conditions(["hat", "bag"]) == {"hat": "without:hat", "bag": "without:bag"}
+    partial = make_conditions(schema, ["partial_oracle"])
+    assert designs.group_conditions(schema, "oracle") == {
+        c.oracle_groups[0]: c.name for c in partial
+    }
+    assert designs.group_conditions(["hat"], "only") == {"hat": "only:hat"}
 
 
 def test_the_config_and_the_analyses_read_the_registry_as_the_old_lists():
     assert designs.default_designs() == list(LEGACY_DESIGNS)
     assert designs.retrainable_designs() == list(LEGACY_RETRAIN)
     assert designs.designs_with_role("switching") == LEGACY_SWITCHING
+    # the battery's own coalition lists (studies.shapley) say the same
+    from studies.shapley import COALITION_DESIGNS, SAMPLED_DESIGNS
+
+    assert designs.designs_with_role("switching") == COALITION_DESIGNS
+    assert designs.sampled_designs() == SAMPLED_DESIGNS
     assert config_from_dict({}).ablation.designs == list(LEGACY_DESIGNS)
     with pytest.raises(ConfigError, match=r"unknown design 'loo'; known: \['full', 'backbone'"):
         config_from_dict({"ablation": {"designs": ["full", "loo"]}})

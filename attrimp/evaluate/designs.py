@@ -112,7 +112,7 @@ class Design:
     ``"annotation"`` runs no model configuration (the attribute-only baseline). ``per_group``
     says what a condition does to its `Condition.group`: ``"off"`` (the paired
     leave-one-group-out tests read these against the full oracle), ``"only"``, ``"value"``,
-    ``"oracle"``. ``order`` sorts designs in the default run and in the report (built-ins
+    ``"oracle"``. ``sampled``: a switching design whose coalitions are a random draw. ``order`` sorts designs in the default run and in the report (built-ins
     10-110; a plug-in after them unless it says otherwise). ``default``: in the study's default
     design list (built-ins only, so installing a plug-in changes no existing study).
     """
@@ -125,6 +125,8 @@ class Design:
     per_group: PerGroup | None = None
     order: float = 1000.0
     default: bool = False
+    #: its coalitions are drawn at random (the Shapley bootstrap resamples them), not enumerated
+    sampled: bool = False
     #: free-form notes a plug-in wants to keep with its design (not read by the engine)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -192,22 +194,37 @@ def designs_with_role(role: str) -> tuple[str, ...]:
     return tuple(d.name for d in ordered() if d.role == role)
 
 
-def off_conditions(
-    groups: AttributeSchema | Sequence[str], options: DesignOptions | None = None
+def sampled_designs() -> tuple[str, ...]:
+    """The switching designs whose coalitions were drawn at random (`Design.sampled`)."""
+    return tuple(d.name for d in ordered() if d.sampled)
+
+
+def group_conditions(
+    groups: AttributeSchema | Sequence[str],
+    per_group: PerGroup,
+    options: DesignOptions | None = None,
 ) -> dict[str, str]:
-    """Group -> the name of the condition that switches only that group off (the first
-    ``per_group="off"`` design in order), so nobody rebuilds ``"without:<g>"`` by hand.
+    """Group -> the name of its condition in the first design (in order) whose `Design.per_group`
+    is ``per_group``: how the analyses find "the condition with only that group off" (``"off"``)
+    or "that group's partial oracle" (``"oracle"``) without rebuilding a name by hand.
 
     Given group names instead of a schema (the analyses of a result table know only those), the
-    design expands against a stand-in that has ``group_names`` and no values: a design that
-    switches a group off must name its conditions from the groups alone.
+    design expands against a stand-in that has ``group_names`` and no values: a per-group design
+    read this way must name its conditions from the groups alone. {} when no design has it.
     """
     schema = groups if isinstance(groups, AttributeSchema) else _GroupNames(tuple(groups))
     for design in ordered():
-        if design.per_group == "off":
+        if design.per_group == per_group:
             conds = design.expand(schema, options or DesignOptions())  # type: ignore[arg-type]
             return {c.group: c.name for c in conds if c.group is not None}
     return {}
+
+
+def off_conditions(
+    groups: AttributeSchema | Sequence[str], options: DesignOptions | None = None
+) -> dict[str, str]:
+    """Group -> the condition that switches only that group off (``"without:<g>"`` built-in)."""
+    return group_conditions(groups, "off", options)
 
 
 @dataclass(frozen=True)
@@ -333,8 +350,9 @@ ONLY_ONE = Design(
     per_group="only", order=40, default=True,
 )  # fmt: skip
 RANDOM_SUBSETS = Design(
-    "random_subsets", _random_subsets, "random subsets", "switching", True, order=50, default=True
-)
+    "random_subsets", _random_subsets, "random subsets", "switching", True, order=50,
+    default=True, sampled=True,
+)  # fmt: skip
 COUNTERFACTUAL = Design(
     "counterfactual", _counterfactual, "counterfactual values (cf:)", "counterfactual",
     per_group="value", order=60, default=True,
