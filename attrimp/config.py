@@ -94,8 +94,10 @@ class ModelConfig:
 
 @dataclass
 class ExpertConfig:
-    #: "adapter" (a gated LoRA branch beside the sub-layer, attrimp/model/experts.py) or "lora"
-    #: (a gated LoRA update of the sub-layer's own linear weights, attrimp/model/weight_lora.py)
+    #: a name in the expert-bank registry (`attrimp.registry.BANKS`, entry-point group
+    #: ``attrimp.banks``): "adapter" (a gated LoRA branch beside the sub-layer,
+    #: attrimp/model/experts.py), "lora" (a gated LoRA update of the sub-layer's own linear
+    #: weights, attrimp/model/weight_lora.py) or a plug-in's
     bank: str = "adapter"
     #: last K blocks carry experts; 2 keeps ViT-B/16 + Market adapter experts at rank 8 near 1%
     #: of the backbone (4 blocks would reach the 2% budget; see attrimp/model/experts.py)
@@ -105,6 +107,36 @@ class ExpertConfig:
     site: str = "mlp"
     pooling: str = "mean"
     dropout: float = 0.0
+    #: the bank's own options (``[experts.options]``), read through its ``Options`` dataclass
+    #: when the bank is built (and when the config is read, if any are set); the built-in banks
+    #: take none
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.options:  # only then is the bank imported to read them (it brings torch)
+            from attrimp.registry import BANKS, plugin_options
+
+            what = f"expert bank {self.bank!r}"
+            plugin_options(BANKS.load(self.bank), self.options, where="experts.options", what=what)
+
+
+class _RegistryNames:
+    """The choices of a config key that names a plug-in: the names of a registry, asked when a
+    config is read (listing them imports no plug-in)."""
+
+    def __init__(self, module: str, attr: str) -> None:
+        self.module, self.attr = module, attr
+
+    def _registry(self) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.attr)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry()
+
+    def __iter__(self):
+        return iter(self._registry().names())
 
 
 @dataclass
@@ -165,7 +197,7 @@ class MoSAICConfig(ExpertConfig, ModelConfig):
             schema=schema,
             num_classes=num_classes,
             router=r.name,
-            router_kwargs=r.learned_kwargs() if r.name == "learned" else {},
+            router_kwargs=r.router_kwargs(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,7 +229,9 @@ class MoSAICConfig(ExpertConfig, ModelConfig):
 
 @dataclass
 class RouterConfig:
-    #: "oracle" or "learned" for training; ablation routers are built by the study itself
+    #: a name in the router registry (`routers.ROUTERS`, entry-point group ``attrimp.routers``):
+    #: "oracle", "learned" or any registered router (its settings in ``[router.options]``);
+    #: the study's ablation routers are built by the study itself
     name: str = "oracle"
     #: for "learned": "hard" or "soft" gates
     gates: str = "hard"
@@ -209,6 +243,33 @@ class RouterConfig:
     #: for "learned": the attribute heads read a detached copy of the CLS token, so their loss
     #: (and a soft gate's gradient) trains the heads only and never reaches the backbone
     detach: bool = False
+
+    #: the router's own options (``[router.options]``), read through its ``Options`` dataclass
+    #: (when the config is read, if any are set, and when the model is built); the learned
+    #: router's settings stay the keys above
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.options:  # only then is the router imported to read them (it brings torch)
+            self.parsed_options()
+
+    def parsed_options(self) -> Any:
+        """``[router.options]`` as an instance of the router's ``Options`` dataclass."""
+        import routers
+        from attrimp.registry import plugin_options
+
+        what = f"router {self.name!r}"
+        cls = routers.ROUTERS.load(self.name)
+        return plugin_options(cls, self.options, where="router.options", what=what)
+
+    def router_kwargs(self) -> dict[str, Any]:
+        """The model router's constructor options: the learned router's `learned_kwargs`, then
+        the fields of ``[router.options]`` (none for the built-in oracle and learned routers,
+        so their checkpoint configs are what they were)."""
+        from attrimp.registry import option_kwargs
+
+        kwargs = self.learned_kwargs() if self.name == "learned" else {}
+        return {**kwargs, **option_kwargs(self.parsed_options())}
 
     def learned_kwargs(self) -> dict[str, Any]:
         """The learned router's constructor options; ``detach`` only when on, so a model
@@ -316,8 +377,17 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none): the cache key of a result."""
-        data = self.to_dict()
+        """A short hash of the named sections (all when none): the cache key of a result.
+
+        An empty plug-in options table (``[router.options]``, ``[experts.options]``, …) is left
+        out, so a config that sets none hashes as it did before options tables existed (cached
+        results and report fingerprints stay valid)."""
+        data = {
+            name: {k: v for k, v in section.items() if not (k == "options" and v == {})}
+            if isinstance(section, dict)
+            else section
+            for name, section in self.to_dict().items()
+        }
         if sections:
             data = {k: data[k] for k in sections}
         blob = json.dumps(data, sort_keys=True, default=str).encode()
@@ -329,10 +399,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.missing_policy": ("error", "skip"),
     "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
-    "experts.bank": ("adapter", "lora"),
+    "experts.bank": _RegistryNames("attrimp.registry", "BANKS"),  # type: ignore[dict-item]
     "experts.site": ("mlp", "attn"),
     "experts.pooling": ("mean", "max", "sum"),
-    "router.name": ("oracle", "learned"),
+    "router.name": _RegistryNames("routers", "ROUTERS"),  # type: ignore[dict-item]
     "router.gates": ("hard", "soft"),
     "router.norm": ("layer", "batch"),
     "train.optimizer": ("adamw", "sgd"),

@@ -1,4 +1,4 @@
-"""One plug-in mechanism for every registry of attrimp (backbone families, routers).
+"""One plug-in mechanism for every registry of attrimp (backbone families, routers, expert banks, …).
 
 A `Registry` maps names to objects of one kind. Its entries come from three places, later ones
 winning on a name:
@@ -18,10 +18,27 @@ Nothing is imported until an entry is asked for: listing names reads metadata on
 ``"learned" in routers.ROUTERS`` does not import torch. A plug-in that fails to import is a
 one-sentence `ConfigError` when asked for by name, and a warning (not a crash) when every entry
 is loaded for a listing. The module is torch-free.
+
+**Options.** A plug-in that a config names (a router, an expert bank, a dataset) declares the
+settings it takes from its config table (``[router.options]``, ``[experts.options]``) as a
+dataclass, its ``Options`` class attribute::
+
+    class MyBank(ExpertBank):
+        @dataclass
+        class Options:
+            scale: float = 1.0
+
+`plugin_options` reads a table through that dataclass with the config's one-sentence errors
+(``experts.options.scale must be float, not 'x'.``); `option_kwargs` turns the result into the
+keyword arguments the plug-in is built with. A plug-in without ``Options`` takes no options.
+
+`BANKS` (group ``attrimp.banks``) is the expert-bank registry; it lives here, torch-free, so the
+config can list its names without importing a bank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -188,3 +205,81 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.group!r}, {self.names()})"
+
+
+# ----- plug-in options --------------------------------------------------------------------------
+@dataclasses.dataclass
+class NoOptions:
+    """The options of a plug-in that declares none: its options table must be empty."""
+
+
+def options_type(plugin: Any) -> type:
+    """The dataclass that ``plugin`` (a class, or a factory) declares as its ``Options``;
+    `NoOptions` when it declares none. A non-dataclass ``Options`` is the plug-in's bug, said
+    in one sentence."""
+    declared = getattr(plugin, "Options", NoOptions)
+    if not (isinstance(declared, type) and dataclasses.is_dataclass(declared)):
+        raise ConfigError(
+            f"{getattr(plugin, '__qualname__', plugin)!r} declares Options = {declared!r}, "
+            "which is not a dataclass; a plug-in's options are a dataclass."
+        )
+    return declared
+
+
+def plugin_options(plugin: Any, table: Mapping[str, Any], *, where: str, what: str) -> Any:
+    """``table`` read through ``plugin``'s options dataclass: an instance of it.
+
+    ``where`` is the table's config path (``"router.options"``) and ``what`` names the plug-in
+    (``"router 'mask'"``): an unknown key, a wrong type or a missing required option is a
+    `ConfigError` of one sentence naming ``<where>.<key>``, as for every other config key.
+    """
+    from attrimp.config import _from_dict  # the config's own parser and its error sentences
+
+    cls = options_type(plugin)
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        takes = f"its options are: {', '.join(names)}" if names else "it takes no options"
+        raise ConfigError(f"{where}.{unknown[0]} is not an option of the {what}; {takes}.")
+    required = [
+        f.name
+        for f in fields
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in table]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]} is required by the {what}.")
+    try:
+        return _from_dict(cls, dict(table), where)
+    except (TypeError, ValueError) as e:  # what the dataclass's own __post_init__ refuses
+        raise ConfigError(f"{where}: {str(e).rstrip('.')}.") from None
+
+
+def option_kwargs(options: Any) -> dict[str, Any]:
+    """The fields of an options instance as the keyword arguments the plug-in is built with
+    (one level deep: a field that is itself a dataclass is passed as that object)."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
+
+
+# ----- the expert-bank registry ------------------------------------------------------------------
+def _as_class(name: str, obj: Any) -> type:
+    """A registered bank is a class, built per model with the common arguments and its options."""
+    if not isinstance(obj, type):
+        raise TypeError(f"{obj!r} is not a class")
+    return obj
+
+
+#: every expert bank by its ``experts.bank`` name: ``cls(backbone, n_experts, *, blocks, rank,
+#: alpha, site, pooling, dropout, **options)``. The built-ins as pyproject.toml declares them
+#: (for a checkout without installed metadata); a test keeps the two equal.
+BANKS: Registry[type] = Registry(
+    "attrimp.banks",
+    kind="expert bank",
+    plural="expert banks",
+    builtins={
+        "adapter": "attrimp.model.experts:ParallelAdapterBank",
+        "lora": "attrimp.model.weight_lora:WeightLoRABank",
+    },
+    coerce=_as_class,
+)

@@ -8,16 +8,25 @@ for an unannotated identity, while every other group keeps its true value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from attrimp.errors import SchemaError
 from attrimp.model.interfaces import Router
-from attrimp.model.schema import UNKNOWN, AttributeSchema
-from routers.oracle import OracleRouter, check_attributes
+from attrimp.model.schema import UNKNOWN, AttributeSchema, check_attributes
+from routers.oracle import OracleRouter
 
 
 class CounterfactualRouter(Router):
     name = "counterfactual"
+
+    @dataclass
+    class Options:
+        """``[router.options]``: the group whose value is replaced, and the value it gets."""
+
+        group: str
+        value: str
 
     def __init__(
         self,

@@ -40,6 +40,8 @@ Two training options a user tries when the learned router keeps little of the or
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -85,6 +87,12 @@ class LearnedRouter(nn.Module, Router):
     """Attribute heads on an intermediate CLS token; gates from their prediction."""
 
     name = "learned"
+
+    @dataclass
+    class Options:
+        """No ``[router.options]``: the learned router's settings are the ``[router]`` keys
+        (``gates``, ``norm``, ``detach``, ``attribute_loss_weight``), as before options existed."""
+
     #: tells `MoSAICReID` to hand over the intermediate CLS token
     needs_features = True
 

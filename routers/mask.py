@@ -10,14 +10,15 @@ groups, either one mask for the whole batch ``[n_groups]`` or one per sample
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from attrimp.errors import SchemaError
 from attrimp.model.interfaces import Router
-from attrimp.model.schema import AttributeSchema
-from routers.oracle import OracleRouter, check_attributes, expert_group
+from attrimp.model.schema import AttributeSchema, check_attributes, expert_group
+from routers.oracle import OracleRouter
 
 GroupSpec = Iterable[str] | str | np.ndarray | torch.Tensor
 
@@ -28,6 +29,13 @@ class MaskRouter(Router):
     takes a group mask in the schema's group order."""
 
     name = "mask"
+
+    @dataclass
+    class Options:
+        """``[router.options]``: exactly one of the two lists of group names."""
+
+        groups_on: list[str] | None = None
+        groups_off: list[str] | None = None
 
     def __init__(
         self,

@@ -22,14 +22,15 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 from attrimp.errors import ConfigError
 from attrimp.model.interfaces import Router
-from attrimp.model.schema import AttributeSchema
-from routers.oracle import OracleRouter, check_attributes, slot_group
+from attrimp.model.schema import AttributeSchema, check_attributes, slot_group
+from routers.oracle import OracleRouter
 
 
 @lru_cache(maxsize=32)
@@ -102,6 +103,13 @@ def corrupt(
 
 class NoisyRouter(Router):
     name = "noisy"
+
+    @dataclass
+    class Options:
+        """``[router.options]``: the corruption probability (one, or per group) and its seed."""
+
+        p: float | dict[str, float]
+        seed: int = 0
 
     def __init__(
         self, p: float | Mapping[str, float], seed: int = 0, *, base: Router | None = None

@@ -1,4 +1,4 @@
-"""attrimp.registry: one plug-in mechanism for backbone families and routers.
+"""attrimp.registry: one plug-in mechanism for backbone families, routers and expert banks.
 
 The built-ins are declared in pyproject.toml's entry-point groups exactly as a third party's are;
 a plain checkout without distribution metadata still finds them; a third-party router and
@@ -21,12 +21,13 @@ import backbones
 import routers
 from attrimp.errors import ConfigError
 from attrimp.model.schema import load_schema
-from attrimp.registry import Registry
+from attrimp.registry import BANKS, Registry
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRIES = {
     backbones.ENTRY_POINT_GROUP: backbones.FAMILIES,
     routers.ENTRY_POINT_GROUP: routers.ROUTERS,
+    BANKS.group: BANKS,
 }
 
 
@@ -65,15 +66,19 @@ def _faking(monkeypatch, groups: dict[str, list]) -> None:
 
 
 def test_without_distribution_metadata_the_builtins_are_still_found(monkeypatch):
-    with routers.ROUTERS.isolated(), backbones.FAMILIES.isolated():
+    with routers.ROUTERS.isolated(), backbones.FAMILIES.isolated(), BANKS.isolated():
         _faking(monkeypatch, {group: [] for group in REGISTRIES})
         routers.ROUTERS.refresh()
         backbones.FAMILIES.refresh()
+        BANKS.refresh()
         assert set(routers.ROUTERS) == {"oracle", "mask", "counterfactual", "noisy", "learned"}
         from routers.oracle import OracleRouter
 
         assert routers.ROUTERS["oracle"] is OracleRouter
         assert backbones.FAMILIES.names() == ["clip", "timm"]
+        from attrimp.model.weight_lora import WeightLoRABank
+
+        assert BANKS.names() == ["adapter", "lora"] and BANKS["lora"] is WeightLoRABank
 
 
 PLUGIN = textwrap.dedent(

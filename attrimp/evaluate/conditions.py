@@ -59,23 +59,22 @@ def build_router(
     """The router that realises ``condition`` (for the query side when ``query``).
 
     ``noise_rates`` (per group) replaces the condition's single noise rate: the matched-noise
-    oracle's rates, which come from the trained model, not from the condition."""
-    from routers.counterfactual import CounterfactualRouter
-    from routers.mask import MaskRouter
-    from routers.noisy import NoisyRouter
-    from routers.oracle import OracleRouter
+    oracle's rates, which come from the trained model, not from the condition.
 
-    base: Router = OracleRouter()
+    Every router comes from the `routers` registry by name, so this module imports no router."""
+    from routers import build_router as router
+
+    base: Router = router("oracle")
     noise = noise_rates if noise_rates is not None else condition.noise_p
     if noise is not None:
         # Query and gallery draw from different streams: one seed for both would corrupt the
         # i-th query and the i-th gallery image alike.
-        base = NoisyRouter(noise, seed=condition.seed * 2 + int(query))
+        base = router("noisy", p=noise, seed=condition.seed * 2 + int(query), base=base)
     if condition.counterfactual is not None and query:
         group, value = condition.counterfactual
-        base = CounterfactualRouter(group, value, base=base, schema=schema)
+        base = router("counterfactual", group=group, value=value, base=base, schema=schema)
     if set(condition.groups_on) != set(schema.group_names):
-        base = MaskRouter(list(condition.groups_on), base=base, schema=schema)
+        base = router("mask", groups_on=list(condition.groups_on), base=base, schema=schema)
     return base
 
 
@@ -307,8 +306,7 @@ class ConditionEvaluator:
     def _partial_oracle_features(self, condition: Condition, name: str) -> torch.Tensor:
         """Features of split ``name`` gated from the learned router's predicted values, with the
         condition's ``oracle_groups`` taken from the annotation instead (`partial_oracle`)."""
-        from routers.mask import MaskRouter
-        from routers.oracle import OracleRouter
+        from routers import build_router
 
         mixed = partial_oracle_slots(
             self.model.router,
@@ -317,9 +315,10 @@ class ConditionEvaluator:
             self.schema,
             condition.oracle_groups or (),
         )
-        router: Router = OracleRouter()
+        router: Router = build_router("oracle")
         if set(condition.groups_on) != set(self.schema.group_names):
-            router = MaskRouter(list(condition.groups_on), base=router, schema=self.schema)
+            groups_on = list(condition.groups_on)
+            router = build_router("mask", groups_on=groups_on, base=router, schema=self.schema)
         return self.features(name, router, attributes=mixed.to(self.device))
 
     def table(self, condition: Condition, result: EvalResult) -> pd.DataFrame:

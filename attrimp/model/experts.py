@@ -42,6 +42,7 @@ which ``K = 4`` (2.0 %) would already break.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +271,12 @@ class GatedBank(interfaces.ExpertBank):
 
     #: the name of this bank in the model config (``experts.bank``)
     kind: str = ""
+
+    @dataclass
+    class Options:
+        """``[experts.options]``: none. The gated LoRA banks are set by the common ``[experts]``
+        keys (blocks, rank, alpha, site, pooling, dropout) alone; a subclass or a third-party
+        bank declares its own dataclass here, and its fields reach ``__init__`` as keywords."""
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ expert blocks that follow use its gates, so no annotation is needed at test time
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,22 +25,19 @@ from torch import nn
 
 from attrimp.config import MoSAICConfig
 from attrimp.errors import ConfigError, DataError, SchemaError
-from attrimp.model.experts import GatedBank, ParallelAdapterBank
 from attrimp.model.interfaces import Backbone, ExpertBank, Router
-from attrimp.model.schema import AttributeSchema, load_schema
-from attrimp.model.weight_lora import WeightLoRABank
+from attrimp.model.schema import AttributeSchema, load_schema, remember_schema
+from attrimp.registry import BANKS, option_kwargs, plugin_options
 
 __all__ = ["BANKS", "ModelOutput", "MoSAICConfig", "MoSAICReID", "build_bank"]
 
 
-#: the expert banks by their config name (``experts.bank``)
-BANKS: dict[str, type[GatedBank]] = {
-    ParallelAdapterBank.kind: ParallelAdapterBank,
-    WeightLoRABank.kind: WeightLoRABank,
-}
+#: the expert banks by their config name (``experts.bank``): `attrimp.registry.BANKS`, the
+#: ``attrimp.banks`` entry-point group (re-exported here, where banks are built)
 
 #: what ``MoSAICReID(bank=...)`` accepts: a built bank, or a factory called like the bank
-#: classes, ``factory(backbone, n_experts, blocks=, rank=, alpha=, site=, pooling=, dropout=)``
+#: classes, ``factory(backbone, n_experts, blocks=, rank=, alpha=, site=, pooling=, dropout=,
+#: **options)`` (the options only when ``[experts.options]`` sets some)
 BankArg = ExpertBank | Callable[..., ExpertBank]
 
 
@@ -64,7 +62,7 @@ class MoSAICReID(nn.Module):
     ``backbone``, ``schema`` and ``router`` may be passed in already built (tests, custom
     plug-ins); otherwise they are built from ``config`` through the `backbones` and `routers`
     registries. ``bank`` is any `ExpertBank`: one already attached to ``backbone``, or a factory
-    called like the bank classes; by default ``config.bank`` names one of `BANKS`.
+    called like the bank classes; by default ``config.bank`` names an entry of `BANKS`.
     """
 
     def __init__(
@@ -83,9 +81,7 @@ class MoSAICReID(nn.Module):
         # a torch.compile'd forward then finds plain constants instead of tracing numpy code.
         _ = (self.schema.slot_group, self.schema.expert_slots, self.schema.expert_group)
         # ... and register the schema for the routers' layout lookups, which a compiled forward
-        # only reads (see routers.oracle.remember_schema).
-        from routers.oracle import remember_schema
-
+        # only reads (see attrimp.model.schema.remember_schema).
         remember_schema(self.schema)
         self.backbone = backbone if backbone is not None else build_backbone(config)
         width = self.backbone.width
@@ -227,11 +223,15 @@ def build_bank(
     config: MoSAICConfig, backbone: Backbone, n_experts: int, bank: BankArg | None = None
 ) -> ExpertBank:
     """The expert bank for ``backbone``: ``bank`` as given (built, or a factory), else the
-    config's ``bank`` kind. A built bank must fit the schema, and one of the built-in kinds
-    must be the kind the config names, so that a checkpoint rebuilds what was trained."""
+    registered bank that ``config.bank`` names, built with the common ``[experts]`` arguments
+    plus its own options (``config.options``, read through its ``Options`` dataclass). A built
+    bank must fit the schema, and a registered bank class must be the one the config names, so
+    that a checkpoint rebuilds what was trained."""
     if bank is None:
-        bank = BANKS[config.bank]  # the name was checked by the config
+        bank = BANKS.load(config.bank)  # an unknown name: one sentence listing the known ones
     if not isinstance(bank, ExpertBank):
+        what = f"expert bank {config.bank!r}"
+        options = plugin_options(bank, config.options, where="experts.options", what=what)
         bank = bank(
             backbone,
             n_experts,
@@ -241,6 +241,7 @@ def build_bank(
             site=config.site,
             pooling=config.pooling,
             dropout=config.dropout,
+            **option_kwargs(options),
         )
     if not isinstance(bank, ExpertBank) or bank.n_experts != n_experts:
         raise ConfigError(
@@ -248,13 +249,23 @@ def build_bank(
             f"expert), got {type(bank).__name__}"
             + (f" with {bank.n_experts}." if isinstance(bank, ExpertBank) else ".")
         )
-    kind = next((k for k, cls in BANKS.items() if type(bank) is cls), config.bank)
-    if kind != config.bank:
+    _check_bank_kind(config, bank)
+    return bank
+
+
+def _check_bank_kind(config: MoSAICConfig, bank: ExpertBank) -> None:
+    """A bank whose class is registered under another name than ``config.bank`` is refused (a
+    checkpoint would rebuild the wrong one); a class registered under no name is accepted."""
+    if type(bank) is BANKS.load(config.bank):
+        return
+    with warnings.catch_warnings():  # a broken third-party bank is not this model's concern
+        warnings.simplefilter("ignore")
+        kind = next((k for k, cls in BANKS.load_all().items() if type(bank) is cls), None)
+    if kind is not None and kind != config.bank:
         raise ConfigError(
             f"The model config names the expert bank {config.bank!r} but the bank given is "
             f"{kind!r}; set bank={kind!r} in the config so a checkpoint rebuilds it."
         )
-    return bank
 
 
 def build_backbone(config: MoSAICConfig, *, pretrained: str | None | bool = ...) -> Backbone:

@@ -23,7 +23,9 @@ or, without ``codes``, the values found in the column); such a *grouping* names 
 no experts, so the engine (`load_schema`, the slot / expert layout) asks for a kind and values in
 every group.
 
-This module is numpy-only so that data tooling and ``studies/`` can use it without torch.
+This module is numpy-only so that data tooling and ``studies/`` can use it without torch; the
+layout tensors at its end (`expert_slots`, `expert_group`, `slot_group`, `check_attributes`),
+which the model and the routers read, import torch when called.
 """
 
 from __future__ import annotations
@@ -32,13 +34,17 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attrimp.errors import SchemaError
+
+if TYPE_CHECKING:
+    import torch
 
 UNKNOWN = "unknown"
 MULTIPLE = "multiple"
@@ -702,3 +708,100 @@ def load_schema(name_or_path: str | Path, *, experts: bool = True) -> AttributeS
             )
         schema = AttributeSchema.from_toml(path)
     return schema.require_experts() if experts else schema
+
+
+# ----------------------------------------------------------------------------- layout tensors
+# The schema's layout (``expert_slots``, ``expert_group``, ``slot_group``) as cached long
+# tensors, for the model and every router. They live here, beside the layout they serve, so that
+# the model and the routers do not import one router plug-in for them. torch is imported inside
+# the functions: this module stays numpy-only for `studies/` and data tooling.
+
+#: every schema a lookup has been asked for, by ``id``. The references keep each schema alive,
+#: so its ``id`` cannot be reused by another object while it is listed here.
+_SCHEMAS: dict[int, AttributeSchema] = {}
+
+
+def remember_schema(schema: AttributeSchema) -> int:
+    """Register ``schema`` for the layout lookups below and return its key (its ``id``).
+
+    Called eagerly: the model registers its schema at construction, and every eager lookup
+    registers again (a dict store, cheaper than hashing the schema). Under ``torch.compile`` the
+    registry is only read, never written (writing would make the frozen schema a side effect
+    that Dynamo must reconstruct after the graph, which some torch versions cannot do).
+    """
+    key = id(schema)
+    _SCHEMAS[key] = schema
+    return key
+
+
+@lru_cache(maxsize=256)
+def _build(key: int, kind: str, device: torch.device) -> torch.Tensor:
+    import torch
+
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        raise SchemaError(
+            "A schema's layout was asked for inside torch.compile before it was registered: "
+            "build the model (or call attrimp.model.schema.remember_schema(schema)) before "
+            "compiling."
+        )
+    return torch.tensor(getattr(schema, kind), dtype=torch.long, device=device)
+
+
+def _layout(key: int, kind: str, device: torch.device) -> torch.Tensor:
+    return _build(key, kind, device)
+
+
+# The lookup is a constant for a given schema and device. Marked so, torch.compile embeds the
+# cached tensor in the graph instead of tracing its construction, which would copy the schema's
+# layout from the host (a stream synchronisation on a GPU) at every forward. Its arguments are
+# an int, a str and a device, never the schema itself: Dynamo turns every argument of such a
+# function into a Python constant, and torch <= 2.11 cannot do that for a frozen dataclass
+# ("can't reconstruct arbitrary frozen dataclass instances"). The mark is what
+# ``torch.compiler.assume_constant_result`` sets (torch 2.x), set here without importing torch;
+# tests/test_model.py compiles a model with ``fullgraph=True``, which fails if it stops working.
+_layout._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _lookup(schema: AttributeSchema, kind: str, device: torch.device | str) -> torch.Tensor:
+    """``getattr(schema, kind)`` as a cached long tensor on ``device``.
+
+    Called on every forward: keyed by the schema's identity, because hashing a frozen schema
+    (every group, every value) costs more than the gather it serves. Under torch.compile
+    ``id(schema)`` is a constant guarded on the schema's identity, so another schema recompiles.
+    """
+    import torch
+
+    key = id(schema) if torch.compiler.is_compiling() else remember_schema(schema)
+    return _layout(key, kind, torch.device(device))
+
+
+def expert_slots(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``schema.expert_slots`` as a cached long tensor on ``device``."""
+    return _lookup(schema, "expert_slots", device)
+
+
+def expert_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``schema.expert_group`` as a cached long tensor on ``device``."""
+    return _lookup(schema, "expert_group", device)
+
+
+def slot_group(schema: AttributeSchema, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``schema.slot_group`` as a cached long tensor on ``device``."""
+    return _lookup(schema, "slot_group", device)
+
+
+def check_attributes(attributes: Any, schema: AttributeSchema) -> torch.Tensor:
+    """The ``[batch, n_slots]`` multi-hot as a floating tensor (numpy accepted), shape checked."""
+    import torch
+
+    if not isinstance(attributes, torch.Tensor):
+        attributes = torch.as_tensor(np.asarray(attributes))
+    if attributes.ndim != 2 or attributes.shape[1] != schema.n_slots:
+        raise SchemaError(
+            f"Attributes of shape {tuple(attributes.shape)} do not fit schema {schema.name!r}, "
+            f"which needs [batch, {schema.n_slots}] (one column per value slot)."
+        )
+    if not attributes.is_floating_point():
+        attributes = attributes.to(torch.float32)
+    return attributes
