@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from attrimp.errors import ConfigError
 
+
 def _default_designs() -> list[str]:
     """The test-time designs a study runs by default, in order: the ``attrimp.designs``
     registry's built-ins (`attrimp.evaluate.designs`; imported on first use)."""
@@ -62,7 +63,8 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    #: "synthetic", "market1501", "dukemtmc" or "manifest"
+    #: a name in the dataset registry (attrimp.data.datasets.DATASETS): "synthetic",
+    #: "market1501", "dukemtmc", "manifest" or a plug-in's
     dataset: str = "synthetic"
     #: dataset folder (Market layout) or manifest CSV; for "synthetic", where the world is written
     root: str | None = None
@@ -74,6 +76,21 @@ class DataConfig:
     missing_policy: str = "error"
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    #: the dataset's own options (``[data.options]``), checked against its options dataclass;
+    #: for "synthetic" the same keys as ``[data.synthetic]``, moved there when read
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def config_section(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``data`` as the dataclass ``cls`` (a plug-in's options table), with the config's
+    one-sentence errors: unknown keys, wrong types, and whatever its ``__post_init__`` refuses
+    (a ValueError or TypeError there is reported as ``where: message``)."""
+    try:
+        return _from_dict(cls, data, where)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {str(e).rstrip('.')}.") from None
 
 
 @dataclass
@@ -395,7 +412,7 @@ class StudyConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("synthetic", "market1501", "dukemtmc", "manifest"),
+    "data.dataset": _RegistryNames("attrimp.data.datasets", "DATASETS"),  # type: ignore[dict-item]
     "data.missing_policy": ("error", "skip"),
     "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
@@ -559,6 +576,7 @@ def _check_fields(obj: Any, section: str) -> None:
 
 
 def _validate(cfg: StudyConfig) -> None:
+    _check_data_options(cfg.data)
     _check_ranges(cfg)
     from attrimp.evaluate.designs import DESIGNS, ordered, retrainable_designs
 
@@ -605,16 +623,39 @@ def _validate(cfg: StudyConfig) -> None:
     if not all(0.0 <= v <= 1.0 for v in cfg.data.synthetic.visibility.values()):
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
     _check_synthetic_draw(cfg.data.synthetic)
-    if cfg.data.dataset in ("market1501", "dukemtmc", "synthetic") and cfg.data.schema not in (
-        None,
-        "market1501" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
-    ):
+    _check_data_schema(cfg.data)
+
+
+def _check_data_options(d: DataConfig) -> None:
+    """``[data.options]`` through the dataset's own options dataclass. For ``synthetic`` the
+    table is ``[data.synthetic]`` under another name: it is moved there (giving both is
+    refused), so either spelling makes the same world and the same fingerprint."""
+    from attrimp.data.datasets import DATASETS
+
+    ds = DATASETS.load(d.dataset)
+    if d.dataset == "synthetic" and d.options:
+        if d.synthetic != SyntheticConfig():
+            raise ConfigError(
+                "data.options and data.synthetic both set the synthetic world; keep one."
+            )
+        d.synthetic, d.options = ds.options_of(d), {}
+    else:
+        ds.options_of(d)
+
+
+def _check_data_schema(d: DataConfig) -> None:
+    """A dataset with its own schema takes no other; the others need a root."""
+    from attrimp.data.datasets import DATASETS
+
+    ds = DATASETS.load(d.dataset)
+    own = ds.schema
+    if own is not None and d.schema not in (None, own):
         raise ConfigError(
-            f"data.schema = {cfg.data.schema!r} cannot be used with dataset {cfg.data.dataset!r}, "
+            f"data.schema = {d.schema!r} cannot be used with dataset {d.dataset!r}, "
             "which has its own built-in schema; data.schema is for manifest datasets."
         )
-    if cfg.data.dataset != "synthetic" and cfg.data.root is None:
-        raise ConfigError(f"data.root is required for dataset {cfg.data.dataset!r}.")
+    if ds.needs_root and d.root is None:
+        raise ConfigError(f"data.root is required for dataset {d.dataset!r}.")
 
 
 def _check_synthetic_draw(s: SyntheticConfig) -> None:

@@ -15,11 +15,13 @@ from attrimp.errors import ConfigError, DataError
 
 console = Console(soft_wrap=True)
 
-PRIOR_DATASETS = ("market1501", "dukemtmc", "manifest")
-
 
 def fetch_attributes(
-    dataset: str = typer.Argument(..., help="market1501 or dukemtmc.", show_default=False),
+    dataset: str = typer.Argument(
+        ...,
+        help="A dataset with a public attribute file: market1501, dukemtmc or a plug-in's.",
+        show_default=False,
+    ),
     out: Path = typer.Option(..., "--out", help="Folder to write the attribute file into."),
     url: str | None = typer.Option(
         None,
@@ -31,10 +33,10 @@ def fetch_attributes(
 
     Example: attrimp data fetch-attributes market1501 --out data/  (offline: --url file:///path/market_attribute.mat)
     """
-    from attrimp.data.annotations import SOURCES, fetch_attribute_file
+    from attrimp.data.annotations import fetch_attribute_file
 
-    path, downloaded = fetch_attribute_file(dataset, out, url=url, progress=True)
-    spec = SOURCES[dataset.lower().replace("-", "")]
+    spec = _dataset(dataset, "fetch-attributes").attribute_source
+    path, downloaded = fetch_attribute_file(spec, out, url=url, progress=True)
     state = "downloaded and verified" if downloaded else "already present, checksum verified"
     console.print(f"{path}: {state} (sha256 {spec.sha256[:12]}…).", highlight=False)
     console.print(f"Licence: {spec.licence}.", highlight=False)
@@ -42,7 +44,10 @@ def fetch_attributes(
 
 def priors(
     dataset: str = typer.Option(
-        ..., "--dataset", help="market1501, dukemtmc or manifest.", show_default=False
+        ...,
+        "--dataset",
+        help="market1501, dukemtmc, manifest or a plug-in dataset.",
+        show_default=False,
     ),
     attributes: Path = typer.Option(
         ...,
@@ -60,37 +65,51 @@ def priors(
 
     Example: attrimp data priors --dataset market1501 --attributes data/market_attribute.mat --out runs/priors
     """
-    from attrimp.data.annotations import load_attribute_file, load_manifest_attributes
     from attrimp.data.priors import write_priors
     from attrimp.model.schema import load_schema
 
-    key = dataset.lower().replace("-", "")
-    if key not in PRIOR_DATASETS:
-        raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(PRIOR_DATASETS)}.")
-    if key == "manifest" and schema is None:
-        raise ConfigError("--dataset manifest needs --schema, the TOML that describes its columns.")
+    ds = _dataset(dataset, "priors")
+    if ds.schema is None and schema is None:
+        raise ConfigError(
+            f"--dataset {ds.name} needs --schema, the TOML that describes its columns."
+        )
     if not attributes.is_file():
-        raise DataError(_missing_input(key, attributes))
-    chosen = load_schema(schema) if schema is not None else key
-    if key == "manifest":
-        table = load_manifest_attributes(attributes, chosen)
-    else:
-        table = load_attribute_file(attributes, chosen)
+        raise DataError(_missing_input(ds, attributes))
+    table = ds.read_attributes(attributes, load_schema(schema) if schema is not None else None)
     for line in table.report.lines():
         console.print(line, highlight=False)
     csv_path, png_path = write_priors(table, out)
     console.print(f"Wrote {csv_path} and {png_path}.", highlight=False)
 
 
-def _missing_input(key: str, path: Path) -> str:
+def _dataset(name: str, command: str):
+    """The registered dataset ``name`` that supports ``command``; else one sentence listing
+    those that do (the registry decides, so a plug-in dataset is offered here too)."""
+    from attrimp.data.datasets import DATASETS, dataset_names
+
+    key = name.lower().replace("-", "")
+    if command == "fetch-attributes":
+        able = dataset_names(fetch=True)
+        if key not in able:
+            raise ConfigError(
+                f"No public attribute file is known for {name!r}; choose {' or '.join(able)}."
+            )
+    else:
+        able = dataset_names(priors=True)
+        if key not in able:
+            raise ConfigError(f"Unknown dataset {name!r}; use {', '.join(able)}.")
+    return DATASETS.load(key)
+
+
+def _missing_input(ds, path: Path) -> str:
     """The sentence for a missing --attributes file: which command produces it."""
-    if key == "manifest":
+    if ds.attribute_source is None:
         return (
             f"The manifest {str(path)!r} does not exist: it is your CSV of path, pid, camid, split "
             "and attribute columns (docs/data.md)."
         )
     return (
-        f"The attribute file {str(path)!r} does not exist: `attrimp data fetch-attributes {key} "
+        f"The attribute file {str(path)!r} does not exist: `attrimp data fetch-attributes {ds.name} "
         f"--out {str(path.parent)!r}` downloads it (add --url for a mirror or a file:// copy)."
     )
 

@@ -18,8 +18,6 @@ from attrimp.errors import ConfigError, DataError
 
 console = Console(soft_wrap=True)
 
-SUMMARY_DATASETS = ("market1501", "dukemtmc", "manifest")
-
 
 def _parse_visibility(items: list[str]) -> dict[str, float] | float:
     """``["hat=0", "upcolor=0.5"]`` -> mapping; a bare number (``["0.5"]``) sets every group."""
@@ -211,10 +209,12 @@ def _print_world(root: Path, seconds: float) -> None:
 
 def summary(
     path: Path = typer.Argument(
-        ..., help="Dataset folder (market1501/dukemtmc) or manifest CSV.", show_default=False
+        ...,
+        help="Dataset folder (market1501/dukemtmc), manifest CSV or a plug-in dataset's path.",
+        show_default=False,
     ),
     dataset: str = typer.Option(
-        "market1501", "--dataset", help="market1501, dukemtmc or manifest."
+        "market1501", "--dataset", help="market1501, dukemtmc, manifest or a plug-in dataset."
     ),
     attributes: Path | None = typer.Option(
         None,
@@ -239,10 +239,7 @@ def summary(
     from attrimp.data.summary import summarize, verify_images
     from attrimp.io import atomic_write_json
 
-    key = dataset.lower().replace("-", "")
-    if key not in SUMMARY_DATASETS:
-        raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(SUMMARY_DATASETS)}.")
-    data = _load_dataset(path, key, attributes, schema, missing_policy, bad_names)
+    data = _load_dataset(path, dataset, attributes, schema, missing_policy, bad_names)
     result = summarize(data)
     if verify:
         paths = [r.path for r in data.all_records()]
@@ -261,31 +258,31 @@ def summary(
 
 def _load_dataset(
     path: Path,
-    key: str,
+    dataset: str,
     attributes: Path | None,
     schema: Path | None,
     missing_policy: str,
     bad_names: str,
 ):
-    """The dataset to summarise: a manifest with its schema, or a Market/Duke-layout folder
-    (a synthetic world brings its own attribute file)."""
-    if key == "manifest":
-        from attrimp.data.manifest import load_manifest
-
-        if schema is None:
-            raise ConfigError(
-                "--dataset manifest needs --schema, the TOML of its attribute columns."
-            )
-        return load_manifest(path, schema)
-    from attrimp.data.market import load_reid_dataset
+    """The dataset to summarise, opened by its registry entry (a plug-in dataset that supports
+    a summary is offered too); a synthetic world brings its own attribute file."""
+    from attrimp.data.datasets import DATASETS, dataset_names
     from attrimp.data.synth import DESIGN_FILE
 
+    able = dataset_names(summary=True)
+    key = dataset.lower().replace("-", "")
+    if key not in able:
+        raise ConfigError(f"Unknown dataset {dataset!r}; use {', '.join(able)}.")
     if attributes is None and (path / DESIGN_FILE).is_file():
         design = json.loads((path / DESIGN_FILE).read_text(encoding="utf-8"))
         attributes = path / design.get("attribute_file", "market_attribute.mat")
         console.print(f"Synthetic world: using its attribute file {attributes}.", highlight=False)
-    return load_reid_dataset(
-        path, key, attributes, missing_policy=missing_policy, bad_names=bad_names
+    return DATASETS.load(key).open(
+        path,
+        attributes=attributes,
+        schema=schema,
+        missing_policy=missing_policy,
+        bad_names=bad_names,
     )
 
 

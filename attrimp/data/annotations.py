@@ -687,7 +687,7 @@ def _atomic_write(path: Path, write, *, binary: bool = False) -> Path:
 
 
 def fetch_attribute_file(
-    dataset: str,
+    dataset: str | AttributeSource,
     out_dir: str | Path,
     *,
     url: str | None = None,
@@ -699,14 +699,18 @@ def fetch_attribute_file(
     The bytes go to a temporary file beside the target and are moved into place only once the
     checksum matches, so a failed or corrupted download never leaves a file that looks valid.
     Returns ``(path, downloaded)``; an existing file with the right checksum is kept as is.
-    ``progress`` shows a download bar on a terminal (the CLI turns it on).
+    ``progress`` shows a download bar on a terminal (the CLI turns it on). ``dataset`` is a
+    built-in name or a plug-in dataset's `AttributeSource` (its ``attribute_source``).
     """
-    key = dataset.lower().replace("-", "")
-    if key not in SOURCES:
-        raise DataError(
-            f"No public attribute file is known for {dataset!r}; choose {' or '.join(SOURCES)}."
-        )
-    spec = SOURCES[key]
+    if isinstance(dataset, AttributeSource):
+        spec = dataset
+    else:
+        key = dataset.lower().replace("-", "")
+        if key not in SOURCES:
+            raise DataError(
+                f"No public attribute file is known for {dataset!r}; choose {' or '.join(SOURCES)}."
+            )
+        spec = SOURCES[key]
     out_dir = Path(out_dir)
     target = out_dir / spec.filename
     if target.is_file() and sha256_file(target) == spec.sha256:
