@@ -2,7 +2,7 @@
 
 The part of `attrimp study run` between training and statistics, for a model trained elsewhere
 (e.g. by `attrimp train`): every condition of ``[ablation] designs`` is evaluated on the
-config's query/gallery and written as the ReID result tables of DESIGN.md. Feed them to
+config's query/gallery and written as the ReID result tables of docs/architecture.md. Feed them to
 `attrimp study analyze` or let `attrimp study run` do everything.
 
     OUT/per_query.parquet                one row per query per configuration

@@ -746,24 +746,12 @@ def fetch_attribute_file(
 
 
 def _copy(response, f, digest, total: int | None, label: str, progress: bool) -> None:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=(console := Console(stderr=True)),
-        disable=not (progress and console.is_terminal),
-        transient=True,
-    ) as bar:
+    from attrimp.progress import progress_bar
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with progress_bar(progress, *columns, TransferSpeedColumn()) as bar:
         task = bar.add_task(f"downloading {label}", total=total)
         for chunk in iter(lambda: response.read(1 << 16), b""):
             f.write(chunk)

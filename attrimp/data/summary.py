@@ -102,14 +102,10 @@ def summarize(data: ReIDData) -> DatasetSummary:
 
 def verify_images(paths: list[Path], *, progress: bool = False) -> list[tuple[str, str]]:
     """Decode every image; return ``(path, reason)`` for each that fails (nothing raised)."""
-    bad: list[tuple[str, str]] = []
-    if progress:
-        from rich.progress import track
+    from attrimp.progress import track
 
-        it = track(paths, description="decoding images", transient=True)
-    else:
-        it = paths
-    for p in it:
+    bad: list[tuple[str, str]] = []
+    for p in track(paths, "decoding images", show=progress):
         try:
             load_image(p)
         except DataError as e:

@@ -1,4 +1,4 @@
-"""From a model (or saved features) to the ReID result tables of ``DESIGN.md``.
+"""From a model (or saved features) to the ReID result tables of ``docs/architecture.md``.
 
 * `extract_features` runs a model over a loader (no grad, bf16 autocast on CUDA; a progress
   bar when asked, as the CLI does);
@@ -27,6 +27,7 @@ import torch
 from attrimp.errors import DataError
 from attrimp.evaluate.metrics import EvalResult, evaluate, pairwise_distance
 from attrimp.model.mosaic import ModelOutput, MoSAICReID
+from attrimp.progress import progress_bar
 
 __all__ = [
     "FeatureSet",
@@ -180,8 +181,8 @@ def _collect(batches: Sequence[_Batch]) -> FeatureSet:
 
 
 def _progress_bar(progress: bool) -> Any:
-    """A transient rich progress bar (``progress=False``: a disabled one that draws nothing)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """The extraction bar (`attrimp.progress`; ``progress=False``: one that draws nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     columns = (
         "[progress.description]{task.description}",
@@ -189,7 +190,7 @@ def _progress_bar(progress: bool) -> Any:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    return Progress(*columns, disable=not progress, transient=True)
+    return progress_bar(progress, *columns)
 
 
 @torch.no_grad()

@@ -8,14 +8,16 @@ Stages (each cached, so a killed run resumes without redoing finished work):
    router and training settings, and `attrimp.train.training` resumes inside an epoch sequence.
 3. **conditions** — every test-time configuration of `attrimp.evaluate.ablation` evaluated on the trained
    model; one Parquet file per condition, keyed by the condition and the model's hash.
-4. **tables** — the per-query long table, the configuration-level table, the paired Δ table.
+4. **tables** — the per-query long table, the configuration-level table, the paired Δ table
+   (built by `attrimp.evaluate.tables`).
 5. **analyses** — the studies battery on each table with the design it calls for.
 6. **report** — report.json / report.md / report.html (+ CSV tables and PNG figures).
 
 Every file is written through `attrimp.io` (a temporary name moved into place), so a kill -9 at
 any point leaves either the old file or the new one. Apart from its ``timings`` section (each
-stage's wall time and peak memory: `StageClock`) the report holds no timestamps or timings: the
-same config gives the same report whether the run was interrupted or not. The run is quiet by
+stage's wall time and peak memory: `attrimp.study.clock.StageClock`) the report holds no
+timestamps or timings: the same config gives the same report whether the run was interrupted
+or not. The run is quiet by
 default (each stage's line goes to `logging`); ``progress=True`` — what the CLI passes — prints
 the lines and shows progress bars.
 """
@@ -24,22 +26,20 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import shutil
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from attrimp.config import StudyConfig
+from attrimp.evaluate.tables import config_table, delta_table, leave_one_out_importance
 from attrimp.io import atomic_write_frame, atomic_write_json, atomic_write_text, run_output
 from attrimp.study.analyses import StudyAnalyses, run_study_analyses
+from attrimp.study.clock import StageClock as StageClock  # re-exported (benchmarks import it)
+from attrimp.study.clock import Stages as _Stages
 from attrimp.study.report import build_study_report, write_study_report
 
 logger = logging.getLogger(__name__)
@@ -56,162 +56,6 @@ class StudyResult:
     importance: pd.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
     cached: dict[str, int] = field(default_factory=dict)
-
-
-def _status_mb(key: str) -> float | None:
-    """A memory line of /proc/self/status (``VmHWM``, ``VmRSS``) in MB; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's resident high-water mark (Linux: ``/proc/self/clear_refs``), so a
-    stage's peak is its own; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class StageClock:
-    """Wall seconds and peak memory of each stage of a run, in the order they ran.
-
-    Why: at full size the question is always "which stage is slow, which one is big", and the
-    answer must come from the run itself, not from a rerun under a profiler. Peak resident
-    memory is the stage's own where the OS lets us reset the high-water mark (Linux); elsewhere
-    it is the process's peak so far (``peak_rss_scope = "process"``). Nested stages (each battery
-    inside the analyses) report their own peak and still count in their parent's. On CUDA the
-    peak GPU memory torch allocated during the stage is kept as well.
-    """
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        #: stages still open: [record, peak of finished nested stages, scoped, cuda, start]
-        self._open: list[list[Any]] = []
-
-    def begin(self, stage: str, **info: Any) -> dict[str, Any]:
-        """Start timing ``stage``; returns its record (add counts to it); `end` closes it."""
-        record: dict[str, Any] = {"stage": stage, **info}
-        before = _status_mb("VmHWM")
-        if self._open and before is not None:
-            self._open[-1][1] = max(self._open[-1][1], before)
-        scoped = _reset_peak_rss()
-        torch = sys.modules.get("torch")
-        cuda = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self._open.append([record, 0.0, scoped, cuda, time.perf_counter()])
-        return record
-
-    def end(self) -> dict[str, Any]:
-        """Close the innermost open stage and return its finished record."""
-        record, nested_peak, scoped, cuda, start = self._open.pop()
-        record["seconds"] = time.perf_counter() - start
-        if cuda:
-            record["peak_gpu_mb"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**20
-        hwm = _status_mb("VmHWM") if scoped else None
-        if hwm is None:
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        record["peak_rss_mb"] = max(hwm, nested_peak)
-        record["peak_rss_scope"] = "stage" if scoped else "process"
-        if self._open:
-            self._open[-1][1] = max(self._open[-1][1], record["peak_rss_mb"])
-        self.records.append(record)
-        return record
-
-    @contextmanager
-    def __call__(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
-        record = self.begin(stage, **info)
-        try:
-            yield record
-        finally:
-            self.end()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``timings`` section of report.json (stages in the order they finished)."""
-        return {
-            "total_seconds": sum(r["seconds"] for r in self.records if "." not in r["stage"]),
-            "stages": [dict(r) for r in self.records],
-        }
-
-
-class _Stages:
-    """Progress + a log of what each stage did (computed or taken from the cache).
-
-    Every line goes to this module's logger; it is also printed (with the progress bars) only
-    when ``progress`` is on, which the CLI does and a library call does not."""
-
-    def __init__(self, progress: bool, console=None) -> None:
-        from rich.console import Console
-
-        self.enabled = progress
-        self.console = console or Console(stderr=True)
-        self.cached: dict[str, int] = {}
-        self.clock = StageClock()
-
-    def begin(self, stage: str, **info: Any) -> dict[str, Any]:
-        """Start timing ``stage`` (`StageClock`); `end` closes it and prints its cost."""
-        return self.clock.begin(stage, **info)
-
-    def end(self) -> dict[str, Any]:
-        record = self.clock.end()
-        gpu = f", GPU peak {record['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in record else ""
-        note = f" ({record['note']})" if record.get("note") else ""
-        stage, _, part = record["stage"].partition(".")
-        self.say(
-            stage,
-            f"{part + ': ' if part else ''}{record['seconds']:.1f} s, peak RSS "
-            f"{record['peak_rss_mb']:.0f} MB{gpu}{note}",
-            style="dim",
-        )
-        return record
-
-    @contextmanager
-    def stage(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
-        """`begin` ... `end` around a block; yields the stage's record."""
-        record = self.begin(stage, **info)
-        try:
-            yield record
-        finally:
-            self.end()
-
-    def say(self, stage: str, message: str, *, style: str | None = None) -> None:
-        """One line about ``stage``: logged, and printed when progress is on."""
-        logger.info("%s: %s", stage, message)
-        if self.enabled:
-            from rich.markup import escape
-
-            text = f"[{style}]{escape(message)}[/]" if style else escape(message)
-            self.console.print(f"[bold cyan]{stage:>10}[/] {text}", highlight=False)
-
-    def bar(self, description: str):
-        """A transient progress bar (shown only when progress is on)."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        return Progress(
-            TextColumn(f"[bold cyan]{description:>10}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            disable=not self.enabled,
-            transient=True,
-        )
 
 
 def run_study(
@@ -786,90 +630,3 @@ def _retrain_one(run: _Run, data, cond, path: Path) -> None:
     table["config"] = RETRAIN_PREFIX + table["config"]
     table["design"] = RETRAIN_PREFIX + table["design"]
     atomic_write_frame(table, path)
-
-
-# --------------------------------------------------------------------------- tables
-def config_table(per_query: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
-    """One row per configuration: mAP, rank-1/5/10, mINP over valid queries + group-on columns."""
-    valid = per_query[per_query["valid"]]
-    rows = []
-    for (config, design), g in valid.groupby(["config", "design"], sort=False):
-        fh = g["first_hit"].to_numpy()
-        row = {
-            "config": config,
-            "design": design,
-            "mAP": float(g["ap"].mean()),
-            "rank1": float(np.mean(fh <= 1)),
-            "rank5": float(np.mean(fh <= 5)),
-            "rank10": float(np.mean(fh <= 10)),
-            "mINP": float(g["inp"].mean()),
-            "queries": len(g),
-        }
-        row.update({grp: int(g[f"on_{grp}"].iloc[0]) for grp in groups})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def delta_table(per_query: pd.DataFrame, groups: list[str], *, prefix: str = "") -> pd.DataFrame:
-    """Each query's AP with all experts minus its AP without each group (paired Δ).
-
-    ``prefix`` selects the family of configurations: "" for test-time switching on the one
-    trained model, ``"retrain:"`` for the models retrained per configuration.
-    """
-    full = per_query[per_query["config"] == f"{prefix}full"].set_index("query")
-    rows = []
-    for g in groups:
-        name = f"{prefix}without:{g}"
-        other = per_query[per_query["config"] == name].set_index("query")
-        if other.empty or full.empty:
-            continue
-        both = full[["pid", "ap", "valid"]].join(other[["ap"]], rsuffix="_without", how="inner")
-        both = both[both["valid"]]
-        rows.append(
-            pd.DataFrame(
-                {
-                    "query": both.index,
-                    "pid": both["pid"].to_numpy(),
-                    "group": g,
-                    "ap_full": both["ap"].to_numpy(),
-                    "ap_without": both["ap_without"].to_numpy(),
-                    "delta_ap": (both["ap"] - both["ap_without"]).to_numpy(),
-                }
-            )
-        )
-    if not rows:
-        return pd.DataFrame(columns=["query", "pid", "group", "ap_full", "ap_without", "delta_ap"])
-    return pd.concat(rows, ignore_index=True)
-
-
-def leave_one_out_importance(
-    deltas: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
-) -> pd.DataFrame:
-    """ΔmAP of switching each group off, with an identity-cluster bootstrap CI.
-
-    Queries of one identity share its annotation and its experts, so the bootstrap resamples
-    identities, not queries (a query-level bootstrap would give CIs that are too narrow).
-    """
-    rng = np.random.default_rng(seed)
-    rows = []
-    for g, d in deltas.groupby("group", sort=False):
-        per_id = d.groupby("pid")["delta_ap"].agg(["sum", "count"])
-        sums, counts = per_id["sum"].to_numpy(), per_id["count"].to_numpy()
-        idx = rng.integers(0, len(per_id), size=(n_boot, len(per_id)))
-        boot = sums[idx].sum(1) / counts[idx].sum(1)
-        lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-        rows.append(
-            {
-                "attribute": g,
-                "delta_map": float(d["delta_ap"].mean()),
-                "ci_low": float(lo),
-                "ci_high": float(hi),
-                "queries": len(d),
-                "identities": len(per_id),
-                "share_hurt": float(np.mean(d["delta_ap"] > 0)),
-            }
-        )
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    return table.sort_values("delta_map", ascending=False, kind="stable").reset_index(drop=True)

@@ -720,14 +720,16 @@ class _ProgressBar:
         self.show, self.total = show, total
         self._bar = self._task = None
         if show:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(
+            from attrimp.progress import progress_bar
+
+            self._bar = progress_bar(
+                True,
                 TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total} steps · loss {task.fields[loss]:.3f}"),
                 TimeRemainingColumn(),
-                transient=True,
             )
 
     def __enter__(self) -> _ProgressBar:

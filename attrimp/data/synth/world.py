@@ -644,9 +644,9 @@ class _progress:
     def __enter__(self):
         if not self.show:
             return lambda n=1: None
-        from rich.progress import Progress
+        from attrimp.progress import progress_bar
 
-        self._bar = Progress(transient=True)
+        self._bar = progress_bar(True)
         self._bar.__enter__()
         task = self._bar.add_task("drawing the synthetic world", total=self.total)
         return lambda n=1: self._bar.advance(task, n)
