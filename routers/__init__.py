@@ -14,6 +14,18 @@ A third-party package adds a router in its ``pyproject.toml``::
 
     [project.entry-points."attrimp.routers"]
     mine = "my_pkg.routers:MyRouter"       # a Router subclass
+
+and a study then names it (``router.name = "mine"``) and hands it ``[router.options]``, read
+through the dataclass the router declares as its ``Options`` class attribute (one-sentence
+errors naming ``router.options.<key>``; no ``Options`` = no options) and passed to its
+constructor as keywords (`attrimp.registry.plugin_options`, `option_kwargs`)::
+
+    class MyRouter(Router):
+        @dataclass
+        class Options:
+            level: float = 1.0
+
+        def __init__(self, level: float = 1.0) -> None: ...
 """
 
 from __future__ import annotations
