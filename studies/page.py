@@ -354,6 +354,7 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;vertical-align:t
 word-break:normal;overflow-wrap:normal;hyphens:none}
 th{background:#f3f3f3;text-align:center;font-weight:600}
 td.num{white-space:nowrap;font-variant-numeric:tabular-nums}
+.nw{white-space:nowrap}
 td.text{text-align:left}td.long{min-width:16em}
 .sig{font-weight:bold;color:#b00}
 .scroll{overflow-x:auto;max-width:100%;margin:.3em 0 1em;
@@ -421,11 +422,35 @@ def figure_css_width(data: bytes) -> int | None:
     return None
 
 
+#: prose tokens a line must not break inside: numbers (signed, scientific, percentages),
+#: |ΔmAP|-style magnitudes, and short hyphenated names such as rank-1 or Holm-adjusted p's
+#: exponents; a browser may break after a hyphen, which splits "2.4e-04" or "rank-1"
+_UNBREAKABLE = re.compile(
+    r"[−+\-]?\d[\d.,]*(?:e[−+\-]?\d+)?%?"
+    r"|\|[^\s|]{1,24}\|"
+    r"|\b[A-Za-z]+-\d+\b"
+)
+
+
+def _prose_html(text: str) -> str:
+    """Escaped prose whose numbers and short hyphenated tokens never break across lines."""
+    out, last = [], 0
+    for m in _UNBREAKABLE.finditer(text):
+        out.append(escape(text[last : m.start()]))
+        out.append(f'<span class="nw">{escape(m.group(0))}</span>')
+        last = m.end()
+    out.append(escape(text[last:]))
+    return "".join(out)
+
+
 def html_inline(text: Inline) -> str:
-    """Inline text as HTML: each piece escaped, bold pieces in ``<b>``."""
+    """Inline text as HTML: each piece escaped (numbers kept on one line), bold pieces in
+    ``<b>``."""
     if isinstance(text, (str, Strong)):
         text = [text]
-    return "".join(f"<b>{escape(p.text)}</b>" if isinstance(p, Strong) else escape(p) for p in text)
+    return "".join(
+        f"<b>{_prose_html(p.text)}</b>" if isinstance(p, Strong) else _prose_html(p) for p in text
+    )
 
 
 @dataclass

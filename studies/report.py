@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from attrimp.io import atomic_write_bytes, atomic_write_frame, atomic_write_text
-from studies.battery import METHODS, TABLES, BatteryResult
+from studies.analysis import methods, table_names
+from studies.battery import BatteryResult
 from studies.page import Link
 from studies.report_html import render_html
 from studies.report_md import (
@@ -38,8 +39,22 @@ from studies.report_md import (
 #: major.minor: a new optional key bumps minor; a renamed/removed key or changed meaning, major
 SCHEMA_VERSION = "1.2"
 
-#: tables that go under ``analyses`` in report.json (the consensus ranking is top-level)
-ANALYSES: tuple[str, ...] = tuple(t for t in TABLES if t != "consensus")
+
+def analysis_tables(result: BatteryResult | None = None) -> tuple[str, ...]:
+    """The tables that go under ``analyses`` in report.json, in report order: those of
+    ``result``'s analyses, or without one the registry's (`studies.analysis.table_names`; the
+    consensus ranking is top-level)."""
+    names = table_names() if result is None else result.table_order
+    return tuple(t for t in names if t != "consensus")
+
+
+def __getattr__(name: str) -> Any:
+    """``ANALYSES``: :func:`analysis_tables`, read when asked, so a plug-in analysis registered
+    after this module was imported is listed."""
+    if name == "ANALYSES":
+        return analysis_tables()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _LIBRARIES = ("numpy", "pandas", "scipy", "statsmodels", "scikit-learn", "xgboost", "shap")
 
@@ -268,7 +283,11 @@ def build_report(result: BatteryResult, *, input_info: Mapping[str, Any] | None 
         {
             "outcome": o.outcome,
             "family": o.family,
-            "methods": [m for m in METHODS if m in set(o.table("method_scores").get("method", []))],
+            "methods": [
+                m
+                for m in result.method_order
+                if m in set(o.table("method_scores").get("method", []))
+            ],
             "excluded_methods": dict(o.excluded_methods),
             "kendall_w": o.kendall_w,
             "kendall_w_p": o.kendall_w_p,
@@ -289,7 +308,7 @@ def build_report(result: BatteryResult, *, input_info: Mapping[str, Any] | None 
         "excluded_attributes": {str(k): str(v) for k, v in frame.excluded_groups.items()},
         "outcomes": outcomes,
         "summary": build_summary(result),
-        "analyses": {name: records(result.combined(name)) for name in ANALYSES},
+        "analyses": {name: records(result.combined(name)) for name in analysis_tables(result)},
         "consensus": records(result.combined("consensus")),
         "warnings": [w.as_dict() for w in result.warnings],
     }
@@ -339,9 +358,13 @@ def make_figures(result: BatteryResult) -> dict[str, bytes]:
                 *_method_matrices(
                     o.table("method_scores"), o.table("consensus"), summary, o.excluded_methods
                 ),
+                effects=plots.method_effects(o.table("method_scores"), o.table("shap_levels")),
                 title=f"Each method's rank of each attribute group ({o.outcome})",
                 legend=f"consensus row: colour = direction of the GLM's headline level, * = Holm "
                 f"p < {result.settings.alpha:g} in the GLM group test",
+            ),
+            "prevalence": lambda o=o: plots.prevalence_scatter(
+                o.table("prevalence"), title=f"Per-instance effect vs prevalence ({o.outcome})"
             ),
         }
         for name, make in candidates.items():
@@ -366,7 +389,7 @@ def _method_matrices(
     for col in ("direction", "significant"):
         ms[col] = pd.to_numeric(ms[col], errors="coerce") if col in ms else np.nan
         ms[col] = ms[col].astype(float)
-    order = [m for m in METHODS if m in set(ms["method"])]
+    order = [m for m in methods() if m in set(ms["method"])]
     mats = [
         ms.pivot_table(
             index="method", columns="attribute", values=v, sort=False, dropna=False
@@ -453,7 +476,7 @@ def write_tables(
     """Every battery table as ``<name>.csv`` (infinite values blank, like NaN) and the warnings
     as ``warnings.csv``; returns name -> path."""
     paths: dict[str, Path] = {}
-    for name in TABLES:
+    for name in result.table_order:
         paths[name] = tables_dir / f"{name}.csv"
         atomic_write_frame(_frame_for_csv(result.combined(name)), paths[name])
     paths["warnings"] = tables_dir / "warnings.csv"
@@ -484,12 +507,12 @@ def _frame_for_csv(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = [
-    "ANALYSES",
+__all__ = [  # also ANALYSES (module __getattr__)
     "HIGHER_IS_BETTER",
     "LOWER_IS_BETTER",
     "SCHEMA_VERSION",
     "ReportFiles",
+    "analysis_tables",
     "build_report",
     "clean_value",
     "dumps",

@@ -47,63 +47,16 @@ CONSENSUS_NOTE = (
     "eta-squared; the tree models are not refitted), so the interval need not contain the rank."
 )
 
-#: per-outcome sections of both pages: (table key, title, one-line explanation)
-SECTIONS: tuple[tuple[str, str, str], ...] = (
-    (
-        "method_agreement",
-        "Agreement between methods",
-        "How similarly the methods rank the attribute groups.",
-    ),
-    ("glm_fits", "GLM fit", "The generalised linear model of the outcome on all attribute groups."),
-    (
-        "glm_group_tests",
-        "GLM: joint Wald test per attribute group",
-        "Does the group matter at all, adjusting for the other groups? Robust (cluster-robust when "
-        "a cluster column is given) covariance; Holm and Benjamini-Hochberg adjusted.",
-    ),
-    (
-        "glm_coefficients",
-        "GLM coefficients",
-        "Each level against its group's reference level (the most frequent one), link scale.",
-    ),
-    (
-        "tests",
-        "Rank tests per attribute group",
-        "Mann-Whitney U (two levels) or Kruskal-Wallis (more), with effect sizes; clustered rows "
-        "are handled as described in docs/studies.md.",
-    ),
-    (
-        "paired_tests",
-        "Paired tests between conditions",
-        "The same units under different conditions: Wilcoxon signed-rank and paired t.",
-    ),
-    (
-        "permutation_importance",
-        "Grouped permutation importance",
-        "Drop in held-out model quality when a whole attribute group is permuted.",
-    ),
-    (
-        "model_quality",
-        "Held-out quality of the tree models",
-        "A model that explains nothing has no importance worth reading.",
-    ),
-    (
-        "shap",
-        "SHAP importance per attribute group",
-        "Mean over rows of |sum of the group's columns' SHAP values|.",
-    ),
-    ("shap_levels", "SHAP: signed effect per level", "Mean SHAP value of the rows at each level."),
-    (
-        "prevalence",
-        "Effect vs. prevalence",
-        "Per-instance effect beside population-level importance: rare but strong groups stand out.",
-    ),
-    (
-        "stability",
-        "Stability under cluster resampling",
-        "How each group's rank moves when clusters are resampled.",
-    ),
-)
+
+def __getattr__(name: str) -> Any:
+    """``SECTIONS``: the per-outcome sections of both pages, (table key, title, one-line
+    explanation), as the analyses declare them (`studies.analysis.report_sections`), read when
+    asked so a plug-in analysis registered after import has its section."""
+    if name == "SECTIONS":
+        from studies.analysis import report_sections
+
+        return report_sections()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def outcome_sense(outcome: str) -> int:
@@ -418,6 +371,7 @@ SECTION_FIGURES = {
     "glm_coefficients": "glm_forest",
     "permutation_importance": "importance",
     "shap": "shap",
+    "prevalence": "prevalence",
 }
 
 
@@ -552,7 +506,9 @@ def _outcome_sections(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> 
     order = {
         r["attribute"]: i for i, r in enumerate(for_outcome(report.get("consensus", []), name))
     }
-    for key, title, why in SECTIONS:
+    from studies.analysis import report_sections
+
+    for key, title, why in report_sections():
         rows = by_ranking(for_outcome(report["analyses"].get(key, []), name), order)
         if rows:
             sections.append(_analysis_section(name, key, title, why, rows))
@@ -604,7 +560,6 @@ __all__ = [
     "BLANK_P_NOTE",
     "CONSENSUS_NOTE",
     "GLOSSARY",
-    "SECTIONS",
     "answer_text",
     "battery_page",
     "figure_tag",

@@ -6,8 +6,6 @@ width, and a page whose images are embedded PNGs and whose tables scroll inside 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 
@@ -206,30 +204,6 @@ def test_consensus_heat_map_of_the_study_carries_direction_and_found():
     # this fixture's switching battery has no randomisation table: its identity-clustered test
     # alone no longer counts as finding a group (issue 16), so switching's "found" is unknown
     assert np.isnan(found.loc["switching", "gender"])
-
-
-def test_prior_bars_are_drawn_one_split_per_page_wide_figure():
-    import matplotlib.image as mpimg
-
-    rows = []
-    for split in ("train", "test", "all"):
-        for g, values in (("gender", ["male", "female"]), ("upcolor", ["black", "white", "red"])):
-            for v in values:
-                rows.append(
-                    {
-                        "split": split,
-                        "attribute": g,
-                        "value": v,
-                        "count": 10,
-                        "probability": 1 / len(values),
-                    }
-                )
-    figs = sr._prior_figures(pd.DataFrame(rows))
-    assert list(figs) == ["priors_train", "priors_test", "priors_all"]
-    for png in figs.values():
-        width = mpimg.imread(io.BytesIO(png), format="png").shape[1]
-        # the page is 1100 px wide: a figure no wider is shown at full size, labels readable
-        assert width <= 1100, width
 
 
 def test_group_on_indicators_read_on_and_off_in_the_batteries():

@@ -198,7 +198,7 @@ def write_study_report(out: Path, report: Mapping[str, Any]) -> None:
     figs = study_figures(report, pd.read_csv(priors_csv) if priors_csv.exists() else None)
     for name, data in figs.items():
         atomic_write_bytes(out / "figures" / f"{name}{figure_suffix(data)}", data)
-    atomic_write_text(out / "report.md", render_markdown(report, list(figs)))
+    atomic_write_text(out / "report.md", render_markdown(report, figs))
     atomic_write_text(out / "report.html", render_html(report, figs))
 
 
@@ -530,6 +530,7 @@ def _sections(report: Mapping[str, Any]) -> list[Section]:
         _paired_section,
         _consensus_section,
         _accuracy_section,
+        _counterfactual_section,
         _retrained_section,
         _attribute_only_section,
         _learned_router_section,
@@ -604,6 +605,21 @@ def _accuracy_section(report: Mapping[str, Any]) -> Section:
         + (f". One row per configuration: {words}." if words else "."),
         _design_sorted(configs) if len(configs) else None,
         "accuracy",
+    )
+
+
+def _counterfactual_section(report: Mapping[str, Any]) -> Section | None:
+    """Each group's ΔmAP when every query's value of it is swapped to another (the
+    counterfactual design), drawn; None when the study ran no counterfactuals."""
+    configs = report.get("configurations") or []
+    if not any(r.get("design") == "counterfactual" for r in configs):
+        return None
+    return _section(
+        "Counterfactual values",
+        "mAP when every query's value of one group is replaced by another value (the experts "
+        "of that value fire instead of the true one's), against the full oracle: a large drop "
+        "means the model relies on that group's experts matching the person.",
+        figure="counterfactual",
     )
 
 
