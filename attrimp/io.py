@@ -10,6 +10,8 @@ Torch-free, so `attrimp study analyze` and the studies layer can use it.
 * **Output folders** — `output_folder` checks that ``--out`` can be written *before* any work
   and holds an exclusive lock on it while the command runs, so a second command pointed at the
   same folder stops at once with one sentence instead of mixing its files with the first's.
+  A command that fails before writing anything there (a refused input) leaves no trace: the
+  lock file and the folders it created are removed again.
   The lock is an OS file lock (``flock``), which the OS releases when its process ends, however
   it ends: a run killed with ``kill -9`` never leaves a lock that blocks the next one.
 """
@@ -204,13 +206,49 @@ def output_folder(
             raise OutputFolderError(
                 f"{flag} {str(folder)!r} is a file, not a folder; choose a folder to write into."
             )
-        check_writable_folder(folder.parent, flag=f"the folder of {flag}")
-        lock_path = folder.parent / f".{folder.name}{LOCK_FILE}"
+        parent = folder.parent
+        created = _missing_folders(parent)
+        check_writable_folder(parent, flag=f"the folder of {flag}")
+        lock_path = parent / f".{folder.name}{LOCK_FILE}"
     else:
+        created = _missing_folders(folder)
         check_writable_folder(folder, flag=flag)
         lock_path = folder / LOCK_FILE
+    new_lock = not lock_path.exists()
     with folder_lock(lock_path, folder, flag=flag):
-        yield folder
+        try:
+            yield folder
+        except BaseException:
+            # still under the lock, so no second command can have started writing here
+            _remove_if_untouched(lock_path if new_lock else None, created)
+            raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders that creating ``folder`` would create, deepest first."""
+    missing: list[Path] = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_if_untouched(lock_path: Path | None, created: list[Path]) -> None:
+    """After a command failed: remove the lock file it created and, deepest first, the folders
+    it created that are now empty, so a refused input (a missing table, a bad config) leaves
+    no ``--out`` holding only ``.attrimp.lock``. A folder with anything else in it is kept:
+    what a failed run did write is the user's to inspect (and ``--resume`` may reuse it)."""
+    if lock_path is not None:
+        try:
+            lock_path.unlink()
+        except OSError:  # Windows cannot delete an open file; the lock stays, harmlessly
+            return
+    for p in created:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (or not ours any more): keep it and everything above
+            return
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,11 +173,31 @@ def test_bad_input_is_one_sentence_and_exit_2(case, tmp_path, small_table):
     assert len(err.splitlines()) == 1, err
     assert fragment in err, err
     assert "Traceback" not in res.output
-    assert not (tmp_path / "out" / "report.json").exists()
+    # a refused input leaves nothing behind: no --out folder holding only .attrimp.lock
+    assert not (tmp_path / "out").exists(), sorted((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("case", ["missing file", "missing column"])
+def test_refused_input_leaves_an_existing_out_as_it_was(case, tmp_path, small_table):
+    """Refused before (missing file) or after (missing column) --out is locked: a folder that
+    was there keeps its files and gains no lock file; one made for the run is removed,
+    parents included."""
+    args, _ = _bad_tables(tmp_path, small_table)[case]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    res = _invoke(*args, "--out", kept, *FAST)
+    assert res.exit_code == 2, res.output
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    res = _invoke(*args, "--out", tmp_path / "new" / "deeper", *FAST)
+    assert res.exit_code == 2, res.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_bad_input_through_the_console_script(tmp_path):
-    """The real entry point (not typer's runner): same sentence, exit 2, no traceback."""
+    """The real entry point (not typer's runner): same sentence, exit 2, no traceback, and
+    nothing written: run from a scratch folder with the default --out (runs/analyze), which
+    must not appear."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -188,13 +209,15 @@ def test_bad_input_through_the_console_script(tmp_path):
             "--outcome",
             "ap",
         ],
-        cwd=REPO,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def _degenerate_table(seed: int = 0) -> pd.DataFrame:
@@ -345,3 +368,36 @@ def test_same_seed_same_report_across_processes(tmp_path, small_table):
         assert proc.returncode == 0, proc.stderr
         outs.append((out / "report.json").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_study_run_prints_its_answer_to_stdout_and_progress_to_stderr(monkeypatch, tmp_path):
+    """Results to stdout, progress to stderr, as `study analyze` does: the answer table and the
+    report path on stdout (so `attrimp study run > answer.txt` keeps them), what run_study
+    prints on the console it is handed on stderr. run_study is replaced by a stand-in that
+    prints one progress line and returns a known answer, so no study runs."""
+    from types import SimpleNamespace
+
+    import attrimp.study.run
+
+    def fake_run_study(cfg, out, *, resume, progress, console):
+        console.print("      data synthetic → stage line")
+        groups = [
+            {"rank": 1, "attribute": "upcolor", "verdict": "helps", "direction": "helps",
+             "delta_map": 0.0123, "mde": 0.004},
+        ]  # fmt: skip
+        report = {"answer": {"groups": groups}, "headline": {"full_mAP": 0.89}}
+        return SimpleNamespace(report=report, out=Path(out))
+
+    monkeypatch.setattr(attrimp.study.run, "run_study", fake_run_study)
+    res = CliRunner().invoke(app, ["study", "run", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "upcolor" in res.stdout and "+0.0123" in res.stdout and "report.html" in res.stdout
+    assert "stage line" in res.stderr and "upcolor" not in res.stderr
+
+
+def test_study_analyze_prints_its_answer_to_stdout(tmp_path, small_table):
+    path, schema, _ = small_table
+    res = _invoke(path, "--outcome", "ap", "--schema", schema, "--out", tmp_path / "o", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "Which attributes matter for ap" in res.stdout and "upcolor" in res.stdout
+    assert "upcolor" not in res.stderr

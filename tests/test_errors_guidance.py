@@ -219,6 +219,46 @@ def test_a_bad_backbone_is_reported_before_the_world_is_drawn(monkeypatch, capsy
         assert not list(Path(out).rglob("*.jpg")), "the synthetic world was drawn first"
 
 
+def test_a_misspelt_backbone_is_reported_before_out_is_touched(monkeypatch, capsys, tmp_path):
+    """The whole config, backbone name included, is checked before any work: no data stage
+    line, no --out folder (not even one holding only the lock), the close names offered."""
+    config = tmp_path / "c.toml"
+    text = (REPO / "studies" / "configs" / "synthetic_tiny.toml").read_text(encoding="utf-8")
+    config.write_text(text.replace(TIMM_TINY, "timm:vit_tiny_patch16_242"), "utf-8")
+    for command in (["study", "run"], ["train"]):
+        out = tmp_path / "runs" / command[-1]
+        code, err = run(monkeypatch, capsys, *command, str(config), "--out", str(out))
+        one_sentence(code, err, "[model] backbone", "vit_tiny_patch16_242", "vit_tiny_patch16_224")
+        assert "data" not in err.strip().splitlines()[0].split(), err  # no stage ran first
+        assert not (tmp_path / "runs").exists(), sorted((tmp_path / "runs").rglob("*"))
+
+
+# --------------------------------------------------------- one lock per folder, every command
+
+
+def test_evaluate_and_ablate_take_the_out_lock(monkeypatch, capsys, tmp_path):
+    """`evaluate` (the folder of --table / --summary) and `ablate` (--out) stop at once, in one
+    sentence, while another command holds the folder, as study / train / data synth do; a
+    refused input leaves no folder behind."""
+    from attrimp.io import LOCK_FILE, output_folder
+
+    held = tmp_path / "held"
+    config = REPO / "studies" / "configs" / "synthetic_tiny.toml"
+    with output_folder(held):
+        args = ["evaluate", str(tmp_path / "f.npz"), "--table", str(held / "t.csv")]
+        one_sentence(*run(monkeypatch, capsys, *args), "--table folder", "in use by another")
+        args = ["ablate", str(config), "--checkpoint", str(tmp_path / "no"), "--out", str(held)]
+        one_sentence(*run(monkeypatch, capsys, *args), "--out", "in use by another")
+    assert sorted(p.name for p in held.iterdir()) == [LOCK_FILE]  # nothing else written
+    fresh = tmp_path / "fresh"
+    args = ["ablate", str(config), "--checkpoint", str(tmp_path / "no"), "--out", str(fresh)]
+    code, err = run(monkeypatch, capsys, *args)
+    assert code == 2 and "Traceback" not in err, err
+    args = ["evaluate", str(tmp_path / "f.npz"), "--summary", str(fresh / "s.json")]
+    one_sentence(*run(monkeypatch, capsys, *args), "f.npz", "save_features")
+    assert not fresh.exists()
+
+
 # ------------------------------------------------------------- inputs made by another command
 
 

@@ -66,6 +66,30 @@ def test_help_has_a_usage_example(path, command, monkeypatch):
     assert re.search(rf"Example: attrimp {' '.join(path)}\b", shown), shown
 
 
+def _groups(group, path: tuple[str, ...] = ()):
+    """``path`` of every group (the root included) under ``group``."""
+    subs = getattr(group, "commands", None)
+    if subs:
+        yield path
+        for name, sub in subs.items():
+            yield from _groups(sub, (*path, name))
+
+
+GROUPS = sorted(_groups(ROOT))
+
+
+def test_every_group_is_covered():
+    assert {" ".join(p) for p in GROUPS} >= {"", "study", "data", "backbones"}
+
+
+@pytest.mark.parametrize("path", GROUPS, ids=[" ".join(p) or "attrimp" for p in GROUPS])
+def test_group_help_has_a_usage_example(path, monkeypatch):
+    """`attrimp --help`, `attrimp study --help` ... show an example of a command of the group."""
+    shown = _help_output(path, monkeypatch)
+    prefix = " ".join(("attrimp", *path))
+    assert re.search(rf"Example: {prefix} \S", shown), shown
+
+
 def test_ablate_help_names_the_sections(monkeypatch):
     """The reported case, word for word."""
     shown = _help_output(("ablate",), monkeypatch)

@@ -45,15 +45,18 @@ def ablate_command(
     from rich.console import Console
 
     from attrimp.devices import resolve_device
+    from attrimp.io import run_output
 
-    cfg = _with_designs(config, designs)
+    cfg = _with_designs(config, designs)  # the config is checked whole before --out
     dev = resolve_device(device)
-    model, data = _checkpoint_and_data(cfg, checkpoint, out / "work", dev)
-    console = Console(stderr=True)
-    per_query, n_conditions = _evaluate_conditions(cfg, model, data, dev, console)
-    configs = _write_tables(per_query, data.schema.group_names, out)
-    _print_configs(configs, n_conditions, console)
-    console.print(f"tables in {out}", highlight=False)
+    with run_output(out):  # --out checked and locked as every command's is
+        model, data = _checkpoint_and_data(cfg, checkpoint, out / "work", dev)
+        progress = Console(stderr=True)
+        per_query, n_conditions = _evaluate_conditions(cfg, model, data, dev, progress)
+        configs = _write_tables(per_query, data.schema.group_names, out)
+    result = Console()  # the result table to stdout, progress to stderr
+    _print_configs(configs, n_conditions, result)
+    result.print(f"tables in {out}", highlight=False)
 
 
 def _with_designs(config: Path, designs: list[str] | None):

@@ -1,7 +1,9 @@
 """`attrimp backbones list`: the registered ViT backbones as a table.
 
 Describing a model needs its library (open_clip configs, a timm model built on the meta device),
-so the libraries are imported inside the command, never at CLI start-up.
+so the libraries are imported inside the command, never at CLI start-up. The table fits
+`WIDTH` columns (the family is the name's prefix, so it has no column of its own; long tag
+lists wrap), on a terminal and in a pipe alike.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
 
-_MAX_TAGS = 4
+_MAX_TAGS = 3
+#: the widest the table is drawn, terminal or not (a narrower terminal narrows it)
+WIDTH = 100
 
 
 def _fmt_tags(tags: list[str]) -> str:
@@ -50,24 +54,30 @@ def list_cmd(
             rows.append((name, fam, info))
             progress.advance(task)
 
-    table = Table(title="attrimp backbones", show_lines=False)
-    for col in ("name", "family", "pretrained tags", "input size", "width", "depth"):
-        table.add_column(col, no_wrap=col != "pretrained tags")
-    for name, fam, info in rows:
+    _print_table(rows)
+
+
+def _print_table(rows: list[tuple[str, str, dict]]) -> None:
+    """The table, at most `WIDTH` columns wide, and how to build a model on one of its rows."""
+    table = Table(title="attrimp backbones", title_justify="left", show_lines=False)
+    for col in ("name", "pretrained tags", "input", "width", "depth"):
+        table.add_column(col, no_wrap=col not in ("name", "pretrained tags"), overflow="fold")
+    for name, _fam, info in rows:
         size = info.get("input_size")
         table.add_row(
             name,
-            fam,
             info["error"] if "error" in info else _fmt_tags(info.get("tags") or []),
             f"{size[0]}x{size[1]}" if size else "?",
             str(info.get("width") or "?"),
             str(info.get("depth") or "?"),
         )
     console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
-        console = Console(width=160)
+    console = Console(width=min(console.width, WIDTH) if console.is_terminal else WIDTH)
     console.print(table)
-    typer.echo(
-        f"{len(rows)} backbone(s); build one with backbones.build('family:model', "
-        "pretrained=TAG_OR_FILE, img_size=(256, 128)). See docs/backbones.md."
+    console.print(
+        f"{len(rows)} backbone(s). A model on one: attrimp.create_model('clip:ViT-B-16', "
+        "pretrained=TAG_OR_FILE), or [model] backbone = 'clip:ViT-B-16' in a study config; "
+        "docs/backbones.md.",
+        highlight=False,
+        markup=False,
     )

@@ -16,13 +16,14 @@ that (metrics, re-ranking, tables, printing) is shared.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from attrimp.errors import AttrimpError, DataError
+from attrimp.errors import DataError
 
 
 def register(app: typer.Typer) -> None:
@@ -96,9 +97,11 @@ def evaluate_command(
 
     Example: attrimp evaluate --checkpoint runs/tiny --data studies/configs/synthetic_tiny.toml --table runs/tiny/per_query.csv
     """
-    try:
-        if (features is None) == (checkpoint is None):
-            raise DataError("Give either a feature file or --checkpoint (with --data), not both.")
+    if (features is None) == (checkpoint is None):
+        raise DataError("Give either a feature file or --checkpoint (with --data), not both.")
+    for path in (table, summary):
+        _check_suffix(path)
+    with _output_folders(table=table, summary=summary):
         if checkpoint is not None:
             query, gallery, schema_name = _features_of_checkpoint(checkpoint, data, device)
             schema = schema if schema is not None or attributes is not None else schema_name
@@ -123,10 +126,23 @@ def evaluate_command(
             summary=summary,
             include_skipped=include_skipped,
         )
-    except AttrimpError as exc:
-        err = Console(stderr=True)
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=exc.exit_code) from None
+
+
+@contextmanager
+def _output_folders(**files: Path | None) -> Iterator[None]:
+    """The folders that the --table / --summary files go into, checked and locked as every
+    command's --out is (`attrimp.io.run_output`): a second command writing there stops at once
+    with one sentence, and a refused input leaves no folder that this command created."""
+    from attrimp.io import run_output
+
+    with ExitStack() as stack:
+        seen: set[Path] = set()
+        for flag, path in files.items():
+            if path is None or (folder := path.parent.resolve()) in seen:
+                continue
+            seen.add(folder)
+            stack.enter_context(run_output(path.parent, flag=f"--{flag} folder"))
+        yield
 
 
 def _features_of_file(features: Path):
@@ -211,16 +227,21 @@ def _identity_attributes(path: Path, q_pids):
     return table.loc[np.asarray(q_pids)].reset_index(drop=True)
 
 
-def _write(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".json":
-        frame.to_json(path, orient="records", indent=2)
-    else:
+def _check_suffix(path: Path | None) -> None:
+    """A --table / --summary path ends in a suffix `_write` can write (checked before work)."""
+    if path is not None and path.suffix not in (".parquet", ".csv", ".json"):
         raise DataError(f"Cannot write {str(path)!r}: use .csv, .parquet or .json.")
+
+
+def _write(frame, path: Path) -> None:
+    """A table as .parquet, .csv or .json, written atomically (`attrimp.io`)."""
+    from attrimp.io import atomic_write_frame, atomic_write_text
+
+    _check_suffix(path)
+    if path.suffix == ".json":
+        atomic_write_text(path, frame.to_json(orient="records", indent=2))
+    else:
+        atomic_write_frame(frame, path)
 
 
 def run_evaluation(

@@ -3,8 +3,8 @@
 `analyze` is the Python API's ``studies.analyze(table, ...).save(out)`` (studies/api.py) plus a
 printed summary, so the command and the API cannot drift; `study run` is registered beside it by
 `attrimp.cli.study_run_cmd`. Heavy imports (pandas, statsmodels, scikit-learn, ...) happen
-inside the command so that `attrimp --help` stays instant. A user's mistake is caught here too,
-not only in `attrimp.cli.main`, so that the command behaves the same under typer's runner.
+inside the command so that `attrimp --help` stays instant. A user's mistake is raised, and
+`attrimp.cli` turns it into one sentence and exit code 2 (the one error path of every command).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from attrimp.errors import AttrimpError
 from attrimp.io import run_output
 from studies.errors import StudyInputError
 
@@ -158,35 +157,30 @@ def analyze(
 
     Example: attrimp study analyze studies/examples/market_like.csv --outcome ap --cluster pid --exclude query --schema studies/examples/market_like_schema.toml --out runs/example
     """
-    err = Console(stderr=True)
-    try:
-        _check_flags(paired_by, condition, alpha, family)
-        options = dict(
-            outcome=outcome,
-            cluster=cluster,
-            schema=schema,
-            exclude=exclude,
-            paired_by=paired_by,
-            condition=condition,
-            randomized=_randomized_values(randomized),
-            margin=margin,
-            alpha=alpha,
-            seed=seed,
-            family=family,
-            models=model,
-            n_repeats=repeats,
-            cv=folds,
-            shap_rows=shap_rows,
-            n_bootstrap=bootstrap,
-            quick=quick,
-            n_jobs=jobs,
-            figures=not no_figures,
-            progress=progress,
-        )
-        _analyze(table, out, options, single_file=single_file)
-    except (StudyInputError, AttrimpError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
+    _check_flags(paired_by, condition, alpha, family)
+    options = dict(
+        outcome=outcome,
+        cluster=cluster,
+        schema=schema,
+        exclude=exclude,
+        paired_by=paired_by,
+        condition=condition,
+        randomized=_randomized_values(randomized),
+        margin=margin,
+        alpha=alpha,
+        seed=seed,
+        family=family,
+        models=model,
+        n_repeats=repeats,
+        cv=folds,
+        shap_rows=shap_rows,
+        n_bootstrap=bootstrap,
+        quick=quick,
+        n_jobs=jobs,
+        figures=not no_figures,
+        progress=progress,
+    )
+    _analyze(table, out, options, single_file=single_file)
 
 
 def _check_flags(paired_by, condition, alpha: float, family: str) -> None:
@@ -229,10 +223,13 @@ def _randomized_values(given: list[str]) -> list[str] | None:
 
 def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False) -> None:
     """``studies.analyze(table, **options).save(out)`` — the Python API itself, so the command
-    and the API cannot drift — with --out checked and locked before the table is read, then
-    the summary printed; ``single_file`` adds report-single.html."""
+    and the API cannot drift — then the summary printed; ``single_file`` adds
+    report-single.html. The table file is checked first (there, a known format, not empty),
+    then --out is checked and locked; a table refused later (its columns) leaves no --out
+    behind either (`attrimp.io.output_folder` removes a folder it made for a failed run)."""
     import studies
 
+    _check_table_file(table)
     with run_output(out):
         report = studies.analyze(table, **options)
         files = report.save(out)
@@ -241,6 +238,20 @@ def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False
 
             write_single_file(out)
     _print_summary(report, files)
+
+
+def _check_table_file(table: Path) -> None:
+    """The checks of `studies.io.read_table` that need no reading, in its words, so a missing
+    or misnamed table is refused before --out is touched."""
+    from studies.io import table_format
+
+    if not table.exists():
+        raise StudyInputError(f"The table {str(table)!r} does not exist.")
+    if not table.is_file():
+        raise StudyInputError(f"The table {str(table)!r} is not a file.")
+    table_format(table)
+    if table.stat().st_size == 0:
+        raise StudyInputError(f"The table {str(table)!r} is empty.")
 
 
 def _print_summary(report, files) -> None:

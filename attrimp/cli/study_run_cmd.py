@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
 
         from attrimp.api import study_config
         from attrimp.study.run import run_study
+        from attrimp.train.pipeline import check_data_paths, check_model
 
         # the same config loading as attrimp.run_study (built-in study when CONFIG is absent)
         overrides: dict[str, object] = {}
@@ -55,10 +56,15 @@ def register(app: typer.Typer) -> None:
         if margin is not None:
             overrides["analysis.margin"] = margin
         cfg = study_config(config, overrides_source=_flags(overrides), **overrides)
-        console = Console(stderr=True)
-        result = run_study(cfg, out, resume=resume, progress=not quiet, console=console)
+        # the whole config before --out is touched: dataset paths and [model] (a misspelt
+        # backbone name) in seconds, without a download, not after the data stage
+        check_data_paths(cfg)
+        check_model(cfg)
+        progress = Console(stderr=True)  # stages and bars to stderr, results to stdout
+        result = run_study(cfg, out, resume=resume, progress=not quiet, console=progress)
         _leave_process_group()
         if result is not None:  # under torchrun, ranks other than 0 end after the sweep
+            console = Console()
             if single_file:
                 from attrimp.study.report import write_single_file
 

@@ -22,7 +22,6 @@ What ``--out`` holds afterwards::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,24 +73,15 @@ def train_command(
 
     Example: attrimp train studies/configs/synthetic_tiny.toml --out runs/tiny
     """
-    err = Console(stderr=True)
-    try:
-        run_training(
-            config,
-            out,
-            device=device,
-            resume=resume,
-            epochs=epochs,
-            workers=workers,
-            progress=progress,
-        )
-    except AttrimpError as exc:
-        # Under torchrun every rank reports its own error: torchrun stops the other ranks as
-        # soon as one fails, so a message left to rank 0 alone could be lost.
-        rank = int(os.environ.get("RANK", "0"))
-        where = f" (rank {rank})" if rank else ""
-        err.print(f"[bold red]error{where}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=exc.exit_code) from None
+    run_training(
+        config,
+        out,
+        device=device,
+        resume=resume,
+        epochs=epochs,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def run_training(
@@ -104,12 +94,19 @@ def run_training(
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any] | None:
-    """The command's body as a function; returns the metrics on rank 0 and None elsewhere."""
+    """The command's body as a function; returns the metrics on rank 0 and None elsewhere.
+
+    The whole config is checked before --out is touched: its keys and ranges when it is read,
+    then the dataset paths and the ``[model]`` section (a misspelt backbone name) in seconds,
+    without a download (`attrimp.train.pipeline.check_model`)."""
     from attrimp.config import load_config
+    from attrimp.train.pipeline import check_data_paths, check_model
 
     cfg = load_config(config_path)
     if epochs is not None:
         cfg.train.epochs = epochs
+    check_data_paths(cfg)
+    check_model(cfg)
     num_workers = cfg.data.num_workers if workers is None else workers
     out = Path(out)
     # before any work: --out must be a folder this process can write, and no other run's
@@ -132,7 +129,9 @@ def _train_locked(
     _check_same_checkpoint(dist, found, out)
     _check_run_folder(out, cfg, found, dist.is_main, console)
 
-    data = _main_first(dist, lambda: prepare_data(cfg, out, progress=progress and dist.is_main))
+    show = progress and dist.is_main
+    # the model was checked in run_training, before --out
+    data = _main_first(dist, lambda: prepare_data(cfg, out, progress=show, model_check=False))
     _print_data(console, cfg, data, dist.world_size)
     # Same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(cfg.train.seed)

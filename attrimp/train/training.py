@@ -265,9 +265,9 @@ def _write_trainer_state(
         "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
         "history": history,
     }
-    (folder / STATE_JSON).write_text(
-        json.dumps(document, indent=1, default=float), encoding="utf-8"
-    )
+    # through attrimp.io like every other file of a run (the folder is published atomically
+    # too, but a writer must not depend on where its caller puts it)
+    atomic_write_text(folder / STATE_JSON, json.dumps(document, indent=1, default=float))
 
 
 def _load_training_state(
