@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -127,8 +127,6 @@ class Design:
     default: bool = False
     #: its coalitions are drawn at random (the Shapley bootstrap resamples them), not enumerated
     sampled: bool = False
-    #: free-form notes a plug-in wants to keep with its design (not read by the engine)
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def expand(self, schema: AttributeSchema, options: DesignOptions) -> list[Condition]:
         """The design's conditions for ``schema``; each one names this design."""

@@ -185,7 +185,10 @@ def _switching_frame(switching: pd.DataFrame, groups: list[str]):
     table = switching[["pid", "config", "ap"] + [f"on_{g}" for g in groups]].rename(
         columns={f"on_{g}": g for g in groups}
     )
-    randomized = pd.unique(switching.loc[switching["design"] == "random_subsets", "config"])
+    from attrimp.evaluate.designs import sampled_designs
+
+    drawn = switching["design"].isin(sampled_designs())  # `Design.sampled`: drawn at random
+    randomized = pd.unique(switching.loc[drawn, "config"])
     return build_analysis_frame(
         on_off(table, groups),
         outcomes=["ap"],
