@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from studies.battery import TABLES, BatteryResult
+from studies.battery import BatteryResult
 from studies.errors import StudyInputError
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: settings of ``quick=True`` (the CLI's --quick): a first look in seconds
 QUICK: dict[str, int] = {"n_repeats": 2, "cv": 3, "shap_rows": 5000, "n_bootstrap": 20}
 
-#: names a user guesses for a table -> its report.json name (`studies.battery.TABLES`)
+#: names a user guesses for a table -> its report.json name (`BatteryResult.table_order`)
 ALIASES: dict[str, str] = {
     "glm": "glm_coefficients",
     "glm_tests": "glm_group_tests",
@@ -83,13 +83,14 @@ class StudyReport:
     @property
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table by its report.json name (also the CSV names the report writes)."""
-        return {name: self.table(name) for name in TABLES}
+        return {name: self.table(name) for name in self.result.table_order}
 
     def table(self, name: str) -> pd.DataFrame:
         """One table by its report.json name or its short name (``glm``, ``importance``, ...)."""
         key = ALIASES.get(name, name)
-        if key not in TABLES:
-            known = sorted({*TABLES, *ALIASES})
+        tables = self.result.table_order
+        if key not in tables:
+            known = sorted({*tables, *ALIASES})
             raise KeyError(f"The report has no table {name!r}; it has {known}.")
         return self.result.combined(key)
 
@@ -97,12 +98,12 @@ class StudyReport:
         # only called for names a dataclass field or property did not answer
         if name.startswith("_") or name == "result":
             raise AttributeError(name)
-        if name in TABLES or name in ALIASES:
+        if name in ALIASES or name in self.result.table_order:
             return self.table(name)
         raise AttributeError(f"StudyReport has no attribute or table {name!r}.")
 
     def __dir__(self) -> list[str]:
-        return sorted({*super().__dir__(), *TABLES, *ALIASES})
+        return sorted({*super().__dir__(), *self.result.table_order, *ALIASES})
 
     # ------------------------------------------------------------------ the rest
     @property
