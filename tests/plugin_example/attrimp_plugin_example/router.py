@@ -6,6 +6,8 @@ attrimp's routers) and zeroes every expert of ``group``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -18,6 +20,12 @@ class OneGroupOffRouter(Router):
     """Gates from the annotation, except that ``group``'s experts never fire."""
 
     name = "plugex_one_off"
+
+    @dataclass
+    class Options:
+        """``[router.options]``: the group whose experts stay off."""
+
+        group: str = "hat"
 
     def __init__(self, group: str = "hat") -> None:
         self.group = group
