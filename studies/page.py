@@ -547,7 +547,9 @@ def _html_block(block: Block, ctx: _Html) -> str:
             return ""
         return "<ul>\n" + "\n".join(f"<li>{html_inline(i)}</li>" for i in block.items) + "\n</ul>"
     if isinstance(block, Definitions):
-        items = "\n".join(f"<dt>{escape(t)}</dt><dd>{escape(m)}</dd>" for t, m in block.items)
+        items = "\n".join(
+            f"<dt>{_prose_html(t)}</dt><dd>{_prose_html(m)}</dd>" for t, m in block.items
+        )
         return f"<dl>\n{items}\n</dl>"
     if isinstance(block, Table):
         return html_table(
@@ -572,7 +574,7 @@ def _html_link(link: Link, ctx: _Html) -> str:
     md = "" if target.startswith("#") else f' (<a href="{escape(link.markdown)}">Markdown</a>)'
     return (
         f'<li><a href="{escape(target)}">{escape(link.label)}</a>{where}{md}: '
-        f"{escape(link.text)}</li>"
+        f"{_prose_html(link.text)}</li>"
     )
 
 

@@ -147,3 +147,22 @@ def test_study_stage_lines_are_logged_and_printed_only_with_progress(caplog):
         assert ("48 train images [not markup]" in printed) is progress
         assert ("peak RSS" in printed) is progress
         assert [r["stage"] for r in stages.clock.records] == ["data"]
+
+
+def test_prose_keeps_numbers_magnitudes_and_rank_names_on_one_line():
+    """At 412 px the study page broke '2.4e-|04', '|ΔmAP|' and 'rank-|1' in its prose (a browser
+    may break after a hyphen): such tokens are nowrap spans in paragraphs, lists, glossary
+    entries and link texts, and the rest of the prose still wraps between words."""
+    from studies.page import Definitions, Page, Section, Text, to_html
+
+    prose = "Holm p = 2.4e-04; |ΔmAP| ≥ 0.016 at rank-1, ΔmAP = -0.030 for a & b"
+    page = Page(
+        "t",
+        sections=[
+            Section("s", [Text(prose), Definitions([("rank-1 / rank-5", "top 1 / 5, -0.5e-3")])])
+        ],
+    )
+    html = to_html(page, {})
+    for token in ("2.4e-04", "|ΔmAP|", "0.016", "rank-1", "-0.030", "rank-5", "-0.5e-3"):
+        assert f'<span class="nw">{token}</span>' in html, token
+    assert ".nw{white-space:nowrap}" in html and "a &amp; b" in html
