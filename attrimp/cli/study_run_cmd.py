@@ -47,7 +47,6 @@ def register(app: typer.Typer) -> None:
 
         from attrimp.api import study_config
         from attrimp.study.run import run_study
-        from attrimp.train.pipeline import check_data_paths, check_model
 
         # the same config loading as attrimp.run_study (built-in study when CONFIG is absent)
         overrides: dict[str, object] = {}
@@ -56,10 +55,7 @@ def register(app: typer.Typer) -> None:
         if margin is not None:
             overrides["analysis.margin"] = margin
         cfg = study_config(config, overrides_source=_flags(overrides), **overrides)
-        # the whole config before --out is touched: dataset paths and [model] (a misspelt
-        # backbone name) in seconds, without a download, not after the data stage
-        check_data_paths(cfg)
-        check_model(cfg)
+        _check_config(cfg, out)
         progress = Console(stderr=True)  # stages and bars to stderr, results to stdout
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=progress)
         _leave_process_group()
@@ -72,6 +68,21 @@ def register(app: typer.Typer) -> None:
             _summary(result, console)
 
     return None
+
+
+def _check_config(cfg, out: Path) -> None:
+    """The rest of the whole-config check, before any stage runs: the dataset paths and
+    ``[model]`` (a misspelt backbone name) in seconds, without a download.
+
+    It runs under --out's lock, so a second study on a folder in use stops at once (before
+    torch is imported), and a config refused here leaves no --out behind
+    (`attrimp.io.output_folder`); `run_study` then takes the lock again for the run."""
+    from attrimp.io import run_output
+    from attrimp.train.pipeline import check_data_paths, check_model
+
+    with run_output(out):
+        check_data_paths(cfg)
+        check_model(cfg)
 
 
 def _flags(overrides: dict[str, object]) -> str:

@@ -96,21 +96,24 @@ def run_training(
 ) -> dict[str, Any] | None:
     """The command's body as a function; returns the metrics on rank 0 and None elsewhere.
 
-    The whole config is checked before --out is touched: its keys and ranges when it is read,
-    then the dataset paths and the ``[model]`` section (a misspelt backbone name) in seconds,
-    without a download (`attrimp.train.pipeline.check_model`)."""
+    The whole config is checked before any work: its keys and ranges when it is read, before
+    --out; then, once --out is locked (so a second run on the folder stops at once, before
+    torch is even imported), the dataset paths and the ``[model]`` section (a misspelt backbone
+    name) in seconds, without a download (`attrimp.train.pipeline.check_model`). A config
+    refused there leaves no --out behind (`attrimp.io.output_folder`)."""
     from attrimp.config import load_config
-    from attrimp.train.pipeline import check_data_paths, check_model
 
     cfg = load_config(config_path)
     if epochs is not None:
         cfg.train.epochs = epochs
-    check_data_paths(cfg)
-    check_model(cfg)
     num_workers = cfg.data.num_workers if workers is None else workers
     out = Path(out)
     # before any work: --out must be a folder this process can write, and no other run's
     with run_output(out):
+        from attrimp.train.pipeline import check_data_paths, check_model
+
+        check_data_paths(cfg)
+        check_model(cfg)
         return _train_locked(cfg, out, device, resume, num_workers, progress)
 
 
