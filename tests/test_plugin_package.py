@@ -279,10 +279,13 @@ def test_the_analysis_runs_in_the_battery_with_a_known_answer(plugin_path):
 
 
 @pytest.mark.slow  # ~30 s of CPU: two battery runs on the tiny study's tables
-def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(plugin_site, tmp_path):
+def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(
+    plugin_site, plugin_path, tmp_path
+):
     """``attrimp study run`` in a fresh process that finds the package as an installed one
     (its folder on PYTHONPATH): the study TOML names the dataset, bank, router, design and
-    analysis of the package, and the report shows each."""
+    analysis of the package, and the report shows each. The trained checkpoint rebuilds the
+    plug-in bank and router, and the router's switched-off group left its experts untrained."""
     declared = {group: next(iter(entries)) for group, entries in _entry_points().items()}
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
@@ -306,6 +309,7 @@ def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(plugin_site, t
         assert report["model"]["bank"] == declared["attrimp.banks"]
     if "attrimp.routers" in declared:
         assert report["model"]["router"] == declared["attrimp.routers"]
+        _check_untrained_group(out, declared["attrimp.routers"], group="gender")
     if "attrimp.designs" in declared:
         design = declared["attrimp.designs"]
         rows = {r["config"]: r for r in report["configurations"] if r["design"] == design}
@@ -322,3 +326,25 @@ def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(plugin_site, t
             "Mean outcome difference per level (example plug-in)"
             in (out / "analyses" / "switching" / "report.md").read_text()
         )
+
+
+def _check_untrained_group(out: Path, router: str, *, group: str) -> None:
+    """The checkpoint of a study trained with the one-group-off router: its experts of
+    ``group`` never had a gate, so their LoRA ``B`` is still exactly the initial zero, while the
+    other groups' experts trained (``B`` moved)."""
+    import torch
+
+    from attrimp.model.checkpoint import load_model
+
+    (train,) = (out / "cache").glob("train-*")
+    checkpoints = train / "checkpoints"  # ``latest`` names the last checkpoint's folder
+    model = load_model(checkpoints / (checkpoints / "latest").read_text().strip())
+    assert model.router.name == router and model.config.router_kwargs == {"group": group}
+    assert type(model.experts).__name__ == "ScaledAdapterBank"
+    schema = model.schema
+    off = torch.tensor(schema.expert_group) == schema.group_index(group)
+    assert 0 < int(off.sum()) < schema.n_experts
+    for layer in model.experts.layers:
+        b = layer.B.detach().reshape(layer.B.shape[0], schema.n_experts, -1)
+        moved = b.abs().amax(dim=(0, 2))
+        assert bool((moved[off] == 0).all()) and bool((moved[~off] > 0).any()), moved
