@@ -305,6 +305,8 @@ def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(
     if "attrimp.datasets" in declared:
         assert report["data"]["dataset"] == declared["attrimp.datasets"]
         assert report["data"]["train_identities"] == 6  # the plug-in's 12 identities, half
+        # its `hidden` option reached the world: upcolor annotated but not drawn
+        assert "upcolor (invisible)" in md and "12 identities seen by 2 cameras" in md
     if "attrimp.banks" in declared:
         assert report["model"]["bank"] == declared["attrimp.banks"]
     if "attrimp.routers" in declared:
@@ -322,10 +324,9 @@ def test_a_study_toml_uses_every_plugin_and_its_report_shows_them(
         battery = json.loads((out / "analyses" / "switching" / "report.json").read_text())
         rows = battery["analyses"][analysis]
         assert {r["attribute"] for r in rows} <= set(report["data"]["groups"]) and rows
-        assert (
-            "Mean outcome difference per level (example plug-in)"
-            in (out / "analyses" / "switching" / "report.md").read_text()
-        )
+        for page in ("report.md", "report.html"):
+            text = (out / "analyses" / "switching" / page).read_text()
+            assert "Mean outcome difference per level (example plug-in)" in text, page
 
 
 def _check_untrained_group(out: Path, router: str, *, group: str) -> None:
