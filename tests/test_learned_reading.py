@@ -147,7 +147,9 @@ def test_partial_oracle_table_ranks_the_costliest_group_first_with_a_ci():
     for group, fix in (("gender", 0.5), ("hat", 0.0), ("upcolor", 0.1)):
         ap = learned["ap"].to_numpy() + fix * (oracle - learned["ap"].to_numpy())
         extra.append(learned.assign(config=f"partial_oracle:{group}", ap=ap))
-    out = partial_oracle_table(pd.concat([table, *extra]), n_boot=300)
+    # the study's per-query table carries each group's on_ column (which groups exist)
+    groups = {f"on_{g}": 1 for g in ("gender", "hat", "upcolor")}
+    out = partial_oracle_table(pd.concat([table, *extra]).assign(**groups), n_boot=300)
     assert list(out["group"]) == ["gender", "upcolor", "hat"]
     gender = out.iloc[0]
     assert gender["share_of_gap"] == pytest.approx(0.5)

@@ -137,9 +137,7 @@ def test_answer_names_who_helps_who_hurts_with_ci_and_holm_p():
     report["answer"]["groups"][1]["signals"]["switching"]["direction"] = 1.0
     report["answer"]["groups"][1]["signals"]["switching"]["found"] = True
     _, lines = sr.answer_text(report)
-    assert lines[1].endswith(
-        "but the per-query switching battery finds the opposite direction."
-    )
+    assert lines[1].endswith("but the per-query switching battery finds the opposite direction.")
     assert lines[-1].startswith("hat is not testable")
 
 
@@ -215,3 +213,20 @@ def test_group_on_indicators_read_on_and_off_in_the_batteries():
     assert table["hat"].tolist() == [0, 1, 1]  # the caller's table is left alone
     assert sr._on_direction({"level": "on", "reference": "off", "effect": 0.1}) == 1.0
     assert sr._on_direction({"level": "off", "reference": "on", "effect": 0.1}) == -1.0
+
+
+def test_the_page_names_the_dataset_backbone_bank_and_router_it_studied():
+    """A plug-in dataset, bank or router (tests/plugin_example) was named only in report.json;
+    the page now says what was studied in one line under the title."""
+    report = _report()
+    report["data"] = {"dataset": "plugex_tiny_world", "schema": "market1501"}
+    report["model"] = {
+        "backbone": "timm:x",
+        "bank": "plugex_scaled_adapter",
+        "n_experts": 35,
+        "router": "plugex_one_off",
+    }
+    md = sr.render_markdown(report, [])
+    setup = md[: md.index("## Answer")].replace("\\_", "_")  # Markdown escapes "_"
+    for name in ("plugex_tiny_world", "timm:x", "plugex_scaled_adapter", "plugex_one_off"):
+        assert name in setup, name

@@ -72,8 +72,10 @@ def test_tiny_study_end_to_end(tmp_path):
     assert report["attribute_only"]["mAP"] is not None
     assert report["model"]["bank"] == "adapter" and report["model"]["n_experts"] == 35
     html = (tmp_path / "report.html").read_text()
-    assert "data:image/png;base64," in html and "Leave-one-group-out" in html
-    assert (tmp_path / "figures" / "priors.png").exists()
+    # figures are embedded (SVG where small, else PNG) and written beside the page
+    assert ("data:image/svg+xml;base64," in html or "data:image/png;base64," in html)
+    assert "Leave-one-group-out" in html
+    assert list((tmp_path / "figures").glob("priors_every.*"))
     assert (tmp_path / "analyses" / "switching" / "report.json").exists()
     _check_stage_timings(report["timings"], report["data"], n_conditions=len(configs))
 

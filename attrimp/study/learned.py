@@ -33,7 +33,6 @@ import pandas as pd
 from scipy import stats
 
 LEARNED, BACKBONE, ORACLE, MATCHED = "learned", "backbone", "full", "matched_noisy"
-PARTIAL_PREFIX = "partial_oracle:"
 
 
 def _wide(per_query: pd.DataFrame, configs: Sequence[str]) -> pd.DataFrame:
@@ -169,14 +168,19 @@ def partial_oracle_table(
     gap to the oracle that fixing this group alone closes. With ``accuracy`` (the study's
     learned-router accuracy) the group's accuracy, majority-class rate and error rate sit
     beside. Sorted by ΔmAP, the costliest errors first; empty without partial-oracle rows."""
-    names = sorted(c for c in per_query["config"].unique() if str(c).startswith(PARTIAL_PREFIX))
+    from attrimp.evaluate.designs import group_conditions
+
+    groups = [c.removeprefix("on_") for c in per_query.columns if c.startswith("on_")]
+    # the partial-oracle design names its conditions; read them from it, never parse them back
+    group_of = {name: g for g, name in group_conditions(groups, "oracle").items()}
+    names = sorted(c for c in per_query["config"].unique() if c in group_of)
     if not names or LEARNED not in set(per_query["config"]):
         return pd.DataFrame()
     has_oracle = ORACLE in set(per_query["config"])
     rows = []
     for i, name in enumerate(names):
         wide = _wide(per_query, [name, LEARNED] + ([ORACLE] if has_oracle else []))
-        group = name.removeprefix(PARTIAL_PREFIX)
+        group = group_of[name]
         row: dict[str, Any] = {"group": group, "map_partial": float(wide[name].mean())}
         row.update(_delta_with_ci(wide, name, LEARNED, n_boot=n_boot, alpha=alpha, seed=seed + i))
         row["p"] = paired_clustered_test(wide[name] - wide[LEARNED], wide["pid"], alpha=alpha)["p"]

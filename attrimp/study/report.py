@@ -361,10 +361,28 @@ def study_page(report: Mapping[str, Any], figures: Collection[str] = ()) -> Page
         _batteries_section(report),
         _warnings_section(report.get("warnings") or [], report.get("battery_warnings") or {}),
     ]
+    intro = [Text(study["description"])] if study.get("description") else []
+    setup = setup_sentence(report)
     return Page(
         title=f"attrimp study: {study['name']}",
-        intro=[Text(study["description"])] if study.get("description") else [],
+        intro=intro + ([Text(setup)] if setup else []),
         sections=sections,
+    )
+
+
+def setup_sentence(report: Mapping[str, Any]) -> str | None:
+    """What was studied, in one line: the dataset, the backbone, the expert bank and the router
+    the model was trained with (plug-ins by their registered names), and that the test-time
+    conditions route from the annotations (the oracle) unless a condition says otherwise."""
+    data, model = report.get("data") or {}, report.get("model") or {}
+    if not data and not model:
+        return None
+    return (
+        f"Setup: dataset {data.get('dataset', '?')} (schema {data.get('schema', '?')}), "
+        f"backbone {model.get('backbone', '?')}, expert bank {model.get('bank', '?')} "
+        f"({model.get('n_experts', '?')} experts), trained with the {model.get('router', '?')} "
+        "router; the test-time conditions route from the annotations (the oracle) unless a "
+        "condition names another router (learned, noisy, partial oracle)."
     )
 
 
