@@ -39,10 +39,15 @@ def delta_table(per_query: pd.DataFrame, groups: list[str], *, prefix: str = "")
     ``prefix`` selects the family of configurations: "" for test-time switching on the one
     trained model, ``"retrain:"`` for the models retrained per configuration.
     """
+    from attrimp.evaluate.designs import off_conditions
+
     full = per_query[per_query["config"] == f"{prefix}full"].set_index("query")
+    off = off_conditions(groups)  # the leave-one-out design names its conditions
     rows = []
     for g in groups:
-        name = f"{prefix}without:{g}"
+        if g not in off:
+            continue
+        name = f"{prefix}{off[g]}"
         other = per_query[per_query["config"] == name].set_index("query")
         if other.empty or full.empty:
             continue
