@@ -33,6 +33,7 @@ BAD = {
     "train.expert_lr_scale": 0.0,
     "train.weight_decay": math.inf,
     "train.warmup_epochs": -1,
+    "train.predicted_gates_p": 1.5,
     "train.label_smoothing": 1.0,
     "train.triplet_margin": -0.3,
     "train.grad_clip": 0.0,
@@ -44,6 +45,7 @@ BAD = {
     "analysis.alpha": 1.5,
     "analysis.seed": -1,
     "analysis.repeats": 0,
+    "analysis.margin": 0.0,
     "eval.max_rank": 0,
     "eval.batch_size": 0,
 }

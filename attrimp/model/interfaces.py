@@ -15,12 +15,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from attrimp.model.schema import AttributeSchema
+from attrimp.registry import NoOptions
 
 __all__ = ["Backbone", "ExpertBank", "ExpertSite", "Router"]
 
@@ -102,6 +103,8 @@ class Router(ABC):
     """
 
     name: str = "router"
+    #: the dataclass of the router's own options (``[router.options]``); none by default
+    Options: ClassVar[type] = NoOptions
     #: capability: the router reads the image (the CLS token at the first expert block) instead
     #: of, or besides, the annotations; the model then calls `route_with_logits` with
     #: ``features`` at that block, and the sweep cannot reuse a prefix routed without them
@@ -150,6 +153,9 @@ class ExpertBank(nn.Module, ABC):
     sub-layer) and ``attrimp.model.weight_lora`` (``lora``: a low-rank update of the block's own
     linear weights).
     """
+
+    #: the dataclass of the bank's own options (``[experts.options]``); none by default
+    Options: ClassVar[type] = NoOptions
 
     #: experts in the schema's expert order
     n_experts: int
