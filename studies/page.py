@@ -426,7 +426,7 @@ def figure_css_width(data: bytes) -> int | None:
 #: |ΔmAP|-style magnitudes, and short hyphenated names such as rank-1 or Holm-adjusted p's
 #: exponents; a browser may break after a hyphen, which splits "2.4e-04" or "rank-1"
 _UNBREAKABLE = re.compile(
-    r"[−+\-]?\d[\d.,]*(?:e[−+\-]?\d+)?%?"
+    r"(?<![\w.])[−+\-]?\d[\d.,]*(?:e[−+\-]?\d+)?%?(?!\w)"
     r"|\|[^\s|]{1,24}\|"
     r"|\b[A-Za-z]+-\d+\b"
 )

@@ -244,7 +244,8 @@ def answer_text(report: Mapping[str, Any], outcome: Mapping[str, Any]) -> tuple[
     recs = for_outcome(report.get("summary", []), name)
     tested = [r for r in recs if r.get("p_holm") is not None]
     found = [r for r in tested if r.get("matters")]
-    lead = _finding_text(name, recs, tested, found, alpha) + _agreement_text(outcome)
+    lead = _finding_text(name, recs, tested, found, alpha) + _verdict_counts(recs)
+    lead += _agreement_text(outcome)
     ci_pct = int(round(100 * (1 - alpha)))
     return lead, [_group_sentence(r, name, ci_pct) for r in found]
 
@@ -270,6 +271,30 @@ def _finding_text(
             f"the closest is {best['attribute']} (Holm p = {format_cell('p_holm', best['p_holm'])})."
         )
     return f"No attribute group of {name} could be tested (see the warnings)."
+
+
+def _verdict_counts(recs: Sequence[Mapping[str, Any]]) -> str:
+    """The verdicts in one sentence: what matters, what is shown negligible, what this table
+    cannot tell (with the smallest effect it could have detected) and what cannot be tested."""
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in recs:
+        by.setdefault(r.get("verdict") or "", []).append(r)
+    parts = []
+    if by.get("negligible"):
+        parts.append(
+            f"shown negligible (equivalence test): {', '.join(r['attribute'] for r in by['negligible'])}"
+        )
+    unclear = by.get("inconclusive") or []
+    if unclear:
+        mdes = [r["mde"] for r in unclear if r.get("mde") is not None]
+        reach = f"; it could detect effects from {format_cell('mde', min(mdes))}" if mdes else ""
+        parts.append(
+            f"inconclusive, neither shown to matter nor negligible{reach}: "
+            + ", ".join(r["attribute"] for r in unclear)
+        )
+    if by.get("not testable"):
+        parts.append("not testable: " + ", ".join(r["attribute"] for r in by["not testable"]))
+    return (" Verdicts: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _agreement_text(outcome: Mapping[str, Any]) -> str:
@@ -340,6 +365,7 @@ def summary_rows(report: Mapping[str, Any], outcome: str) -> list[dict[str, Any]
             {
                 "attribute": r["attribute"],
                 "rank": r.get("rank"),
+                "verdict": r.get("verdict"),
                 "matters": r.get("matters"),
                 "direction (level vs reference)": direction,
                 "effect": r.get("effect"),
@@ -347,6 +373,8 @@ def summary_rows(report: Mapping[str, Any], outcome: str) -> list[dict[str, Any]
                     r.get("effect_ci_low"), r.get("effect_ci_high")
                 ),
                 "Holm p": r.get("p_holm"),
+                "min. detectable effect": r.get("mde"),
+                "TOST p (equivalence)": r.get("p_tost"),
                 "methods finding it": found,
             }
         )

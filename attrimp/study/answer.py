@@ -339,17 +339,18 @@ def leak_text(leak: Mapping[str, Any] | None) -> str | None:
 
 
 def answer_paragraphs(report: Mapping[str, Any]) -> list[str]:
-    """The answer's paragraphs, top to bottom: the leak, the findings (ranking, verdicts,
-    agreement, accuracy), the disagreements between the analyses."""
+    """The answer's paragraphs, top to bottom: the leak, the findings (ranking, verdicts, the
+    switching design), the analyses' agreement with the accuracies (the learned router's share
+    of the gain), the disagreements between the analyses."""
     ans = report.get("answer") or {}
     groups = ans.get("groups", [])
     leak = leak_text(ans.get("leak"))
-    findings = (
-        _finding_text(groups, ans)
-        + _agreement_text(ans.get("kendall_w"), ans.get("analyses") or [])
+    findings = _finding_text(groups, ans)
+    accuracy = (
+        _agreement_text(ans.get("kendall_w"), ans.get("analyses") or [])
         + _accuracy_text(report.get("headline") or {})
-    )
-    return [p for p in (leak, findings, _disagreement_text(groups)) if p]
+    ).strip()
+    return [p for p in (leak, findings, accuracy, _disagreement_text(groups)) if p]
 
 
 def answer_text(report: Mapping[str, Any]) -> tuple[str, list[str]]:

@@ -445,12 +445,13 @@ def write_single_file(out: Path) -> Path:
 
 
 def _answer_section(report: Mapping[str, Any]) -> Section:
-    lead, lines = answer_text(report)
+    _, lines = answer_text(report)
     check = planted_check(report)
+    paragraphs = [Text(p) for p in answer_paragraphs(report)]
     return Section(
         "Answer",
         [
-            Box([Text(lead), Bullets(lines), *([Text(check)] if check else [])]),
+            Box([*paragraphs, Bullets(lines), *([Text(check)] if check else [])]),
             Table(answer_rows(report), stack=True),
             Text(SIGN_NOTE, note=True),
             Image("consensus", "consensus heat map"),
