@@ -195,16 +195,16 @@ class _Runner:
         if callable(progress):
             self._callback = progress
         elif progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-            self._rich = Progress(
+            from attrimp.progress import progress_bar  # the one bar: stderr, transient
+
+            self._rich = progress_bar(
+                True,
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
             )
             self._task = self._rich.add_task("battery", total=total)
 

@@ -649,11 +649,9 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, label: str) -> None:
         self._bar = None
         if enabled:
-            from rich.console import Console
-            from rich.progress import Progress
+            from attrimp.progress import progress_bar  # the one bar: stderr, transient
 
-            # on stderr: stdout carries the command's results (`study analyze` prints its table)
-            self._bar = Progress(transient=True, console=Console(stderr=True))
+            self._bar = progress_bar(True)
             self._bar.start()
             self._task = self._bar.add_task(label, total=total)
 

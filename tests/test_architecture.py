@@ -138,7 +138,13 @@ def test_engine_imports_point_down_the_data_flow():
 #: what the battery may take from attrimp: the error type, the atomic writers, the schema it
 #: reads a table's groups from and the registry its analyses declare themselves in -- none of
 #: them imports torch (checked below, by importing)
-STUDIES_MAY_IMPORT = ("attrimp.errors", "attrimp.io", "attrimp.model.schema", "attrimp.registry")
+STUDIES_MAY_IMPORT = (
+    "attrimp.errors",
+    "attrimp.io",
+    "attrimp.model.schema",
+    "attrimp.progress",
+    "attrimp.registry",
+)
 OTHER_ROOTS = ("attrimp", "studies", "backbones", "routers", "torch")
 
 

@@ -60,12 +60,16 @@ ENGINE_BARS = (
     "attrimp/data/synth/world.py",
     "attrimp/study/clock.py",
     "attrimp/study/run.py",
+    "attrimp/cli/backbones_cmd.py",
+    "attrimp/cli/ablate_cmd.py",
+    "studies/battery.py",
+    "studies/importance.py",
 )
 
 
 def test_the_engine_builds_no_bar_of_its_own():
-    """Every bar of the engine's stages comes from `attrimp.progress` (the CLI's spinners and
-    the battery's callback bar are outside the stages)."""
+    """Every bar of the engine, its CLI and the battery comes from `attrimp.progress` (the one
+    rule: stderr, transient, drawn only on a terminal and only when asked for)."""
     direct = re.compile(r"\bProgress\(|\brich\.progress import [^\n]*\b(Progress|track)\b")
     found = [f for f in ENGINE_BARS if direct.search((REPO / f).read_text(encoding="utf-8"))]
     assert not found, f"rich progress built directly in {found}"

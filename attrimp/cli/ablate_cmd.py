@@ -99,9 +99,9 @@ def _evaluate_conditions(cfg, model, data, dev, console):
     and the number of conditions."""
     import pandas as pd
     import torch
-    from rich.progress import Progress
 
     from attrimp.evaluate.conditions import ConditionEvaluator
+    from attrimp.progress import progress_bar
     from attrimp.study.run import study_conditions
     from attrimp.train.pipeline import datasets
 
@@ -109,7 +109,7 @@ def _evaluate_conditions(cfg, model, data, dev, console):
     _, query_set, gallery_set = datasets(model, data)
     evaluator = ConditionEvaluator.from_config(model, query_set, gallery_set, cfg.eval, device=dev)
     tables = []
-    with Progress(console=console, transient=True) as bar, torch.no_grad():
+    with progress_bar(True, console=console) as bar, torch.no_grad():
         task = bar.add_task("ablate", total=len(conditions))
         for cond in conditions:
             bar.update(task, description=cond.name)

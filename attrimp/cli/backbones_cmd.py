@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
+
+from attrimp.progress import progress_bar
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -43,7 +44,7 @@ def list_cmd(
     families = [backbones.get_family(family).name] if family else backbones.list_families()
     rows = []
     names = [n for fam in families for n in backbones.list_backbones(fam, all=all_models)]
-    with Progress(transient=True, console=Console(stderr=True)) as progress:
+    with progress_bar(True) as progress:
         task = progress.add_task("describing backbones", total=len(names))
         for name in names:
             fam, model = backbones.parse_name(name)
