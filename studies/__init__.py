@@ -16,9 +16,15 @@ from studies.errors import StudyInputError
 
 if TYPE_CHECKING:
     from studies.api import StudyReport, analyze
+    from studies.comparison import ComparisonResult, compare
 
 #: public names served lazily from studies.api (PEP 562)
-_LAZY = {"analyze": "studies.api", "StudyReport": "studies.api"}
+_LAZY = {
+    "analyze": "studies.api",
+    "StudyReport": "studies.api",
+    "compare": "studies.comparison",
+    "ComparisonResult": "studies.comparison",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +41,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
-__all__ = ["StudyInputError", "StudyReport", "analyze"]
+__all__ = ["ComparisonResult", "StudyInputError", "StudyReport", "analyze", "compare"]

@@ -1,0 +1,184 @@
+"""studies.compare on stacked tables with planted arm x group interactions and seed noise.
+
+Known answers: a planted interaction is found with its sign and inside its CI; arms that differ
+only in seed hold the family-wise alpha; with seed-level random effects the seed-aware test holds
+alpha where the identity-only one does not; tau-b equals scipy's on the point estimates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.special import expit
+
+import studies
+from studies.errors import StudyInputError
+
+GROUPS = ("gender", "hat", "bag", "upcolor")
+COLOURS = ("black", "white", "red", "blue")
+
+
+def _world(n_id: int, rng: np.random.Generator) -> pd.DataFrame:
+    """One query table: identity-level attributes (as in the real annotations), 1-5 queries."""
+    sizes = rng.integers(1, 6, n_id)
+    pid = np.repeat(np.arange(n_id), sizes)
+    attrs = {
+        "gender": rng.choice(["male", "female"], n_id),
+        "hat": rng.choice(["no", "yes"], n_id, p=[0.7, 0.3]),
+        "bag": rng.choice(["no", "yes"], n_id),
+        "upcolor": rng.choice(COLOURS, n_id),
+    }
+    df = pd.DataFrame({"pid": pid, "query": np.arange(len(pid))})
+    for k, v in attrs.items():
+        df[k] = v[pid]
+    df["u"] = rng.normal(0, 0.8, n_id)[pid] + rng.normal(0, 0.5, len(pid))
+    return df
+
+
+def _x(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per group the 0/1 indicator the planted effect applies to (upcolor: red)."""
+    return {
+        "gender": (df["gender"] == "female").to_numpy(float),
+        "hat": (df["hat"] == "yes").to_numpy(float),
+        "bag": (df["bag"] == "yes").to_numpy(float),
+        "upcolor": (df["upcolor"] == "red").to_numpy(float),
+    }
+
+
+def stacked(
+    arms: dict[str, dict[str, float]],
+    *,
+    n_seeds: int = 1,
+    seed_sd: float = 0.0,
+    n_id: int = 300,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every arm x seed evaluated on the same queries; ap = expit(latent) with the arm's planted
+    logit effects, a per-(seed, group) random effect of sd ``seed_sd`` and row noise."""
+    rng = np.random.default_rng(seed)
+    base = _world(n_id, rng)
+    x = _x(base)
+    parts = []
+    for arm, eff in arms.items():
+        for s in range(n_seeds):
+            lat = 0.5 + base["u"].to_numpy() + rng.normal(0, 0.3, len(base))
+            for g in GROUPS:
+                lat = lat + (eff.get(g, 0.0) + rng.normal(0, seed_sd)) * x[g]
+            part = base.drop(columns="u").assign(ap=expit(lat), backbone=arm, seed=s)
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def run(df: pd.DataFrame, **kw) -> studies.ComparisonResult:
+    kw.setdefault("n_boot", 200)
+    return studies.compare(df, by="backbone", outcome="ap", cluster="pid", exclude=["query"], **kw)
+
+
+def test_planted_interaction_found_with_sign_and_ci() -> None:
+    strong = {"upcolor": 1.2, "gender": 0.3}
+    df = stacked({"vit": strong, "dino": {"gender": 0.3}}, n_id=400, seed=1)
+    res = run(df)
+    d = res.differences.set_index("attribute")
+    up = d.loc["upcolor"]
+    assert up["level"] == "red"
+    assert up["verdict"] == "differs" and up["difference"] > 0 and up["p_holm"] < 0.01
+    # truth on the outcome scale: the same contrast computed from the generating logits
+    tru = _true_contrast(df, "vit") - _true_contrast(df, "dino")
+    assert up["ci_low"] < tru < up["ci_high"]
+    assert (d.drop(index="upcolor")["verdict"] != "differs").all()
+    assert res.summary[0].startswith("vit relies on upcolor (red)")
+    assert any("one training run" in s for s in res.summary)
+    e = res.effects.set_index(["arm", "attribute"])
+    assert e.loc[("vit", "upcolor"), "effect"] > 0.1 > abs(e.loc[("dino", "upcolor"), "effect"])
+
+
+def _true_contrast(df: pd.DataFrame, arm: str) -> float:
+    sub = df[df["backbone"] == arm]
+    red = sub["upcolor"] == "red"
+    return float(sub.loc[red, "ap"].mean() - sub.loc[~red, "ap"].mean())
+
+
+def test_kendall_tau_equals_scipy_on_point_estimates() -> None:
+    df = stacked({"a": {"upcolor": 0.8, "hat": -0.4}, "b": {"gender": 0.5}}, n_id=200, seed=2)
+    res = run(df)
+    e = res.effects.pivot(index="attribute", columns="arm", values="effect")
+    row = res.agreement[res.agreement["kind"] == "between arms"].iloc[0]
+    assert row["kendall_tau"] == pytest.approx(stats.kendalltau(e["a"], e["b"]).statistic)
+    assert row["spearman_rho"] == pytest.approx(stats.spearmanr(e["a"], e["b"]).statistic)
+    assert row["tau_low"] <= row["kendall_tau"] <= row["tau_high"]
+
+
+def test_seeds_give_seed_level_test_and_between_seed_baseline() -> None:
+    df = stacked({"a": {"upcolor": 1.0}, "b": {}}, n_seeds=3, seed_sd=0.05, n_id=300, seed=3)
+    res = run(df, seed="seed")
+    assert (res.differences["test"] == "seeds as units (t)").all()
+    assert (res.differences["df"] == 4).all()
+    up = res.differences.set_index("attribute").loc["upcolor"]
+    assert up["verdict"] == "differs" and up["difference"] > 0
+    assert set(res.agreement["kind"]) == {"between arms", "between seeds"}
+    assert not any("one training run" in s for s in res.summary)
+    assert (res.effects["n_seeds"] == 3).all()
+
+
+def _rejections(n_tables: int, *, seed_sd: float, use_seed: bool, start: int) -> float:
+    """Share of tables where any group 'differs' between two arms that differ only in seed."""
+    same = {"upcolor": 0.6, "gender": 0.3}
+    hits = 0
+    for t in range(n_tables):
+        df = stacked({"a": same, "b": same}, n_seeds=3, seed_sd=seed_sd, n_id=120, seed=start + t)
+        res = run(df, seed="seed" if use_seed else None, n_boot=20)
+        hits += bool((res.differences["verdict"] == "differs").any())
+    return hits / n_tables
+
+
+def test_seed_only_arms_hold_alpha_familywise() -> None:
+    # 50 tables: 0 to 5 false findings expected at 5 %; 9+ is p < 0.01 under Binomial(50, .05)
+    assert _rejections(50, seed_sd=0.0, use_seed=True, start=100) <= 8 / 50
+
+
+@pytest.mark.slow
+def test_seed_only_arms_hold_alpha_familywise_large() -> None:
+    rate = _rejections(800, seed_sd=0.0, use_seed=True, start=1000)
+    assert rate <= 0.05 + 2.6 * np.sqrt(0.05 * 0.95 / 800)
+
+
+def test_seed_variation_breaks_identity_only_test_not_seed_aware() -> None:
+    """Seed-level random effects (sd 0.3 on the logit scale, per seed and group): pooling seeds
+    and testing at the identity level ignores them and rejects far above alpha; the seed-level
+    t test keeps them in its null distribution."""
+    naive = _rejections(30, seed_sd=0.3, use_seed=False, start=500)
+    aware = _rejections(30, seed_sd=0.3, use_seed=True, start=500)
+    assert naive >= 0.3
+    assert aware <= 6 / 30
+
+
+@pytest.mark.slow
+def test_seed_variation_seed_aware_holds_alpha_large() -> None:
+    aware = _rejections(600, seed_sd=0.3, use_seed=True, start=3000)
+    assert aware <= 0.05 + 2.6 * np.sqrt(0.05 * 0.95 / 600)
+
+
+def test_bad_input_one_sentence() -> None:
+    df = stacked({"a": {}, "b": {}}, n_id=40)
+    with pytest.raises(StudyInputError, match="no column 'arm'"):
+        studies.compare(df, by="arm", outcome="ap", cluster="pid")
+    with pytest.raises(StudyInputError, match="one arm only"):
+        studies.compare(
+            df[df["backbone"] == "a"], by="backbone", outcome="ap", cluster="pid", exclude=["query"]
+        )
+    # disjoint attribute levels: arm a only ever sees male, arm b only female, etc.
+    only = df[((df["backbone"] == "a") & (df["gender"] == "male"))
+              | ((df["backbone"] == "b") & (df["gender"] == "female"))]  # fmt: skip
+    only = only[["pid", "gender", "ap", "backbone"]]
+    with pytest.raises(StudyInputError, match="share no attribute group"):
+        studies.compare(only, by="backbone", outcome="ap", cluster="pid")
+
+
+def test_import_studies_stays_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, studies; assert 'studies.comparison' not in sys.modules; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
