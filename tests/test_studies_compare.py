@@ -182,3 +182,19 @@ def test_import_studies_stays_lazy() -> None:
 
     code = "import sys, studies; assert 'studies.comparison' not in sys.modules; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_identity_wald_matches_statsmodels_cluster_interaction() -> None:
+    """One run per arm: the difference is the arm x level interaction of a saturated OLS on the
+    stacked table, and its std_err statsmodels' cluster-robust (by identity) one, up to
+    statsmodels' (N - 1) / (N - K) factor that the delta method does not apply."""
+    import statsmodels.formula.api as smf
+
+    df = stacked({"a": {"hat": 0.7}, "b": {}}, n_id=150, seed=4)
+    res = run(df)
+    row = res.differences.set_index("attribute").loc["hat"]
+    d = df.assign(h=(df["hat"] == "yes").astype(float), arm=(df["backbone"] == "a").astype(float))
+    fit = smf.ols("ap ~ h * arm", data=d).fit(cov_type="cluster", cov_kwds={"groups": d["pid"]})
+    n, k = len(d), 4
+    assert row["difference"] == pytest.approx(fit.params["h:arm"], rel=1e-9)
+    assert row["std_err"] == pytest.approx(fit.bse["h:arm"] * np.sqrt((n - k) / (n - 1)), rel=1e-6)
