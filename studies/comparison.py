@@ -57,11 +57,13 @@ class ComparisonResult:
 
     #: arm, attribute, level, effect, ci_low, ci_high, seed_sd, n_seeds
     effects: pd.DataFrame
-    #: attribute, level, arm_a, arm_b, difference, ci_low, ci_high, std_err, df, test,
+    #: attribute, level, arm_a, arm_b, effect_a, effect_b, difference (effect_a - effect_b), ci_low, ci_high, std_err, df, test,
     #: p_interaction, p_holm, p_tost, mdd, margin, verdict
     differences: pd.DataFrame
     #: kind (between arms / between seeds), arm_a, arm_b, kendall_tau, tau_low, tau_high,
-    #: spearman_rho, rho_low, rho_high, n_groups
+    #: spearman_rho, rho_low, rho_high, n_groups, tau_one_run (tau between single runs: between
+    #: arms the mean over cross-arm seed pairs, between seeds the mean over its seed pairs; the
+    #: like-for-like pair, since an arm's seed-averaged effects are less noisy than one run's)
     agreement: pd.DataFrame
     #: the answer, one sentence per finding
     summary: list[str] = field(default_factory=list)
@@ -105,6 +107,8 @@ def compare(
     """
     df = _read(table)
     _check_columns(df, by, seed, outcome)
+    # rows without an arm (or seed) belong to no arm: dropped, as the frame drops NaN outcomes
+    df = df[df[by].notna() & (df[seed].notna() if seed is not None else True)]
     df = df.assign(**{_ROW: np.arange(len(df), dtype=float)})
     if cluster is None:
         cluster = "__compare_unit__"
@@ -313,6 +317,7 @@ def _differences(
             ok = np.isfinite(diff) and np.isfinite(se) and se > 0
             p = float(2 * stats.t.sf(abs(diff) / se, df)) if ok else float("nan")
             row = {"attribute": c.groups[g], "level": c.levels[g], "arm_a": a, "arm_b": b}
+            row.update(effect_a=float(point[a][g]), effect_b=float(point[b][g]))
             row.update(difference=diff, ci_low=float(lo[g]), ci_high=float(hi[g]))
             row.update(std_err=se, df=df, test=test, p_interaction=p)
             row.update(p_tost=tost_p(diff, se, df, margin) if ok else float("nan"))
@@ -367,15 +372,23 @@ def _agreement_row(kind: str, a: str, b: str, tau: np.ndarray, rho: np.ndarray, 
 def _agreement(c: _Cells, arms: list[str], point: dict, draws: dict) -> pd.DataFrame:
     """Kendall tau-b and Spearman rho between arms' signed effects (bootstrap percentile CIs),
     and, per arm with seeds, the mean agreement over pairs of its seeds (low / high: the
-    smallest and largest pair): the baseline a between-arm agreement is read against."""
+    smallest and largest pair): the baseline a between-arm agreement is read against, best
+    through ``tau_one_run`` (single runs on both sides, so equally noisy)."""
     out, k = [], len(c.groups)
     for a, b in itertools.combinations(arms, 2):
         pt = _rank_pair(point[a], point[b])
         boot = np.array([_rank_pair(x, y) for x, y in zip(draws[a], draws[b])])
+        # plain percentiles of the draws' tau / rho. They lean towards 0: a draw's effects carry
+        # the sampling noise twice (the data's and the resample's), and a bias-corrected (BC)
+        # interval breaks down when the point lies above nearly every draw, as it does for a
+        # strong agreement; so read [low, high] as the spread a replicate study could show.
         ci = np.nanpercentile(boot, [2.5, 97.5], axis=0)  # [2, 2]: (low, high) x (tau, rho)
         tau = np.array([pt[0], ci[0, 0], ci[1, 0]])
         rho = np.array([pt[1], ci[0, 1], ci[1, 1]])
         out.append(_agreement_row("between arms", a, b, tau, rho, k))
+        sa, sb = _seed_effects(c, a), _seed_effects(c, b)
+        cross = [_rank_pair(x, y)[0] for x in sa for y in sb]
+        out[-1]["tau_one_run"] = float(np.nanmean(cross))
     for a in arms:
         se = _seed_effects(c, a)
         if len(se) < 2:
@@ -385,6 +398,7 @@ def _agreement(c: _Cells, arms: list[str], point: dict, draws: dict) -> pd.DataF
         )
         summ = np.array([np.nanmean(pairs, 0), np.nanmin(pairs, 0), np.nanmax(pairs, 0)])
         out.append(_agreement_row("between seeds", a, a, summ[:, 0], summ[:, 1], k))
+        out[-1]["tau_one_run"] = float(summ[0, 0])
     return pd.DataFrame(out)
 
 
@@ -395,22 +409,30 @@ def _summary(
     out = []
     found = diffs[diffs["verdict"] == "differs"].sort_values("p_holm")
     for r in found.itertuples():
-        more, less, d, lo, hi = r.arm_a, r.arm_b, r.difference, r.ci_low, r.ci_high
-        if d < 0:
-            more, less, d, lo, hi = less, more, -d, -hi, -lo
+        # "relies more" is about the size of the effect: the arm with the larger |effect|
+        more, less = (
+            (r.arm_a, r.arm_b) if abs(r.effect_a) >= abs(r.effect_b) else (r.arm_b, r.arm_a)
+        )
         out.append(
-            f"{more} relies on {r.attribute} ({r.level}) {d:.3g} more than {less} "
-            f"[{lo:.3g}, {hi:.3g}] ({r.test}), Holm p {r.p_holm:.2g}."
+            f"{more} relies on {r.attribute} ({r.level}) more than {less}: effect "
+            f"{r.effect_a:+.3g} in {r.arm_a} against {r.effect_b:+.3g} in {r.arm_b}, difference "
+            f"{r.difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}] ({r.test}), "
+            f"Holm p {r.p_holm:.2g}."
         )
     rest = diffs[diffs["verdict"] != "differs"]
     if len(rest):
-        mdd = float(np.nanmax(rest["mdd"])) if rest["mdd"].notna().any() else float("nan")
+        mdd = rest["mdd"].dropna()
         neg = int((rest["verdict"] == "negligible").sum())
         lead = "No other group" if len(found) else "No group"
+        det = (
+            f"smallest detectable difference {mdd.min():.3g} to {mdd.max():.3g} "
+            f"(median {mdd.median():.3g})"
+            if len(mdd)
+            else "nothing testable"
+        )
         out.append(
             f"{lead} differs detectably between arms (Holm, alpha {alpha:g}); {neg} of "
-            f"{len(rest)} comparisons are negligible within ±{rest['margin'].iloc[0]:.3g}, "
-            f"smallest detectable difference up to {mdd:.3g}."
+            f"{len(rest)} comparisons are negligible within ±{rest['margin'].iloc[0]:.3g}; {det}."
         )
     n_seeds = {a: sum(1 for x in c.arm if x == a) for a in arms}
     if min(n_seeds.values()) < 2:
@@ -420,6 +442,14 @@ def _summary(
             "noise, which one run per arm cannot separate from the arm."
         )
     for r in agree.itertuples():
-        what = f"{r.arm_a} and {r.arm_b}" if r.kind == "between arms" else f"seeds of {r.arm_a}"
-        out.append(f"Rank agreement {r.kind} ({what}): Kendall tau-b {r.kendall_tau:.2f}.")
+        if r.kind == "between arms":
+            out.append(
+                f"Rank agreement between {r.arm_a} and {r.arm_b}: Kendall tau-b {r.kendall_tau:.2f} "
+                f"[{r.tau_low:.2f}, {r.tau_high:.2f}], {r.tau_one_run:.2f} between single runs."
+            )
+        else:
+            out.append(
+                f"Rank agreement between seeds of {r.arm_a} (the baseline): Kendall tau-b "
+                f"{r.kendall_tau:.2f} on average ({r.tau_low:.2f} to {r.tau_high:.2f})."
+            )
     return out

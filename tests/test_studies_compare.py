@@ -107,7 +107,8 @@ def test_kendall_tau_equals_scipy_on_point_estimates() -> None:
     row = res.agreement[res.agreement["kind"] == "between arms"].iloc[0]
     assert row["kendall_tau"] == pytest.approx(stats.kendalltau(e["a"], e["b"]).statistic)
     assert row["spearman_rho"] == pytest.approx(stats.spearmanr(e["a"], e["b"]).statistic)
-    assert row["tau_low"] <= row["kendall_tau"] <= row["tau_high"]
+    assert -1 <= row["tau_low"] <= row["tau_high"] <= 1
+    assert row["tau_one_run"] == pytest.approx(row["kendall_tau"])  # one run per arm
 
 
 def test_seeds_give_seed_level_test_and_between_seed_baseline() -> None:
@@ -198,3 +199,30 @@ def test_identity_wald_matches_statsmodels_cluster_interaction() -> None:
     n, k = len(d), 4
     assert row["difference"] == pytest.approx(fit.params["h:arm"], rel=1e-9)
     assert row["std_err"] == pytest.approx(fit.bse["h:arm"] * np.sqrt((n - k) / (n - 1)), rel=1e-6)
+
+
+def test_seed_test_equals_scipy_ttest_on_seed_effects() -> None:
+    """With seeds, p_interaction is scipy's pooled two-sample t test on each seed's difference
+    of means (computed here with pandas from the raw rows)."""
+    df = stacked({"a": {"bag": 0.5}, "b": {}}, n_seeds=3, seed_sd=0.2, n_id=150, seed=6)
+    res = run(df, seed="seed")
+    row = res.differences.set_index("attribute").loc["bag"]
+
+    def seed_effects(arm: str) -> list[float]:
+        out = []
+        for _, sub in df[df["backbone"] == arm].groupby("seed"):
+            yes = sub["bag"] == row["level"]  # the headline level: the non-reference one
+            out.append(sub.loc[yes, "ap"].mean() - sub.loc[~yes, "ap"].mean())
+        return out
+
+    ref = stats.ttest_ind(seed_effects("a"), seed_effects("b"), equal_var=True)
+    assert row["p_interaction"] == pytest.approx(ref.pvalue, rel=1e-8)
+    assert row["difference"] == pytest.approx(
+        np.mean(seed_effects("a")) - np.mean(seed_effects("b"))
+    )
+
+
+def test_rows_without_an_arm_are_dropped() -> None:
+    df = stacked({"a": {"hat": 0.5}, "b": {}}, n_id=80, seed=7)
+    with_nan = pd.concat([df, df.head(30).assign(backbone=np.nan)], ignore_index=True)
+    assert list(run(with_nan).arms) == ["a", "b"]
