@@ -185,13 +185,17 @@ def test_import_studies_stays_lazy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_identity_wald_matches_statsmodels_cluster_interaction() -> None:
+@pytest.mark.parametrize("paired", [True, False])
+def test_identity_wald_matches_statsmodels_cluster_interaction(paired: bool) -> None:
     """One run per arm: the difference is the arm x level interaction of a saturated OLS on the
     stacked table, and its std_err statsmodels' cluster-robust (by identity) one, up to
-    statsmodels' (N - 1) / (N - K) factor that the delta method does not apply."""
+    statsmodels' (N - 1) / (N - K) factor that the delta method does not apply. Unpaired: the
+    arms' identities are disjoint (two datasets), so nothing cancels."""
     import statsmodels.formula.api as smf
 
     df = stacked({"a": {"hat": 0.7}, "b": {}}, n_id=150, seed=4)
+    if not paired:
+        df["pid"] = df["pid"] + np.where(df["backbone"] == "b", 10_000, 0)
     res = run(df)
     row = res.differences.set_index("attribute").loc["hat"]
     d = df.assign(h=(df["hat"] == "yes").astype(float), arm=(df["backbone"] == "a").astype(float))
