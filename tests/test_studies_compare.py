@@ -230,3 +230,11 @@ def test_rows_without_an_arm_are_dropped() -> None:
     df = stacked({"a": {"hat": 0.5}, "b": {}}, n_id=80, seed=7)
     with_nan = pd.concat([df, df.head(30).assign(backbone=np.nan)], ignore_index=True)
     assert list(run(with_nan).arms) == ["a", "b"]
+
+
+def test_reads_a_file_path(tmp_path) -> None:
+    df = stacked({"a": {"upcolor": 1.2}, "b": {}}, n_id=200, seed=8)
+    path = tmp_path / "stacked.csv"
+    df.to_csv(path, index=False)
+    res = studies.compare(path, by="backbone", outcome="ap", cluster="pid", exclude=["query"])
+    assert res.differences.set_index("attribute").loc["upcolor", "verdict"] == "differs"
