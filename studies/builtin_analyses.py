@@ -26,6 +26,7 @@ from studies.analysis import (
     stored_table,
 )
 from studies.frame import AnalysisFrame
+from studies.verdicts import finite_or_none
 
 
 def _warnings_of(obj: Any) -> list[str]:
@@ -542,18 +543,10 @@ class ConsensusAnalysis(Analysis):
             raw={"consensus": cons},
             facts={
                 "excluded_methods": dict(getattr(cons, "excluded", None) or {}),
-                "kendall_w": _float_or_none(cons.kendall_w),
-                "kendall_w_p": _float_or_none(cons.kendall_w_p),
+                "kendall_w": finite_or_none(cons.kendall_w),
+                "kendall_w_p": finite_or_none(cons.kendall_w_p),
             },
         )
-
-
-def _float_or_none(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if v == v and abs(v) != float("inf") else None
 
 
 __all__ = [

@@ -51,8 +51,10 @@ def table_format(path: str | Path) -> str:
     return fmt
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a result table, refusing anything that would silently change its columns or rows."""
+def check_table_file(path: str | Path) -> str:
+    """The checks of `read_table` that need no reading (the file exists, is a file of a known
+    format, is not empty), so a command can refuse a table before it creates anything; the
+    table's format."""
     p = Path(path)
     if not p.exists():
         raise StudyInputError(f"The table {str(p)!r} does not exist.")
@@ -61,6 +63,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     fmt = table_format(p)
     if p.stat().st_size == 0:
         raise StudyInputError(f"The table {str(p)!r} is empty.")
+    return fmt
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a result table, refusing anything that would silently change its columns or rows."""
+    p = Path(path)
+    fmt = check_table_file(p)
     try:
         if fmt in ("csv", "tsv"):
             df = _read_delimited(p, "\t" if fmt == "tsv" else ",")

@@ -147,21 +147,22 @@ def verdict(
     """
     if not testable:
         return "not testable"
-    ph = _finite(p_holm)
+    ph = finite_or_none(p_holm)
     if ph is not None and ph < alpha:
-        d = _finite(direction)
+        d = finite_or_none(direction)
         if d is not None and d > 0:
             return "helps"
         if d is not None and d < 0:
             return "hurts"
         return "inconclusive"
-    pt = _finite(p_tost)
+    pt = finite_or_none(p_tost)
     if pt is not None and pt < alpha:
         return "negligible"
     return "inconclusive"
 
 
-def _finite(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a finite float; None for None, NaN, inf or anything that is not a number."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -197,7 +198,7 @@ def group_verdicts(
     for a in order:
         ok, reason = status[a]
         row = info.get(a, {})
-        p_holm = _finite(row.get("p_holm"))
+        p_holm = finite_or_none(row.get("p_holm"))
         if not ok:
             rows.append(_row(a, "not testable", margin, reason=reason, p_holm=p_holm))
             continue
@@ -215,7 +216,7 @@ def _testable(test: dict[str, Any] | None, lv: pd.DataFrame | None) -> tuple[boo
     flag = test.get("testable", True)
     if flag is not None and not (isinstance(flag, float) and np.isnan(flag)) and not bool(flag):
         return False, str(test.get("reason") or "no test possible")
-    if _finite(test.get("p_value")) is None:
+    if finite_or_none(test.get("p_value")) is None:
         return False, str(test.get("reason") or "the group test has no p-value")
     if lv is None or lv.empty:
         return False, "no level contrast could be estimated"

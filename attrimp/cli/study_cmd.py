@@ -228,8 +228,9 @@ def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False
     then --out is checked and locked; a table refused later (its columns) leaves no --out
     behind either (`attrimp.io.output_folder` removes a folder it made for a failed run)."""
     import studies
+    from studies.io import check_table_file
 
-    _check_table_file(table)
+    check_table_file(table)
     with run_output(out):
         report = studies.analyze(table, **options)
         files = report.save(out)
@@ -238,20 +239,6 @@ def _analyze(table: Path, out: Path, options: dict, *, single_file: bool = False
 
             write_single_file(out)
     _print_summary(report, files)
-
-
-def _check_table_file(table: Path) -> None:
-    """The checks of `studies.io.read_table` that need no reading, in its words, so a missing
-    or misnamed table is refused before --out is touched."""
-    from studies.io import table_format
-
-    if not table.exists():
-        raise StudyInputError(f"The table {str(table)!r} does not exist.")
-    if not table.is_file():
-        raise StudyInputError(f"The table {str(table)!r} is not a file.")
-    table_format(table)
-    if table.stat().st_size == 0:
-        raise StudyInputError(f"The table {str(table)!r} is empty.")
 
 
 def _print_summary(report, files) -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 from attrimp.study.analyses import StudyAnalyses
 from studies.page import format_p
 from studies.report import build_summary
+from studies.verdicts import finite_or_none
 
 #: the reliance analyses of the study consensus, as the answer names them
 ANALYSIS_NAMES = {
@@ -118,7 +119,7 @@ def build_answer(
     groups = [
         _group_answer(
             a,
-            _finite(ranks.get(a)),
+            finite_or_none(ranks.get(a)),
             rows={k: v.get(a, {}) for k, v in rows.items()},
             signals={name: dict(s.get(a, {})) for name, s in signals.items()},
             alpha=alpha,
@@ -207,16 +208,18 @@ def _group_answer(
     loo, v, sw, sh = rows["loo"], rows["verdict"], rows["switching"], rows["shapley"]
     # the verdict's estimate is the same ΔmAP (mean per-query ΔAP) where the importance table,
     # which adds the identity-bootstrap CI, is not given
-    delta = _finite(loo.get("delta_map", v.get("estimate")))
+    delta = finite_or_none(loo.get("delta_map", v.get("estimate")))
     verdict = v.get("verdict") or _fallback_verdict(rows["wilcoxon"], delta, alpha)
     testable = verdict != "not testable"
-    p_holm = _finite(v.get("p_holm")) if v else _finite(rows["wilcoxon"].get("p_holm"))
+    p_holm = (
+        finite_or_none(v.get("p_holm")) if v else finite_or_none(rows["wilcoxon"].get("p_holm"))
+    )
     matters = verdict in ("helps", "hurts") if testable else None
     signals["leave_one_out"] = {
         "direction": None if not delta else float(np.sign(delta)),
         "found": matters,
     }
-    p_rand = _finite(sw.get("p_switching_randomization_holm"))
+    p_rand = finite_or_none(sw.get("p_switching_randomization_holm"))
     if "switching" in signals:
         # found only where the test at the unit the design varied supports it
         signals["switching"]["found"] = None if p_rand is None else bool(p_rand < alpha)
@@ -228,26 +231,26 @@ def _group_answer(
         "verdict": verdict,
         "direction": _direction_word(delta) if testable else None,
         "delta_map": delta,
-        "ci_low": _finite(loo.get("ci_low")),
-        "ci_high": _finite(loo.get("ci_high")),
-        "p_value": _finite(v.get("p_value")),
+        "ci_low": finite_or_none(loo.get("ci_low")),
+        "ci_high": finite_or_none(loo.get("ci_high")),
+        "p_value": finite_or_none(v.get("p_value")),
         "p_holm": p_holm,
-        "p_tost": _finite(v.get("p_tost")),
-        "mde": _finite(v.get("mde")),
-        "margin": _finite(v.get("margin", margin)),
-        "p_holm_wilcoxon": _finite(rows["wilcoxon"].get("p_holm")),
-        "p_holm_paired_t": _finite(rows["paired_t"].get("p_holm")),
+        "p_tost": finite_or_none(v.get("p_tost")),
+        "mde": finite_or_none(v.get("mde")),
+        "margin": finite_or_none(v.get("margin", margin)),
+        "p_holm_wilcoxon": finite_or_none(rows["wilcoxon"].get("p_holm")),
+        "p_holm_paired_t": finite_or_none(rows["paired_t"].get("p_holm")),
         "matters": matters,
-        "share_hurt": _finite(loo.get("share_hurt")),
-        "p_switching_identity": _finite(sw.get("p_switching_identity")),
-        "p_switching_battery": _finite(sw.get("p_switching_battery")),
-        "p_switching_randomization": _finite(sw.get("p_switching_randomization")),
+        "share_hurt": finite_or_none(loo.get("share_hurt")),
+        "p_switching_identity": finite_or_none(sw.get("p_switching_identity")),
+        "p_switching_battery": finite_or_none(sw.get("p_switching_battery")),
+        "p_switching_randomization": finite_or_none(sw.get("p_switching_randomization")),
         "p_switching_randomization_holm": p_rand,
-        "mde_switching": _finite(sw.get("mde_switching")),
-        "n_randomized": _finite(sw.get("n_randomized")),
-        "shapley": _finite(sh.get("shapley")),
-        "shapley_ci_low": _finite(sh.get("shapley_ci_low")),
-        "shapley_ci_high": _finite(sh.get("shapley_ci_high")),
+        "mde_switching": finite_or_none(sw.get("mde_switching")),
+        "n_randomized": finite_or_none(sw.get("n_randomized")),
+        "shapley": finite_or_none(sh.get("shapley")),
+        "shapley_ci_low": finite_or_none(sh.get("shapley_ci_low")),
+        "shapley_ci_high": finite_or_none(sh.get("shapley_ci_high")),
         "disagree": bool(sh["disagree"]) if sh.get("disagree") is not None else None,
         "explanation": sh.get("explanation") if sh.get("disagree") else None,
         "signals": signals,
@@ -258,7 +261,7 @@ def _fallback_verdict(wilcoxon: Mapping[str, Any], delta: float | None, alpha: f
     """Without a verdict table (a report built from the paired tests alone): not testable when
     the Wilcoxon test had no p (every difference 0), helps / hurts when its Holm p < alpha,
     else inconclusive (no equivalence test was run, so never negligible)."""
-    p = _finite(wilcoxon.get("p_holm"))
+    p = finite_or_none(wilcoxon.get("p_holm"))
     if p is None:
         return "not testable"
     if p < alpha and delta:
@@ -273,14 +276,6 @@ def _direction_word(delta: float | None) -> str | None:
     return "helps" if delta > 0 else "hurts"
 
 
-def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
 def leak_block(
     headline: Mapping[str, Any], attribute_only: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -288,8 +283,8 @@ def leak_block(
     oracle's gain over the backbone that the annotations alone could explain:
     (attribute-only − backbone) / (oracle − backbone), clipped to [0, 1] (``share_raw``
     unclipped). None without the three numbers."""
-    a = _finite((attribute_only or {}).get("mAP"))
-    o, b = _finite(headline.get("full_mAP")), _finite(headline.get("backbone_mAP"))
+    a = finite_or_none((attribute_only or {}).get("mAP"))
+    o, b = finite_or_none(headline.get("full_mAP")), finite_or_none(headline.get("backbone_mAP"))
     if a is None or o is None or b is None:
         return None
     gain = o - b
@@ -301,7 +296,9 @@ def leak_block(
         "oracle_gain": gain,
         "share_of_gain": None if raw is None else float(min(1.0, max(0.0, raw))),
         "share_raw": raw,
-        "unique_signature_share": _finite((attribute_only or {}).get("unique_signature_share")),
+        "unique_signature_share": finite_or_none(
+            (attribute_only or {}).get("unique_signature_share")
+        ),
     }
 
 
