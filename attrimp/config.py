@@ -75,6 +75,9 @@ class DataConfig:
     #: what to do with identities that have images but no attributes: "error" or "skip" (counted)
     missing_policy: str = "error"
     num_workers: int = 0
+    #: what the model sees: "rgb" or "grayscale" (every image turned to luminance, three equal
+    #: channels, before normalisation; the annotations and the drawn world are unchanged)
+    color: str = "rgb"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     #: the dataset's own options (``[data.options]``), checked against its options dataclass;
     #: for "synthetic" the same keys as ``[data.synthetic]``, moved there when read
@@ -396,11 +399,11 @@ class StudyConfig:
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections (all when none): the cache key of a result.
 
-        An empty plug-in options table (``[router.options]``, ``[experts.options]``, …) is left
-        out, so a config that sets none hashes as it did before options tables existed (cached
-        results and report fingerprints stay valid)."""
+        An empty plug-in options table (``[router.options]``, ``[experts.options]``, …) and
+        ``[data] color = "rgb"`` are left out, so a config that sets neither hashes as it did
+        before they existed (cached results and report fingerprints stay valid)."""
         data = {
-            name: {k: v for k, v in section.items() if not (k == "options" and v == {})}
+            name: {k: v for k, v in section.items() if (k, v) not in _UNHASHED_DEFAULTS}
             if isinstance(section, dict)
             else section
             for name, section in self.to_dict().items()
@@ -411,9 +414,13 @@ class StudyConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+#: (key, value) pairs a section's hash leaves out: settings added later, at their defaults
+_UNHASHED_DEFAULTS = (("options", {}), ("color", "rgb"))
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": _RegistryNames("attrimp.data.datasets", "DATASETS"),  # type: ignore[dict-item]
     "data.missing_policy": ("error", "skip"),
+    "data.color": ("rgb", "grayscale"),
     "data.synthetic.attributes": ("independent", "joint"),
     "model.adapt": ("full", "frozen", "lora"),
     "experts.bank": _RegistryNames("attrimp.registry", "BANKS"),  # type: ignore[dict-item]
@@ -613,7 +620,9 @@ def _validate(cfg: StudyConfig) -> None:
         )
     if cfg.router.name != "learned" and (cfg.train.predicted_gates_p > 0 or cfg.router.detach):
         what = "train.predicted_gates_p" if cfg.train.predicted_gates_p > 0 else "router.detach"
-        raise ConfigError(f"{what} applies to the learned router only; set router.name = 'learned'.")
+        raise ConfigError(
+            f"{what} applies to the learned router only; set router.name = 'learned'."
+        )
     if not 0.0 <= cfg.train.group_dropout < 1.0:
         raise ConfigError(f"train.group_dropout must lie in [0, 1), not {cfg.train.group_dropout}.")
     if not all(0.0 <= p <= 1.0 for p in cfg.ablation.noisy_p):

@@ -33,13 +33,17 @@ def build_transforms(
     flip_p: float = 0.5,
     padding: int = 10,
     erasing_p: float = 0.5,
+    grayscale: bool = False,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The usual ReID pipeline (as in TransReID / CLIP-ReID): resize to the model's
     ``(height, width)``; for training also random flip, pad + random crop back to size, and
     random erasing (after normalisation, so erased pixels are noise around the mean). A flip
-    changes no attribute of Market/Duke, so the annotation stays valid."""
+    changes no attribute of Market/Duke, so the annotation stays valid. ``grayscale`` turns every
+    image to luminance (three equal channels, so any RGB backbone takes it) before the rest."""
     size = (int(size[0]), int(size[1]))
     steps: list = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)]
+    if grayscale:
+        steps.append(T.Grayscale(num_output_channels=3))
     if train:
         if flip_p > 0:
             steps.append(T.RandomHorizontalFlip(p=flip_p))

@@ -72,6 +72,9 @@ class ReIDData:
     #: identity -> multi-hot attributes, for every annotated identity that has images
     identity_attributes: dict[int, np.ndarray] = field(default_factory=dict)
     attribute_source: Path | None = None
+    #: the colour the model sees: "rgb", or "grayscale" (``[data] color``; a data-transform
+    #: arm of a comparison: colour then reaches the model only through the experts)
+    color: str = "rgb"
 
     @property
     def label_to_pid(self) -> dict[int, int]:

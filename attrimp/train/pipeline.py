@@ -54,7 +54,9 @@ def prepare_data(
     check_data_paths(cfg)
     if model_check:
         check_model(cfg)
-    return DATASETS.load(cfg.data.dataset).load(cfg.data, Path(workdir), progress=progress)
+    data = DATASETS.load(cfg.data.dataset).load(cfg.data, Path(workdir), progress=progress)
+    data.color = cfg.data.color
+    return data
 
 
 def model_config(cfg: StudyConfig, data: ReIDData) -> MoSAICConfig:
@@ -84,8 +86,9 @@ def datasets(model: MoSAICReID, data: ReIDData):
 
     mean, std = normalization(model)
     size = tuple(model.config.img_size)
-    train_tf = build_transforms(train=True, size=size, mean=mean, std=std)
-    test_tf = build_transforms(train=False, size=size, mean=mean, std=std)
+    gray = data.color == "grayscale"
+    train_tf = build_transforms(train=True, size=size, mean=mean, std=std, grayscale=gray)
+    test_tf = build_transforms(train=False, size=size, mean=mean, std=std, grayscale=gray)
     return (
         ReIDImageDataset(data.train, train_tf, target="label"),
         ReIDImageDataset(data.query, test_tf, target="pid"),
