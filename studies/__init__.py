@@ -17,6 +17,7 @@ from studies.errors import StudyInputError
 if TYPE_CHECKING:
     from studies.api import StudyReport, analyze
     from studies.comparison import ComparisonResult, compare
+    from studies.comparison_report import write_comparison_report
 
 #: public names served lazily from studies.api (PEP 562)
 _LAZY = {
@@ -24,6 +25,7 @@ _LAZY = {
     "StudyReport": "studies.api",
     "compare": "studies.comparison",
     "ComparisonResult": "studies.comparison",
+    "write_comparison_report": "studies.comparison_report",
 }
 
 
@@ -41,4 +43,11 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
-__all__ = ["ComparisonResult", "StudyInputError", "StudyReport", "analyze", "compare"]
+__all__ = [
+    "ComparisonResult",
+    "StudyInputError",
+    "StudyReport",
+    "analyze",
+    "compare",
+    "write_comparison_report",
+]

@@ -654,7 +654,206 @@ def prevalence_scatter(
     return fig
 
 
+# --------------------------------------------------------------------------- comparisons of arms
+
+#: one colour per arm (Paul Tol's muted set without its blue and orange, so an arm never reads as
+#: helps / hurts) and one marker per arm, so arms stay apart in greyscale and for every
+#: colour-vision deficiency
+ARM_COLOURS = ("#117733", "#882255", "#44AA99", "#AA4499", "#999933", "#332288", "#CC6677")
+ARM_MARKERS = ("o", "s", "D", "^", "v", "P", "X")
+
+#: how each verdict of a between-arm difference is drawn: (colour, marker, filled, label)
+VERDICT_STYLES = {
+    "differs": ("#222222", "D", True, "differs (Holm p < alpha)"),
+    "negligible": ("#44AA99", "o", True, "negligible (within ±margin)"),
+    "inconclusive": (NEUTRAL, "o", False, "inconclusive"),
+    "not testable": (NEUTRAL, "x", True, "not testable"),
+}
+
+
+def _comparison_label(attribute: object, level: object) -> str:
+    """A row of a comparison figure: ``group = level`` (the level the effect is about), or the
+    group alone where it has no level (a table of paired effects)."""
+    lv = "" if level is None or (isinstance(level, float) and not np.isfinite(level)) else level
+    if str(lv) in ("", str(attribute)):
+        return short_label(attribute)
+    return short_label(f"{attribute} = {lv}")
+
+
+def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
+    """A column as floats (NaN where missing or not a number; all NaN when absent)."""
+    if col not in df.columns:
+        return np.full(len(df), np.nan)
+    return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+
+
+def _interval(ax, x, lo, hi, y, *, colour: str, marker: str, filled: bool, label=None) -> bool:
+    """One estimate with its CI at height y (the CI only where both bounds are finite); False
+    when the estimate itself is missing (nothing drawn)."""
+    if not np.isfinite(x):
+        return False
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.hlines(y, lo, hi, colors=colour, linewidth=1.4, zorder=2)
+    face = colour if filled else "white"
+    ax.scatter([x], [y], s=26, marker=marker, facecolors=face, edgecolors=colour,
+               linewidths=1.1, zorder=3, label=label)  # fmt: skip
+    return True
+
+
+def comparison_forest(
+    effects: pd.DataFrame,
+    order: Sequence[str],
+    arms: Sequence[str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+) -> Figure | None:
+    """Every group's effect in every arm side by side: one row per group (``order``, top
+    first), each arm's estimate and 95% CI dodged around the row in the arm's own colour and
+    marker. Where ``effects`` has a finite ``relative`` column (the effect as a share of the
+    arm's oracle gain), a second panel shows it on the same rows. None when no effect is
+    finite."""
+    if effects is None or effects.empty or not np.isfinite(_numbers(effects, "effect")).any():
+        return None
+    rows = [a for a in order if a in set(effects["attribute"])]
+    rel = np.isfinite(_numbers(effects, "relative")).any()
+    n = len(rows)
+    fig = _figure(_WIDTH + (3.5 if rel else 0.0), 1.7 + 0.22 * n * max(2, len(arms)) / 1.6)
+    axes = fig.subplots(1, 2 if rel else 1, squeeze=False, sharey=True)[0]
+    panels = [("effect", "ci_low", "ci_high")]
+    if rel:
+        panels.append(("relative", "relative_low", "relative_high"))
+    y0 = np.arange(n)[::-1].astype(float)
+    step = 0.7 / max(1, len(arms))
+    pos = {a: y0 + (len(arms) - 1) / 2 * step - i * step for i, a in enumerate(arms)}
+    for ax, (val, lo, hi) in zip(axes, panels):
+        for i, arm in enumerate(arms):
+            sub = effects[effects["arm"].astype(str) == str(arm)].set_index("attribute")
+            sub = sub[~sub.index.duplicated()].reindex(rows)
+            colour, marker = ARM_COLOURS[i % len(ARM_COLOURS)], ARM_MARKERS[i % len(ARM_MARKERS)]
+            for x, a, b, y in zip(
+                _numbers(sub, val), _numbers(sub, lo), _numbers(sub, hi), pos[arm]
+            ):
+                _interval(ax, x, a, b, y, colour=colour, marker=marker, filled=True)
+        ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.tick_params(axis="x", labelsize=7)
+        for k in range(1, n, 2):  # a pale band on every other row, so each row reads as one
+            ax.axhspan(y0[k] - 0.5, y0[k] + 0.5, color="#f4f4f4", zorder=0, linewidth=0)
+        ax.set_ylim(-0.6, n - 0.4)
+    first = effects.drop_duplicates("attribute").set_index("attribute")
+    labels = [_comparison_label(a, first["level"].get(a) if "level" in first else None)
+              for a in rows]  # fmt: skip
+    axes[0].set_yticks(y0)
+    axes[0].set_yticklabels(labels, fontsize=7)
+    axes[0].set_xlabel(xlabel or "effect in each arm (95% CI)", fontsize=8)
+    axes[0].set_title(title or "Each group's effect, arm by arm", fontsize=10)
+    if rel:
+        from matplotlib.ticker import PercentFormatter
+
+        axes[1].xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        axes[1].set_xlabel("share of the arm's oracle gain (95% CI)", fontsize=8)
+        axes[1].set_title("Relative to each arm's own gain", fontsize=10)
+    _arm_legend(fig, arms)
+    return fig
+
+
+def _arm_legend(fig: Figure, arms: Sequence[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=ARM_COLOURS[i % len(ARM_COLOURS)], lw=1.4,
+               marker=ARM_MARKERS[i % len(ARM_MARKERS)], markersize=5, label=short_label(a, 24))
+        for i, a in enumerate(arms)
+    ]  # fmt: skip
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(arms), 4), fontsize=7,
+               frameon=False, title="arm", title_fontsize=7)  # fmt: skip
+
+
+def comparison_differences(
+    differences: pd.DataFrame,
+    order: Sequence[str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+) -> Figure | None:
+    """Each arm pair's difference of effects per group with its 95% CI (one panel per pair,
+    rows in ``order``, top first), the marker showing the verdict (differs / negligible /
+    inconclusive / not testable) and the ±margin within which a difference is negligible
+    shaded. None when no difference is finite."""
+    if (
+        differences is None
+        or differences.empty
+        or not np.isfinite(_numbers(differences, "difference")).any()
+    ):
+        return None
+    rows = [a for a in order if a in set(differences["attribute"])]
+    pairs = list(
+        dict.fromkeys(zip(differences["arm_a"].astype(str), differences["arm_b"].astype(str)))
+    )
+    ncol = min(len(pairs), 3)
+    nrow = -(-len(pairs) // ncol)
+    n = len(rows)
+    fig = _figure(max(_WIDTH, 3.0 * ncol + 2.0), nrow * (1.0 + 0.24 * n) + 1.0)
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
+    y0 = np.arange(n)[::-1].astype(float)
+    margin = _numbers(differences, "margin")
+    margin = float(np.nanmax(margin)) if np.isfinite(margin).any() else float("nan")
+    for ax, (a, b) in zip(axes, pairs):
+        sub = differences[
+            (differences["arm_a"].astype(str) == a) & (differences["arm_b"].astype(str) == b)
+        ]
+        sub = sub.set_index("attribute")
+        sub = sub[~sub.index.duplicated()].reindex(rows)
+        verdicts = sub["verdict"].tolist() if "verdict" in sub else [None] * n
+        for x, lo, hi, y, v in zip(_numbers(sub, "difference"), _numbers(sub, "ci_low"),
+                                   _numbers(sub, "ci_high"), y0, verdicts):  # fmt: skip
+            colour, marker, filled, _ = VERDICT_STYLES.get(str(v), VERDICT_STYLES["inconclusive"])
+            _interval(ax, x, lo, hi, y, colour=colour, marker=marker, filled=filled)
+        if np.isfinite(margin) and margin > 0:
+            ax.axvspan(-margin, margin, color="#e6e6e6", zorder=0, linewidth=0)
+        ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_title(short_label(f"{a} − {b}", 40), fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in axes[len(pairs) :]:
+        ax.set_visible(False)
+    first = differences.drop_duplicates("attribute").set_index("attribute")
+    labels = [_comparison_label(a, first["level"].get(a) if "level" in first else None)
+              for a in rows]  # fmt: skip
+    for ax in axes[::ncol]:
+        ax.set_yticks(y0)
+        ax.set_yticklabels(labels, fontsize=7)
+    fig.supxlabel(xlabel or "difference of effects, first arm − second (95% CI)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _verdict_legend(fig, differences, margin)
+    return fig
+
+
+def _verdict_legend(fig: Figure, differences: pd.DataFrame, margin: float) -> None:
+    """The key of the verdicts present (and of the margin band)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    present = set(differences["verdict"].astype(str)) if "verdict" in differences else set()
+    handles: list = [
+        Line2D([], [], color=c, marker=m, markerfacecolor=c if f else "white", lw=1.4,
+               markersize=5, label=lab)
+        for v, (c, m, f, lab) in VERDICT_STYLES.items() if v in present
+    ]  # fmt: skip
+    if np.isfinite(margin) and margin > 0:
+        handles.append(Patch(color="#e6e6e6", label=f"±margin ({margin:.3g})"))
+    if handles:
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 3),
+                   fontsize=7, frameon=False)  # fmt: skip
+
+
 __all__ = [
+    "ARM_COLOURS",
+    "ARM_MARKERS",
+    "VERDICT_STYLES",
+    "comparison_differences",
+    "comparison_forest",
     "DIVERGING_COLOURS",
     "HELPS",
     "HURTS",
