@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from attrimp.model.mosaic import MoSAICReID
     from attrimp.model.schema import AttributeSchema
+    from attrimp.study.compare import StudyComparison
     from attrimp.study.run import StudyResult
 
 log = logging.getLogger(__name__)
@@ -227,17 +228,31 @@ def run_study(
     resume: bool = True,
     progress: bool = False,
     **overrides: Any,
-) -> StudyRun | None:
+) -> StudyRun | StudyComparison | None:
     """Run a whole study (data, model, training, ablations, battery, report) into ``out``.
 
     ``config_or_path`` and ``overrides`` as in `study_config` (None = the built-in synthetic
     study). ``resume`` reuses finished stages in ``out/cache``; ``progress`` shows the stages
     and progress bars on stderr (off: quiet, logging only). Returns None on `torchrun` ranks
     other than 0, which end after the sweep.
+
+    A config with a ``[compare]`` table runs one study per arm and seed into
+    ``out/arms/<arm>/seed-<s>`` (the synthetic world drawn once), compares them into ``out``
+    and returns the `attrimp.study.compare.StudyComparison` (``.summary``, ``.differences``,
+    ``.effects``, ``.agreement``, ``.report_html``) instead of a `StudyRun`
+    (`attrimp.study.arms`)::
+
+        cmp = attrimp.run_study("studies/configs/compare_synthetic.toml", out="runs/cmp")
+        cmp.differences[["attribute", "difference", "ci_low", "ci_high", "verdict"]]
     """
     from attrimp.study.run import run_study as _run
 
     cfg = study_config(config_or_path, **overrides)
+    if cfg.compare is not None:
+        from attrimp.study.arms import run_comparison
+
+        log.info("comparison study %r into %s", cfg.name, out)
+        return run_comparison(cfg, out, resume=resume, progress=progress)
     log.info("study %r into %s", cfg.name, out)
     result = _run(cfg, out, resume=resume, progress=progress)
     if result is None:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -379,6 +380,153 @@ class EvalConfig:
     batch_size: int = 64
 
 
+#: the sections an arm of ``[compare]`` may override
+ARM_SECTIONS = ("data", "model", "experts", "router", "train", "eval", "ablation", "analysis")
+
+#: a name that is safe as one folder name on every platform
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass
+class CompareArm:
+    """One arm of ``[compare]``: its name (the reports'), its folder name under ``OUT/arms``
+    and its overrides, nested tables by section (``{"data": {"color": "grayscale"}}``)."""
+
+    name: str
+    folder: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class CompareConfig:
+    """``[compare]``: run one study per arm and training seed, then compare them.
+
+    Arms are given either as ``backbones = [...]`` (one arm per backbone, named by it) or as
+    ``[[compare.arms]]`` tables, each a ``name`` plus override tables for any section
+    (`ARM_SECTIONS`). ``seeds`` are the ``train.seed`` of each replicate; empty means the
+    study's own ``train.seed``. The fields are the TOML as written (``to_dict`` round-trips);
+    `arm_list` gives the checked arms.
+    """
+
+    #: train.seed of each replicate of every arm; empty = [train.seed]
+    seeds: list[int] = field(default_factory=list)
+    #: the short form: one arm per backbone (``model.backbone``), named by it
+    backbones: list[str] = field(default_factory=list)
+    #: the long form (``[[compare.arms]]``): ``name`` plus override tables
+    arms: list[dict[str, Any]] = field(default_factory=list)
+
+    def seed_list(self, train_seed: int) -> list[int]:
+        """The replicates' training seeds (the study's own when ``seeds`` is empty)."""
+        return list(self.seeds) or [train_seed]
+
+    def arm_list(self) -> list[CompareArm]:
+        """The arms, checked: one form, at least two arms, names unique and safe as folder
+        names (a backbone's name is turned into one: ``timm:vit_s`` -> ``timm-vit_s``), each
+        override a table of a known section, and no ``train.seed`` (seeds are ``[compare]``'s)."""
+        if self.backbones and self.arms:
+            raise ConfigError(
+                "[compare] gives both backbones and [[compare.arms]]; keep one of the two forms."
+            )
+        if self.backbones:
+            arms = [
+                CompareArm(b, _folder_name(b), {"model": {"backbone": b}}) for b in self.backbones
+            ]
+        else:
+            arms = [_compare_arm(i, table) for i, table in enumerate(self.arms)]
+        if len(arms) < 2:
+            raise ConfigError(
+                f"[compare] needs at least two arms to compare, not {len(arms)}; list them in "
+                "compare.backbones or as [[compare.arms]] tables."
+            )
+        _check_unique(arms)
+        _check_seeds(self.seeds)
+        return arms
+
+
+def _folder_name(name: str) -> str:
+    """A backbone's name as a folder name: each run of other characters than letters, digits,
+    '.', '_' and '-' becomes one '-' (``timm:vit_small`` -> ``timm-vit_small``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:100] or "arm"
+
+
+def _compare_arm(i: int, table: dict[str, Any]) -> CompareArm:
+    """``[[compare.arms]]`` table ``i`` as a `CompareArm` (its keys checked)."""
+    where = f"compare.arms[{i}]"
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f'{where} needs a name, a string such as name = "grayscale".')
+    if not _SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where} has the name {name!r}, which cannot be a folder name; use letters, "
+            "digits, '.', '_' and '-' (up to 100, starting with a letter or digit)."
+        )
+    where = f"compare arm {name!r}"
+    overrides = {k: v for k, v in table.items() if k != "name"}
+    for key, value in overrides.items():
+        if key not in ARM_SECTIONS:
+            raise ConfigError(
+                f"{where} has the unknown key {key!r}; an arm takes name and override tables "
+                f"for {', '.join(ARM_SECTIONS)}."
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{where}: {key} must be a table of settings (e.g. {key} = {{ ... }}), "
+                f"not {value!r}."
+            )
+    if "seed" in overrides.get("train", {}):
+        raise ConfigError(
+            f"{where} sets train.seed; the training seeds of every arm belong to "
+            "[compare] seeds = [...]."
+        )
+    return CompareArm(name, name, overrides)
+
+
+def _check_unique(arms: list[CompareArm]) -> None:
+    seen: set[str] = set()
+    for arm in arms:
+        key = arm.folder.lower()  # case-insensitive file systems
+        if key in seen:
+            raise ConfigError(
+                f"[compare] has two arms named {arm.name!r} (folder {arm.folder!r}); give each "
+                "arm its own name."
+            )
+        seen.add(key)
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"compare.seeds lists a seed twice: {seeds}; each must be distinct.")
+    for s in seeds:
+        if not 0 <= s < 2**32:
+            raise ConfigError(f"compare.seeds must be from 0 to 2**32 - 1, not {s!r}.")
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``base`` (a config as `StudyConfig.to_dict`) with ``overrides`` merged in: a table
+    merges into a section (a dataclass of ``cls``), any other value — a dict-valued setting
+    such as ``visibility`` or ``backbone_kwargs`` included — replaces the setting whole."""
+    hints = typing.get_type_hints(cls)
+    merged = dict(base)
+    for key, value in overrides.items():
+        tp = hints.get(key)
+        section = dataclasses.is_dataclass(tp) and isinstance(merged.get(key), dict)
+        if section and isinstance(value, dict):
+            merged[key] = merge_overrides(merged[key], value, tp)
+        else:
+            merged[key] = value
+    return merged
+
+
+def arm_config(cfg: StudyConfig, arm: CompareArm, seed: int) -> StudyConfig:
+    """The ordinary study one arm runs with one training seed: ``cfg`` without ``[compare]``,
+    the arm's overrides merged in, ``train.seed = seed``, validated like a TOML file (a bad
+    override is one sentence naming the arm)."""
+    base = {k: v for k, v in cfg.to_dict().items() if k != "compare"}
+    merged = merge_overrides(base, arm.overrides, StudyConfig)
+    merged = merge_overrides(merged, {"train": {"seed": seed}}, StudyConfig)
+    return config_from_dict(merged, source=f"compare arm {arm.name!r}")
+
+
 @dataclass
 class StudyConfig:
     name: str = "study"
@@ -392,9 +540,16 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    #: ``[compare]``: arms and seeds run as one study each, then compared; None = one study
+    compare: CompareConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as TOML-shaped dictionaries; ``compare`` only when set, so a study
+        without it writes the config.json (and hashes to the fingerprint) it always did."""
+        d = dataclasses.asdict(self)
+        if d["compare"] is None:
+            del d["compare"]
+        return d
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections (all when none): the cache key of a result.
@@ -584,6 +739,8 @@ def _check_fields(obj: Any, section: str) -> None:
 
 def _validate(cfg: StudyConfig) -> None:
     _check_data_options(cfg.data)
+    if cfg.compare is not None:
+        _check_compare(cfg)
     _check_ranges(cfg)
     from attrimp.evaluate.designs import DESIGNS, ordered, retrainable_designs
 
@@ -633,6 +790,16 @@ def _validate(cfg: StudyConfig) -> None:
         raise ConfigError("data.synthetic.visibility values must lie in [0, 1].")
     _check_synthetic_draw(cfg.data.synthetic)
     _check_data_schema(cfg.data)
+
+
+def _check_compare(cfg: StudyConfig) -> None:
+    """``[compare]``: its arms (`CompareConfig.arm_list`), and every arm's merged config
+    validated like a file of its own (the first seed stands for all: only train.seed differs)."""
+    compare = cfg.compare
+    assert compare is not None
+    seed = compare.seed_list(cfg.train.seed)[0]
+    for arm in compare.arm_list():
+        arm_config(dataclasses.replace(cfg, compare=None), arm, seed)
 
 
 def _check_data_options(d: DataConfig) -> None:

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a study: data, model, training, ablations, statistics battery, report.
 
+        A config with a \\[compare] table runs one study per arm and training seed into
+        OUT/arms/ARM/seed-S and then compares them into OUT (see docs/study.md).
+
         Example: attrimp study run studies/configs/market1501_clip_vitb16.toml --out runs/market
         """
         from rich.console import Console
@@ -57,6 +60,9 @@ def register(app: typer.Typer) -> None:
         cfg = study_config(config, overrides_source=_flags(overrides), **overrides)
         _check_config(cfg, out)
         progress = Console(stderr=True)  # stages and bars to stderr, results to stdout
+        if cfg.compare is not None:  # arms x seeds, then their comparison
+            _run_comparison(cfg, out, resume, quiet, single_file, progress)
+            return
         result = run_study(cfg, out, resume=resume, progress=not quiet, console=progress)
         _leave_process_group()
         if result is not None:  # under torchrun, ranks other than 0 end after the sweep
@@ -81,8 +87,38 @@ def _check_config(cfg, out: Path) -> None:
     from attrimp.train.pipeline import check_data_paths, check_model
 
     with run_output(out):
-        check_data_paths(cfg)
-        check_model(cfg)
+        for study in _studies(cfg):
+            check_data_paths(study)
+            check_model(study)
+
+
+def _studies(cfg) -> list:
+    """The configs to check: ``cfg``, or one per arm of its ``[compare]`` (the first seed's:
+    the seeds change nothing these checks read)."""
+    if cfg.compare is None:
+        return [cfg]
+    from attrimp.config import arm_config
+
+    seed = cfg.compare.seed_list(cfg.train.seed)[0]
+    return [arm_config(cfg, arm, seed) for arm in cfg.compare.arm_list()]
+
+
+def _run_comparison(cfg, out: Path, resume: bool, quiet: bool, single_file: bool, progress):
+    """A ``[compare]`` config: every arm-seed study, then the comparison; rank 0 prints its
+    answer (one sentence per finding) and where the report is."""
+    from rich.console import Console
+
+    from attrimp.study.arms import run_comparison
+
+    cmp = run_comparison(
+        cfg, out, resume=resume, progress=not quiet, console=progress, single_file=single_file
+    )
+    if cmp is None:  # a torchrun rank other than 0
+        return
+    console = Console()
+    for sentence in cmp.summary:
+        console.print(f"• {sentence}", highlight=False)
+    console.print(f"report: {cmp.report_html}", highlight=False)
 
 
 def _flags(overrides: dict[str, object]) -> str:
