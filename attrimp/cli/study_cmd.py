@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attrimp.cli import study_compare_cmd
 from attrimp.io import run_output
 from studies.errors import StudyInputError
 
@@ -341,3 +342,6 @@ def _summary(console: Console, result, alpha: float) -> None:
                 f"Agreement between methods: Kendall's W = {o.kendall_w:.2f} "
                 f"(p = {_fmt_p(o.kendall_w_p)})."
             )
+
+
+study_compare_cmd.register(app)  # `attrimp study compare`, beside analyze
