@@ -1,5 +1,6 @@
 """What every ViT family shares: the weight-source record, position-embedding resampling,
-the camera (SIE) embedding, overlapping-stride grids and the one pooling check.
+the camera (SIE) embedding, overlapping-stride grids and the readout (class token or the model's
+own pooling).
 
 A family module (``clip.py``, ``timm_vit.py``, a third party's) subclasses `ViTBackbone`, wraps
 its library's model as ``self.inner`` and implements the few family-specific hooks; everything
@@ -173,20 +174,26 @@ def pooling_refusal(
 ) -> str | None:
     """Why a model that pools with ``pool`` cannot serve as a ReID backbone; None: it can.
 
-    attrimp reads the class token as the image embedding. A model trained to pool otherwise
-    (averaging its patch tokens, an attention head) never trained that token as its output, so
-    it is refused rather than adapted. Every family words it the same way through this one
-    check: ``setting`` is the library's name for the option (``global_pool``, ``pool_type``),
-    ``cls_pools`` its values that read the class token. The caller puts the model's name first.
+    Kept for third-party families whose own pooling attrimp cannot run. The built-in families
+    read a model's own pooling (`ViTBackbone.pools`) and refuse none by its kind: a model trained
+    to average its patch tokens or to pool them with an attention head yields that pooled
+    embedding, exactly as its library computes it. ``setting`` is the library's name for the
+    option (``global_pool``, ``pool_type``), ``cls_pools`` its values that read the class token.
     """
     if pool in cls_pools:
         return None
     how = "with an attention head" if pool in attention_pools else "by averaging its patch tokens"
     return (
-        f"pools {how} ({setting}={pool!r}), not through its class token, which attrimp reads "
-        "as the image embedding; it is refused rather than read a token its weights never "
-        "trained as the output"
+        f"pools {how} ({setting}={pool!r}), not through its class token, and this family "
+        "cannot run that pooling"
     )
+
+
+def describe_pool(pool: Any, *, attention: bool = False) -> str:
+    """How a model pools its tokens, in words, for listings and docs."""
+    if attention:
+        return "attention head"
+    return {"avg": "average", "avgmax": "average + max", "max": "max"}.get(pool, str(pool))
 
 
 # --------------------------------------------------------------------------- the shared wrapper
@@ -204,6 +211,11 @@ class ViTBackbone(Backbone):
 
     family: str = "?"
     splits_forward = True  # forward_prefix / forward_suffix below
+    #: the model pools its tokens (average, attention head) instead of reading its class token;
+    #: the readout then prepends that pooled embedding to the tokens (see `_finish`)
+    pools: bool = False
+    #: the model has a class token (a feature router reads it at the first expert block)
+    has_class_token: bool = True
     #: module-name suffixes of the linears that LoRA-on-the-backbone targets, per kind
     lora_targets: dict[str, tuple[str, ...]] = {}
 
@@ -251,6 +263,33 @@ class ViTBackbone(Backbone):
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's own pooled embedding ``[B, width]`` from the last block's output ``x``
+        and the final-normalised ``tokens``; only for ``pools`` backbones."""
+        raise NotImplementedError
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output -> the readout tokens: the embedding first.
+
+        A class-token model: its final-normalised tokens, the class token first. A model that
+        pools: its pooled embedding, computed by the library's own pooling code, prepended to
+        the final-normalised tokens (``[B, 1 + N, D]``). So every reader of token 0 (the
+        model's forward, the test-time sweep's split forward) gets the embedding the model was
+        built to produce, and the expert sites (the blocks) are the same either way.
+        """
+        tokens = self._final_norm(x)
+        if not self.pools:
+            return tokens
+        pooled = self._pool(x, tokens)
+        return torch.cat([pooled.unsqueeze(1).to(tokens.dtype), tokens], dim=1)
+
+    def route_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """One vector per image from tokens at a block's input: the class token, or the mean of
+        the patch tokens for a model without one (what a feature router reads)."""
+        if self.has_class_token:
+            return x[:, 0]
+        return x[:, self.num_prefix_tokens :].mean(dim=1)
+
     def _site_module(self, block: nn.Module, site: str) -> tuple[str, nn.Module]:
         """``(attr, module)`` of ``block`` for ``site`` ('mlp' or 'attn')."""
         raise NotImplementedError
@@ -276,7 +315,8 @@ class ViTBackbone(Backbone):
     def forward_tokens(
         self, images: torch.Tensor, camids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> ``[B, N, width]`` after the final norm, CLS first."""
+        """``[B, 3, H, W]`` -> ``[B, N, width]`` after the final norm, the embedding first
+        (the class token; for a model that pools, its pooled embedding, prepended)."""
         if tuple(images.shape[-2:]) != self.img_size:
             raise DataError(
                 f"images are {tuple(images.shape[-2:])} (height, width) but the backbone was "
@@ -286,7 +326,7 @@ class ViTBackbone(Backbone):
         x = self._add_camera(x, camids)
         x = self._pre_blocks(x)
         x = self._run_blocks(x, ctx)
-        return self._final_norm(x)
+        return self._finish(x)
 
     def forward_prefix(
         self, images: torch.Tensor, camids: torch.Tensor | None = None, *, stop: int
@@ -301,8 +341,8 @@ class ViTBackbone(Backbone):
         return self._run_blocks(x, ctx, 0, stop), ctx
 
     def forward_suffix(self, x: torch.Tensor, ctx: Any = None, *, start: int) -> torch.Tensor:
-        """Blocks ``start`` onwards and the final norm, on tokens from `forward_prefix`."""
-        return self._final_norm(self._run_blocks(x, ctx, start, None))
+        """Blocks ``start`` onwards and the readout (`_finish`), on tokens from `forward_prefix`."""
+        return self._finish(self._run_blocks(x, ctx, start, None))
 
     def check_camids(self, camids: Any) -> None:
         """Raise `DataError` unless every camera id is in ``0..camera_count - 1``.
@@ -394,7 +434,7 @@ class ViTBackbone(Backbone):
         return (
             f"name={self.pretrained_cfg.name!r}, img_size={self.img_size}, grid={self.grid_size}, "
             f"width={self.width}, depth={len(self.blocks)}, cameras={self.camera_count}, "
-            f"adapt={self.adapt_mode!r}"
+            f"adapt={self.adapt_mode!r}, readout={'pooled' if self.pools else 'class token'}"
         )
 
 

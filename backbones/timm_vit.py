@@ -5,6 +5,12 @@ Names are timm's own ``arch[.tag]`` (``timm:vit_base_patch16_clip_224.openai``,
 is created at its native size through ``timm.create_model`` (so hub weights load through timm's
 own, tested path), then moved to the ReID grid by `TimmViT._retarget`, which resamples the
 position embedding with the old grid passed explicitly.
+
+The embedding is what the model was built to produce: its class token after the final norm
+(``global_pool='token'``), or, for a model that pools (``'avg'``, ``'avgmax'``, ``'max'``: EVA-02,
+DINOv3, the ``*_gap`` ViTs; ``'map'``: SigLIP's and PE's attention-pool heads), timm's own
+``forward_head(tokens, pre_logits=True)`` on the final-normalised tokens: its pooling, its
+``fc_norm``, no classifier. The expert sites (the blocks) are the same either way.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from backbones.base import (
     PretrainedCfg,
     ViTBackbone,
     grid_for,
-    pooling_refusal,
 )
 
 #: timm modules whose models share VisionTransformer's layout (patch_embed, blocks, norm)
@@ -39,13 +44,14 @@ _NOT_A_PLAIN_VIT = {
     "convnext": "a convolutional network",
     "resnet": "a convolutional network",
     "efficientnet": "a convolutional network",
-    "beit": "a BEiT whose relative position bias is tied to its square pretraining grid and "
-    "which pools by averaging",
+    "beit": "a BEiT whose relative position bias is tied to its square pretraining grid",
     "naflexvit": "a NaFlex ViT that runs variable-length patch sequences",
 }
 
 #: pooling modes that read the class token (``""`` = no pooling: the wrapper reads it)
 _CLS_POOLS = ("token", "")
+#: pooling modes over the patch tokens that timm's own head runs (``global_pool_nlc``)
+_AVG_POOLS = ("avg", "avgmax", "max")
 
 _FEATURED = [
     "vit_base_patch16_clip_224",
@@ -56,11 +62,14 @@ _FEATURED = [
     "vit_small_patch14_reg4_dinov2",
     "vit_tiny_patch16_224",
     "eva02_base_patch16_clip_224",
+    "eva02_base_patch14_224",
+    "vit_small_patch16_dinov3",
+    "vit_base_patch16_siglip_224",
 ]
 
 
 class TimmViT(ViTBackbone):
-    """A timm VisionTransformer / Eva run at the ReID grid, CLS-first tokens after the final norm."""
+    """A timm VisionTransformer / Eva run at the ReID grid; the readout is its own pooling."""
 
     family = "timm"
 
@@ -80,18 +89,7 @@ class TimmViT(ViTBackbone):
                 f"timm model {cfg.model!r} is a {type(inner).__name__}, not a ViT the timm family "
                 "supports (VisionTransformer, DeiT, Eva)."
             )
-        refusal = pooling_refusal(
-            getattr(inner, "global_pool", "token"),
-            setting="global_pool",
-            cls_pools=_CLS_POOLS,
-            attention_pools=("map",),
-        )
-        if refusal:
-            raise ConfigError(f"timm model {cfg.model!r} {refusal}.")
-        if getattr(inner, "cls_token", None) is None:
-            raise ConfigError(
-                f"timm model {cfg.model!r} has no class token, and a ReID backbone reads its CLS token."
-            )
+        pools = _check_readout(inner, cfg.model)
         patch = tuple(inner.patch_embed.patch_size)
         step = (stride, stride) if stride else patch
         grid = grid_for(cfg.img_size, patch, step)
@@ -103,15 +101,20 @@ class TimmViT(ViTBackbone):
             camera_count=camera_count,
         )
         self.inner = inner
+        self.pools = pools
+        self.has_class_token = getattr(inner, "cls_token", None) is not None
         self._is_eva = isinstance(inner, Eva)
         self.pos_embed_key = "inner.pos_embed" if inner.pos_embed is not None else None
         self.pos_embed_prefix = 0 if inner.no_embed_class else inner.num_prefix_tokens
         self.head_keys = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
-        # a model whose final norm sits after pooling (global_pool='avg') normalises tokens with
-        # fc_norm instead; per-token LayerNorm, so applying it to every token is the same thing
+        # a class-token model whose final norm sits after pooling normalises tokens with fc_norm
+        # instead; per-token LayerNorm, so applying it to every token is the same thing. A model
+        # that pools keeps timm's order: norm on the tokens, pool, then fc_norm (in `_pool`).
         fc_norm = getattr(inner, "fc_norm", None)
-        use_fc = isinstance(inner.norm, nn.Identity) and not isinstance(
-            fc_norm, (type(None), nn.Identity)
+        use_fc = (
+            not pools
+            and isinstance(inner.norm, nn.Identity)
+            and not isinstance(fc_norm, (type(None), nn.Identity))
         )
         self._norm_attr = "fc_norm" if use_fc else "norm"
         self._retarget(step, grid)
@@ -193,6 +196,11 @@ class TimmViT(ViTBackbone):
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.inner, self._norm_attr)(x)
 
+    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # timm's own head on its forward_features output: pool (avg / avgmax / max over the
+        # patch tokens, or the attention-pool head), fc_norm, head dropout; no classifier
+        return self.inner.forward_head(tokens, pre_logits=True)
+
     def _site_module(self, block: nn.Module, site: str) -> tuple[str, nn.Module]:
         module = getattr(block, site, None)
         if module is None:
@@ -202,11 +210,41 @@ class TimmViT(ViTBackbone):
         return site, module
 
 
+def _check_readout(inner: nn.Module, model: str) -> bool:
+    """Whether ``inner`` pools (True) or is read through its class token (False).
+
+    Refused, each for the reason that holds: a class-token readout without a class token, a
+    pooling mode timm's own head does not run, and a pooled embedding whose width is not the
+    tokens' (attrimp's ReID head and expert sites share one width).
+    """
+    pool = getattr(inner, "global_pool", "token")
+    attention = getattr(inner, "attn_pool", None) is not None
+    if pool in _CLS_POOLS and not attention:
+        if getattr(inner, "cls_token", None) is None:
+            raise ConfigError(
+                f"timm model {model!r} has no class token and does not pool its tokens "
+                f"(global_pool={pool!r}), so it yields no image embedding to read."
+            )
+        return False
+    if not attention and pool not in _AVG_POOLS:
+        raise ConfigError(
+            f"timm model {model!r} pools with global_pool={pool!r}, which the timm family does "
+            f"not run; known: 'token', {', '.join(repr(p) for p in _AVG_POOLS)}, 'map'."
+        )
+    width = getattr(inner, "head_hidden_size", None) or getattr(inner, "num_features", None)
+    if width is not None and width != inner.embed_dim:
+        raise ConfigError(
+            f"timm model {model!r} pools into a {width}-wide embedding, not its token width "
+            f"{inner.embed_dim}; attrimp's ReID head reads an embedding as wide as the tokens."
+        )
+    return True
+
+
 class TimmFamily(BackboneFamily):
     """Any timm ViT by its timm name; weights by timm pretrained tag or a local file."""
 
     name = "timm"
-    description = "timm ViTs: ViT, DeiT, DINOv2, CLIP-in-timm, EVA (timm.create_model)"
+    description = "timm ViTs: ViT, DeiT, DINOv2/v3, CLIP-in-timm, SigLIP, EVA (timm.create_model)"
 
     def list_models(self) -> list[str]:
         import timm
@@ -233,8 +271,8 @@ class TimmFamily(BackboneFamily):
         what = _NOT_A_PLAIN_VIT.get(module, f"a model of timm's {module} module")
         return (
             f"it is {what}, and the timm family wraps only plain ViTs (VisionTransformer, DeiT, "
-            "Eva) with a class token and one stack of transformer blocks, which the attribute "
-            "experts and the ReID readout need"
+            "Eva) with one stack of transformer blocks over a fixed token grid, which the "
+            "attribute experts need"
         )
 
     def weight_source(self, model: str, tag: str) -> tuple[str | None, str | None]:

@@ -42,7 +42,10 @@ class ExpertSite:
 
 
 class Backbone(nn.Module, ABC):
-    """A ViT that exposes its transformer blocks, its width and its CLS token.
+    """A ViT that exposes its transformer blocks, its width and its embedding token.
+
+    The embedding is token 0 of `forward_tokens`: the class token, or, for a model built to pool
+    its tokens (averaging them, an attention head), that pooled embedding prepended to them.
 
     Implementations live in ``backbones/`` and are built by name through
     ``backbones.build(name, pretrained=..., img_size=(256, 128), ...)``.
@@ -69,15 +72,20 @@ class Backbone(nn.Module, ABC):
     def forward_tokens(
         self, images: torch.Tensor, camids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> final normalised tokens ``[B, N, width]``, CLS first."""
+        """``[B, 3, H, W]`` -> final normalised tokens ``[B, N, width]``, the embedding first."""
 
     @abstractmethod
     def expert_site(self, block_index: int, site: str) -> ExpertSite:
         """The module of block ``block_index`` that the expert bank wraps (``mlp`` or ``attn``)."""
 
     def forward(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
-        """The CLS token ``[B, width]``: the ReID embedding before the head."""
+        """The embedding ``[B, width]`` (token 0): the ReID embedding before the head."""
         return self.forward_tokens(images, camids)[:, 0]
+
+    def route_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, width]`` from the tokens ``x`` at a block's input, for a router that reads the
+        image: the class token (a backbone without one overrides this)."""
+        return x[:, 0]
 
     def forward_prefix(
         self, images: torch.Tensor, camids: torch.Tensor | None = None, *, stop: int
@@ -89,7 +97,8 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} does not split its forward.")
 
     def forward_suffix(self, x: torch.Tensor, ctx: Any = None, *, start: int) -> torch.Tensor:
-        """Blocks ``start`` onwards and the final norm, on tokens from `forward_prefix`."""
+        """Blocks ``start`` onwards and the final norm (`forward_tokens`' output, the embedding
+        first), on tokens from `forward_prefix`."""
         raise NotImplementedError(f"{type(self).__name__} does not split its forward.")
 
 

@@ -8,7 +8,8 @@
 
 The router turns the attribute multi-hot ``[B, n_slots]`` into gates ``[B, n_experts]`` that the
 bank applies per sample. A router that looks at the image (``needs_features = True``, e.g. the
-learned router) receives the CLS token at the *input of the first expert block*, captured by a
+learned router) receives the CLS token (`Backbone.route_feature`: the mean patch token for a
+backbone without one) at the *input of the first expert block*, captured by a
 forward pre-hook on that block: the backbone runs once, the router decides mid-way, and the
 expert blocks that follow use its gates, so no annotation is needed at test time.
 """
@@ -195,7 +196,7 @@ class MoSAICReID(nn.Module):
         if "router" not in self._route_state:
             return None
         x = args[0] if args else next(iter(kwargs.values()))
-        self._route(x[:, 0])
+        self._route(self.backbone.route_feature(x))
         return None
 
     def _route(self, cls_token: torch.Tensor) -> None:
