@@ -5,15 +5,27 @@ different attribute groups, beyond the noise of one training run?
     >>> cmp = studies.compare(df, by="backbone", outcome="ap", cluster="pid", seed="seed")  # doctest: +SKIP
     >>> cmp.differences[["attribute", "arm_a", "arm_b", "difference", "p_holm", "verdict"]]  # doctest: +SKIP
 
-The effect of a group in one arm is a *difference of means* on the outcome's scale: the mean
-outcome of rows at the group's headline level minus the mean of its other rows (a two-level
-group: its non-reference level against the reference). Why not the GLM's adjusted average
-marginal effect: the between-arm test needs the effect re-estimated in thousands of bootstrap
-draws and per seed, and a difference of means is a ratio of identity totals, so every draw is a
-matrix product and its cluster-robust variance is closed-form. The price: the effect is
-marginal (not adjusted for the other groups); `studies.analyze` on each arm gives the adjusted
-one. The headline level of a multi-level group is chosen once, on the pooled table (all arms
-together, so the choice is symmetric in the arms and does not favour a difference).
+Two kinds of table, one machinery:
+
+- **Rows with attributes** (``group=None``): one row per query (per arm, seed), its attribute
+  columns and the outcome. The effect of a group in one arm is a *difference of means* on the
+  outcome's scale: the mean outcome of rows at the group's headline level minus the mean of its
+  other rows (a two-level group: its non-reference level against the reference). The headline
+  level of a multi-level group is chosen once, on the pooled table (all arms together, so the
+  choice is symmetric in the arms and does not favour a difference).
+- **Paired effects** (``group="group"``, e.g. a study's ``tables/deltas.csv``): one row per query
+  x group, the group's name in column ``group`` and the query's effect of the group in
+  ``outcome`` (``delta_ap``: AP with all experts minus AP with the group switched off). The
+  effect of a group in one arm is the *mean* of its rows. ``relative_to`` names the group value
+  whose rows hold each query's oracle gain (AP with all experts minus the backbone alone): it is
+  not compared as a group; it gives each arm's gain and every effect relative to it, since arms
+  with different baselines have different room to gain.
+
+Why a mean (of a difference) and not the GLM's adjusted average marginal effect: the between-arm
+test needs the effect re-estimated in thousands of bootstrap draws and per seed, and a mean is a
+ratio of identity totals, so every draw is a matrix product and its cluster-robust variance is
+closed-form. The price in the first mode: the effect is marginal (not adjusted for the other
+groups); `studies.analyze` on each arm gives the adjusted one.
 
 Inference about the arm x group interaction (the difference of an arm pair's effects):
 
@@ -27,17 +39,19 @@ Inference about the arm x group interaction (the difference of an arm pair's eff
   from a hierarchical bootstrap: seeds resampled within arm, then identities (shared across
   arms, so a paired design stays paired).
 
-Holm runs over the interaction family only (every group x arm pair). Verdicts: ``differs``
-(Holm p < alpha), ``negligible`` (two one-sided tests within ±margin), ``inconclusive`` (with
-``mdd``, the minimum detectable difference at 80 % power), ``not testable``.
+Holm runs over the interaction family only (every group x arm pair; never the oracle gain).
+Verdicts: ``differs`` (Holm p < alpha), ``negligible`` (two one-sided tests within ±margin),
+``inconclusive`` (with ``mdd``, the minimum detectable difference at 80 % power),
+``not testable``.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,19 +60,23 @@ from scipy import stats
 from studies.corrections import adjust
 from studies.design import build_analysis_frame, group_codes
 from studies.errors import StudyInputError
-from studies.verdicts import default_margin, minimum_detectable_effect, tost_p
+from studies.verdicts import default_margin, finite_or_none, minimum_detectable_effect, tost_p
 
 _ROW = "__compare_row__"
+_UNIT = "__compare_unit__"
 
 
 @dataclass
 class ComparisonResult:
     """What `compare` found; every table is tidy (one row per arm / pair and group)."""
 
-    #: arm, attribute, level, effect, ci_low, ci_high, seed_sd, n_seeds
+    #: arm, attribute, level, effect, ci_low, ci_high, seed_sd, n_seeds (+ relative,
+    #: relative_low, relative_high with ``relative_to``: effect / the arm's oracle gain). In the
+    #: paired-effects mode ``level`` is None (a group's effect is the mean of its rows).
     effects: pd.DataFrame
-    #: attribute, level, arm_a, arm_b, effect_a, effect_b, difference (effect_a - effect_b), ci_low, ci_high, std_err, df, test,
-    #: p_interaction, p_holm, p_tost, mdd, margin, verdict
+    #: attribute, level, arm_a, arm_b, effect_a, effect_b, difference (effect_a - effect_b),
+    #: ci_low, ci_high, std_err, df, test, p_interaction, p_holm, p_tost, mdd, margin, verdict
+    #: (+ relative_a, relative_b with ``relative_to``)
     differences: pd.DataFrame
     #: kind (between arms / between seeds), arm_a, arm_b, kendall_tau, tau_low, tau_high,
     #: spearman_rho, rho_low, rho_high, n_groups, tau_one_run (tau between single runs: between
@@ -69,20 +87,85 @@ class ComparisonResult:
     summary: list[str] = field(default_factory=list)
     #: arms in table order
     arms: list[str] = field(default_factory=list)
+    #: arm, gain, ci_low, ci_high, seed_sd, n_seeds: each arm's oracle gain (``relative_to``);
+    #: empty without it
+    gains: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: per arm, the groups it has that are not compared (missing from some arm or seed)
+    unshared: dict[str, list[str]] = field(default_factory=dict)
+    #: whether the arms share identities (same queries: differences are paired)
+    paired: bool = False
+    #: "levels" (rows with attribute columns) or "groups" (paired effects, ``group=``)
+    mode: str = "levels"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON types: each table a list of records, NaN / inf -> None."""
+        return {
+            "mode": self.mode,
+            "arms": list(self.arms),
+            "paired": bool(self.paired),
+            "summary": list(self.summary),
+            "unshared": {str(k): [str(g) for g in v] for k, v in self.unshared.items()},
+            "effects": _records(self.effects),
+            "differences": _records(self.differences),
+            "agreement": _records(self.agreement),
+            "gains": _records(self.gains),
+        }
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _plain(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def _plain(v: Any) -> Any:
+    """One cell as a JSON value (numpy scalars unwrapped; NaN, inf, pandas NA -> None)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return finite_or_none(v)
+    return None if pd.isna(v) else str(v)
 
 
 @dataclass
 class _Cells:
-    """Identity totals of every (arm, seed) cell at each group's headline level and off it."""
+    """Identity totals of every (arm, seed) cell per group: the rows that make its effect
+    (``s1``, ``n1``) and, in the levels mode, the rows it is contrasted with (``s0``, ``n0``).
+    The paired-effects mode has no "off" part (its rows are already effects): ``s0`` is None."""
 
     arm: list[str]
     seed: list[str]
-    s1: np.ndarray  # [cells, groups, identities]: outcome sums at the headline level
-    n1: np.ndarray  # row counts at the headline level
-    s0: np.ndarray  # outcome sums at the other levels
-    n0: np.ndarray
+    s1: np.ndarray  # [cells, groups, identities]: outcome sums (levels mode: at the headline level)
+    n1: np.ndarray  # row counts
+    s0: np.ndarray | None  # outcome sums at the other levels; None: no contrast part
+    n0: np.ndarray | None
     groups: list[str]
-    levels: list[str]
+    levels: list[str | None]
+
+    def take(self, idx: list[int]) -> _Cells:
+        """The same cells restricted to groups ``idx``."""
+        off = None if self.s0 is None else (self.s0[:, idx], self.n0[:, idx])
+        return replace(
+            self,
+            s1=self.s1[:, idx],
+            n1=self.n1[:, idx],
+            s0=None if off is None else off[0],
+            n0=None if off is None else off[1],
+            groups=[self.groups[i] for i in idx],
+            levels=[self.levels[i] for i in idx],
+        )
+
+    def parts(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """(sums, counts, sign) of the means an effect is made of."""
+        out = [(self.s1, self.n1, 1.0)]
+        if self.s0 is not None:
+            out.append((self.s0, self.n0, -1.0))
+        return out
+
+    def cells_of(self, arm: str) -> list[int]:
+        return [i for i, a in enumerate(self.arm) if a == arm]
 
 
 def compare(
@@ -94,6 +177,8 @@ def compare(
     schema: object = None,
     exclude: Iterable[str] = (),
     seed: str | None = None,
+    group: str | None = None,
+    relative_to: str | None = None,
     margin: float | None = None,
     alpha: float = 0.05,
     n_boot: int = 1000,
@@ -102,37 +187,55 @@ def compare(
     """Do the arms named by column ``by`` rely on different attribute groups? (module docstring)
 
     ``cluster``: the identity column (rows of one identity are not independent; None = every
-    row its own unit). ``seed``: the training-run column; with several seeds per arm the seed
-    is the unit of every between-arm test. ``schema``, ``exclude``: as in `studies.analyze`.
+    row its own unit, so nothing is paired). ``seed``: the training-run column; with several
+    seeds per arm the seed is the unit of every between-arm test. ``schema``, ``exclude``: as in
+    `studies.analyze` (rows-with-attributes mode only). ``group``: the column naming the group of
+    each row of a paired-effects table (then the effect of a group is the mean ``outcome`` of its
+    rows); ``relative_to``: the value of that column holding each query's oracle gain.
     """
     df = _read(table)
-    _check_columns(df, by, seed, outcome)
+    _check_columns(df, by=by, seed=seed, outcome=outcome, cluster=cluster, group=group)
     # rows without an arm (or seed) belong to no arm: dropped, as the frame drops NaN outcomes
     df = df[df[by].notna() & (df[seed].notna() if seed is not None else True)]
-    df = df.assign(**{_ROW: np.arange(len(df), dtype=float)})
-    if cluster is None:
-        cluster = "__compare_unit__"
-        df[cluster] = np.arange(len(df))
-    skip = [c for c in (by, seed, *exclude) if c is not None]
-    frame = build_analysis_frame(
-        df, outcomes=[outcome, _ROW], cluster=cluster, exclude=skip, spec=schema, source="table"
-    )
-    rows = frame.data[_ROW].to_numpy().astype(np.int64)
-    arms = [str(a) for a in pd.unique(df[by].to_numpy()[rows])]
-    if len(arms) < 2:
-        raise StudyInputError(
-            f"Column {by!r} holds one arm only ({arms[0] if arms else 'none'}); "
-            "a comparison needs at least two."
-        )
-    cells = _cells(frame, df, rows, by, seed, outcome)
+    if group is None:
+        if relative_to is not None:
+            raise StudyInputError(
+                f"relative_to={relative_to!r} names a value of the group column; give group= too."
+            )
+        cells, arms, y = _level_cells(df, by, seed, outcome, cluster, schema, exclude)
+        unshared, ref = {}, None
+    else:
+        if schema is not None:
+            raise StudyInputError(
+                "schema= groups attribute columns; a paired-effects table (group=) names its "
+                f"groups in column {group!r}, so leave schema out."
+            )
+        cells, arms, y, unshared = _group_cells(df, by, seed, outcome, cluster, group, relative_to)
+        ref = len(cells.groups) - 1 if relative_to is not None else None
     rng = np.random.default_rng(random_state)
-    margin = default_margin(frame.data[outcome]) if margin is None else float(margin)
+    margin = _margin(y, group is not None) if margin is None else float(margin)
     point, draws = _arm_effects(cells, arms, n_boot, rng)
-    effects = _effects_table(cells, arms, point, draws)
-    differences = _differences(cells, arms, point, draws, margin, alpha)
+    gains = pd.DataFrame()
+    gain_rows: list[dict] = []
+    if ref is not None:
+        gain = ({a: point[a][ref] for a in arms}, {a: draws[a][:, ref] for a in arms})
+        gains = _gains_table(cells, arms, ref, *gain)
+        gain_rows = [_pair_row(cells, a, b, ref, gain[0], gain[1]) for a, b in _pairs(arms)]
+        keep = list(range(ref))
+        cells = cells.take(keep)
+        point = {a: p[keep] for a, p in point.items()}
+        draws = {a: d[:, keep] for a, d in draws.items()}
+    else:
+        gain = None
+    effects = _effects_table(cells, arms, point, draws, gain)
+    differences = _differences(cells, arms, point, draws, margin, alpha, gain)
     agreement = _agreement(cells, arms, point, draws)
-    summary = _summary(differences, agreement, cells, arms, alpha)
-    return ComparisonResult(effects, differences, agreement, summary, arms)
+    paired = _paired(cells, arms)
+    summary = _summary(differences, agreement, cells, arms, alpha, unshared, gain_rows, relative_to)
+    mode = "levels" if group is None else "groups"
+    return ComparisonResult(
+        effects, differences, agreement, summary, arms, gains, unshared, paired, mode
+    )
 
 
 def _read(table: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -143,12 +246,187 @@ def _read(table: pd.DataFrame | str | Path) -> pd.DataFrame:
     return read_table(table)
 
 
-def _check_columns(df: pd.DataFrame, by: str, seed: str | None, outcome: str) -> None:
-    for role, col in (("arm (by)", by), ("seed", seed), ("outcome", outcome)):
+def _check_columns(
+    df: pd.DataFrame,
+    *,
+    by: str,
+    seed: str | None,
+    outcome: str,
+    cluster: str | None,
+    group: str | None,
+) -> None:
+    roles = (
+        ("arm (by)", by),
+        ("seed", seed),
+        ("outcome", outcome),
+        ("cluster", cluster),
+        ("group", group),
+    )
+    for role, col in roles:
         if col is not None and col not in df.columns:
             raise StudyInputError(f"The table has no column {col!r} (given as the {role} column).")
-    if by == seed:
-        raise StudyInputError(f"Column {by!r} cannot be both the arm and the seed column.")
+    named = [(role, col) for role, col in roles if col is not None]
+    for (r1, c1), (r2, c2) in itertools.combinations(named, 2):
+        if c1 == c2:
+            raise StudyInputError(f"Column {c1!r} cannot be both the {r1} and the {r2} column.")
+
+
+def _margin(y: np.ndarray, paired_effects: bool) -> float:
+    """`default_margin`, except that effects of an outcome in [0, 1] (Δ AP, in [-1, 1]) keep
+    its 0.01: they are on the outcome's scale, not a new outcome with its own spread."""
+    y = np.asarray(y, dtype=float)
+    y = y[np.isfinite(y)]
+    if paired_effects and y.size and np.abs(y).max() <= 1.0:
+        return 0.01
+    return default_margin(y)
+
+
+def _pairs(arms: list[str]) -> list[tuple[str, str]]:
+    return list(itertools.combinations(arms, 2))
+
+
+def _level_cells(
+    df: pd.DataFrame,
+    by: str,
+    seed: str | None,
+    outcome: str,
+    cluster: str | None,
+    schema: object,
+    exclude: Iterable[str],
+) -> tuple[_Cells, list[str], np.ndarray]:
+    """Rows with attribute columns: the analysis frame's groups, each at its headline level."""
+    df = df.assign(**{_ROW: np.arange(len(df), dtype=float)})
+    if cluster is None:
+        cluster = _UNIT
+        df[cluster] = np.arange(len(df))
+    skip = [c for c in (by, seed, *exclude) if c is not None]
+    frame = build_analysis_frame(
+        df, outcomes=[outcome, _ROW], cluster=cluster, exclude=skip, spec=schema, source="table"
+    )
+    rows = frame.data[_ROW].to_numpy().astype(np.int64)
+    arms = [str(a) for a in pd.unique(df[by].to_numpy()[rows])]
+    _two_arms(arms, by)
+    cells = _cells(frame, df, rows, by, seed, outcome)
+    return cells, arms, frame.data[outcome].to_numpy(dtype=float)
+
+
+def _two_arms(arms: list[str], by: str) -> None:
+    if len(arms) < 2:
+        raise StudyInputError(
+            f"Column {by!r} holds one arm only ({arms[0] if arms else 'none'}); "
+            "a comparison needs at least two."
+        )
+
+
+def _group_cells(
+    df: pd.DataFrame,
+    by: str,
+    seed: str | None,
+    outcome: str,
+    cluster: str | None,
+    group: str,
+    relative_to: str | None,
+) -> tuple[_Cells, list[str], np.ndarray, dict[str, list[str]]]:
+    """A paired-effects table: identity totals of each group's rows per (arm, seed) cell, for
+    the groups present in every cell (then ``relative_to``'s rows, last); the rest listed per
+    arm as unshared."""
+    names = df[group]
+    if names.isna().any():
+        raise StudyInputError(
+            f"Column {group!r} (the group column) has missing values; every row needs a group name."
+        )
+    bad = names[~names.map(lambda v: isinstance(v, str))] if not _all_strings(names) else names[:0]
+    if len(bad):
+        v = bad.iloc[0]
+        raise StudyInputError(
+            f"Column {group!r} (the group column) holds {v!r} ({type(v).__name__}), "
+            "not a group name; every value must be a string."
+        )
+    if not pd.api.types.is_numeric_dtype(df[outcome]) or pd.api.types.is_bool_dtype(df[outcome]):
+        raise StudyInputError(
+            f"Column {outcome!r} (the outcome) is not numeric (dtype {df[outcome].dtype})."
+        )
+    y_all = df[outcome].to_numpy(dtype=float)
+    if np.isinf(y_all).any():
+        raise StudyInputError(f"Column {outcome!r} (the outcome) holds infinite values.")
+    if cluster is not None and df[cluster].isna().any():
+        raise StudyInputError(f"Column {cluster!r} (the cluster column) has missing values.")
+    df = df[np.isfinite(y_all)]
+    arms = [str(a) for a in pd.unique(df[by])]
+    _two_arms(arms, by)
+    arm_col = df[by].astype(str).to_numpy()
+    seed_col = df[seed].astype(str).to_numpy() if seed is not None else np.full(len(df), "")
+    cell, uniq = _cell_codes(arm_col, seed_col)
+    names = df[group].to_numpy()
+    order = list(pd.unique(names))
+    per_cell = [set(names[cell == c]) for c in range(len(uniq))]
+    shared = [g for g in order if all(g in s for s in per_cell)]
+    if relative_to is not None:
+        _check_reference(relative_to, group, uniq, per_cell)
+    compared = [g for g in shared if g != relative_to]
+    if not compared:
+        raise StudyInputError(
+            f"No value of column {group!r} (besides relative_to) is present in every arm and "
+            "seed; there is no group to compare."
+        )
+    unshared = {}
+    for a in arms:
+        seen = set(names[arm_col == a])
+        rest = [g for g in order if g in seen and g not in shared]
+        if rest:
+            unshared[a] = rest
+    keep = compared + ([relative_to] if relative_to is not None else [])
+    gcode = pd.Index(keep).get_indexer(names)
+    ident = pd.factorize(df[cluster].to_numpy())[0] if cluster is not None else np.arange(len(df))
+    y = df[outcome].to_numpy(dtype=float)
+    n_id = int(ident.max()) + 1
+    shape = (len(uniq), len(keep), n_id)
+    on = gcode >= 0
+    flat = np.ravel_multi_index((cell[on], gcode[on], ident[on]), shape)
+    s1 = np.bincount(flat, weights=y[on], minlength=int(np.prod(shape))).reshape(shape)
+    n1 = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(float)
+    cells = _Cells(
+        arm=[str(u[0]) for u in uniq],
+        seed=[str(u[1]) for u in uniq],
+        s1=s1,
+        n1=n1,
+        s0=None,
+        n0=None,
+        groups=keep,
+        levels=[None] * len(keep),
+    )
+    return cells, arms, y, unshared
+
+
+def _all_strings(x: pd.Series) -> bool:
+    return pd.api.types.infer_dtype(x, skipna=False) == "string"
+
+
+def _cell_codes(arm: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """(arm, seed) cell of every row, numbered in order of first appearance, and the cells."""
+    a, ua = pd.factorize(arm)
+    s, us = pd.factorize(seed)
+    cell, uniq = pd.factorize(a * len(us) + s)
+    return cell, [(str(ua[k // len(us)]), str(us[k % len(us)])) for k in uniq]
+
+
+def _check_reference(ref: str, group: str, uniq: pd.Index, per_cell: list[set]) -> None:
+    for (arm, seed), names in zip(uniq, per_cell):
+        if ref not in names:
+            where = f"arm {arm!r}" + (f", seed {seed}" if seed != "" else "")
+            raise StudyInputError(
+                f"relative_to={ref!r} is not a value of column {group!r} in {where}; every arm "
+                "and seed needs its oracle-gain rows."
+            )
+
+
+def _paired(c: _Cells, arms: list[str]) -> bool:
+    """True when some identity has rows in more than one arm (their differences cancel)."""
+    seen = []
+    for a in arms:
+        idx = c.cells_of(a)
+        seen.append(sum(n[idx].sum(axis=(0, 1)) for _, n, _ in c.parts()) > 0)
+    return bool((np.sum(seen, axis=0) > 1).any())
 
 
 def _headline(codes: np.ndarray, y: np.ndarray, cell: np.ndarray, n_cells: int) -> int:
@@ -175,8 +453,7 @@ def _cells(
     """Identity totals per (arm, seed) cell; groups with no level shared by all cells dropped."""
     arm_col = df[by].astype(str).to_numpy()[rows]
     seed_col = df[seed].astype(str).to_numpy()[rows] if seed is not None else np.full(len(rows), "")
-    keys = pd.MultiIndex.from_arrays([arm_col, seed_col])
-    cell, uniq = pd.factorize(keys)
+    cell, uniq = _cell_codes(arm_col, seed_col)
     ident = pd.factorize(frame.data[frame.cluster].to_numpy())[0]
     n_id, n_cells = int(ident.max()) + 1, len(uniq)
     y = frame.data[outcome].to_numpy(dtype=float)
@@ -209,14 +486,16 @@ def _cells(
 
 
 def _cell_effects(c: _Cells, w: np.ndarray | None = None) -> np.ndarray:
-    """Effects [cells, groups] (w None) or [draws, cells, groups] under identity weights w."""
-    if w is None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return c.s1.sum(-1) / c.n1.sum(-1) - c.s0.sum(-1) / c.n0.sum(-1)
+    """Effects [cells, groups] (w None) or [draws, cells, groups] under identity weights w:
+    each part's ratio of identity totals, signed (levels mode: on minus off)."""
+    out = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        on = np.einsum("bi,cgi->bcg", w, c.s1) / np.einsum("bi,cgi->bcg", w, c.n1)
-        off = np.einsum("bi,cgi->bcg", w, c.s0) / np.einsum("bi,cgi->bcg", w, c.n0)
-    return on - off
+        for s, n, sign in c.parts():
+            if w is None:
+                out = out + sign * s.sum(-1) / n.sum(-1)
+            else:
+                out = out + sign * np.einsum("bi,cgi->bcg", w, s) / np.einsum("bi,cgi->bcg", w, n)
+    return out
 
 
 def _arm_effects(
@@ -230,7 +509,7 @@ def _arm_effects(
     cell_draws = _cell_effects(c, w)
     point, draws = {}, {}
     for a in arms:
-        idx = np.array([i for i, arm in enumerate(c.arm) if arm == a])
+        idx = np.array(c.cells_of(a))
         point[a] = cell_point[idx].mean(axis=0)
         pick = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
         draws[a] = np.take_along_axis(cell_draws, pick[:, :, None], axis=1).mean(axis=1)
@@ -239,29 +518,78 @@ def _arm_effects(
 
 def _seed_effects(c: _Cells, arm: str) -> np.ndarray:
     """Effects [seeds of the arm, groups]."""
-    idx = [i for i, a in enumerate(c.arm) if a == arm]
-    return _cell_effects(c)[idx]
+    return _cell_effects(c)[c.cells_of(arm)]
 
 
-def _effects_table(c: _Cells, arms: list[str], point: dict, draws: dict) -> pd.DataFrame:
+def _ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95 % percentile interval over draws (axis 0), NaN where every draw is NaN."""
+    with np.errstate(invalid="ignore"):
+        if x.ndim == 1:
+            x = x[:, None]
+        ok = np.isfinite(x).any(axis=0)
+        lo, hi = np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+        if ok.any():
+            lo[ok], hi[ok] = np.nanpercentile(x[:, ok], [2.5, 97.5], axis=0)
+    return lo, hi
+
+
+def _relative(eff: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return eff / gain[..., None] if np.ndim(gain) else eff / gain
+
+
+def _effects_table(
+    c: _Cells, arms: list[str], point: dict, draws: dict, gain: tuple[dict, dict] | None
+) -> pd.DataFrame:
+    """One row per arm and group. With oracle gains: the effect relative to the arm's gain,
+    from the same bootstrap draws (so the interval carries the gain's uncertainty too); no
+    interval when the gain's own interval reaches 0 (the ratio is then unbounded)."""
     out = []
     for a in arms:
-        lo, hi = np.nanpercentile(draws[a], [2.5, 97.5], axis=0)
+        lo, hi = _ci(draws[a])
         se = _seed_effects(c, a)
         sd = se.std(axis=0, ddof=1) if len(se) > 1 else np.full(len(c.groups), np.nan)
+        if gain is not None:
+            rel = _relative(point[a], gain[0][a])
+            g_lo, g_hi = _ci(gain[1][a])
+            if g_lo[0] > 0 or g_hi[0] < 0:
+                r_lo, r_hi = _ci(_relative(draws[a], gain[1][a]))
+            else:
+                r_lo = r_hi = np.full(len(c.groups), np.nan)
         for g in range(len(c.groups)):
-            out.append(
-                {
-                    "arm": a,
-                    "attribute": c.groups[g],
-                    "level": c.levels[g],
-                    "effect": float(point[a][g]),
-                    "ci_low": float(lo[g]),
-                    "ci_high": float(hi[g]),
-                    "seed_sd": float(sd[g]),
-                    "n_seeds": len(se),
-                }
-            )
+            row = {
+                "arm": a,
+                "attribute": c.groups[g],
+                "level": c.levels[g],
+                "effect": float(point[a][g]),
+                "ci_low": float(lo[g]),
+                "ci_high": float(hi[g]),
+                "seed_sd": float(sd[g]),
+                "n_seeds": len(se),
+            }
+            if gain is not None:
+                row.update(relative=float(rel[g]), relative_low=float(r_lo[g]))
+                row.update(relative_high=float(r_hi[g]))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _gains_table(c: _Cells, arms: list[str], ref: int, point: dict, draws: dict) -> pd.DataFrame:
+    """Each arm's oracle gain (the mean of its ``relative_to`` rows) with its interval."""
+    out = []
+    for a in arms:
+        lo, hi = _ci(draws[a])
+        se = _seed_effects(c, a)[:, ref]
+        out.append(
+            {
+                "arm": a,
+                "gain": float(point[a]),
+                "ci_low": float(lo[0]),
+                "ci_high": float(hi[0]),
+                "seed_sd": float(se.std(ddof=1)) if len(se) > 1 else float("nan"),
+                "n_seeds": len(se),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -273,16 +601,14 @@ def _identity_wald(c: _Cells, a: str, b: str, g: int) -> tuple[float, float]:
     four lines and runs inside simulation loops; equals statsmodels' OLS cluster SE of the
     single-arm case up to its (n-1)/(n-k) factor."""
     infl = np.zeros(c.s1.shape[-1])
+    used = np.zeros(c.s1.shape[-1], dtype=bool)
     for arm, sign in ((a, 1.0), (b, -1.0)):
-        idx = [i for i, x in enumerate(c.arm) if x == arm]
-        for s, n, part in ((c.s1, c.n1, 1.0), (c.s0, c.n0, -1.0)):
+        idx = c.cells_of(arm)
+        for s, n, part in c.parts():
             sp, np_ = s[idx, g].sum(0), n[idx, g].sum(0)
             m = sp.sum() / np_.sum()
             infl += sign * part * (sp - m * np_) / np_.sum()
-    used = np.zeros(c.s1.shape[-1], dtype=bool)
-    for arm in (a, b):
-        idx = [i for i, x in enumerate(c.arm) if x == arm]
-        used |= (c.n1[idx, g].sum(0) + c.n0[idx, g].sum(0)) > 0
+            used |= np_ > 0
     n_g = int(used.sum())
     if n_g < 2:
         return float("nan"), float("nan")
@@ -301,26 +627,45 @@ def _seed_t(c: _Cells, a: str, b: str, g: int) -> tuple[float, float] | None:
     return float(np.sqrt(ss / df * (1.0 / na + 1.0 / nb))), df
 
 
+def _pair_row(c: _Cells, a: str, b: str, g: int, point: dict, draws: dict) -> dict:
+    """The difference effect_a - effect_b of group g: point, interval, test and p (no Holm)."""
+    pa, pb = point[a], point[b]
+    pa, pb = (pa[g], pb[g]) if np.ndim(pa) else (pa, pb)
+    diff = float(pa - pb)
+    d_draws = draws[a] - draws[b]
+    lo, hi = _ci(d_draws[:, g] if d_draws.ndim > 1 else d_draws)
+    seeded = _seed_t(c, a, b, g)
+    se, df = seeded if seeded is not None else _identity_wald(c, a, b, g)
+    test = "seeds as units (t)" if seeded is not None else "identities (CR1 Wald)"
+    ok = np.isfinite(diff) and np.isfinite(se) and se > 0
+    p = float(2 * stats.t.sf(abs(diff) / se, df)) if ok else float("nan")
+    row = {"attribute": c.groups[g], "level": c.levels[g], "arm_a": a, "arm_b": b}
+    row.update(effect_a=float(pa), effect_b=float(pb), difference=diff)
+    row.update(ci_low=float(lo[0]), ci_high=float(hi[0]), std_err=se, df=df, test=test)
+    row.update(p_interaction=p, ok=ok)
+    return row
+
+
 def _differences(
-    c: _Cells, arms: list[str], point: dict, draws: dict, margin: float, alpha: float
+    c: _Cells,
+    arms: list[str],
+    point: dict,
+    draws: dict,
+    margin: float,
+    alpha: float,
+    gain: tuple[dict, dict] | None,
 ) -> pd.DataFrame:
     """One row per (arm pair, group): the difference, its CI, the interaction test, verdict."""
     out = []
-    for a, b in itertools.combinations(arms, 2):
-        d_draws = draws[a] - draws[b]
-        lo, hi = np.nanpercentile(d_draws, [2.5, 97.5], axis=0)
+    for a, b in _pairs(arms):
         for g in range(len(c.groups)):
-            diff = float(point[a][g] - point[b][g])
-            seeded = _seed_t(c, a, b, g)
-            se, df = seeded if seeded is not None else _identity_wald(c, a, b, g)
-            test = "seeds as units (t)" if seeded is not None else "identities (CR1 Wald)"
-            ok = np.isfinite(diff) and np.isfinite(se) and se > 0
-            p = float(2 * stats.t.sf(abs(diff) / se, df)) if ok else float("nan")
-            row = {"attribute": c.groups[g], "level": c.levels[g], "arm_a": a, "arm_b": b}
-            row.update(effect_a=float(point[a][g]), effect_b=float(point[b][g]))
-            row.update(difference=diff, ci_low=float(lo[g]), ci_high=float(hi[g]))
-            row.update(std_err=se, df=df, test=test, p_interaction=p)
-            row.update(p_tost=tost_p(diff, se, df, margin) if ok else float("nan"))
+            row = _pair_row(c, a, b, g, point, draws)
+            ok = row.pop("ok")
+            se, df = row["std_err"], row["df"]
+            row["p_tost"] = tost_p(row["difference"], se, df, margin) if ok else float("nan")
+            if gain is not None:
+                row["relative_a"] = float(_relative(point[a][g], gain[0][a]))
+                row["relative_b"] = float(_relative(point[b][g], gain[0][b]))
             out.append(row)
     res = pd.DataFrame(out)
     res["p_holm"] = adjust(res["p_interaction"], "holm")
@@ -331,7 +676,8 @@ def _differences(
     ]
     res["margin"] = margin
     res["verdict"] = [_verdict(r, alpha) for r in res.itertuples()]
-    return res
+    first = [k for k in res.columns if k not in ("relative_a", "relative_b")]
+    return res[first + [k for k in ("relative_a", "relative_b") if k in res.columns]]
 
 
 def _verdict(r, alpha: float) -> str:
@@ -402,10 +748,22 @@ def _agreement(c: _Cells, arms: list[str], point: dict, draws: dict) -> pd.DataF
     return pd.DataFrame(out)
 
 
+def _name(attribute: str, level: str | None) -> str:
+    return attribute if level is None else f"{attribute} ({level})"
+
+
 def _summary(
-    diffs: pd.DataFrame, agree: pd.DataFrame, c: _Cells, arms: list[str], alpha: float
+    diffs: pd.DataFrame,
+    agree: pd.DataFrame,
+    c: _Cells,
+    arms: list[str],
+    alpha: float,
+    unshared: dict[str, list[str]],
+    gain_rows: list[dict],
+    relative_to: str | None,
 ) -> list[str]:
-    """The answer: one sentence per difference found, then what was not found, then agreement."""
+    """The answer: one sentence per difference found, then what was not found, the training
+    noise, the oracle gains, the groups not compared, then agreement."""
     out = []
     found = diffs[diffs["verdict"] == "differs"].sort_values("p_holm")
     for r in found.itertuples():
@@ -413,11 +771,17 @@ def _summary(
         more, less = (
             (r.arm_a, r.arm_b) if abs(r.effect_a) >= abs(r.effect_b) else (r.arm_b, r.arm_a)
         )
+        rel = ""
+        if relative_to is not None:
+            rel = (
+                f"; {r.relative_a:.2g} of {r.arm_a}'s oracle gain against "
+                f"{r.relative_b:.2g} of {r.arm_b}'s"
+            )
         out.append(
-            f"{more} relies on {r.attribute} ({r.level}) more than {less}: effect "
+            f"{more} relies on {_name(r.attribute, r.level)} more than {less}: effect "
             f"{r.effect_a:+.3g} in {r.arm_a} against {r.effect_b:+.3g} in {r.arm_b}, difference "
             f"{r.difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}] ({r.test}), "
-            f"Holm p {r.p_holm:.2g}."
+            f"Holm p {r.p_holm:.2g}{rel}."
         )
     rest = diffs[diffs["verdict"] != "differs"]
     if len(rest):
@@ -434,13 +798,23 @@ def _summary(
             f"{lead} differs detectably between arms (Holm, alpha {alpha:g}); {neg} of "
             f"{len(rest)} comparisons are negligible within ±{rest['margin'].iloc[0]:.3g}; {det}."
         )
-    n_seeds = {a: sum(1 for x in c.arm if x == a) for a in arms}
+    n_seeds = {a: len(c.cells_of(a)) for a in arms}
     if min(n_seeds.values()) < 2:
         one = [a for a, n in n_seeds.items() if n < 2]
         out.append(
             f"Arm(s) {', '.join(one)} have one training run: their differences include training "
             "noise, which one run per arm cannot separate from the arm."
         )
+    for r in gain_rows:
+        out.append(
+            f"Oracle gain ({relative_to}): {r['effect_a']:+.3g} in {r['arm_a']} against "
+            f"{r['effect_b']:+.3g} in {r['arm_b']}, difference {r['difference']:+.3g} "
+            f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}], p {r['p_interaction']:.2g} "
+            f"({r['test']}; not part of the Holm family)."
+        )
+    if unshared:
+        parts = [f"{', '.join(gs)} (only in {a})" for a, gs in unshared.items()]
+        out.append(f"Not compared, since not every arm and seed has them: {'; '.join(parts)}.")
     for r in agree.itertuples():
         if r.kind == "between arms":
             out.append(

@@ -15,6 +15,8 @@ from scipy.special import expit
 
 import studies
 from studies.errors import StudyInputError
+from tests.test_compare_null import GROUPS as NULL_GROUPS
+from tests.test_compare_null import delta_tables
 
 GROUPS = ("gender", "hat", "bag", "upcolor")
 COLOURS = ("black", "white", "red", "blue")
@@ -238,3 +240,151 @@ def test_reads_a_file_path(tmp_path) -> None:
     df.to_csv(path, index=False)
     res = studies.compare(path, by="backbone", outcome="ap", cluster="pid", exclude=["query"])
     assert res.differences.set_index("attribute").loc["upcolor", "verdict"] == "differs"
+
+
+# ---- the paired-effects mode (group=): a study's delta tables, stacked ---------------------
+
+
+def _deltas(shifts: dict, **kw) -> pd.DataFrame:
+    return delta_tables(shifts, **kw)
+
+
+def _run_groups(df: pd.DataFrame, **kw) -> studies.ComparisonResult:
+    kw.setdefault("n_boot", 200)
+    kw.setdefault("relative_to", "all experts")
+    return studies.compare(df, by="arm", outcome="delta_ap", cluster="pid", group="group", **kw)
+
+
+def test_group_mode_effects_are_plain_means_and_relative_is_effect_over_gain() -> None:
+    df = _deltas({"a": {"upcolor": 0.05}, "b": {}}, n_seeds=3, seed=11)
+    res = _run_groups(df, seed="seed")
+    assert res.mode == "groups" and res.paired and res.unshared == {}
+    # an arm's effect: the mean over its seeds of each seed's mean Δ over the group's rows
+    cell = df.groupby(["arm", "seed", "group"])["delta_ap"].mean()
+    truth = cell.groupby(["arm", "group"]).mean()
+    e = res.effects.set_index(["arm", "attribute"])
+    assert "all experts" not in set(res.effects["attribute"])
+    for (arm, g), row in e.iterrows():
+        assert row["effect"] == pytest.approx(truth[(arm, g)], rel=1e-12, abs=1e-15)
+        assert row["level"] is None and row["n_seeds"] == 3
+    gains = res.gains.set_index("arm")["gain"]
+    for arm in ("a", "b"):
+        assert gains[arm] == pytest.approx(truth[(arm, "all experts")], rel=1e-12)
+        rel = e.loc[arm, "relative"]
+        assert np.allclose(rel, e.loc[arm, "effect"] / gains[arm], rtol=1e-12)
+    d = res.differences.set_index("attribute")
+    assert np.allclose(d["relative_a"], d["effect_a"] / gains["a"], rtol=1e-12)
+    assert np.allclose(d["relative_b"], d["effect_b"] / gains["b"], rtol=1e-12)
+    assert d.loc["upcolor", "verdict"] == "differs" and d.loc["upcolor", "difference"] > 0
+    up = e.loc[("a", "upcolor")]
+    assert up["relative_low"] < up["relative"] < up["relative_high"]
+    assert (res.gains["n_seeds"] == 3).all() and res.gains["ci_low"].lt(res.gains["gain"]).all()
+    # the answer gives both relative effects, and compares the oracle gains
+    first = res.summary[0]
+    assert first.startswith("a relies on upcolor more than b") and "oracle gain against" in first
+    assert any(s.startswith("Oracle gain (all experts)") for s in res.summary)
+    # the oracle gain is not part of the interaction family
+    assert len(res.differences) == 12 and res.differences["p_holm"].notna().all()
+
+
+def test_group_mode_seed_test_equals_scipy_ttest_on_seed_means() -> None:
+    df = _deltas({"a": {"hair": 0.03}, "b": {}}, n_seeds=3, seed=12)
+    res = _run_groups(df, seed="seed")
+    row = res.differences.set_index("attribute").loc["hair"]
+    cell = df[df["group"] == "hair"].groupby(["arm", "seed"])["delta_ap"].mean()
+    ref = stats.ttest_ind(cell["a"], cell["b"], equal_var=True)
+    assert row["test"] == "seeds as units (t)" and row["df"] == 4
+    assert row["p_interaction"] == pytest.approx(ref.pvalue, rel=1e-8)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_group_mode_identity_wald_matches_statsmodels_cluster_se(paired: bool) -> None:
+    """One run per arm: a group's difference is the arm coefficient of an OLS of its rows on
+    the arm, and its std_err statsmodels' cluster-robust (by identity) one up to the
+    (N - 1) / (N - K) factor; unpaired: the arms' identities are disjoint (two datasets)."""
+    import statsmodels.formula.api as smf
+
+    df = _deltas({"a": {"bag": 0.02}, "b": {}}, n_seeds=1, seed=13)
+    if not paired:
+        df["pid"] = df["pid"] + np.where(df["arm"] == "b", 10_000, 0)
+    res = _run_groups(df)
+    assert res.paired is paired
+    d = res.differences.set_index("attribute")
+    for g in ("gender", "bag"):
+        row = d.loc[g]
+        sub = df[df["group"] == g].assign(is_a=lambda x: (x["arm"] == "a").astype(float))
+        fit = smf.ols("delta_ap ~ is_a", data=sub).fit(
+            cov_type="cluster", cov_kwds={"groups": sub["pid"]}
+        )
+        n, k = len(sub), 2
+        assert row["test"] == "identities (CR1 Wald)"
+        assert row["difference"] == pytest.approx(fit.params["is_a"], rel=1e-9)
+        assert row["std_err"] == pytest.approx(
+            fit.bse["is_a"] * np.sqrt((n - k) / (n - 1)), rel=1e-6
+        )
+    assert any("include training noise" in s for s in res.summary)
+
+
+def test_group_mode_compares_shared_groups_and_names_the_others() -> None:
+    df = _deltas({"a": {}, "b": {}}, n_seeds=2, seed=14)
+    df = df[~((df["arm"] == "b") & df["group"].isin(["hat", "up"]))]
+    res = _run_groups(df, seed="seed")
+    assert res.unshared == {"a": ["up", "hat"]}
+    assert set(res.differences["attribute"]) == set(NULL_GROUPS) - {"hat", "up"}
+    assert any(s.startswith("Not compared") and "up, hat (only in a)" in s for s in res.summary)
+
+
+def test_to_dict_is_json_with_nan_as_none() -> None:
+    import json
+
+    df = _deltas({"a": {}, "b": {}}, n_seeds=1, seed=15)
+    res = _run_groups(df)
+    out = res.to_dict()
+    text = json.dumps(out, allow_nan=False)  # raises on NaN / inf
+    back = json.loads(text)
+    assert back["paired"] is True and back["arms"] == ["a", "b"] and back["mode"] == "groups"
+    assert back["effects"][0]["seed_sd"] is None  # one run: no seed-to-seed sd
+    assert {r["arm"] for r in back["gains"]} == {"a", "b"}
+    assert back["summary"] == res.summary and back["unshared"] == {}
+    levels = run(stacked({"a": {"hat": 0.5}, "b": {}}, n_id=60, seed=16)).to_dict()
+    assert levels["mode"] == "levels" and levels["gains"] == [] and levels["paired"] is True
+    json.dumps(levels, allow_nan=False)
+
+
+def test_group_mode_bad_input_one_sentence() -> None:
+    df = _deltas({"a": {}, "b": {}}, n_seeds=1, n_id=40, seed=17)
+
+    def go(data: pd.DataFrame, **kw) -> None:
+        kw.setdefault("group", "group")
+        studies.compare(data, by="arm", outcome="delta_ap", cluster="pid", **kw)
+
+    cases = [
+        (dict(group="grp"), "no column 'grp' \\(given as the group column\\)"),
+        (
+            dict(relative_to="oracle"),
+            "relative_to='oracle' is not a value of column 'group' in arm 'a'",
+        ),
+        (dict(group=None, relative_to="all experts"), "give group= too"),
+        (dict(schema="market1501"), "leave schema out"),
+        (dict(group="arm"), "both the arm \\(by\\) and the group column"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(StudyInputError, match=msg):
+            go(df, **kw)
+    no_gain_b = df[~((df["arm"] == "b") & (df["group"] == "all experts"))]
+    with pytest.raises(StudyInputError, match="in arm 'b'; every arm"):
+        go(no_gain_b, relative_to="all experts")
+    numeric = df.assign(group=df["group"].where(df["group"] != "hat", 7))
+    with pytest.raises(StudyInputError, match="holds 7 \\(int\\), not a group name"):
+        go(numeric)
+    missing = df.assign(group=df["group"].where(df["group"] != "hat", None))
+    with pytest.raises(StudyInputError, match="'group' \\(the group column\\) has missing values"):
+        go(missing)
+    with pytest.raises(StudyInputError, match="'delta_ap' \\(the outcome\\) is not numeric"):
+        go(df.assign(delta_ap=df["delta_ap"].astype(str)))
+    disjoint = df[((df["arm"] == "a") & df["group"].isin(["hat", "all experts"]))
+                  | ((df["arm"] == "b") & (df["group"] == "bag"))]  # fmt: skip
+    with pytest.raises(StudyInputError, match="no group to compare"):
+        go(disjoint)
+    for msg in [m for _, m in cases]:
+        assert "\n" not in msg
