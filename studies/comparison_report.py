@@ -61,16 +61,16 @@ _EMPTY_COLUMNS = {
     "gains": ["arm", "gain", "ci_low", "ci_high", "seed_sd", "n_seeds"],
 }
 
-#: terms of the page, explained once
+#: what "effect" means, by the result's mode (`studies.ComparisonResult.mode`)
+EFFECT_MEANING = {
+    "groups": "the mean of the group's per-query effects (e.g. ΔAP = AP with every expert minus "
+    "AP with the group's experts off: positive = the group helps)",
+    "levels": "the mean outcome of the rows at the group's level (shown beside the group) minus "
+    "the mean of its other rows",
+}
+
+#: terms of the page, explained once (the effect's own line is `_glossary`'s)
 GLOSSARY: tuple[tuple[str, str], ...] = (
-    (
-        "effect",
-        "a group's effect on the outcome in one arm, averaged over the arm's training runs "
-        "(seeds). In a table of paired effects (one row per query and group), the mean of the "
-        "group's per-query effects, e.g. ΔAP = AP with every expert minus AP without the group's: "
-        "positive = the group helps. In a stacked result table, the mean outcome at the group's "
-        "level minus the mean at its other levels.",
-    ),
     (
         "relative effect",
         "the effect as a share of the arm's own oracle gain (the outcome with every expert minus "
@@ -102,6 +102,24 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "best through τ between single runs, which is equally noisy on both sides.",
     ),
 )
+
+
+def _glossary(mode: Any) -> list[tuple[str, str]]:
+    """The glossary with the effect explained for the result's mode (both where unknown)."""
+    if mode in EFFECT_MEANING:
+        meaning = EFFECT_MEANING[mode]
+    else:
+        meaning = (
+            f"in a table of paired effects, {EFFECT_MEANING['groups']}; in a table of rows "
+            f"with attributes, {EFFECT_MEANING['levels']}"
+        )
+    effect = (
+        "effect",
+        f"a group's effect on the outcome in one arm, averaged over the arm's training runs "
+        f"(seeds): {meaning}.",
+    )
+    return [effect, *GLOSSARY]
+
 
 _PAIRED_WORDS = {
     True: "the arms share their identities (paired: each identity's noise cancels)",
@@ -149,7 +167,7 @@ def _records(df: pd.DataFrame | None) -> list[dict[str, Any]]:
 def _table(result: Any, name: str) -> pd.DataFrame:
     """One of the result's tables (an empty frame with the known columns where it has none)."""
     df = getattr(result, name, None)
-    if isinstance(df, pd.DataFrame):
+    if isinstance(df, pd.DataFrame) and (len(df.columns) or name not in _EMPTY_COLUMNS):
         return df
     return pd.DataFrame(columns=_EMPTY_COLUMNS.get(name, []))
 
@@ -373,7 +391,23 @@ def differences_rows(diffs: pd.DataFrame, order: Sequence[str]) -> list[dict[str
         row["verdict"] = str(r.get("verdict") or "")
         row["MDD"] = _num(r.get("mdd"))
         out.append(row)
-    return out
+    return _without_blank(out, "level")
+
+
+def _without_blank(rows: list[dict[str, Any]], *cols: str) -> list[dict[str, Any]]:
+    """``rows`` without the columns ``cols`` that are blank in every row (a paired-effects
+    table has no levels)."""
+    blank = [c for c in cols if all(r.get(c) in ("", None) for r in rows)]
+    return [{k: v for k, v in r.items() if k not in blank} for r in rows]
+
+
+def _one_test(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows without their "test" column when every row ran the same test, and that test
+    (said once above the table instead of on every row)."""
+    tests = {r.get("test") for r in rows}
+    if len(tests) != 1:
+        return rows, None
+    return [{k: v for k, v in r.items() if k != "test"} for r in rows], str(tests.pop())
 
 
 def effects_rows(effects: pd.DataFrame, order: Sequence[str]) -> list[dict[str, Any]]:
@@ -402,7 +436,7 @@ def effects_rows(effects: pd.DataFrame, order: Sequence[str]) -> list[dict[str, 
         out.append(row)
     # the arm column groups rows of one arm; the group order holds within it
     arms = list(dict.fromkeys(str(a) for a in effects["arm"]))
-    return sorted(out, key=lambda x: arms.index(x["arm"]))
+    return _without_blank(sorted(out, key=lambda x: arms.index(x["arm"])), "level")
 
 
 def agreement_rows(agree: pd.DataFrame) -> list[dict[str, Any]]:
@@ -526,7 +560,9 @@ def comparison_page(
     intro.append(Text(_facts(report, effects)))
     answer = [Text(s) for s in report.get("summary") or []] or [Text("No comparison was made.")]
     sections = [Section("Answer", [Box(answer)])]
-    sections.append(Section("How to read this report", [Definitions(GLOSSARY)]))
+    sections.append(
+        Section("How to read this report", [Definitions(_glossary(report.get("mode")))])
+    )
     forest: list[Any] = [
         Text(
             "Every group's effect in every arm (95% CI), one colour and marker per arm; groups "
@@ -541,15 +577,17 @@ def comparison_page(
     if "forest" in figs:
         forest.append(Image("forest", "each group's effect per arm, side by side"))
     sections.append(Section("Effects side by side", forest))
+    rows, test = _one_test(differences_rows(diffs, order))
     diff_blocks: list[Any] = [
         Text(
             "Each arm pair's difference of effects per group with its 95% CI; the marker is the "
             "verdict, the grey band the ±margin within which a difference is negligible."
+            + (f" Every row's test: {test}." if test else "")
         )
     ]
     if "differences" in figs:
         diff_blocks.append(Image("differences", "difference of effects per arm pair and group"))
-    diff_blocks.append(Table(differences_rows(diffs, order), fmt=_fmt))
+    diff_blocks.append(Table(rows, fmt=_fmt))
     sections.append(Section("Differences between arms", diff_blocks))
     sections.append(
         Section(

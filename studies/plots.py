@@ -694,9 +694,12 @@ def _interval(ax, x, lo, hi, y, *, colour: str, marker: str, filled: bool, label
         return False
     if np.isfinite(lo) and np.isfinite(hi):
         ax.hlines(y, lo, hi, colors=colour, linewidth=1.4, zorder=2)
-    face = colour if filled else "white"
-    ax.scatter([x], [y], s=26, marker=marker, facecolors=face, edgecolors=colour,
-               linewidths=1.1, zorder=3, label=label)  # fmt: skip
+    if marker in ("x", "+"):  # line markers have no face: colour them whole (no warning)
+        ax.scatter([x], [y], s=26, marker=marker, c=colour, linewidths=1.1, zorder=3, label=label)
+    else:
+        face = colour if filled else "white"
+        ax.scatter([x], [y], s=26, marker=marker, facecolors=face, edgecolors=colour,
+                   linewidths=1.1, zorder=3, label=label)  # fmt: skip
     return True
 
 
