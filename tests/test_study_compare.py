@@ -298,3 +298,38 @@ def test_cli_compares_a_stacked_table(tmp_path):
     assert "color" in res.output
     res = _cli(str(table), "--outcome", "ap", "--out", str(tmp_path / "o2"))
     assert res.exit_code == 2 and "--by" in res.output
+
+
+# --------------------------------------------------------------------------- two real studies
+@pytest.mark.slow
+def test_two_real_tiny_studies_differing_in_backbone_kwargs(tmp_path):
+    """Two real (tiny, one-epoch) studies on the same world, one with a deeper ViT: one arm
+    each, named by the setting that differs, paired by query, every group compared."""
+    from attrimp.study.run import run_study
+
+    tiny = copy.deepcopy(TINY)
+    tiny["ablation"] = {"designs": ["full", "backbone", "leave_one_out"]}
+    tiny["analysis"] = {"repeats": 2}
+    tiny["train"]["epochs"] = 1
+    runs = []
+    for name, depth in (("shallow", None), ("deep", 3)):
+        raw = copy.deepcopy(tiny)
+        if depth is not None:
+            raw["model"]["backbone_kwargs"]["depth"] = depth
+        run_study(config_from_dict(raw), tmp_path / name, progress=False)
+        runs.append(tmp_path / name)
+    out = tmp_path / "cmp"
+    cmp = compare_studies(runs, out, n_boot=100)
+    assert set(cmp.arms) == {"model.backbone_kwargs.depth=default", "model.backbone_kwargs.depth=3"}
+    assert cmp.paired and any(s.startswith("Paired") for s in cmp.setup)
+    assert set(cmp.differences["attribute"]) == set(MARKET)
+    assert set(cmp.differences["verdict"]) <= {
+        "differs",
+        "negligible",
+        "inconclusive",
+        "not testable",
+    }
+    assert ALL_EXPERTS in set(cmp.table["group"])
+    html = cmp.report_html.read_text()
+    assert "../shallow/report.html" in html and "../deep/report.html" in html
+    assert (out / "report.json").exists()

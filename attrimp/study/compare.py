@@ -433,7 +433,7 @@ def _setting_name(settings: dict[str, Any], differ: list[str]) -> str:
     parts = []
     for k in differ:
         v = settings.get(k)
-        text = "unset" if v is None else v if isinstance(v, str) else json.dumps(v)
+        text = "default" if v is None else v if isinstance(v, str) else json.dumps(v)
         parts.append(str(text) if k == "model.backbone" else f"{k}={text}")
     return ", ".join(parts)
 
