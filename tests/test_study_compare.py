@@ -248,10 +248,27 @@ def _cli(*args: str):
 def test_cli_compares_folders_and_prints_the_summary(tmp_path):
     runs = _two_backbones(tmp_path / "runs")
     out = tmp_path / "cmp"
-    res = _cli(*map(str, runs), "--out", str(out), "--boot", "50", "--no-progress")
+    res = _cli(*map(str, runs), "--out", str(out), "--boot", "50", "--no-progress", "--single-file")
     assert res.exit_code == 0, res.output
     assert "downcolor" in res.output
-    assert "report" in res.output.lower()
+    assert f"report: {out / 'report.html'}" in res.output
+    assert (out / "report-single.html").exists()
+
+
+def test_cli_on_the_stacked_table_gives_what_the_folders_give(tmp_path):
+    """The stacked paired-effects table, written out and compared by `--group`, is the same
+    comparison as the study folders it came from."""
+    cmp = compare_studies(_two_backbones(tmp_path / "runs"), n_boot=50)
+    table = tmp_path / "effects.csv"
+    cmp.table.to_csv(table, index=False)
+    out = tmp_path / "cmp"
+    args = ["--by", "arm", "--outcome", "delta_ap", "--cluster", "pid", "--seed-column", "seed"]
+    args += ["--group", "group", "--relative-to", ALL_EXPERTS, "--boot", "50", "--margin", "0.01"]
+    res = _cli(str(table), *args, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"] == cmp.summary
+    assert res.output.splitlines()[0] == f"- {cmp.summary[0]}"
 
 
 def test_cli_arm_option_and_one_sentence_errors(tmp_path):
@@ -269,15 +286,24 @@ def test_cli_arm_option_and_one_sentence_errors(tmp_path):
 
 
 def test_cli_compares_a_stacked_table(tmp_path):
+    """A per-query table with a backbone column: colour matters more in one arm (planted), the
+    bag and hat do not."""
     rng = np.random.default_rng(0)
     rows = []
     for arm, shift in (("vit", 0.0), ("dino", 0.15)):
         for pid in range(60):
+            red, bag, hat = (int(x) for x in rng.random(3) < 0.5)
             for _q in range(3):
-                red = int(rng.random() < 0.5)
-                ap = 0.5 + 0.02 * red + shift * red + 0.05 * rng.standard_normal()
+                ap = 0.5 + (0.02 + shift) * red + 0.03 * bag + 0.05 * rng.standard_normal()
                 rows.append(
-                    {"backbone": arm, "pid": pid, "color": "red" if red else "blue", "ap": ap}
+                    {
+                        "backbone": arm,
+                        "pid": pid,
+                        "color": "red" if red else "blue",
+                        "bag": bag,
+                        "hat": hat,
+                        "ap": ap,
+                    }
                 )
     table = tmp_path / "stacked.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
@@ -295,7 +321,9 @@ def test_cli_compares_a_stacked_table(tmp_path):
         "50",
     )
     assert res.exit_code == 0, res.output
-    assert "color" in res.output
+    found = pd.read_csv(tmp_path / "o" / "tables" / "differences.csv")
+    assert list(found.loc[found["verdict"] == "differs", "attribute"]) == ["color"]
+    assert "relies on color" in res.output
     res = _cli(str(table), "--outcome", "ap", "--out", str(tmp_path / "o2"))
     assert res.exit_code == 2 and "--by" in res.output
 

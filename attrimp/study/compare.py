@@ -109,6 +109,11 @@ class StudyComparison:
         return self.result.agreement
 
     @property
+    def gains(self) -> pd.DataFrame:
+        """Each arm's oracle gain (all experts minus backbone only), the effects' reference."""
+        return self.result.gains
+
+    @property
     def summary(self) -> list[str]:
         """The answer, one sentence per finding."""
         return list(self.result.summary)
