@@ -172,11 +172,18 @@ def test_arm_json_wins_over_arms_and_settings(tmp_path):
 
 def test_runs_differing_only_in_seed_are_one_arm_and_refused(tmp_path):
     runs = [make_study(tmp_path / f"r{s}", seed=s) for s in (0, 1)]
+    other_analysis = _config(**{"analysis.seed": 5, "ablation.seed": 3})
+    runs.append(make_study(tmp_path / "r2", seed=2, config=other_analysis))
     with pytest.raises(StudyFolderError, match="differ only in their training seed"):
         compare_studies(runs)
+    same = [runs[0], make_study(tmp_path / "again", seed=0)]
+    with pytest.raises(StudyFolderError, match="have the same settings"):
+        compare_studies(same)
     # named by the caller, they are two arms
-    cmp = compare_studies(runs, arms={runs[0]: "first", runs[1]: "second"}, n_boot=20)
+    cmp = compare_studies(runs[:2], arms={runs[0]: "first", runs[1]: "second"}, n_boot=20)
     assert set(cmp.arms) == {"first", "second"}
+    with pytest.raises(StudyFolderError, match="both seed 0 of arm 'x'"):
+        compare_studies(same + [runs[1]], arms={same[0]: "x", same[1]: "x", runs[1]: "y"})
 
 
 def test_unfinished_missing_and_non_study_folders_are_refused(tmp_path):
@@ -190,6 +197,11 @@ def test_unfinished_missing_and_non_study_folders_are_refused(tmp_path):
     (half / "report.json").unlink()
     with pytest.raises(StudyFolderError, match="is not finished .*report.json"):
         load_run(half)
+    from attrimp.io import output_folder
+
+    with output_folder(good), pytest.raises(StudyFolderError, match="being written"):
+        load_run(good)  # a study running there right now (its lock held)
+    assert load_run(good).n_queries == 120  # lock released: readable again
     with pytest.raises(StudyFolderError, match="at least two study folders"):
         compare_studies([good])
     with pytest.raises(StudyFolderError, match="one of the compared study folders"):

@@ -51,8 +51,17 @@ logger = logging.getLogger(__name__)
 ARM_FILE = "arm.json"
 #: the pseudo-group holding each query's oracle gain (AP full minus AP backbone only)
 ALL_EXPERTS = "all experts"
-#: settings that never make two runs different arms (replicates differ in them)
-_NOT_AN_ARM = ("name", "description", "device", "train.seed", "compare")
+#: settings that never make two runs different arms (replicates may differ in them; the
+#: ablation and analysis seeds do not change a leave-one-out Δ)
+_NOT_AN_ARM = (
+    "name",
+    "description",
+    "device",
+    "compare",
+    "train.seed",
+    "ablation.seed",
+    "analysis.seed",
+)
 #: the files a finished study folder holds
 _NEEDED = ("config.json", "report.json", "tables/deltas.csv", "tables/per_query.parquet")
 
@@ -203,6 +212,7 @@ def load_run(path: str | Path) -> _Run:
         raise StudyFolderError(
             f"{str(path)!r} is not a study folder (no config.json; `attrimp study run` writes one)."
         )
+    _check_not_running(path)
     missing = [f for f in _NEEDED if not (path / f).is_file()]
     report = _read_json(path / "report.json") if "report.json" not in missing else {}
     if missing or "timings" not in report:
@@ -229,6 +239,31 @@ def load_run(path: str | Path) -> _Run:
         arm=marker[0] if marker else None,
         seed=marker[1] if marker else None,
     )
+
+
+def _check_not_running(path: Path) -> None:
+    """Refuse a folder a study is writing right now (its lock held): its report.json may be
+    an earlier run's while the tables change. Probed with a shared lock on a read-only
+    handle, so the folder is never written; where that cannot be done, nothing is checked."""
+    from attrimp.io import LOCK_FILE
+
+    try:
+        import fcntl
+
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except (ImportError, OSError):  # no lock file (or no flock): nothing is running there
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StudyFolderError(
+            f"Study {str(path)!r} is being written by another attrimp process; wait for it "
+            "to finish before comparing."
+        ) from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
