@@ -552,44 +552,66 @@ def comparison_page(
     (``forest``, ``differences``); ``single``: the page of the single-file export."""
     effects = _frame(report, "effects")
     diffs = _frame(report, "differences")
-    agree = _frame(report, "agreement")
-    gains = _frame(report, "gains")
     order = group_order(diffs, effects)
     figs = set(figures)
     intro: list[Any] = [Text(s) for s in report.get("setup") or []]
     intro.append(Text(_facts(report, effects)))
     answer = [Text(s) for s in report.get("summary") or []] or [Text("No comparison was made.")]
-    sections = [Section("Answer", [Box(answer)])]
-    sections.append(
-        Section("How to read this report", [Definitions(_glossary(report.get("mode")))])
+    sections = [
+        Section("Answer", [Box(answer)]),
+        Section("How to read this report", [Definitions(_glossary(report.get("mode")))]),
+        _forest_section(effects, "forest" in figs),
+        _differences_section(diffs, order, "differences" in figs),
+        *_table_sections(report, effects, order),
+    ]
+    links = _arm_links_section(report, single=single)
+    if links is not None:
+        sections.append(links)
+    unshared = _unshared_items(report)
+    if unshared:
+        note = Text("Not compared: each arm's groups that some other arm lacks.")
+        sections.append(Section("Groups not in every arm", [note, Bullets(unshared)]))
+    return Page(
+        title=str(report.get("title") or "Comparison"),
+        intro=intro,
+        sections=sections,
+        highlight_alpha=_alpha(report),
     )
-    forest: list[Any] = [
-        Text(
-            "Every group's effect in every arm (95% CI), one colour and marker per arm; groups "
-            "ordered by their largest difference between arms, largest on top."
-            + (
-                " Right: the same as a share of each arm's oracle gain."
-                if _has(effects, "relative")
-                else ""
-            )
-        )
-    ]
-    if "forest" in figs:
-        forest.append(Image("forest", "each group's effect per arm, side by side"))
-    sections.append(Section("Effects side by side", forest))
+
+
+def _forest_section(effects: pd.DataFrame, drawn: bool) -> Section:
+    text = (
+        "Every group's effect in every arm (95% CI), one colour and marker per arm; groups "
+        "ordered by their largest difference between arms, largest on top."
+    )
+    if _has(effects, "relative"):
+        text += " Right: the same as a share of each arm's oracle gain."
+    blocks: list[Any] = [Text(text)]
+    if drawn:
+        blocks.append(Image("forest", "each group's effect per arm, side by side"))
+    return Section("Effects side by side", blocks)
+
+
+def _differences_section(diffs: pd.DataFrame, order: Sequence[str], drawn: bool) -> Section:
     rows, test = _one_test(differences_rows(diffs, order))
-    diff_blocks: list[Any] = [
-        Text(
-            "Each arm pair's difference of effects per group with its 95% CI; the marker is the "
-            "verdict, the grey band the ±margin within which a difference is negligible."
-            + (f" Every row's test: {test}." if test else "")
-        )
-    ]
-    if "differences" in figs:
-        diff_blocks.append(Image("differences", "difference of effects per arm pair and group"))
-    diff_blocks.append(Table(rows, fmt=_fmt))
-    sections.append(Section("Differences between arms", diff_blocks))
-    sections.append(
+    text = (
+        "Each arm pair's difference of effects per group with its 95% CI; the marker is the "
+        "verdict, the grey band the ±margin within which a difference is negligible."
+    )
+    if test:
+        text += f" Every row's test: {test}."
+    blocks: list[Any] = [Text(text)]
+    if drawn:
+        blocks.append(Image("differences", "difference of effects per arm pair and group"))
+    blocks.append(Table(rows, fmt=_fmt))
+    return Section("Differences between arms", blocks)
+
+
+def _table_sections(
+    report: Mapping[str, Any], effects: pd.DataFrame, order: Sequence[str]
+) -> list[Section]:
+    """The effects per arm, the rank agreement and (with gains) the oracle gains."""
+    out = [
         Section(
             "Effects per arm",
             [
@@ -599,9 +621,7 @@ def comparison_page(
                 ),
                 Table(effects_rows(effects, order), fmt=_fmt),
             ],
-        )
-    )
-    sections.append(
+        ),
         Section(
             "Rank agreement",
             [
@@ -609,43 +629,18 @@ def comparison_page(
                     "Between arms: bootstrap 95% interval. Between seeds (the baseline): the "
                     "mean over pairs of the arm's seeds, with the lowest and highest pair."
                 ),
-                Table(agreement_rows(agree), fmt=_fmt),
+                Table(agreement_rows(_frame(report, "agreement")), fmt=_fmt),
             ],
-        )
-    )
+        ),
+    ]
+    gains = _frame(report, "gains")
     if not gains.empty:
-        sections.append(
-            Section(
-                "Oracle gains",
-                [
-                    Text(
-                        "Each arm's gain from its experts (every expert on minus the backbone "
-                        "alone): the denominator of the relative effects."
-                    ),
-                    Table(gains_rows(gains), fmt=_fmt),
-                ],
-            )
+        text = (
+            "Each arm's gain from its experts (every expert on minus the backbone alone): the "
+            "denominator of the relative effects."
         )
-    links = _arm_links_section(report, single=single)
-    if links is not None:
-        sections.append(links)
-    unshared = _unshared_items(report)
-    if unshared:
-        sections.append(
-            Section(
-                "Groups not in every arm",
-                [
-                    Text("Not compared: each arm's groups that some other arm lacks."),
-                    Bullets(unshared),
-                ],
-            )
-        )
-    return Page(
-        title=str(report.get("title") or "Comparison"),
-        intro=intro,
-        sections=sections,
-        highlight_alpha=_alpha(report),
-    )
+        out.append(Section("Oracle gains", [Text(text), Table(gains_rows(gains), fmt=_fmt)]))
+    return out
 
 
 # --------------------------------------------------------------------------- figures and files

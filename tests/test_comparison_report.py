@@ -311,3 +311,14 @@ def test_what_a_reader_sees_in_a_headless_browser(written, page, width, tmp_path
         pytest.skip("no headless Chromium/Chrome installed here; the parsed checks still ran")
     problems = check_page(browser, written / page, width, tmp_path)
     assert not problems, "\n".join(problems)
+
+
+def test_the_same_result_gives_the_same_files(planted, written, tmp_path) -> None:
+    """No timestamps or random ids: a second write is byte-identical."""
+    studies.write_comparison_report(
+        planted, tmp_path, title="ViT vs DINOv2", setup=SETUP, arm_reports=ARM_REPORTS,
+        single_file=True,
+    )  # fmt: skip
+    for p in sorted(written.rglob("*")):
+        if p.is_file():
+            assert (tmp_path / p.relative_to(written)).read_bytes() == p.read_bytes(), p.name
