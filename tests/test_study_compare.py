@@ -246,11 +246,13 @@ def test_writes_the_report_with_links_to_each_run(tmp_path):
     out = tmp_path / "cmp"
     cmp = compare_studies(runs, out, n_boot=50)
     assert cmp.out == out
-    if cmp.report_html is None:  # no report writer installed yet
-        pytest.skip("studies.write_comparison_report is not installed")
     assert cmp.report_html.exists()
     html = cmp.report_html.read_text()
     assert "../runs/b1/report.html" in html
+    report = json.loads((out / "report.json").read_text())
+    assert report["title"] == "Comparison: timm:vit_tiny_patch16_224 vs timm:vit_small_patch16_224"
+    assert report["setup"] == cmp.setup and report["setup"][1].startswith("Paired")
+    assert "'timm:vit_small_patch16_224': 2 training runs (seeds 0, 1)" in report["setup"][-1]
 
 
 def _cli(*args: str):

@@ -91,7 +91,7 @@ class _Run:
 class StudyComparison:
     """What `compare_studies` found: the `studies.ComparisonResult`, the stacked table it was
     computed on, and where the report went (``out`` and ``report_html`` None when no folder
-    was given, or no report writer is installed)."""
+    was given)."""
 
     result: Any
     table: pd.DataFrame
@@ -655,46 +655,29 @@ def _compare(
 
 def write_report(
     cmp: StudyComparison, *, title: str, single_file: bool = False, say: _Say | None = None
-) -> Path | None:
-    """The comparison report in ``cmp.out`` with links to each arm-seed's own report; the
-    tables alone (and None) when `studies.write_comparison_report` is not installed."""
+) -> Path:
+    """`studies.write_comparison_report` into ``cmp.out``, linking each arm-seed's own report
+    (relative links, so the folders can move together)."""
     import studies
 
     out = Path(cmp.out)
-    out.mkdir(parents=True, exist_ok=True)
     links = {
         arm: [(f"seed {s}", _href(p / "report.html", out)) for s, p in m]
         for arm, m in cmp.arms.items()
     }
-    writer = getattr(studies, "write_comparison_report", None)
-    if writer is None:
-        logger.warning("studies.write_comparison_report is not installed: tables only")
-        _write_tables(cmp.result, out)
-        return None
-    html = Path(
-        writer(
-            cmp.result,
-            out,
-            title=title,
-            setup=list(cmp.setup),
-            arm_reports=links,
-            single_file=single_file,
-        )
+    html = studies.write_comparison_report(
+        cmp.result,
+        out,
+        title=title,
+        setup=list(cmp.setup),
+        arm_reports=links,
+        single_file=single_file,
     )
     if say is not None:
         say(f"report: {html}")
-    return html
+    return Path(html)
 
 
 def _href(target: Path, out: Path) -> str:
     """``target`` relative to ``out`` with forward slashes (a link inside report.html)."""
     return Path(os.path.relpath(target.resolve(), out.resolve())).as_posix()
-
-
-def _write_tables(result: Any, out: Path) -> None:
-    from attrimp.io import atomic_write_frame
-
-    tables = out / "tables"
-    tables.mkdir(exist_ok=True)
-    for name in ("effects", "differences", "agreement"):
-        atomic_write_frame(getattr(result, name), tables / f"{name}.csv")
