@@ -291,6 +291,7 @@ def test_cli_arm_option_and_one_sentence_errors(tmp_path):
     assert res.exit_code == 2
     assert "differ only in their training seed" in res.output
     assert "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()  # a refused comparison leaves no --out behind
     res = _cli("--arm", f"one={a}", "--arm", f"two={b}", "--out", str(tmp_path / "o2"))
     assert res.exit_code == 0, res.output
     res = _cli(str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o3"))

@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
             )
             _check_table_flags(table, arm, columns)
             with run_output(out):
-                cmp = _compare_table(table, out, columns, stats, single_file, progress)
+                cmp = _compare_table(table, out, columns, stats, single_file)
         else:
             _check_folder_flags(by, outcome, cluster, seed_column, group, relative_to)
             arms = _arms(arm)
@@ -211,9 +211,7 @@ def _arms(given: list[str]) -> dict[Path, str]:
     return arms
 
 
-def _compare_table(
-    table: Path, out: Path, columns: dict, stats: dict, single_file: bool, progress: bool
-):
+def _compare_table(table: Path, out: Path, columns: dict, stats: dict, single_file: bool):
     """`studies.compare` on a stacked table, then the same report as for study folders."""
     import studies
     from attrimp.study.compare import StudyComparison, write_report
