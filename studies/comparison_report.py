@@ -355,6 +355,12 @@ def _sorted(df: pd.DataFrame, order: Sequence[str], *first: str) -> pd.DataFrame
     return df.assign(_k=key).sort_values([*cols, "_k"], kind="stable").drop(columns="_k")
 
 
+#: arm names up to this long head the differences table's columns ("effect (vit)"); longer
+#: ones would make it too wide to show the difference without scrolling, so the columns are
+#: "effect (first)" / "(second)" and the text above the table names the arms
+NAME_IN_HEADER = 16
+
+
 def differences_rows(diffs: pd.DataFrame, order: Sequence[str]) -> list[dict[str, Any]]:
     """The differences table as a reader sees it: group, level, each arm's effect, the
     difference with its CI, the test, Holm p, the verdict and the MDD (two arms: the effect
@@ -362,7 +368,8 @@ def differences_rows(diffs: pd.DataFrame, order: Sequence[str]) -> list[dict[str
     if diffs.empty:
         return []
     pairs = list(dict.fromkeys(zip(diffs["arm_a"].astype(str), diffs["arm_b"].astype(str))))
-    one = len(pairs) == 1
+    single = len(pairs) == 1
+    one = single and max(len(a) for a in pairs[0]) <= NAME_IN_HEADER  # arms named in headers
     rel = _has(diffs, "relative_a") or _has(diffs, "relative_b")
     out = []
     for r in _sorted(diffs, order).to_dict("records"):
@@ -371,7 +378,7 @@ def differences_rows(diffs: pd.DataFrame, order: Sequence[str]) -> list[dict[str
             (f"effect ({a})", f"effect ({b})") if one else ("effect (first)", "effect (second)")
         )
         row: dict[str, Any] = {"group": str(r["attribute"]), "level": _level(r)}
-        if not one:
+        if not single:
             row["arms"] = f"{a} − {b}"
         row[ea] = _effect_ci(r.get("effect_a"), None, None)
         row[eb] = _effect_ci(r.get("effect_b"), None, None)
@@ -554,8 +561,9 @@ def comparison_page(
     diffs = _frame(report, "differences")
     order = group_order(diffs, effects)
     figs = set(figures)
+    # the caller's setup says what was compared; without one, the page says it from the data
     intro: list[Any] = [Text(s) for s in report.get("setup") or []]
-    intro.append(Text(_facts(report, effects)))
+    intro = intro or [Text(_facts(report, effects))]
     answer = [Text(s) for s in report.get("summary") or []] or [Text("No comparison was made.")]
     sections = [
         Section("Answer", [Box(answer)]),
@@ -598,6 +606,13 @@ def _differences_section(diffs: pd.DataFrame, order: Sequence[str], drawn: bool)
         "Each arm pair's difference of effects per group with its 95% CI; the marker is the "
         "verdict, the grey band the ±margin within which a difference is negligible."
     )
+    pairs = (
+        list(dict.fromkeys(zip(diffs["arm_a"].astype(str), diffs["arm_b"].astype(str))))
+        if not diffs.empty
+        else []
+    )
+    if len(pairs) == 1 and any(c.endswith("(first)") for c in (rows[0] if rows else {})):
+        text += f" First arm: {pairs[0][0]}; second arm: {pairs[0][1]}."
     if test:
         text += f" Every row's test: {test}."
     blocks: list[Any] = [Text(text)]

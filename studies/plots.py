@@ -765,7 +765,7 @@ def _arm_legend(fig: Figure, arms: Sequence[str]) -> None:
 
     handles = [
         Line2D([], [], color=ARM_COLOURS[i % len(ARM_COLOURS)], lw=1.4,
-               marker=ARM_MARKERS[i % len(ARM_MARKERS)], markersize=5, label=short_label(a, 24))
+               marker=ARM_MARKERS[i % len(ARM_MARKERS)], markersize=5, label=short_label(a, 40))
         for i, a in enumerate(arms)
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(arms), 4), fontsize=7,
@@ -816,7 +816,7 @@ def comparison_differences(
             ax.axvspan(-margin, margin, color="#e6e6e6", zorder=0, linewidth=0)
         ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_ylim(-0.6, n - 0.4)
-        ax.set_title(short_label(f"{a} − {b}", 40), fontsize=9)
+        ax.set_title(f"{short_label(a, 40)}\n− {short_label(b, 40)}", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in axes[len(pairs) :]:
         ax.set_visible(False)

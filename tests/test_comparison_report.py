@@ -322,3 +322,16 @@ def test_the_same_result_gives_the_same_files(planted, written, tmp_path) -> Non
     for p in sorted(written.rglob("*")):
         if p.is_file():
             assert (tmp_path / p.relative_to(written)).read_bytes() == p.read_bytes(), p.name
+
+
+def test_long_arm_names_keep_the_difference_in_view(tmp_path) -> None:
+    """Arm names too long for a header: effect columns "first" / "second", the arms named once
+    above the table; no setup given: the page states what was compared from the data."""
+    long_a, long_b = "timm:vit_tiny_patch16_224", "timm:vit_small_patch16_224"
+    df = stacked({long_a: {"upcolor": 1.2}, long_b: {}}, n_id=200, seed=6)
+    studies.write_comparison_report(run(df), tmp_path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| group | level | effect (first) | effect (second) | difference" in md
+    assert "First arm: timm:vit\\_tiny\\_patch16\\_224; second arm:" in md
+    head = md.split("## Answer", 1)[0]
+    assert "Compared: timm:vit\\_tiny\\_patch16\\_224 (1 training run)" in head
