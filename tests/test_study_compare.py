@@ -149,6 +149,10 @@ def test_the_planted_group_is_the_only_difference_found(tmp_path):
     row = found.iloc[0]
     assert abs(row["difference"]) == pytest.approx(0.10, abs=0.02)
     assert ALL_EXPERTS not in set(cmp.differences["attribute"])  # not in the family
+    # each arm's oracle gain (planted 0.3) is the reference of its relative effects
+    assert cmp.gains.set_index("arm")["gain"].to_numpy() == pytest.approx([0.3, 0.3], abs=0.02)
+    b = cmp.effects.set_index(["arm", "attribute"]).loc[("timm:vit_small_patch16_224", "downcolor")]
+    assert b["relative"] == pytest.approx(0.12 / 0.3, abs=0.05)
     assert "downcolor" in cmp.summary[0]
 
 
