@@ -388,3 +388,51 @@ def test_group_mode_bad_input_one_sentence() -> None:
         go(disjoint)
     for msg in [m for _, m in cases]:
         assert "\n" not in msg
+
+
+def test_vectorised_rank_agreement_equals_scipy_with_ties_and_nans() -> None:
+    from studies.comparison import _rank_pairs
+
+    rng = np.random.default_rng(18)
+    x = rng.normal(size=(60, 12))
+    y = x + rng.normal(size=(60, 12))
+    x[1, 3] = x[1, 4]  # a tie
+    x[2] = np.round(x[2])  # many ties
+    y[3] = 1.0  # constant: undefined
+    x[4, 5] = np.nan  # left out, as scipy on the finite pairs
+    got = _rank_pairs(x, y)
+    for i in range(len(x)):
+        ok = np.isfinite(x[i]) & np.isfinite(y[i])
+        if i == 3:
+            assert np.isnan(got[i]).all()
+            continue
+        assert got[i, 0] == pytest.approx(stats.kendalltau(x[i, ok], y[i, ok]).statistic)
+        assert got[i, 1] == pytest.approx(stats.spearmanr(x[i, ok], y[i, ok]).statistic)
+
+
+def test_group_mode_unpaired_datasets_with_different_schemas() -> None:
+    """Two datasets: disjoint identities and each with a group the other lacks; three arms."""
+    a = _deltas({"market": {}}, n_seeds=1, seed=19)
+    b = _deltas({"duke": {"upcolor": 0.06}}, n_seeds=1, seed=20)
+    c = _deltas({"duke2": {}}, n_seeds=1, seed=20)
+    b["pid"] += 10_000
+    c["pid"] += 10_000
+    df = pd.concat([a[a["group"] != "hat"], b[b["group"] != "up"], c[c["group"] != "up"]])
+    res = _run_groups(df)
+    assert res.paired is True  # duke and duke2 share identities
+    assert res.unshared == {"market": ["up"], "duke": ["hat"], "duke2": ["hat"]}
+    assert len(res.differences) == 3 * 10
+    d = res.differences.set_index(["attribute", "arm_a", "arm_b"])
+    assert d.loc[("upcolor", "duke", "duke2"), "verdict"] == "differs"
+    two = _run_groups(df[df["arm"] != "duke2"])
+    assert two.paired is False and two.unshared == {"market": ["up"], "duke": ["hat"]}
+
+
+def test_relative_interval_left_empty_when_the_gain_may_be_zero() -> None:
+    df = _deltas({"a": {"all experts": -0.1}, "b": {}}, n_seeds=2, seed=21)  # a's gain ~ 0
+    res = _run_groups(df, seed="seed")
+    g = res.gains.set_index("arm")
+    assert g.loc["a", "ci_low"] < 0 < g.loc["a", "ci_high"]
+    e = res.effects.set_index("arm")
+    assert e.loc["a", "relative_low"].isna().all() and e.loc["a", "relative"].notna().all()
+    assert e.loc["b", "relative_low"].notna().all()
