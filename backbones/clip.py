@@ -31,7 +31,7 @@ from backbones.base import (
     ViTBackbone,
     grid_for,
 )
-from backbones.timm_vit import TINY_KWARGS, TimmFamily, TimmViT
+from backbones.timm_vit import TINY_KWARGS, TimmFamily, TimmViT, create_timm_model
 
 #: vision-tower overrides for ``tiny=True`` (2 blocks, width 48, 3 heads); user kwargs win
 TINY_VISION = {"layers": 2, "width": 48, "head_width": 16}
@@ -268,12 +268,17 @@ class ClipFamily(BackboneFamily):
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         if _timm_arch(vision):
             trunk = TimmFamily().describe(_timm_arch(vision))
+            pool = _timm_pool(vision)
+            if pool is not None and pool != "map":
+                trunk["readout"] = "class token" if pool == "token" else "average"
             return {**trunk, "input_size": size, "tags": self.list_pretrained(model)}
+        pool = vision.get("pool_type")
         return {
             "width": vision["width"],
             "depth": vision["layers"],
             "input_size": size,
             "tags": self.list_pretrained(model),
+            "readout": "average" if pool in _AVG_POOLS else "class token",
         }
 
     def build(
@@ -365,7 +370,6 @@ class ClipFamily(BackboneFamily):
         here, as in the timm family). A tag: open_clip's own model and download, then its
         ``visual.trunk`` with the classifier/projection head removed."""
         import open_clip
-        import timm
 
         arch = _timm_arch(vision)
         pool = _timm_pool(vision)
@@ -387,7 +391,7 @@ class ClipFamily(BackboneFamily):
                 if owned in model_kwargs:
                     raise ConfigError(f"pass {owned} to backbones.build, not as a model kwarg.")
             try:
-                trunk = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
+                trunk = create_timm_model(arch, pretrained=False, tiny=tiny, **model_kwargs)
             except TypeError as exc:
                 raise ConfigError(
                     f"timm model {arch!r} (the image tower of {model!r}) does not accept these "

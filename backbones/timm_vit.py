@@ -205,9 +205,46 @@ class TimmViT(ViTBackbone):
         module = getattr(block, site, None)
         if module is None:
             raise ConfigError(
-                f"this timm block ({type(block).__name__}) has no {site!r} sub-layer."
+                f"this timm block ({type(block).__name__}) {_why_no_site(block)}, so it has no "
+                f"separate {site!r} sub-layer for the experts to wrap."
             )
         return site, module
+
+
+def _why_no_site(block: nn.Module) -> str:
+    """What a block without an ``attn`` / ``mlp`` sub-layer does instead, in words."""
+    if hasattr(block, "in_proj"):
+        return "computes attention and MLP in parallel from one fused input projection"
+    if hasattr(block, "attns") and hasattr(block, "ffns"):
+        return f"runs {len(block.ffns)} attention and MLP branches in parallel"
+    return "is not a pre-norm attention + MLP block"
+
+
+def create_timm_model(name: str, *, pretrained: bool, tiny: bool, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` without a classifier; a tiny build of a model whose per-block
+    grouped-query table (``num_kv_heads``, Sapiens2) is sized for its full depth gets plain
+    multi-head attention in its few blocks instead of timm's assertion."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except AssertionError as exc:
+        heads = kwargs.get("num_heads")
+        if not (tiny and "num_kv_heads" in str(exc) and "num_kv_heads" not in kwargs and heads):
+            raise
+        # as many key/value heads as query heads: multi-head attention (timm drops None kwargs)
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=0, num_kv_heads=heads, **kwargs
+        )
+
+
+def readout_of(net: nn.Module) -> str:
+    """What a timm ViT's embedding is, in words: ``class token``, ``average`` (``avgmax``,
+    ``max``) or ``attention head``."""
+    if getattr(net, "attn_pool", None) is not None:
+        return "attention head"
+    pool = getattr(net, "global_pool", "token")
+    return "class token" if pool in _CLS_POOLS else str(pool).replace("avg", "average")
 
 
 def _check_readout(inner: nn.Module, model: str) -> bool:
@@ -324,6 +361,7 @@ class TimmFamily(BackboneFamily):
             "depth": len(net.blocks),
             "input_size": tuple(size),
             "tags": self.list_pretrained(model),
+            "readout": readout_of(net),
         }
 
     def build(
@@ -337,7 +375,6 @@ class TimmFamily(BackboneFamily):
         tiny: bool,
         **kwargs: Any,
     ) -> TimmViT:
-        import timm
 
         arch = model.split(".", 1)[0]
         full = f"{arch}.{tag}" if tag else model
@@ -347,9 +384,7 @@ class TimmFamily(BackboneFamily):
             if owned in model_kwargs:
                 raise ConfigError(f"pass {owned} to backbones.build, not as a timm model kwarg.")
         try:
-            inner = timm.create_model(
-                full, pretrained=tag is not None, num_classes=0, **model_kwargs
-            )
+            inner = create_timm_model(full, pretrained=tag is not None, tiny=tiny, **model_kwargs)
         except TypeError as exc:
             raise ConfigError(f"timm model {arch!r} does not accept these kwargs: {exc}.") from None
         pcfg = self._pretrained_cfg(full)

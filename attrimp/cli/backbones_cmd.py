@@ -1,12 +1,15 @@
 """`attrimp backbones list`: the registered ViT backbones as a table.
 
 Describing a model needs its library (open_clip configs, a timm model built on the meta device),
-so the libraries are imported inside the command, never at CLI start-up. The table fits
+so the libraries are imported inside the command, never at CLI start-up. A footer counts how the
+listed models read their embedding (class token, average, attention head). The table fits
 `WIDTH` columns (the family is the name's prefix, so it has no column of its own; long tag
 lists wrap), on a terminal and in a pipe alike.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import typer
 from rich.console import Console
@@ -75,6 +78,13 @@ def _print_table(rows: list[tuple[str, str, dict]]) -> None:
     console = Console()
     console = Console(width=min(console.width, WIDTH) if console.is_terminal else WIDTH)
     console.print(table)
+    readouts = Counter(info.get("readout") for _, _, info in rows if info.get("readout"))
+    if readouts:
+        console.print(
+            "Embedding: " + ", ".join(f"{n} {what}" for what, n in readouts.most_common()) + ".",
+            highlight=False,
+            markup=False,
+        )
     console.print(
         f"{len(rows)} backbone(s). A model on one: attrimp.create_model('clip:ViT-B-16', "
         "pretrained=TAG_OR_FILE), or [model] backbone = 'clip:ViT-B-16' in a study config; "
