@@ -637,7 +637,9 @@ def _compare(
     import studies
 
     relative = ALL_EXPERTS if (table["group"] == ALL_EXPERTS).any() else None
-    say(f"comparing {table['arm'].nunique()} arms on {table['group'].nunique()} groups")
+    groups = table.loc[table["group"] != ALL_EXPERTS, "group"].nunique()
+    gain = " and the oracle gain" if relative is not None else ""
+    say(f"comparing {table['arm'].nunique()} arms on {groups} groups{gain} (studies.compare)")
     return studies.compare(
         table,
         by="arm",
