@@ -278,7 +278,9 @@ class ClipFamily(BackboneFamily):
             "depth": vision["layers"],
             "input_size": size,
             "tags": self.list_pretrained(model),
-            "readout": "average" if pool in _AVG_POOLS else "class token",
+            "readout": "attention head"
+            if vision.get("attentional_pool")
+            else ("average" if pool in _AVG_POOLS else "class token"),
         }
 
     def build(
