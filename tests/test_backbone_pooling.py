@@ -273,3 +273,17 @@ def test_what_stays_refused_says_why():
         backbones.check("clip:coca_ViT-B-32")
     with pytest.raises(ConfigError, match="no class token and does not pool"):
         backbones.build("timm:vit_tiny_patch16_224", tiny=True, class_token=False, global_pool="")
+
+
+@pytest.mark.parametrize("name", ["timm:vit_base_patch16_siglip_224", "clip:ViT-B-16-SigLIP"])
+def test_a_checkpoint_of_a_pooled_model_rebuilds_its_pooling_head(tmp_path, name):
+    from attrimp.model.checkpoint import load_model, save_checkpoint
+
+    model = _model(name).eval()
+    _randomise(model.backbone.inner.attn_pool)
+    x = _images((64, 32))
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    again = load_model(folder).eval()
+    gates = torch.ones(3, model.schema.n_experts)
+    with torch.no_grad():
+        assert torch.equal(again(x, gates=gates).features, model(x, gates=gates).features)
