@@ -189,13 +189,6 @@ def pooling_refusal(
     )
 
 
-def describe_pool(pool: Any, *, attention: bool = False) -> str:
-    """How a model pools its tokens, in words, for listings and docs."""
-    if attention:
-        return "attention head"
-    return {"avg": "average", "avgmax": "average + max", "max": "max"}.get(pool, str(pool))
-
-
 # --------------------------------------------------------------------------- the shared wrapper
 
 
