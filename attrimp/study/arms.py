@@ -126,10 +126,28 @@ def run_comparison(
     them into ``out``. Returns the comparison on rank 0 (and in a plain process), None on the
     other ``torchrun`` ranks. ``resume=False`` reruns every arm-seed from scratch;
     ``single_file`` also writes the comparison page with its figures inside."""
+    runs = arm_seeds(cfg, out)
+    return run_arm_seeds(
+        cfg, runs, out, resume=resume, progress=progress, console=console, single_file=single_file
+    )
+
+
+def run_arm_seeds(
+    cfg: StudyConfig,
+    runs: list[ArmSeed],
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = False,
+    console=None,
+    single_file: bool = False,
+) -> StudyComparison | None:
+    """`run_comparison` on a given list of arm-seeds (`arm_seeds`' or one built by hand, e.g.
+    arms whose replicates have different seeds); ``cfg`` names the comparison and gives its
+    alpha and bootstrap seed."""
     from attrimp.study.clock import Stages
 
     out = Path(out)
-    runs = arm_seeds(cfg, out)
     rank, world = _rank_and_world()
     stages = Stages(progress, console)
     stages.enabled = progress and rank == 0
