@@ -7,14 +7,16 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from attrimp.config import StudyConfig, arm_config, config_from_dict, load_config
 from attrimp.errors import ConfigError
 from attrimp.study import arms as arms_mod
-from attrimp.study.arms import ARM_FILE, arm_seeds, run_comparison
+from attrimp.study.arms import ARM_FILE, arm_seeds, run_arm_seeds, run_comparison
 from tests.conftest import REPO
 
 CONFIGS = REPO / "studies" / "configs"
@@ -157,6 +159,10 @@ def test_a_config_without_compare_has_no_arms(tmp_path):
 
 
 # --------------------------------------------------------------------------- layout and resume
+#: what the faked comparison returns
+COMPARISON = SimpleNamespace(summary=["No group differs."], report_html=Path("cmp/report.html"))
+
+
 @pytest.fixture
 def fake_study(monkeypatch):
     """`run_study` replaced by one that writes a finished study's config.json and report.json
@@ -172,7 +178,7 @@ def fake_study(monkeypatch):
 
     def compare_studies(folders, out=None, *, arms=None, **kwargs):
         compared.append((list(folders), out, arms))
-        return "comparison"
+        return COMPARISON
 
     monkeypatch.setattr("attrimp.study.run.run_study", run_study)
     monkeypatch.setattr("attrimp.study.compare.compare_studies", compare_studies)
@@ -183,7 +189,7 @@ def test_layout_arm_json_and_finished_arm_seeds_skipped(tmp_path, fake_study):
     calls, compared = fake_study
     cfg = config_from_dict(_tiny(seeds=[0, 1], arms=COLOUR_ARMS))
     out = tmp_path / "cmp"
-    assert run_comparison(cfg, out) == "comparison"
+    assert run_comparison(cfg, out) is COMPARISON
     assert [(c.data.color, c.train.seed) for c, _, _ in calls] == [
         ("rgb", 0), ("rgb", 1), ("grayscale", 0), ("grayscale", 1),
     ]  # fmt: skip
@@ -198,7 +204,7 @@ def test_layout_arm_json_and_finished_arm_seeds_skipped(tmp_path, fake_study):
     assert (Path(world) / "synth.json").is_file()
     assert compared[0][0] == folders and compared[0][1] == out
     # resumed: every arm-seed finished, none is run again; the comparison is made again
-    assert run_comparison(cfg, out) == "comparison"
+    assert run_comparison(cfg, out) is COMPARISON
     assert len(calls) == 4 and len(compared) == 2
     # an unfinished arm-seed (no timings yet) and a changed config are run again
     (folders[1] / "report.json").write_text("{}")
@@ -225,6 +231,46 @@ def test_arm_seeds_split_between_torchrun_ranks_run_alone(tmp_path, fake_study, 
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == ("4", "1")  # restored
 
 
+def test_run_study_and_the_cli_run_the_comparison_of_a_compare_config(tmp_path, fake_study):
+    """`attrimp.run_study` returns the comparison; `attrimp study run` prints its answer."""
+    import attrimp
+    from attrimp.cli import app
+
+    calls, compared = fake_study
+    d = _tiny(seeds=[0, 1], arms=COLOUR_ARMS)
+    assert attrimp.run_study(d, out=tmp_path / "api") is COMPARISON
+    assert len(calls) == 4 and compared[0][1] == tmp_path / "api"
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_TEXT + '\n[compare]\nbackbones = ["timm:vit_tiny_patch16_224", '
+                      '"timm:vit_small_patch16_224"]\n')  # fmt: skip
+    result = CliRunner().invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "No group differs." in result.output and "report.html" in result.output
+    backbones = [c.model.backbone for c, _, _ in calls[4:]]
+    assert backbones == ["timm:vit_tiny_patch16_224", "timm:vit_small_patch16_224"]
+    assert (tmp_path / "cli" / "arms" / "timm-vit_small_patch16_224" / "seed-0").is_dir()
+
+
+def test_the_cli_checks_every_arm_before_any_work(tmp_path, fake_study):
+    """A misspelt backbone in one arm stops `attrimp study run` in seconds, naming it."""
+    from attrimp.cli import app
+
+    calls, _ = fake_study
+    config = tmp_path / "c.toml"
+    config.write_text(TINY_TEXT + '\n[compare]\nbackbones = ["timm:vit_tiny_patch16_224", '
+                      '"timm:no_such_vit"]\n')  # fmt: skip
+    result = CliRunner().invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "no_such_vit" in result.output
+    assert not calls and not (tmp_path / "o").exists()
+
+
+def test_compare_studies_is_exported_lazily():
+    import attrimp
+    from attrimp.study.compare import compare_studies
+
+    assert "compare_studies" in attrimp.__all__ and attrimp.compare_studies is compare_studies
+
+
 # --------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_tiny_comparison_end_to_end_and_resume(tmp_path, monkeypatch):
@@ -248,3 +294,56 @@ def test_tiny_comparison_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr("attrimp.study.run.run_study", refuse)
     again = run_comparison(cfg, out)
     pd.testing.assert_frame_equal(again.differences, cmp.differences)
+
+
+#: the planted-truth runs use the built-in world and model at full size: smaller or shorter
+#: (48 identities, 15 epochs) the colour arm has not yet learned the colours from the pixels,
+#: and both arms lean on the colour experts alike (measured: no difference found)
+IDENTITIES, EPOCHS = 96, 30
+
+
+def _builtin_world(**compare) -> dict:
+    """The built-in study with every group drawn visibly (as compare_synthetic.toml), only the
+    designs the comparison reads, and ``[compare]`` as given."""
+    d = tomllib.loads((CONFIGS / "synthetic_study.toml").read_text())
+    d["data"]["synthetic"].update(identities=IDENTITIES, visibility={})
+    d["train"]["epochs"] = EPOCHS
+    d["ablation"] = {"designs": ["full", "backbone", "leave_one_out"]}
+    d["analysis"] = {"repeats": 2}
+    d["compare"] = compare
+    return d
+
+
+@pytest.mark.slow
+def test_grayscale_arm_relies_on_the_colour_groups_more(tmp_path):
+    """Planted: the grayscale arm sees the colour groups only through their experts. Both are
+    found, grayscale relying on them more, and they are the two strongest differences. (Other
+    groups may differ less: grayscale also removes the identities' other colours, so that
+    model leans on every expert more; see compare_synthetic.toml.)"""
+    cfg = config_from_dict(_builtin_world(seeds=[0, 1, 2], arms=COLOUR_ARMS))
+    cmp = run_comparison(cfg, tmp_path / "cmp")
+    d = cmp.differences.set_index("attribute")
+    assert set(d["arm_a"]) == {"colour"} and set(d["arm_b"]) == {"grayscale"}
+    for group in ("upcolor", "downcolor"):
+        assert d.loc[group, "verdict"] == "differs", d.loc[group].to_dict()
+        assert d.loc[group, "effect_b"] > d.loc[group, "effect_a"]
+    assert set(d["p_holm"].nsmallest(2).index) == {"upcolor", "downcolor"}
+    assert set(d["difference"].abs().nlargest(2).index) == {"upcolor", "downcolor"}
+
+
+@pytest.mark.slow
+def test_arms_that_differ_only_in_seed_show_no_difference(tmp_path):
+    """The null: arms "a" and "b" are the same study, "a" trained with seeds 0-2 and "b" with
+    seeds 3-5 (six different training runs; with the same seeds the arms would be the same
+    runs). No group may differ."""
+    cfg = config_from_dict(_builtin_world(seeds=[0, 1, 2], arms=[{"name": "a"}, {"name": "b"}]))
+    runs = arm_seeds(cfg, tmp_path / "cmp")
+    for run in runs:
+        if run.arm == "b":
+            run.seed += 3
+            run.config.train.seed = run.seed
+            run.folder = run.folder.parent / f"seed-{run.seed}"
+    cmp = run_arm_seeds(cfg, runs, tmp_path / "cmp")
+    assert {s for s, _ in cmp.arms["b"]} == {3, 4, 5}
+    verdicts = cmp.differences.set_index("attribute")["verdict"]
+    assert "differs" not in set(verdicts), verdicts.to_dict()
