@@ -174,7 +174,8 @@ def fake_study(monkeypatch):
         calls.append((cfg, out, (os.environ.get("WORLD_SIZE"), os.environ.get("RANK"))))
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), default=list))
-        (out / "report.json").write_text(json.dumps({"timings": {}}))
+        report = {"study": {"fingerprint": cfg.fingerprint()}, "timings": {}}
+        (out / "report.json").write_text(json.dumps(report))
 
     def compare_studies(folders, out=None, *, arms=None, **kwargs):
         compared.append((list(folders), out, arms))

@@ -14,9 +14,9 @@ the comparison reads finished study folders only, the same as ``attrimp study co
   from ``OUT/work/world-<hash of its [data.synthetic] table>``: arms that differ in the model,
   the experts or ``data.color`` share one draw (the same identities and splits, so the
   comparison is paired by query); arms that change the world get their own.
-* **Resume.** A finished arm-seed (its report.json written with the run's timings, its
-  config.json the one it would run now) is skipped without loading torch or the data; an
-  unfinished one resumes through `run_study`'s own stage cache.
+* **Resume.** A finished arm-seed (its report.json written with the run's timings and the
+  fingerprint of the config it would run now) is skipped without loading torch or the data;
+  an unfinished one resumes through `run_study`'s own stage cache.
 * **torchrun.** With ``WORLD_SIZE`` > 1, rank ``r`` runs the arm-seeds ``i`` with
   ``i % world == r``, each as a *single-process* study on its own device (``cuda:LOCAL_RANK``
   or the CPU): an arm-seed is too small to split, and many in parallel use the ranks fully.
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from attrimp.config import StudyConfig, arm_config
 from attrimp.errors import ConfigError
@@ -69,18 +69,18 @@ class ArmSeed:
 
     def finished(self) -> bool:
         """Whether this study ran to its end with this very config: its report.json carries
-        the run's timings (written last) and its config.json is the one it would write now."""
+        the run's timings (written last) and the fingerprint of this config (config.json is
+        not enough: a rerun with another config rewrites it first and may then be killed)."""
         try:
             report = json.loads((self.folder / "report.json").read_text(encoding="utf-8"))
-            saved = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return "timings" in report and saved == _json_config(self.config)
-
-
-def _json_config(cfg: StudyConfig) -> Any:
-    """``cfg`` as its config.json holds it (tuples as lists)."""
-    return json.loads(json.dumps(cfg.to_dict(), default=list))
+        study = report.get("study") if isinstance(report, dict) else None
+        return (
+            "timings" in report
+            and isinstance(study, dict)
+            and study.get("fingerprint") == self.config.fingerprint()
+        )
 
 
 def arm_seeds(cfg: StudyConfig, out: str | Path) -> list[ArmSeed]:
@@ -104,8 +104,9 @@ def arm_seeds(cfg: StudyConfig, out: str | Path) -> list[ArmSeed]:
 
 def world_root(cfg: StudyConfig, out: Path) -> Path | None:
     """Where a synthetic arm reads its world: ``OUT/work/world-<hash>``, the hash of its
-    ``[data.synthetic]`` table (absolute, so a resumed run from another folder finds it);
-    None when the arm is not synthetic or names its own ``data.root``."""
+    ``[data.synthetic]`` table, made absolute (each arm's config.json then names the world
+    wherever it is read from); None when the arm is not synthetic or names its own
+    ``data.root``."""
     if cfg.data.dataset != "synthetic" or cfg.data.root is not None:
         return None
     table = json.dumps(dataclasses.asdict(cfg.data.synthetic), sort_keys=True, default=list)
