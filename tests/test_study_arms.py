@@ -348,3 +348,32 @@ def test_arms_that_differ_only_in_seed_show_no_difference(tmp_path):
     assert {s for s, _ in cmp.arms["b"]} == {3, 4, 5}
     verdicts = cmp.differences.set_index("attribute")["verdict"]
     assert "differs" not in set(verdicts), verdicts.to_dict()
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_runs_one_arm_seed_per_rank(tmp_path):
+    """Two CPU processes: rank 0 draws the world, each rank trains one arm-seed as a plain
+    single-process study (no DDP between them), rank 0 writes the comparison."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        TINY_TEXT.replace("epochs = 2", "epochs = 1")
+        + '\n[ablation]\ndesigns = ["full", "backbone", "leave_one_out"]\n'
+        + '\n[[compare.arms]]\nname = "colour"\n'
+        + '\n[[compare.arms]]\nname = "grayscale"\ndata = { color = "grayscale" }\n'
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "attrimp", "study", "run", str(config), "--out", str(out), "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "report.html").is_file() and len(list((out / "work").glob("world-*"))) == 1
+    for arm in ("colour", "grayscale"):
+        folder = out / "arms" / arm / "seed-0"
+        assert json.loads((folder / ARM_FILE).read_text()) == {"arm": arm, "seed": 0}
+        # each was its own main process (a rank > 0 of a DDP run writes no done.json)
+        assert (folder / "report.json").is_file() and list(folder.glob("cache/train-*/done.json"))

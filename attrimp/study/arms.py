@@ -150,8 +150,7 @@ def run_arm_seeds(
 
     out = Path(out)
     rank, world = _rank_and_world()
-    stages = Stages(progress, console)
-    stages.enabled = progress and rank == 0
+    stages = Stages(progress, console)  # every rank says which arm-seed it runs
     group = _ProcessGroup(world)
     comparison = None
     try:
@@ -161,9 +160,10 @@ def run_arm_seeds(
             group.barrier()  # every world on disk before any rank reads one
             for i, run in enumerate(runs):
                 if i % world == rank:
-                    _run_arm_seed(
-                        run, i, len(runs), resume=resume, progress=progress, stages=stages
-                    )
+                    label = f"{run.arm}, seed {run.seed} ({i + 1}/{len(runs)}"
+                    label += f", rank {rank})" if world > 1 else ")"
+                    # one rank's stages and bars on the terminal, not several interleaved
+                    _run_arm_seed(run, label, resume, progress and rank == 0, stages)
             group.barrier()  # every arm-seed finished before rank 0 compares them
             if rank == 0:
                 comparison = _compare(cfg, runs, out, progress, stages, single_file)
@@ -188,12 +188,11 @@ def _draw_worlds(runs: list[ArmSeed], out: Path, *, progress: bool) -> None:
             prepare_data(run.config, out / "work", progress=progress, model_check=False)
 
 
-def _run_arm_seed(run: ArmSeed, i: int, n: int, *, resume: bool, progress: bool, stages) -> None:
+def _run_arm_seed(run: ArmSeed, where: str, resume: bool, progress: bool, stages) -> None:
     """One arm-seed as an ordinary single-process study in its folder (skipped when finished),
-    with its arm.json."""
+    with its arm.json; ``where`` names it in the progress lines."""
     from attrimp.study.run import run_study
 
-    where = f"{run.arm}, seed {run.seed} ({i + 1}/{n})"
     if resume and run.finished():
         stages.say("arm", f"{where}: finished before, {run.folder}")
         log.info("arm-seed %s: finished before", where)
@@ -202,7 +201,7 @@ def _run_arm_seed(run: ArmSeed, i: int, n: int, *, resume: bool, progress: bool,
     run.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.folder / ARM_FILE, {"arm": run.arm, "seed": run.seed})
     with _single_process():
-        run_study(run.config, run.folder, resume=resume, progress=progress and stages.enabled)
+        run_study(run.config, run.folder, resume=resume, progress=progress)
     stages.say("arm", f"{where}: done")
 
 
