@@ -5,6 +5,8 @@ One file describes a whole study (data, model, experts, router, training, ablati
 `MoSAICConfig`, is made of the ``[model]`` and ``[experts]`` sections under their TOML names. Every key is checked: a
 typo or a wrong type is one sentence naming the section and key, never a silently ignored
 setting. `StudyConfig.fingerprint()` hashes everything that determines a result, for caching.
+A ``[compare]`` table (`CompareConfig`) turns the file into several studies, one per arm and
+training seed, each arm's overrides merged in by `arm_config` (run by `attrimp.study.arms`).
 """
 
 from __future__ import annotations
@@ -554,9 +556,10 @@ class StudyConfig:
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections (all when none): the cache key of a result.
 
-        An empty plug-in options table (``[router.options]``, ``[experts.options]``, …) and
-        ``[data] color = "rgb"`` are left out, so a config that sets neither hashes as it did
-        before they existed (cached results and report fingerprints stay valid)."""
+        An empty plug-in options table (``[router.options]``, ``[experts.options]``, …),
+        ``[data] color = "rgb"`` and an absent ``[compare]`` are left out, so a config that sets
+        none of them hashes as it did before they existed (cached results and report
+        fingerprints stay valid)."""
         data = {
             name: {k: v for k, v in section.items() if (k, v) not in _UNHASHED_DEFAULTS}
             if isinstance(section, dict)
