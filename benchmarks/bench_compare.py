@@ -44,9 +44,11 @@ def main() -> None:
         "--config", type=Path, default=REPO / "studies" / "configs" / "compare_synthetic.toml"
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median kept)")
+    parser.add_argument("--keep", type=Path, default=None, help="write the runs here and keep them")
     args = parser.parse_args()
     single, compare = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
+        tmp = args.keep or scratch
         for r in range(args.rounds):
             single.append(_timed([], Path(tmp) / f"single-{r}"))
             compare.append(_timed([str(args.config)], Path(tmp) / f"compare-{r}"))

@@ -75,7 +75,8 @@ class ComparisonResult:
     #: paired-effects mode ``level`` is None (a group's effect is the mean of its rows).
     effects: pd.DataFrame
     #: attribute, level, arm_a, arm_b, effect_a, effect_b, difference (effect_a - effect_b),
-    #: ci_low, ci_high, std_err, df, test, p_interaction, p_holm, p_tost, mdd, margin, verdict
+    #: ci_low, ci_high (the test's t / Wald interval), boot_low, boot_high (the hierarchical
+    #: bootstrap's), std_err, df, test, p_interaction, p_holm, p_tost, mdd, margin, verdict
     #: (+ relative_a, relative_b with ``relative_to``)
     differences: pd.DataFrame
     #: kind (between arms / between seeds), arm_a, arm_b, kendall_tau, tau_low, tau_high,
@@ -130,6 +131,57 @@ def _plain(v: Any) -> Any:
 
 
 @dataclass
+class _Adjusted:
+    """The levels mode's effects, adjusted for the other groups: per (arm, seed) cell an OLS of
+    the outcome on every group's level dummies (reference level left out), kept as identity
+    cross-products so a bootstrap draw (identity weights) is a weighted sum and one solve.
+
+    Why adjusted: a difference of raw means is confounded whenever groups are correlated across
+    identities (always, by chance, in a few hundred identities): when arms share identities, a
+    true interaction on one group then shows up in every group correlated with it, and the
+    seed-level test, whose noise is only the training runs', finds those too (a planted upcolor
+    interaction gave eleven "differs" on a simulated table). A group's effect is the contrast
+    ``contrast @ beta``: its headline level's coefficient minus the other levels' coefficients
+    weighted by their pooled shares (a two-level group: its one coefficient)."""
+
+    xtx: np.ndarray  # [cells, identities, p, p]
+    xty: np.ndarray  # [cells, identities, p]
+    contrast: np.ndarray  # [groups, p]
+
+    def take(self, idx: list[int]) -> _Adjusted:
+        return replace(self, contrast=self.contrast[idx])
+
+    def beta(self, w: np.ndarray | None = None) -> np.ndarray:
+        """Coefficients [cells, p], or [draws, cells, p] under identity weights w [draws, ids]."""
+        if w is None:
+            a, b = self.xtx.sum(1), self.xty.sum(1)
+        else:
+            a = np.einsum("bi,cipq->bcpq", w, self.xtx)
+            b = np.einsum("bi,cip->bcp", w, self.xty)
+        # a level a cell (or a draw) never sees has a zero column: the ridge pins its
+        # coefficient at 0 instead of failing; it is 1e-9 of the design's scale, so any level
+        # that is seen is unaffected
+        p = a.shape[-1]
+        ridge = 1e-9 * np.maximum(np.einsum("...ii->...", a) / p, 1e-300)
+        a = a + ridge[..., None, None] * np.eye(p)
+        return np.linalg.solve(a, b[..., None])[..., 0]
+
+    def effects(self, w: np.ndarray | None = None) -> np.ndarray:
+        return self.beta(w) @ self.contrast.T
+
+    def influence(self, cells: list[int], g: int) -> np.ndarray:
+        """Each identity's influence [identities] on the mean over ``cells`` of group g's
+        effect (the cluster score of the OLS contrast: c' (X'X)^-1 X_i' e_i)."""
+        beta = self.beta()
+        out = np.zeros(self.xtx.shape[1])
+        for c in cells:
+            a = self.xtx[c].sum(0)
+            score = self.xty[c] - self.xtx[c] @ beta[c]  # [identities, p]
+            out += score @ np.linalg.pinv(a) @ self.contrast[g] / len(cells)
+        return out
+
+
+@dataclass
 class _Cells:
     """Identity totals of every (arm, seed) cell per group: the rows that make its effect
     (``s1``, ``n1``) and, in the levels mode, the rows it is contrasted with (``s0``, ``n0``).
@@ -143,6 +195,8 @@ class _Cells:
     n0: np.ndarray | None
     groups: list[str]
     levels: list[str | None]
+    #: levels mode: the per-cell regression on every group's levels that adjusts each effect
+    adjusted: _Adjusted | None = None
 
     def take(self, idx: list[int]) -> _Cells:
         """The same cells restricted to groups ``idx``."""
@@ -155,6 +209,7 @@ class _Cells:
             n0=None if off is None else off[1],
             groups=[self.groups[i] for i in idx],
             levels=[self.levels[i] for i in idx],
+            adjusted=None if self.adjusted is None else self.adjusted.take(idx),
         )
 
     def parts(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -482,12 +537,62 @@ def _cells(
             n0[c, gi] = np.bincount(ident[off], minlength=n_id)
     arms = [str(u[0]) for u in uniq]
     seeds = [str(u[1]) for u in uniq]
-    return _Cells(arms, seeds, s1, n1, s0, n0, groups, levels)
+    adjusted = _adjusted_design(codes, y, cell, ident, n_cells, n_id, idx)
+    return _Cells(arms, seeds, s1, n1, s0, n0, groups, levels, adjusted)
+
+
+def _adjusted_design(
+    codes: np.ndarray,
+    y: np.ndarray,
+    cell: np.ndarray,
+    ident: np.ndarray,
+    n_cells: int,
+    n_id: int,
+    idx: list[tuple[int, int]],
+) -> _Adjusted:
+    """Identity cross-products of [1, every group's non-reference level dummies] per cell, and
+    each compared group's headline-versus-rest contrast (other levels weighted by their pooled
+    shares). Rows are summed in chunks so a Market-size table never holds rows x p^2 at once."""
+    from scipy import sparse
+
+    offsets, p = [], 1
+    for j in range(codes.shape[1]):
+        offsets.append(p)
+        p += max(int(codes[:, j].max()), 0)
+    x = np.zeros((len(y), p))
+    x[:, 0] = 1.0
+    for j, off in enumerate(offsets):
+        lv = codes[:, j]
+        on = lv > 0
+        x[np.flatnonzero(on), off + lv[on] - 1] = 1.0
+    key = cell * n_id + ident
+    xtx = np.zeros((n_cells * n_id, p * p))
+    xty = np.zeros((n_cells * n_id, p))
+    for start in range(0, len(y), 20000):
+        sl = slice(start, start + 20000)
+        k = key[sl]
+        m = sparse.csr_matrix(
+            (np.ones(len(k)), (k, np.arange(len(k)))), shape=(n_cells * n_id, len(k))
+        )
+        xs = x[sl]
+        xtx += m @ (xs[:, :, None] * xs[:, None, :]).reshape(len(k), p * p)
+        xty += m @ (xs * y[sl, None])
+    contrast = np.zeros((len(idx), p))
+    for gi, (j, lv) in enumerate(idx):
+        k = int(codes[:, j].max()) + 1
+        rest = codes[:, j][codes[:, j] != lv]
+        share = np.bincount(rest, minlength=k) / max(len(rest), 1)
+        weights = -share
+        weights[lv] = 1.0
+        contrast[gi, offsets[j] : offsets[j] + k - 1] = weights[1:]  # level 0: the reference
+    return _Adjusted(xtx.reshape(n_cells, n_id, p, p), xty.reshape(n_cells, n_id, p), contrast)
 
 
 def _cell_effects(c: _Cells, w: np.ndarray | None = None) -> np.ndarray:
     """Effects [cells, groups] (w None) or [draws, cells, groups] under identity weights w:
-    each part's ratio of identity totals, signed (levels mode: on minus off)."""
+    each part's ratio of identity totals, signed; the levels mode: the adjusted contrast."""
+    if c.adjusted is not None:
+        return c.adjusted.effects(w)
     out = 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         for s, n, sign in c.parts():
@@ -606,9 +711,12 @@ def _identity_wald(c: _Cells, a: str, b: str, g: int) -> tuple[float, float]:
         idx = c.cells_of(arm)
         for s, n, part in c.parts():
             sp, np_ = s[idx, g].sum(0), n[idx, g].sum(0)
-            m = sp.sum() / np_.sum()
-            infl += sign * part * (sp - m * np_) / np_.sum()
             used |= np_ > 0
+            if c.adjusted is None:
+                m = sp.sum() / np_.sum()
+                infl += sign * part * (sp - m * np_) / np_.sum()
+        if c.adjusted is not None:
+            infl += sign * c.adjusted.influence(idx, g)
     n_g = int(used.sum())
     if n_g < 2:
         return float("nan"), float("nan")
@@ -641,8 +749,15 @@ def _pair_row(c: _Cells, a: str, b: str, g: int, point: dict, draws: dict) -> di
     p = float(2 * stats.t.sf(abs(diff) / se, df)) if ok else float("nan")
     row = {"attribute": c.groups[g], "level": c.levels[g], "arm_a": a, "arm_b": b}
     row.update(effect_a=float(pa), effect_b=float(pb), difference=diff)
-    row.update(ci_low=float(lo[0]), ci_high=float(hi[0]), std_err=se, df=df, test=test)
-    row.update(p_interaction=p, ok=ok)
+    # The interval shown is the test's own (difference ± t quantile x its SE), so an interval
+    # that excludes 0 and p < alpha always agree: with three seeds per arm the hierarchical
+    # bootstrap re-draws from three values per arm and is narrower than the t test admits
+    # (a "differs" whose bootstrap interval covered 0 was seen); it is kept as boot_low/high.
+    half = float(stats.t.ppf(0.975, df) * se) if ok else float("nan")
+    row.update(ci_low=diff - half, ci_high=diff + half, std_err=se, df=df, test=test)
+    row.update(boot_low=float(lo[0]), boot_high=float(hi[0]), p_interaction=p, ok=ok)
+    if not ok:
+        row.update(ci_low=float(lo[0]), ci_high=float(hi[0]))
     return row
 
 
@@ -791,10 +906,11 @@ def _summary(
     out = []
     found = diffs[diffs["verdict"] == "differs"].sort_values("p_holm")
     for r in found.itertuples():
-        # "relies more" is about the size of the effect: the arm with the larger |effect|
-        more, less = (
-            (r.arm_a, r.arm_b) if abs(r.effect_a) >= abs(r.effect_b) else (r.arm_b, r.arm_a)
-        )
+        # "relies more" is about the size of the effect: the arm with the larger |effect|;
+        # when that effect is negative (the group's experts cost accuracy) it is "hurt by"
+        a_larger = abs(r.effect_a) >= abs(r.effect_b)
+        more, less = (r.arm_a, r.arm_b) if a_larger else (r.arm_b, r.arm_a)
+        verb = "relies on" if (r.effect_a if a_larger else r.effect_b) >= 0 else "is hurt by"
         rel = ""
         if relative_to is not None:
             rel = (
@@ -802,7 +918,7 @@ def _summary(
                 f"{r.relative_b:.2g} of {r.arm_b}'s"
             )
         out.append(
-            f"{more} relies on {_name(r.attribute, r.level)} more than {less}: effect "
+            f"{more} {verb} {_name(r.attribute, r.level)} more than {less}: effect "
             f"{r.effect_a:+.3g} in {r.arm_a} against {r.effect_b:+.3g} in {r.arm_b}, difference "
             f"{r.difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}] ({r.test}), "
             f"Holm p {r.p_holm:.2g}{rel}."

@@ -189,8 +189,9 @@ def test_import_studies_stays_lazy() -> None:
 
 @pytest.mark.parametrize("paired", [True, False])
 def test_identity_wald_matches_statsmodels_cluster_interaction(paired: bool) -> None:
-    """One run per arm: the difference is the arm x level interaction of a saturated OLS on the
-    stacked table, and its std_err statsmodels' cluster-robust (by identity) one, up to
+    """One run per arm: the difference is the arm x hat interaction of an OLS on the stacked
+    table with every group's levels, all interacted with the arm (each arm's effect adjusted for
+    the other groups), and its std_err statsmodels' cluster-robust (by identity) one, up to
     statsmodels' (N - 1) / (N - K) factor that the delta method does not apply. Unpaired: the
     arms' identities are disjoint (two datasets), so nothing cancels."""
     import statsmodels.formula.api as smf
@@ -200,25 +201,70 @@ def test_identity_wald_matches_statsmodels_cluster_interaction(paired: bool) -> 
         df["pid"] = df["pid"] + np.where(df["backbone"] == "b", 10_000, 0)
     res = run(df)
     row = res.differences.set_index("attribute").loc["hat"]
-    d = df.assign(h=(df["hat"] == "yes").astype(float), arm=(df["backbone"] == "a").astype(float))
-    fit = smf.ols("ap ~ h * arm", data=d).fit(cov_type="cluster", cov_kwds={"groups": d["pid"]})
-    n, k = len(d), 4
-    assert row["difference"] == pytest.approx(fit.params["h:arm"], rel=1e-9)
-    assert row["std_err"] == pytest.approx(fit.bse["h:arm"] * np.sqrt((n - k) / (n - 1)), rel=1e-6)
+    assert row["level"] == "yes"
+    d = df.assign(arm=(df["backbone"] == "a").astype(float))
+    formula = "ap ~ (C(gender) + C(hat) + C(bag) + C(upcolor)) * arm"
+    fit = smf.ols(formula, data=d).fit(cov_type="cluster", cov_kwds={"groups": d["pid"]})
+    term = "C(hat)[T.yes]:arm"
+    n, k = len(d), len(fit.params)
+    assert row["difference"] == pytest.approx(fit.params[term], rel=1e-7)
+    assert row["std_err"] == pytest.approx(fit.bse[term] * np.sqrt((n - k) / (n - 1)), rel=1e-5)
+
+
+def test_levels_mode_effects_are_adjusted_for_correlated_groups() -> None:
+    """A hat interaction planted on identities whose bag is correlated with their hat: raw
+    differences of means would show a bag interaction too; the adjusted effects find hat only,
+    and each arm's multi-level effect is the OLS contrast of its headline level against the
+    others' pooled shares (checked against statsmodels on one arm)."""
+    import statsmodels.formula.api as smf
+
+    df = stacked({"a": {"hat": 1.2}, "b": {}}, n_seeds=3, seed_sd=0.05, n_id=300, seed=11)
+    # bag copies hat for 70 % of identities: strongly correlated groups
+    rng = np.random.default_rng(0)
+    copy = rng.random(df["pid"].max() + 1) < 0.7
+    df["bag"] = np.where(copy[df["pid"]], df["hat"], df["bag"])
+    res = run(df, seed="seed")
+    diffs = res.differences.set_index("attribute")
+    assert diffs.loc["hat", "verdict"] == "differs"
+    assert diffs.loc["bag", "verdict"] != "differs"
+    raw = {}
+    for arm in ("a", "b"):
+        sub = df[df["backbone"] == arm]
+        raw[arm] = (
+            sub.loc[sub["bag"] == "yes", "ap"].mean() - sub.loc[sub["bag"] == "no", "ap"].mean()
+        )
+    assert abs(raw["a"] - raw["b"]) > 5 * abs(diffs.loc["bag", "difference"])  # raw would mislead
+    eff = res.effects.set_index(["arm", "attribute"])
+    one = df[(df["backbone"] == "b") & (df["seed"] == 0)]
+    fit = smf.ols("ap ~ C(gender) + C(hat) + C(bag) + C(upcolor)", data=one).fit()
+    level = diffs.loc["upcolor", "level"]
+    coef = {c: fit.params.get(f"C(upcolor)[T.{c}]", 0.0) for c in COLOURS}
+    rest = one.loc[one["upcolor"] != level, "upcolor"]
+    pooled_rest = df.loc[df["upcolor"] != level, "upcolor"].value_counts(normalize=True)
+    expected = coef[level] - sum(pooled_rest.get(c, 0.0) * coef[c] for c in COLOURS)
+    seed0 = run(df[df["seed"] == 0]).effects.set_index(["arm", "attribute"])
+    assert len(rest) > 0
+    assert seed0.loc[("b", "upcolor"), "effect"] == pytest.approx(expected, rel=1e-6)
+    assert eff.loc[("b", "hat"), "effect"] == pytest.approx(eff.loc[("b", "hat"), "effect"])
 
 
 def test_seed_test_equals_scipy_ttest_on_seed_effects() -> None:
-    """With seeds, p_interaction is scipy's pooled two-sample t test on each seed's difference
-    of means (computed here with pandas from the raw rows)."""
+    """With seeds, p_interaction is scipy's pooled two-sample t test on each seed's adjusted
+    effect (computed here with statsmodels' OLS from the raw rows)."""
     df = stacked({"a": {"bag": 0.5}, "b": {}}, n_seeds=3, seed_sd=0.2, n_id=150, seed=6)
     res = run(df, seed="seed")
     row = res.differences.set_index("attribute").loc["bag"]
 
+    import statsmodels.formula.api as smf
+
+    sign = 1.0 if row["level"] == "yes" else -1.0  # the headline level against the other one
+
     def seed_effects(arm: str) -> list[float]:
+        """Each seed's bag effect adjusted for the other groups (statsmodels' OLS)."""
         out = []
         for _, sub in df[df["backbone"] == arm].groupby("seed"):
-            yes = sub["bag"] == row["level"]  # the headline level: the non-reference one
-            out.append(sub.loc[yes, "ap"].mean() - sub.loc[~yes, "ap"].mean())
+            fit = smf.ols("ap ~ C(gender) + C(hat) + C(bag) + C(upcolor)", data=sub).fit()
+            out.append(sign * fit.params["C(bag)[T.yes]"])
         return out
 
     ref = stats.ttest_ind(seed_effects("a"), seed_effects("b"), equal_var=True)

@@ -73,7 +73,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert report["model"]["bank"] == "adapter" and report["model"]["n_experts"] == 35
     html = (tmp_path / "report.html").read_text()
     # figures are embedded (SVG where small, else PNG) and written beside the page
-    assert ("data:image/svg+xml;base64," in html or "data:image/png;base64," in html)
+    assert "data:image/svg+xml;base64," in html or "data:image/png;base64," in html
     assert "Leave-one-group-out" in html
     assert list((tmp_path / "figures").glob("priors_every.*"))
     assert (tmp_path / "analyses" / "switching" / "report.json").exists()
