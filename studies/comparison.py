@@ -76,7 +76,9 @@ class ComparisonResult:
     effects: pd.DataFrame
     #: attribute, level, arm_a, arm_b, effect_a, effect_b, difference (effect_a - effect_b),
     #: ci_low, ci_high (the test's t / Wald interval), boot_low, boot_high (the hierarchical
-    #: bootstrap's), std_err, df, test, p_interaction, p_holm, p_tost, mdd, margin, verdict
+    #: bootstrap's), std_err, df, test, se_seeds (the seed-level t's SE; NaN with one run per
+    #: arm), se_identities (the identity-clustered SE; std_err^2 = the sum of their squares with
+    #: seeds), p_interaction, p_holm, p_tost, mdd, margin, verdict
     #: (+ relative_a, relative_b with ``relative_to``)
     differences: pd.DataFrame
     #: kind (between arms / between seeds), arm_a, arm_b, kendall_tau, tau_low, tau_high,
@@ -735,6 +737,30 @@ def _seed_t(c: _Cells, a: str, b: str, g: int) -> tuple[float, float] | None:
     return float(np.sqrt(ss / df * (1.0 / na + 1.0 / nb))), df
 
 
+def _combined(seed: tuple[float, float], ident: tuple[float, float]) -> tuple[float, float]:
+    """The SE of a difference whose estimate varies with the training runs *and* with the
+    identities sampled, and its Satterthwaite df.
+
+    Why both: the seed-level t sees how much the arms' effects move from one training run to
+    the next on *these* queries; every run reads the same identities, so it is blind to how the
+    difference would move on other people, which the identity-clustered variance of the
+    seed-pooled difference measures (the design varied both: seeds and identities). Alone, the
+    seed-level t called a 0.001 mAP difference resting on one query "differs" between two arms
+    that were the same config (three seeds each, one arm's three runs within 4e-5 of each other).
+    The sum counts the seed noise a little twice (it is also in each identity's residual), so it
+    errs on the safe side. An identity term that cannot be computed leaves the seed term alone.
+    """
+    (se_s, df_s), (se_i, df_i) = seed, ident
+    if not (np.isfinite(se_i) and np.isfinite(df_i) and df_i > 0):
+        return se_s, df_s
+    v_s, v_i = se_s**2, se_i**2
+    total = v_s + v_i
+    if total <= 0:
+        return 0.0, df_s
+    df = total**2 / (v_s**2 / df_s + v_i**2 / df_i)
+    return float(np.sqrt(total)), float(df)
+
+
 def _pair_row(c: _Cells, a: str, b: str, g: int, point: dict, draws: dict) -> dict:
     """The difference effect_a - effect_b of group g: point, interval, test and p (no Holm)."""
     pa, pb = point[a], point[b]
@@ -743,8 +769,12 @@ def _pair_row(c: _Cells, a: str, b: str, g: int, point: dict, draws: dict) -> di
     d_draws = draws[a] - draws[b]
     lo, hi = _ci(d_draws[:, g] if d_draws.ndim > 1 else d_draws)
     seeded = _seed_t(c, a, b, g)
-    se, df = seeded if seeded is not None else _identity_wald(c, a, b, g)
-    test = "seeds as units (t)" if seeded is not None else "identities (CR1 Wald)"
+    se, df = se_id, _ = _identity_wald(c, a, b, g)
+    test = "identities (CR1 Wald)"
+    if seeded is not None:
+        se, df = _combined(seeded, (se, df))
+        test = "seeds and identities (t)"
+    se_seeds = seeded[0] if seeded is not None else float("nan")
     ok = np.isfinite(diff) and np.isfinite(se) and se > 0
     p = float(2 * stats.t.sf(abs(diff) / se, df)) if ok else float("nan")
     row = {"attribute": c.groups[g], "level": c.levels[g], "arm_a": a, "arm_b": b}
@@ -755,6 +785,7 @@ def _pair_row(c: _Cells, a: str, b: str, g: int, point: dict, draws: dict) -> di
     # (a "differs" whose bootstrap interval covered 0 was seen); it is kept as boot_low/high.
     half = float(stats.t.ppf(0.975, df) * se) if ok else float("nan")
     row.update(ci_low=diff - half, ci_high=diff + half, std_err=se, df=df, test=test)
+    row.update(se_seeds=se_seeds, se_identities=se_id)
     row.update(boot_low=float(lo[0]), boot_high=float(hi[0]), p_interaction=p, ok=ok)
     if not ok:
         row.update(ci_low=float(lo[0]), ci_high=float(hi[0]))

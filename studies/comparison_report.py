@@ -78,15 +78,17 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ),
     (
         "difference",
-        "the first arm's effect minus the second's, with a bootstrap 95% CI (identities "
-        "resampled, and the seeds within each arm where there are several).",
+        "the first arm's effect minus the second's, with the 95% CI of its own test (difference "
+        "± t quantile × standard error, so the interval and p agree); the arms' effects carry "
+        "bootstrap CIs (identities resampled, and the seeds within each arm where there are "
+        "several).",
     ),
     (
         "test",
-        "the arm × group interaction test: with several seeds per arm the seed is the unit "
-        "(a two-sample t test on the seeds' effects, so training noise is part of the error); "
-        "with one run per arm a cluster-robust Wald test by identity, whose difference then "
-        "includes training noise.",
+        "the arm × group interaction test: with several seeds per arm a t test whose error has "
+        "two parts, how the seeds' effects spread (training noise) and how the seed-pooled "
+        "difference varies over identities (the people sampled); with one run per arm a "
+        "cluster-robust Wald test by identity, whose difference then includes training noise.",
     ),
     (
         "verdict",

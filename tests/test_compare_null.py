@@ -81,7 +81,7 @@ def delta_tables(
                 )
             )
     df = pd.concat(parts, ignore_index=True)
-    df.attrs.update(carriers=dict(zip(GROUPS, carry.sum(1).tolist())), queries=nq)
+    df.attrs.update(carriers=dict(zip(GROUPS, carry.sum(1).tolist())), queries=nq, identities=n_id)
     return df
 
 
@@ -95,16 +95,22 @@ def run(df: pd.DataFrame, **kw) -> studies.ComparisonResult:
 def expected_power(
     df: pd.DataFrame, group: str, shift: float, m: int, alpha: float = 0.05
 ) -> float:
-    """Power of the seed-level t test (3 + 3 seeds, 4 df) at level alpha / m for a shift of the
-    carriers' Δ AP: a cell's effect is the mean over all queries, so it moves by shift * c / q
+    """Power of the between-arm test (3 + 3 seeds) at level alpha / m for a shift of the
+    carriers' Δ AP. A cell's effect is the mean over all queries, so it moves by shift * c / q
     (c carriers of q queries), and varies between seeds with variance
-    (c / q)^2 seed_sd^2 + c NOISE_SD^2 / q^2 (the run's shift and the evaluation noise)."""
-    c, q = df.attrs["carriers"][group], df.attrs["queries"]
-    sd_cell = np.sqrt((c / q) ** 2 * SEED_SD**2 + c * NOISE_SD**2 / q**2)
-    lam = shift * (c / q) / (sd_cell * np.sqrt(2 / 3))
-    crit = stats.t.ppf(1 - alpha / (2 * m), 4)
-    lower = np.nan_to_num(stats.nct.cdf(-crit, 4, lam))  # below 1e-15 here; scipy gives NaN
-    return float(stats.nct.sf(crit, 4, lam) + lower)
+    (c / q)^2 seed_sd^2 + c NOISE_SD^2 / q^2 (the run's shift and the evaluation noise): the
+    seed term of the test's variance is 2/3 of that. Its identity term is the evaluation noise
+    of the seed-pooled difference, 2/3 c NOISE_SD^2 / q^2 (each arm's query averages its three
+    runs' noise; the identities' own effects are shared by the arms and cancel). Noncentral t
+    on the two terms' Satterthwaite df (4 and identities - 1)."""
+    c, q, n_id = df.attrs["carriers"][group], df.attrs["queries"], df.attrs["identities"]
+    v_s = (2 / 3) * ((c / q) ** 2 * SEED_SD**2 + c * NOISE_SD**2 / q**2)
+    v_i = (2 / 3) * c * NOISE_SD**2 / q**2
+    dof = (v_s + v_i) ** 2 / (v_s**2 / 4 + v_i**2 / (n_id - 1))
+    lam = shift * (c / q) / np.sqrt(v_s + v_i)
+    crit = stats.t.ppf(1 - alpha / (2 * m), dof)
+    lower = np.nan_to_num(stats.nct.cdf(-crit, dof, lam))  # below 1e-15 here; scipy gives NaN
+    return float(stats.nct.sf(crit, dof, lam) + lower)
 
 
 def simulate(

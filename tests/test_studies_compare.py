@@ -116,8 +116,11 @@ def test_kendall_tau_equals_scipy_on_point_estimates() -> None:
 def test_seeds_give_seed_level_test_and_between_seed_baseline() -> None:
     df = stacked({"a": {"upcolor": 1.0}, "b": {}}, n_seeds=3, seed_sd=0.05, n_id=300, seed=3)
     res = run(df, seed="seed")
-    assert (res.differences["test"] == "seeds as units (t)").all()
-    assert (res.differences["df"] == 4).all()
+    d = res.differences
+    assert (d["test"] == "seeds and identities (t)").all()
+    # Satterthwaite: between the seed-level df (4) and the identities' (299)
+    assert ((d["df"] >= 4) & (d["df"] <= 299)).all()
+    assert np.allclose(d["std_err"] ** 2, d["se_seeds"] ** 2 + d["se_identities"] ** 2)
     up = res.differences.set_index("attribute").loc["upcolor"]
     assert up["verdict"] == "differs" and up["difference"] > 0
     assert set(res.agreement["kind"]) == {"between arms", "between seeds"}
@@ -268,7 +271,14 @@ def test_seed_test_equals_scipy_ttest_on_seed_effects() -> None:
         return out
 
     ref = stats.ttest_ind(seed_effects("a"), seed_effects("b"), equal_var=True)
-    assert row["p_interaction"] == pytest.approx(ref.pvalue, rel=1e-8)
+    # the seed component is scipy's pooled t test's standard error; the test adds the identities'
+    se_seeds = abs(row["difference"] / ref.statistic)
+    assert row["se_seeds"] == pytest.approx(se_seeds, rel=1e-6)
+    v_s, v_i = se_seeds**2, row["se_identities"] ** 2
+    dof = (v_s + v_i) ** 2 / (v_s**2 / 4 + v_i**2 / 149)
+    t = abs(row["difference"]) / np.sqrt(v_s + v_i)
+    assert row["df"] == pytest.approx(dof, rel=1e-6)
+    assert row["p_interaction"] == pytest.approx(2 * stats.t.sf(t, dof), rel=1e-6)
     assert row["difference"] == pytest.approx(
         np.mean(seed_effects("a")) - np.mean(seed_effects("b"))
     )
@@ -339,8 +349,13 @@ def test_group_mode_seed_test_equals_scipy_ttest_on_seed_means() -> None:
     row = res.differences.set_index("attribute").loc["hair"]
     cell = df[df["group"] == "hair"].groupby(["arm", "seed"])["delta_ap"].mean()
     ref = stats.ttest_ind(cell["a"], cell["b"], equal_var=True)
-    assert row["test"] == "seeds as units (t)" and row["df"] == 4
-    assert row["p_interaction"] == pytest.approx(ref.pvalue, rel=1e-8)
+    assert row["test"] == "seeds and identities (t)"
+    assert row["se_seeds"] == pytest.approx(abs(row["difference"] / ref.statistic), rel=1e-8)
+    # the identity component: the one-run Wald of the seed-pooled rows (every seed of an arm
+    # reads the same queries, so pooling them is one run with each query counted n_seeds times)
+    pooled = _run_groups(df.drop(columns="seed")).differences.set_index("attribute").loc["hair"]
+    assert row["se_identities"] == pytest.approx(pooled["std_err"], rel=1e-8)
+    assert row["std_err"] ** 2 == pytest.approx(row["se_seeds"] ** 2 + pooled["std_err"] ** 2)
 
 
 @pytest.mark.parametrize("paired", [True, False])
