@@ -336,20 +336,7 @@ class ClipFamily(BackboneFamily):
                 raise ConfigError(
                     f"open_clip vision config for {model!r} rejected the kwargs: {exc}."
                 ) from None
-        size = vision.get("image_size", 224)
-        native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        cfg = PretrainedCfg(
-            name=f"clip:{model}",
-            family="clip",
-            model=model,
-            tag=tag,
-            native_size=native,
-            img_size=img_size,
-            stride=stride,
-            mean=tuple(tag_cfg.get("mean", CLIP_MEAN)),
-            std=tuple(tag_cfg.get("std", CLIP_STD)),
-            extra={"quick_gelu": quick_gelu},
-        )
+        cfg = _tower_cfg(model, vision, tag, tag_cfg, img_size, stride, quick_gelu=quick_gelu)
         return ClipViT(visual, cfg=cfg, stride=stride, camera_count=camera_count)
 
     def _build_timm_tower(
@@ -399,18 +386,32 @@ class ClipFamily(BackboneFamily):
                     f"timm model {arch!r} (the image tower of {model!r}) does not accept these "
                     f"kwargs: {exc}."
                 ) from None
-        size = vision.get("image_size", 224)
-        native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        cfg = PretrainedCfg(
-            name=f"clip:{model}",
-            family="clip",
-            model=model,
-            tag=tag,
-            native_size=native,
-            img_size=img_size,
-            stride=stride,
-            mean=tuple(tag_cfg.get("mean", CLIP_MEAN)),
-            std=tuple(tag_cfg.get("std", CLIP_STD)),
-            extra={"timm_model": arch},
-        )
+        cfg = _tower_cfg(model, vision, tag, tag_cfg, img_size, stride, timm_model=arch)
         return ClipTimmViT(trunk, cfg=cfg, stride=stride, camera_count=camera_count)
+
+
+def _tower_cfg(
+    model: str,
+    vision: dict[str, Any],
+    tag: str | None,
+    tag_cfg: dict[str, Any],
+    img_size: tuple[int, int],
+    stride: int | None,
+    **extra: Any,
+) -> PretrainedCfg:
+    """The weight/input record of an open_clip image tower (either kind): its native size from
+    the vision config, normalisation from the tag (CLIP's when the tag has none)."""
+    size = vision.get("image_size", 224)
+    native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return PretrainedCfg(
+        name=f"clip:{model}",
+        family="clip",
+        model=model,
+        tag=tag,
+        native_size=native,
+        img_size=img_size,
+        stride=stride,
+        mean=tuple(tag_cfg.get("mean", CLIP_MEAN)),
+        std=tuple(tag_cfg.get("std", CLIP_STD)),
+        extra=extra,
+    )

@@ -20,7 +20,6 @@ reports (`studies.page`, `studies.plots`, `studies.format`), and every file is w
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from studies.page import (
     to_html,
     to_markdown,
 )
+from studies.report import clean_value
 
 #: the report.json layout; a new optional key keeps /1, a renamed or removed key bumps it
 SCHEMA_VERSION = "studies.comparison/1"
@@ -132,38 +132,8 @@ _PAIRED_WORDS = {
 # --------------------------------------------------------------------------- report.json
 
 
-def _clean(value: Any) -> Any:
-    """A JSON-safe value: NaN/inf/NA -> None, numpy scalars -> Python, containers recursed."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, np.ndarray, pd.Index, pd.Series)):
-        return [_clean(v) for v in list(value)]
-    if isinstance(value, pd.DataFrame):
-        return _records(value)
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
 def _records(df: pd.DataFrame | None) -> list[dict[str, Any]]:
-    if df is None or not isinstance(df, pd.DataFrame) or df.empty:
-        return []
-    cols = [str(c) for c in df.columns]
-    return [
-        {c: _clean(v) for c, v in zip(cols, row)} for row in df.itertuples(index=False, name=None)
-    ]
+    return clean_value(df) if isinstance(df, pd.DataFrame) else []
 
 
 def _table(result: Any, name: str) -> pd.DataFrame:
@@ -179,7 +149,7 @@ def result_dict(result: Any) -> dict[str, Any]:
     records plus summary, arms, unshared groups and pairing (the same keys)."""
     to_dict = getattr(result, "to_dict", None)
     if callable(to_dict):
-        out = dict(_clean(to_dict()))
+        out = dict(clean_value(to_dict()))
     else:
         out = {name: _records(_table(result, name)) for name in TABLES}
         out.update(
@@ -195,7 +165,7 @@ def result_dict(result: Any) -> dict[str, Any]:
     for key in ("alpha", "margin"):
         if key not in out and getattr(result, key, None) is not None:
             out[key] = getattr(result, key)
-    return _clean(out)
+    return clean_value(out)
 
 
 def _links(arm_reports: Mapping[str, Sequence[tuple[str, str]]] | None) -> dict[str, list]:
@@ -234,7 +204,7 @@ def build_comparison_report(
 
 def dumps(report: Mapping[str, Any]) -> str:
     """Canonical JSON text: strict (NaN and inf become null), indented, newline-terminated."""
-    return json.dumps(_clean(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(clean_value(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 # --------------------------------------------------------------------------- reading it back

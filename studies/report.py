@@ -89,8 +89,14 @@ def clean_value(value: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return {str(k): clean_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+    if isinstance(value, (list, tuple, set, np.ndarray, pd.Index, pd.Series)):
         return [clean_value(v) for v in list(value)]
+    if isinstance(value, pd.DataFrame):  # one record per row
+        cols = [str(c) for c in value.columns]
+        return [
+            {c: clean_value(v) for c, v in zip(cols, row)}
+            for row in value.itertuples(index=False, name=None)
+        ]
     try:
         if pd.isna(value):
             return None
