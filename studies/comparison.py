@@ -50,6 +50,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -169,17 +170,22 @@ class _Adjusted:
         return np.linalg.solve(a, b[..., None])[..., 0]
 
     def effects(self, w: np.ndarray | None = None) -> np.ndarray:
-        return self.beta(w) @ self.contrast.T
+        return (self._fit[0] if w is None else self.beta(w)) @ self.contrast.T
+
+    @cached_property
+    def _fit(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each cell's coefficients [cells, p] and (X'X)^+ [cells, p, p], solved once: every
+        group's and arm pair's influence reads them."""
+        return self.beta(), np.linalg.pinv(self.xtx.sum(1))
 
     def influence(self, cells: list[int], g: int) -> np.ndarray:
         """Each identity's influence [identities] on the mean over ``cells`` of group g's
         effect (the cluster score of the OLS contrast: c' (X'X)^-1 X_i' e_i)."""
-        beta = self.beta()
+        beta, inverse = self._fit
         out = np.zeros(self.xtx.shape[1])
         for c in cells:
-            a = self.xtx[c].sum(0)
             score = self.xty[c] - self.xtx[c] @ beta[c]  # [identities, p]
-            out += score @ np.linalg.pinv(a) @ self.contrast[g] / len(cells)
+            out += score @ inverse[c] @ self.contrast[g] / len(cells)
         return out
 
 
@@ -220,6 +226,12 @@ class _Cells:
         if self.s0 is not None:
             out.append((self.s0, self.n0, -1.0))
         return out
+
+    @cached_property
+    def point(self) -> np.ndarray:
+        """Each cell's effects [cells, groups], computed once (every test and table reads
+        them; a levels-mode cell is a regression solve)."""
+        return _cell_effects(self)
 
     def cells_of(self, arm: str) -> list[int]:
         return [i for i, a in enumerate(self.arm) if a == arm]
@@ -612,7 +624,7 @@ def _arm_effects(
     draws [n_boot, groups] (seeds resampled within the arm, identities shared by all arms)."""
     n_id = c.s1.shape[-1]
     w = rng.multinomial(n_id, np.full(n_id, 1.0 / n_id), size=n_boot).astype(float)
-    cell_point = _cell_effects(c)
+    cell_point = c.point
     cell_draws = _cell_effects(c, w)
     point, draws = {}, {}
     for a in arms:
@@ -625,7 +637,7 @@ def _arm_effects(
 
 def _seed_effects(c: _Cells, arm: str) -> np.ndarray:
     """Effects [seeds of the arm, groups]."""
-    return _cell_effects(c)[c.cells_of(arm)]
+    return c.point[c.cells_of(arm)]
 
 
 def _ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

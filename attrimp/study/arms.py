@@ -38,19 +38,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from attrimp.config import StudyConfig, arm_config
 from attrimp.errors import ConfigError
 from attrimp.io import atomic_write_json, run_output
-
-if TYPE_CHECKING:
-    from attrimp.study.compare import StudyComparison
+from attrimp.study.compare import ARM_FILE as ARM_FILE  # written here, read by compare_studies
+from attrimp.study.compare import StudyComparison
 
 log = logging.getLogger(__name__)
 
-#: the file in each arm-seed folder naming its arm and seed (`compare_studies` reads it)
-ARM_FILE = "arm.json"
 
 #: how long a rank waits at a barrier for the others' arm-seeds (a real arm trains for hours)
 BARRIER_TIMEOUT = timedelta(days=7)
