@@ -190,6 +190,25 @@ def test_import_studies_stays_lazy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_compare_and_its_report_run_without_torch(tmp_path) -> None:
+    """The acceptance line: studies.compare on a stacked table, and its report, like
+    studies.analyze, never load torch."""
+    import subprocess
+    import sys
+
+    table = stacked({"a": {"hat": 0.7}, "b": {}}, n_id=60, seed=2)
+    table.to_csv(tmp_path / "stacked.csv", index=False)
+    code = (
+        "import sys, studies\n"
+        f"r = studies.compare({str(tmp_path / 'stacked.csv')!r}, by='backbone', outcome='ap', "
+        "cluster='pid', exclude=['query'], n_boot=20)\n"
+        f"studies.write_comparison_report(r, {str(tmp_path / 'out')!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was loaded'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
 @pytest.mark.parametrize("paired", [True, False])
 def test_identity_wald_matches_statsmodels_cluster_interaction(paired: bool) -> None:
     """One run per arm: the difference is the arm x hat interaction of an OLS on the stacked
